@@ -1,0 +1,64 @@
+"""Shared fixtures: small synthetic datasets, the real-data folder, a real Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+os.environ.setdefault("XSCIML_PROGRESS", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def real_data(name: str) -> Path:
+    """Path of a file in ../shared/data, skipping the test when it is absent."""
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.skip(f"real data file {name} not available (../shared/data)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture
+def grid_ds() -> xr.Dataset:
+    """(time, lat, lon) field with descending latitude, a land mask and two variables."""
+    rng = np.random.default_rng(0)
+    time = np.array(["2020-01-01T00", "2020-01-01T06", "2020-01-02T00", "2020-01-05T12"], dtype="datetime64[ns]")
+    lat = np.array([50.0, 47.5, 45.0, 42.5, 40.0])
+    lon = np.array([-10.0, -7.5, -5.0, -2.5, 0.0, 2.5])
+    sst = 280 + rng.normal(size=(4, 5, 6))
+    sst[:, 0, :2] = np.nan  # land
+    sst[2, 3, 4] = np.nan  # a gap
+    sss = 35 + rng.normal(size=(4, 5, 6))
+    ds = xr.Dataset(
+        {"sst": (("time", "lat", "lon"), sst, {"units": "K", "long_name": "sea surface temperature"}),
+         "sss": (("time", "lat", "lon"), sss, {"units": "psu"})},
+        coords={"time": time, "lat": ("lat", lat, {"units": "degrees_north"}),
+                "lon": ("lon", lon, {"units": "degrees_east"})},
+        attrs={"title": "synthetic"},
+    )
+    return ds
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A real distributed cluster: 2 worker processes, 1 thread each."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, memory_limit="2GiB")
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

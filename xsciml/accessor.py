@@ -1,0 +1,48 @@
+"""The ``.sciml`` accessor: a thin layer that forwards to xsciml's functions.
+
+Every method is one call of a public function with this object as its first
+argument; see that function for the documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+__all__ = ["SciMLDatasetAccessor", "SciMLDataArrayAccessor"]
+
+
+class _SciMLAccessor:
+    def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
+        self._obj = obj
+
+    # -- tensors -----------------------------------------------------------------
+    def to_tensors(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.tensors.to_tensors` on this object."""
+        from .tensors import to_tensors
+
+        return to_tensors(self._obj, variables, **kwargs)
+
+    def to_fields(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.tensors.to_fields` on this object."""
+        from .tensors import to_fields
+
+        return to_fields(self._obj, variables, **kwargs)
+
+    # -- inverse problems ----------------------------------------------------------
+    def invert(self, inversion: Any, **kwargs: Any):
+        """Call :func:`xsciml.inverse.invert` on this object."""
+        from .inverse import invert
+
+        return invert(self._obj, inversion, **kwargs)
+
+
+@xr.register_dataset_accessor("sciml")
+class SciMLDatasetAccessor(_SciMLAccessor):
+    """``ds.sciml``: xsciml's methods on a Dataset (each forwards to a function)."""
+
+
+@xr.register_dataarray_accessor("sciml")
+class SciMLDataArrayAccessor(_SciMLAccessor):
+    """``da.sciml``: xsciml's methods on a DataArray (each forwards to a function)."""
