@@ -1,0 +1,389 @@
+"""Base class and registry of fitted estimators.
+
+Every fitted object in xsciml (neural fields, latent interpolators, dynamics models,
+diffusion priors, debiasers, inverse-problem networks) derives from :class:`Estimator`.
+A subclass describes its learned state with three hooks,
+
+* :meth:`Estimator._get_config` -- a JSON-serialisable ``dict`` (hyper-parameters,
+  variable names, coordinate names, ...),
+* :meth:`Estimator._get_tensors` -- a flat ``dict`` of ``torch.Tensor`` / NumPy arrays
+  (weights, buffers, normaliser statistics, ...),
+* :meth:`Estimator._from_state` -- the inverse of the two above,
+
+and is decorated with :func:`register_estimator` so that :func:`xsciml.io.load` can find
+the class from the name stored in the file. Saving then needs no pickle.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import os
+import pathlib
+import pkgutil
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Estimator",
+    "register_estimator",
+    "get_estimator_class",
+    "registered_estimators",
+    "xsciml_version",
+]
+
+_EstimatorT = TypeVar("_EstimatorT", bound="Estimator")
+_EstimatorTypeT = TypeVar("_EstimatorTypeT", bound=type)
+
+#: Registry of estimator classes, keyed by their registry name.
+_REGISTRY: dict[str, type[Estimator]] = {}
+
+#: Packages holding the built-in estimators. ``import xsciml`` imports them lazily, so
+#: :func:`get_estimator_class` imports all their modules once when a name is not found.
+_BUILTIN_PACKAGES: tuple[str, ...] = ("xsciml.models", "xsciml.downscale", "xsciml.inverse")
+_builtins_imported = False
+
+
+@functools.lru_cache(maxsize=1)
+def xsciml_version() -> str:
+    """Return the installed xsciml version.
+
+    Reads the installed distribution's metadata; a source checkout that was never
+    installed reports ``"0+unknown"``.
+
+    Returns
+    -------
+    str
+        A PEP 440 version string.
+
+    Examples
+    --------
+    >>> isinstance(xsciml_version(), str)
+    True
+    """
+    try:
+        return importlib.metadata.version("xsciml")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _registry_name(cls: type) -> str:
+    # ``_registry_name`` is read from the class's own namespace, never inherited, so an
+    # unregistered subclass of a registered class cannot impersonate its parent.
+    name = vars(cls).get("_registry_name", cls.__name__)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__}._registry_name must be a non-empty str, got {name!r}.")
+    return name
+
+
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_estimator(cls: _EstimatorTypeT) -> _EstimatorTypeT:
+    """Class decorator registering an :class:`Estimator` subclass for loading.
+
+    The class is registered under ``cls._registry_name`` when the class itself defines
+    it, else under ``cls.__name__``. Registering the same class again (e.g. after
+    ``importlib.reload``) replaces the entry; registering a *different* class under a
+    name already taken is an error.
+
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`Estimator`.
+
+    Returns
+    -------
+    type
+        ``cls`` itself, unchanged.
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not a subclass of :class:`Estimator`.
+    ValueError
+        If another class is already registered under the same name.
+
+    Examples
+    --------
+    >>> @register_estimator
+    ... class Constant(Estimator):
+    ...     _registry_name = "doc.Constant"
+    ...     def __init__(self, value):
+    ...         self.value = value
+    ...     def _get_config(self):
+    ...         return {"value": self.value}
+    ...     def _get_tensors(self):
+    ...         return {}
+    ...     @classmethod
+    ...     def _from_state(cls, config, tensors):
+    ...         return cls(config["value"])
+    >>> get_estimator_class("doc.Constant") is Constant
+    True
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise TypeError(
+            f"register_estimator expects a subclass of xsciml.base.Estimator, got {cls!r}."
+        )
+    name = _registry_name(cls)
+    known = _REGISTRY.get(name)
+    if known is not None and known is not cls and _origin(known) != _origin(cls):
+        raise ValueError(
+            f"Cannot register {_origin(cls)} as {name!r}: that name is already used by "
+            f"{_origin(known)}. Give one of the classes a distinct `_registry_name`."
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def get_estimator_class(name: str) -> type[Estimator]:
+    """Return the estimator class registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (the class name, unless the class sets ``_registry_name``).
+
+    Returns
+    -------
+    type[Estimator]
+
+    Raises
+    ------
+    KeyError
+        If no class is registered under ``name``; the message lists the known names.
+
+    Examples
+    --------
+    >>> get_estimator_class("NoSuchModel")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    KeyError: "Unknown estimator class 'NoSuchModel'..."
+    """
+    if name not in _REGISTRY:
+        _import_builtin_estimators()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise KeyError(
+            f"Unknown estimator class {name!r}. Known classes: {known}. If it comes from "
+            "a plugin or your own code, import the module defining it (decorated with "
+            "@xsciml.base.register_estimator) first."
+        ) from None
+
+
+def _import_builtin_estimators() -> None:
+    """Import every module of the built-in estimator packages (once per process)."""
+    global _builtins_imported
+    if _builtins_imported:
+        return
+    for package_name in _BUILTIN_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError as err:
+            if err.name == package_name:  # not part of this installation
+                continue
+            raise
+        prefix = package_name + "."
+        for info in pkgutil.iter_modules(getattr(package, "__path__", []), prefix=prefix):
+            importlib.import_module(info.name)
+    _builtins_imported = True
+
+
+def registered_estimators() -> dict[str, type[Estimator]]:
+    """Return a copy of the estimator registry, ``{name: class}``.
+
+    The built-in estimator modules are imported first, so the result lists every
+    estimator xsciml ships plus those registered by imported user code.
+
+    Examples
+    --------
+    >>> isinstance(registered_estimators(), dict)
+    True
+    """
+    _import_builtin_estimators()
+    return dict(_REGISTRY)
+
+
+def _summarise(value: Any, max_chars: int = 32) -> str:
+    """Short, single-line rendering of a config value for ``__repr__``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= max_chars else text[: max_chars - 4] + "...'"
+    if isinstance(value, (list, tuple)):
+        text = repr(value)
+        if len(text) <= max_chars:
+            return text
+        return f"[<{len(value)} items>]"
+    if isinstance(value, Mapping):
+        return f"{{<{len(value)} keys>}}"
+    text = repr(value)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+class Estimator:
+    """Base of fitted estimators.
+
+    Subclasses implement the three state hooks :meth:`_get_config`,
+    :meth:`_get_tensors` and :meth:`_from_state`, and are decorated with
+    :func:`register_estimator`. In return they get :meth:`save`, :meth:`load`, a
+    readable ``repr`` and :meth:`_provenance` attrs for their outputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> @register_estimator
+    ... class Scale(Estimator):
+    ...     _registry_name = "doc.Scale"
+    ...     def __init__(self, factor: torch.Tensor, units: str = "K"):
+    ...         self.factor, self.units = factor, units
+    ...     def predict(self, x):
+    ...         return self.factor * x
+    ...     def _get_config(self):
+    ...         return {"units": self.units}
+    ...     def _get_tensors(self):
+    ...         return {"factor": self.factor}
+    ...     @classmethod
+    ...     def _from_state(cls, config, tensors):
+    ...         return cls(tensors["factor"], units=config["units"])
+    >>> Scale(torch.tensor(2.0))
+    Scale(units='K')
+    """
+
+    # -- state hooks (subclasses implement) -----------------------------------------
+    def _get_config(self) -> dict[str, Any]:
+        """Return the JSON-serialisable part of the state.
+
+        Allowed values are ``str``, ``int``, ``float`` (NaN and infinities included),
+        ``bool``, ``None``, lists/tuples and ``dict`` with ``str`` keys, nested freely.
+        NumPy scalars are accepted and stored as Python numbers; tuples come back as
+        lists. Arrays belong in :meth:`_get_tensors`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement _get_config().")
+
+    def _get_tensors(self) -> dict[str, torch.Tensor]:
+        """Return every array of the state as a flat ``{name: tensor}`` dict.
+
+        Values may be ``torch.Tensor`` or numeric NumPy arrays (loaded back as
+        tensors). A common pattern is ``{f"net.{k}": v for k, v in
+        self.net.state_dict().items()}``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement _get_tensors().")
+
+    @classmethod
+    def _from_state(
+        cls: type[_EstimatorT], config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> _EstimatorT:
+        """Rebuild an estimator from ``_get_config()`` and ``_get_tensors()`` output.
+
+        ``tensors`` are already on the device asked for at load time.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement _from_state().")
+
+    def _provenance_extra(self) -> dict[str, Any]:
+        """Extra provenance attrs (e.g. training period); values are turned into ``str``."""
+        return {}
+
+    # -- public API -----------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> pathlib.Path:
+        """Save the fitted estimator to one file (no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file; the suffix ``.xsciml`` is recommended.
+        overwrite : bool, default True
+            If False, refuse to replace an existing file.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        See Also
+        --------
+        xsciml.io.save, xsciml.io.load
+
+        Examples
+        --------
+        >>> est.save("model.xsciml")  # doctest: +SKIP
+        PosixPath('model.xsciml')
+        """
+        from . import io
+
+        return io.save(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls: type[_EstimatorT],
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "cpu",
+    ) -> _EstimatorT:
+        """Load an estimator saved with :meth:`save`, checking it is a ``cls``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            File written by :meth:`save` / :func:`xsciml.io.save`.
+        device : str or torch.device, default "cpu"
+            Device the tensors are placed on (``"auto"`` picks CUDA when available).
+
+        Returns
+        -------
+        Estimator
+            An instance of ``cls`` (or of a subclass).
+
+        Raises
+        ------
+        xsciml.io.ModelFileError
+            If the file is not a valid model file, or holds another kind of estimator.
+
+        Examples
+        --------
+        >>> field = NeuralField.load("field.xsciml")  # doctest: +SKIP
+        """
+        from . import io
+
+        est = io.load(path, device=device)
+        if not isinstance(est, cls):
+            raise io.ModelFileError(
+                f"{os.fspath(path)!r} holds a {type(est).__name__}, not a {cls.__name__}. "
+                "Use xsciml.load(path) to load any estimator."
+            )
+        return est
+
+    def _provenance(self) -> dict[str, str]:
+        """Provenance attrs to attach to outputs produced by this estimator.
+
+        Returns
+        -------
+        dict[str, str]
+            ``{"xsciml_version": ..., "xsciml_model": <class name>}`` plus the
+            subclass's :meth:`_provenance_extra`, all values as strings.
+        """
+        attrs = {"xsciml_version": xsciml_version(), "xsciml_model": type(self).__name__}
+        attrs.update({str(k): str(v) for k, v in self._provenance_extra().items()})
+        return attrs
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        try:
+            config = self._get_config()
+        except Exception:  # a repr must never raise (unfitted or half-built objects)
+            return f"{name}()"
+        if not isinstance(config, Mapping):
+            return f"{name}()"
+        max_items = 6
+        parts = [f"{k}={_summarise(v)}" for k, v in list(config.items())[:max_items]]
+        if len(config) > max_items:
+            parts.append(f"... +{len(config) - max_items} more")
+        return f"{name}({', '.join(parts)})"
