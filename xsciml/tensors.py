@@ -718,7 +718,8 @@ class CoordinateData(_PointSet):
     def target(self, target: Any = None, time: Any = None) -> TargetPoints:
         """Encode new coordinates with this data's encoder (see :func:`target_points`)."""
         return target_points(self.encoder, self if target is None else target, time=time,
-                             dtype=self.dtype)
+                             dtype=self.dtype, condition=self.condition,
+                             condition_scaler=self.condition_scaler)
 
 
 # =========================================================================== builders
@@ -873,7 +874,8 @@ def to_tensors(
 
 
 def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
-                  dtype: Any = None) -> TargetPoints:
+                  dtype: Any = None, condition: Sequence[str] = (),
+                  condition_scaler: Scaler | None = None) -> TargetPoints:
     """Encode new coordinates for prediction, remembering how to label the outputs.
 
     Parameters
@@ -893,6 +895,11 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         array (added as a new ``time`` dimension).
     dtype
         torch dtype of the features (default float32).
+    condition, condition_scaler
+        Condition variables the model takes as inputs: the target Dataset must hold
+        them (broadcast against its coordinates); they are standardised with
+        ``condition_scaler`` and appended to the features. Points where one is NaN are
+        NaN in the output.
 
     Examples
     --------
@@ -908,9 +915,11 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
 
     dtype = dtype if dtype is not None else torch.float32
     names = list(encoder.space) + ([encoder.time] if encoder.time else [])
+    condition = [condition] if isinstance(condition, str) else list(condition)
     if isinstance(target, CoordinateData):
-        feats = target.features[:, :encoder.n_features].to(dtype)
-        return TargetPoints(encoder, target.layout, feats, dtype)
+        if list(target.condition) != condition:
+            raise ValueError(f"target data has condition {target.condition}, the model needs {condition}")
+        return TargetPoints(encoder, target.layout, target.features.to(dtype), dtype)
     if isinstance(target, pd.DataFrame):
         target = xr.Dataset.from_dataframe(target.reset_index(drop=True).rename_axis("point"))
         target = target.set_coords([n for n in target.data_vars])
@@ -947,9 +956,15 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
             f"target lacks coordinate(s) {missing}; the model was fitted on space={encoder.space}, "
             f"time={encoder.time!r}; target has {list(target.variables)}"
         )
+    missing_c = [c for c in condition if c not in target.variables]
+    if missing_c:
+        raise KeyError(
+            f"the model is conditioned on {condition} but the target lacks {missing_c}; pass a "
+            "Dataset holding them on the target coordinates"
+        )
     dims: list[Hashable] = []
     for d in target.dims:  # keep the target's dim order
-        if any(d in target[n].dims for n in names):
+        if any(d in target[n].dims for n in names + condition):
             dims.append(d)
     sizes = tuple(int(target.sizes[d]) for d in dims)
     keep = {k: c.variable for k, c in target.coords.items() if set(c.dims) <= set(dims)}
@@ -978,9 +993,22 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
             ok &= ~np.isnat(tvals)
         elif k == "numeric":
             ok &= np.isfinite(tvals.astype(float))
+    cvals = []
+    for c in condition:
+        cda = decode_variable(target[c])
+        _check_numeric(cda, c, "condition variable")
+        cds_c = xr.Dataset(coords={c: cda.variable})
+        cv = _gather_coord(cds_c, c, dims, sizes, flat).astype(np.float64)
+        ok &= np.isfinite(cv)
+        cvals.append(cv)
     idx = np.flatnonzero(ok)
     feats = encoder.transform({n: v[idx] for n, v in space.items()},
                               tvals[idx] if tvals is not None else None)
+    if condition:
+        if condition_scaler is None:
+            raise ValueError("condition_scaler is needed with condition variables")
+        c = np.stack([cv[idx] for cv in cvals], axis=-1)
+        feats = np.concatenate([feats, condition_scaler.transform(c)], axis=-1)
     layout = PointLayout(tuple(dims), sizes, cds, None if ok.all() else idx)
     return TargetPoints(encoder, layout, torch.as_tensor(feats, dtype=dtype), dtype)
 
