@@ -27,7 +27,8 @@ def real_data(name: str) -> Path:
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # one intra-op thread: small models are faster so, and it avoids oversubscription
+    torch.set_num_threads(1)
     yield
 
 
