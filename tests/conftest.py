@@ -23,13 +23,11 @@ def real_data(name: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    import torch
+import torch  # noqa: E402
 
-    # one intra-op thread: small models are faster so, and it avoids oversubscription
-    torch.set_num_threads(1)
-    yield
+# one intra-op thread for the whole session (module fixtures included): the test
+# models are small, and it avoids oversubscribing the 2 CI cores
+torch.set_num_threads(1)
 
 
 @pytest.fixture

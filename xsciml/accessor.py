@@ -30,6 +30,13 @@ class _SciMLAccessor:
 
         return to_fields(self._obj, variables, **kwargs)
 
+    # -- neural fields -------------------------------------------------------------
+    def fit_field(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.models.field.fit_field` on this object."""
+        from .models.field import fit_field
+
+        return fit_field(self._obj, variables, **kwargs)
+
     # -- inverse problems ----------------------------------------------------------
     def invert(self, inversion: Any, **kwargs: Any):
         """Call :func:`xsciml.inverse.invert` on this object."""
