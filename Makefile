@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine with only Python:
+#   make demo   -- creates .venv if needed, runs the main job on the built-in dataset
+#   make test   -- creates .venv if needed, runs the test suite (tests, doctests, notebooks)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.xsciml-installed
+# CPU build of torch, pinned on the path CI uses (an unpinned torch pulls GBs of CUDA
+# wheels). GPU users install their own torch first and `pip install -e .` as usual.
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast docs bench lint clean env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xsciml demo --output xsciml-demo-output
+
+test: $(STAMP)
+	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests --doctest-modules xsciml \
+		--nbmake notebooks $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	XSCIML_PROGRESS=0 $(BIN)/python -m pytest tests -x -q -m "not slow" $(PYTEST_ARGS)
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet ruff && $(BIN)/ruff check xsciml tests benchmarks
+
+clean:
+	rm -rf $(VENV) site xsciml-demo-output .pytest_cache
