@@ -167,3 +167,18 @@ def test_custom_module_and_bad_inputs(gappy, grid_field):
     f360 = cal.sciml.fit_field("u", space=("y", "x"), time="time", steps=20, progress=False)
     with pytest.raises(ValueError, match="calendar"):
         f360.predict({"y": [0.0], "x": [0.0], "time": pd.date_range("2000-01-01", periods=1).values})
+
+
+def test_dask_target_gives_lazy_result_equal_to_eager(gappy, grid_field, tmp_path):
+    ds, _ = gappy
+    fine = xr.Dataset(coords={"time": ds.time.values, "y": np.linspace(-1, 1, 40), "x": np.linspace(-1, 1, 30)})
+    fine["tmpl"] = xr.zeros_like(fine.time + fine.y + fine.x)
+    lazy_target = fine.chunk({"time": 1, "y": 20})
+    pred = grid_field.predict(lazy_target, device="cpu")
+    assert pred.u_mean.chunks is not None and pred.u_mean.data.npartitions == 6
+    eager = grid_field.predict(fine, device="cpu")
+    xr.testing.assert_allclose(pred.compute(), eager.transpose(*pred.u_mean.dims).astype("float32"), atol=1e-6)
+    assert pred.u_std.attrs["units"] == "K"
+    # written lazily to zarr chunk by chunk
+    pred.to_zarr(tmp_path / "p.zarr")
+    np.testing.assert_allclose(xr.open_zarr(tmp_path / "p.zarr").u_mean.values, eager.u_mean.transpose(*pred.u_mean.dims).values, atol=1e-6)

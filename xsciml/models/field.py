@@ -214,16 +214,53 @@ class NeuralField(Estimator):
         Examples
         --------
         >>> pred = field.predict({"lat": lat_fine, "lon": lon_fine, "time": times})  # doctest: +SKIP
+
+        A dask-backed target (a Dataset/DataArray whose data are dask arrays) gives a lazy
+        result with the target's chunks; each chunk is predicted when computed.
         """
+        lazy = _lazy_template(target, self.encoder, self.condition)
+        if lazy is not None:
+            return self._predict_lazy(lazy, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
         out = {}
         for j, v in enumerate(self.variables):
             attrs = dict(self.var_attrs.get(v, {}))
             out[f"{v}_mean"] = tp.to_dataarray(dist.mean[:, j], name=f"{v}_mean", attrs=attrs)
-            sattrs = {k: a for k, a in attrs.items() if k == "units"}
-            sattrs["long_name"] = f"predictive standard deviation of {v}"
-            out[f"{v}_std"] = tp.to_dataarray(dist.stddev[:, j], name=f"{v}_std", attrs=sattrs)
+            out[f"{v}_std"] = tp.to_dataarray(dist.stddev[:, j], name=f"{v}_std",
+                                              attrs=self.predict_attrs()[v])
         return xr.Dataset(out, attrs=self._provenance())
+
+    def _predict_lazy(self, template_in: xr.Dataset, **kw: Any) -> xr.Dataset:
+        import dask.array as dsa
+
+        dummy = template_in["__chunks__"]
+        out_vars = {}
+        for v in self.variables:
+            for suffix in ("_mean", "_std"):
+                out_vars[f"{v}{suffix}"] = (dummy.dims, dsa.zeros(dummy.shape, chunks=dummy.chunks,
+                                                                  dtype=np.float32))
+        template = xr.Dataset(out_vars, coords=dummy.coords)
+
+        def block(ds_block: xr.Dataset) -> xr.Dataset:
+            res = self.predict(ds_block.drop_vars("__chunks__"), **kw)
+            return res.transpose(*dummy.dims).astype(np.float32)
+
+        out = xr.map_blocks(block, template_in, template=template)
+        attrs = self.predict_attrs()
+        for v in self.variables:
+            out[f"{v}_mean"].attrs = dict(self.var_attrs.get(v, {}))
+            out[f"{v}_std"].attrs = attrs[v]
+        out.attrs = self._provenance()
+        return out
+
+    def predict_attrs(self) -> dict[str, dict]:
+        """Attrs of the ``<var>_std`` outputs."""
+        out = {}
+        for v in self.variables:
+            sattrs = {k: a for k, a in self.var_attrs.get(v, {}).items() if k == "units"}
+            sattrs["long_name"] = f"predictive standard deviation of {v}"
+            out[v] = sattrs
+        return out
 
     def sample(self, target: Any, n: int = 20, *, seed: int | None = 0, time: Any = None,
                batch_size: int = 65536, device: Any = "auto") -> xr.DataArray | xr.Dataset:
@@ -310,6 +347,38 @@ class NeuralField(Estimator):
         return (f"NeuralField(variables={self.variables}, network={self.info.get('network')!r}, "
                 f"likelihood={self.info.get('likelihood')!r}, space={self.encoder.space}, "
                 f"time={self.encoder.time!r})")
+
+
+def _lazy_template(target: Any, encoder: CoordinateEncoder, condition: Sequence[str]) -> xr.Dataset | None:
+    """For a dask-backed target: its coordinates plus a dask ``__chunks__`` variable
+    spanning the prediction dims with the target's chunks; ``None`` otherwise."""
+    import dask.array as dsa
+
+    if isinstance(target, xr.DataArray):
+        target = target.to_dataset(name=target.name if target.name is not None else "__target__")
+    if not isinstance(target, xr.Dataset):
+        return None
+    lazy_vars = [v for v in target.data_vars if target[v].chunks is not None]
+    if not lazy_vars:
+        return None
+    names = list(encoder.space) + ([encoder.time] if encoder.time else []) + list(condition)
+    missing = [n for n in names if n not in target.variables]
+    if missing:
+        return None  # let the eager path raise its clear error
+    dims = [d for d in target.dims if any(d in target[n].dims for n in names)]
+    chunks = {}
+    for v in lazy_vars:
+        for d, c in zip(target[v].dims, target[v].chunks):
+            if d in dims:
+                chunks.setdefault(d, c)
+    shape = tuple(target.sizes[d] for d in dims)
+    dummy = dsa.zeros(shape, chunks=tuple(chunks.get(d, (target.sizes[d],)) for d in dims), dtype=np.int8)
+    keep = {k: c for k, c in target.coords.items() if set(c.dims) <= set(dims)}
+    ds = xr.Dataset({"__chunks__": (tuple(dims), dummy)}, coords=keep)
+    for n in names:
+        if n not in ds.variables:  # coordinates or conditions stored as data variables
+            ds[n] = target[n]
+    return ds
 
 
 def fit_field(
