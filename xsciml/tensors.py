@@ -443,27 +443,43 @@ class CoordinateData(_PointSet):
             self.condition_scaler = Scaler.from_moments(cmeans, cstds)
 
     # -- materialising --------------------------------------------------------------
-    def _points_of_block(self, block: xr.Dataset, offsets, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(flat indices within the block, features float64, y float64) for one block."""
-        valid = None
+    def _np_dtype(self):
+        import torch
+
+        return torch.empty((), dtype=self.dtype).numpy().dtype
+
+    def _points_of_block(self, block: xr.Dataset | dict, offsets, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat indices within the block, features, y) for one block, in the tensor dtype.
+
+        ``block`` is a Dataset or a dict of raw arrays (already in ``self.dims`` order).
+        Intermediates are freed as soon as possible: streaming memory is a few times the
+        chunk size, not tens of times.
+        """
+        dt = self._np_dtype()
+        names = self.variables + self.condition
         vals = []
-        for v in self.variables + self.condition:
-            a = np.asarray(block[v].transpose(*self.dims).values)
-            vals.append(a.reshape(-1))
-            fin = np.isfinite(a.reshape(-1))
-            valid = fin if valid is None else valid & fin
+        valid = None
+        for v in names:
+            a = block[v] if isinstance(block, dict) else np.asarray(block[v].transpose(*self.dims).values)
+            a = np.asarray(a).reshape(-1)
+            vals.append(a)
+            fin = np.isfinite(a)
+            valid = fin if valid is None else np.logical_and(valid, fin, out=valid)
         flat = np.flatnonzero(valid)
-        feats, ok = self._features_at(flat, shape, offsets)
-        flat = flat[ok]
-        y = np.stack([vals[i][flat] for i in range(len(self.variables))], axis=-1)
+        del valid
+        feats, ok = self._features_at(flat, shape, offsets, dt)
+        if not ok.all():
+            flat, feats = flat[ok], feats[ok]
+        nv = len(self.variables)
+        y = np.empty((flat.size, nv), dtype=dt)
+        for i in range(nv):
+            y[:, i] = vals[i][flat]
         if self.condition:
-            c = np.stack([vals[len(self.variables) + i][flat] for i in range(len(self.condition))], -1)
-            feats = np.concatenate([feats[ok], self.condition_scaler.transform(c)], axis=-1)
-        else:
-            feats = feats[ok]
+            c = np.stack([vals[nv + i][flat] for i in range(len(self.condition))], -1)
+            feats = np.concatenate([feats, self.condition_scaler.transform(c).astype(dt)], axis=-1)
         return flat, feats, y
 
-    def _features_at(self, flat, shape, offsets):
+    def _features_at(self, flat, shape, offsets, dtype=np.float64):
         enc = self.encoder
         space = {n: _gather_coord(self._coords, n, self.dims, shape, flat, offsets).astype(np.float64)
                  for n in enc.space}
@@ -477,15 +493,15 @@ class CoordinateData(_PointSet):
                 ok &= ~np.isnat(time)
             elif time_kind(time) == "numeric":
                 ok &= np.isfinite(time)
-        return enc.transform(space, time), ok
+        return enc.transform(space, time).astype(dtype, copy=False), ok
 
     def _materialise(self) -> None:
         import torch
 
         flat, feats, y = self._points_of_block(self._ds, None, self.shape)
         self._valid = flat
-        self._features = torch.as_tensor(feats, dtype=self.dtype)
-        self._y = torch.as_tensor(y, dtype=self.dtype)
+        self._features = torch.from_numpy(feats)
+        self._y = torch.from_numpy(y)
 
     def load(self) -> CoordinateData:
         """Materialise all valid points of lazy (dask-backed) data in memory."""
@@ -599,12 +615,10 @@ class CoordinateData(_PointSet):
             return
         yield from self._stream(batch_size, shuffle, rng, drop_last, prefetch)
 
-    def _load_block(self, sl):
+    def _read_block(self, sl) -> dict[str, np.ndarray]:
+        """Raw values of one block (the I/O part, run in the prefetch thread)."""
         block = self._ds[self.variables + self.condition].isel(dict(zip(self.dims, sl)))
-        shape = tuple(s.stop - s.start for s in sl)
-        offsets = [s.start for s in sl]
-        _, feats, y = self._points_of_block(block, offsets, shape)
-        return feats, y
+        return {v: np.asarray(block[v].transpose(*self.dims).values) for v in self.variables + self.condition}
 
     def _stream(self, batch_size, shuffle, rng, drop_last, prefetch):
         import torch
@@ -620,26 +634,41 @@ class CoordinateData(_PointSet):
             pending = None
             carry_f = carry_y = None
             for k, b in enumerate(order):
-                if pending is not None:
-                    feats, y = pending.result()
-                else:
-                    feats, y = self._load_block(blocks[b])
+                sl = blocks[b]
+                raw = pending.result() if pending is not None else self._read_block(sl)
                 pending = None
                 if pool is not None and k + 1 < len(order):
-                    pending = pool.submit(self._load_block, blocks[order[k + 1]])
-                if shuffle and len(y):
-                    p = rng.permutation(len(y))
-                    feats, y = feats[p], y[p]
-                if carry_f is not None:
-                    feats = np.concatenate([carry_f, feats])
-                    y = np.concatenate([carry_y, y])
-                n_full = (len(y) // batch_size) * batch_size
-                for i in range(0, n_full, batch_size):
-                    yield (torch.as_tensor(feats[i:i + batch_size], dtype=self.dtype),
-                           torch.as_tensor(y[i:i + batch_size], dtype=self.dtype))
-                carry_f, carry_y = feats[n_full:], y[n_full:]
+                    pending = pool.submit(self._read_block, blocks[order[k + 1]])
+                shape = tuple(x.stop - x.start for x in sl)
+                _, feats, y = self._points_of_block(raw, [x.start for x in sl], shape)
+                del raw
+                n = len(y)
+                perm = rng.permutation(n) if shuffle else None
+                start = 0
+                if carry_y is not None and len(carry_y):  # complete the carried partial batch
+                    need = batch_size - len(carry_y)
+                    take = perm[:need] if perm is not None else np.arange(min(need, n))
+                    carry_f = np.concatenate([carry_f, feats[take]])
+                    carry_y = np.concatenate([carry_y, y[take]])
+                    start = len(take)
+                    if len(carry_y) == batch_size:
+                        yield torch.from_numpy(carry_f), torch.from_numpy(carry_y)
+                        carry_f = carry_y = None
+                    else:
+                        continue
+                n_full = start + ((n - start) // batch_size) * batch_size
+                for i in range(start, n_full, batch_size):
+                    if perm is not None:
+                        idx = perm[i:i + batch_size]
+                        yield torch.from_numpy(feats[idx]), torch.from_numpy(y[idx])
+                    else:
+                        yield (torch.from_numpy(feats[i:i + batch_size].copy()),
+                               torch.from_numpy(y[i:i + batch_size].copy()))
+                rest = perm[n_full:] if perm is not None else np.arange(n_full, n)
+                carry_f, carry_y = feats[rest], y[rest]
+                del feats, y
             if carry_y is not None and len(carry_y) and not drop_last:
-                yield (torch.as_tensor(carry_f, dtype=self.dtype), torch.as_tensor(carry_y, dtype=self.dtype))
+                yield torch.from_numpy(carry_f), torch.from_numpy(carry_y)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
