@@ -37,6 +37,19 @@ class _SciMLAccessor:
 
         return fit_field(self._obj, variables, **kwargs)
 
+    # -- latent models ---------------------------------------------------------------
+    def fit_latent(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.models.latent.fit_latent` on this object."""
+        from .models.latent import fit_latent
+
+        return fit_latent(self._obj, variables, **kwargs)
+
+    def fit_autoencoder(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.models.amortized.fit_autoencoder` on this object."""
+        from .models.amortized import fit_autoencoder
+
+        return fit_autoencoder(self._obj, variables, **kwargs)
+
     # -- inverse problems ----------------------------------------------------------
     def invert(self, inversion: Any, **kwargs: Any):
         """Call :func:`xsciml.inverse.invert` on this object."""

@@ -1,0 +1,420 @@
+r"""Latent interpolators (auto-decoders): one latent code per snapshot.
+
+Model, for snapshots :math:`s = 1..S` observed at points :math:`x_{sn}`:
+
+.. math::
+
+    z_s \sim \mathcal N(0, I), \qquad
+    y_{sn} \mid z_s \sim \mathcal N\big(f_\theta(x_{sn}[, t_{sn}], z_s), \sigma^2\big),
+
+with a neural-field decoder :math:`f_\theta` conditioned on :math:`z` (shift modulation
+for SIREN / FourierNet, concatenation for MLP / grid networks). Training maximises the
+ELBO with a diagonal Gaussian :math:`q_\phi(z_s) = \mathcal N(\mu_s, \mathrm{diag}\,
+s_s^2)` per snapshot (``variational=True``), or the MAP objective of an auto-decoder
+(``variational=False``). New snapshots are *encoded* by optimising their codes with
+:math:`\theta` frozen, from whatever points they have — any subset of the grid, another
+grid — batched over all snapshots at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from ..base import Estimator, register_estimator
+from ..coords import CoordinateEncoder
+from ..tensors import Scaler, target_points, to_tensors
+
+__all__ = ["LatentInterpolator", "fit_latent", "LatentModule"]
+
+
+class LatentModule(nn.Module):
+    """Decoder network, per-snapshot variational parameters and the noise scale."""
+
+    def __init__(self, network: nn.Module, n_samples: int, latent_dim: int, n_outputs: int,
+                 variational: bool, init_std: float = 0.3) -> None:
+        super().__init__()
+        self.network = network
+        self.latent_dim = latent_dim
+        self.variational = variational
+        self.z_mean = nn.Parameter(torch.zeros(n_samples, latent_dim))
+        self.z_log_std = nn.Parameter(torch.full((n_samples, latent_dim), math.log(init_std)),
+                                      requires_grad=variational)
+        self.log_sigma = nn.Parameter(torch.zeros(n_outputs))
+
+    def codes(self, idx: torch.Tensor, sample: bool) -> torch.Tensor:
+        mu = self.z_mean[idx]
+        if sample and self.variational:
+            return mu + self.z_log_std[idx].exp() * torch.randn_like(mu)
+        return mu
+
+    def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.network(features, z)
+
+    def kl(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ over snapshots (and latent dims) of KL(q(z_s) ‖ N(0, I))."""
+        mu = self.z_mean if idx is None else self.z_mean[idx]
+        ls = self.z_log_std if idx is None else self.z_log_std[idx]
+        q = torch.distributions.Normal(mu, ls.exp())
+        p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        return torch.distributions.kl_divergence(q, p).sum()
+
+
+def _snapshot_points(obj, variables, sample_dim, space, time, encoder=None, **kw):
+    """Coordinate tensors plus, per point, the index of its snapshot along ``sample_dim``."""
+    data = to_tensors(obj, variables, space=space, time=time, encoder=encoder, **kw)
+    if sample_dim not in data.dims:
+        raise KeyError(f"sample_dim {sample_dim!r} is not a dimension of {data.variables}; dims are {data.dims}")
+    flat = data.layout.valid
+    idx = np.unravel_index(flat, data.shape)[data.dims.index(sample_dim)]
+    return data, torch.as_tensor(idx, dtype=torch.long)
+
+
+@register_estimator
+class LatentInterpolator(Estimator):
+    """A fitted latent interpolator: decoder :math:`f_\\theta(x, z)` and prior N(0, I).
+
+    Built by :func:`fit_latent` (``ds.sciml.fit_latent``).
+    """
+
+    def __init__(self, network: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
+                 variables: list[str], sample_dim: Hashable, latent_dim: int, variational: bool,
+                 log_sigma: torch.Tensor, train_codes: torch.Tensor, train_code_std: torch.Tensor,
+                 var_attrs: dict | None = None, info: dict | None = None) -> None:
+        self.network = network
+        self.encoder = encoder
+        self.scaler = scaler
+        self.variables = list(variables)
+        self.sample_dim = sample_dim
+        self.latent_dim = int(latent_dim)
+        self.variational = bool(variational)
+        self.log_sigma = log_sigma
+        self.train_codes = train_codes
+        self.train_code_std = train_code_std
+        self.var_attrs = var_attrs or {}
+        self.info = info or {}
+        self.history = None
+
+    # ------------------------------------------------------------------ persistence
+    def _get_config(self) -> dict[str, Any]:
+        return {"network": self.network.config(), "encoder": self.encoder.to_dict(),
+                "scaler": self.scaler.to_dict(), "variables": self.variables,
+                "sample_dim": str(self.sample_dim), "latent_dim": self.latent_dim,
+                "variational": self.variational,
+                "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
+                                  for k, a in at.items()} for v, at in self.var_attrs.items()},
+                "info": self.info}
+
+    def _get_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        out.update(log_sigma=self.log_sigma, train_codes=self.train_codes,
+                   train_code_std=self.train_code_std)
+        return out
+
+    @classmethod
+    def _from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> LatentInterpolator:
+        from ..nn import build_network
+
+        net = build_network(config["network"])
+        net.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+        return cls(net, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
+                   config["variables"], config["sample_dim"], config["latent_dim"], config["variational"],
+                   tensors["log_sigma"], tensors["train_codes"], tensors["train_code_std"],
+                   config.get("var_attrs"), config.get("info"))
+
+    def _provenance_extra(self) -> dict[str, Any]:
+        return {"xsciml_network": self.info.get("network", ""), "xsciml_latent_dim": self.latent_dim}
+
+    # ------------------------------------------------------------------ encode
+    @property
+    def codes(self) -> xr.DataArray:
+        """Posterior means of the training snapshots' codes ``(sample_dim, latent)``."""
+        coords = self.info.get("sample_coords")
+        da = xr.DataArray(self.train_codes.numpy(), dims=(self.sample_dim, "latent"), name="z")
+        if coords is not None and len(coords) == da.shape[0]:
+            da = da.assign_coords({self.sample_dim: np.asarray(coords)})
+        return da
+
+    def encode(self, obj: xr.Dataset | xr.DataArray, *, steps: int = 300, lr: float = 0.05,
+               device: Any = "auto", seed: int | None = 0, progress: bool | None = None
+               ) -> xr.DataArray | xr.Dataset:
+        """Infer codes for (new) snapshots from whatever points they have.
+
+        All snapshots are encoded together: their codes (and, when variational, their
+        posterior std) are optimised by Adam on the ELBO (or MAP objective) with the
+        decoder frozen — one batched optimisation, no loop over snapshots.
+
+        Parameters
+        ----------
+        obj
+            Snapshots along ``sample_dim``, on the training grid, a subset of it (NaN
+            elsewhere), or another grid / scattered points with the same coordinate names.
+        steps, lr
+            Adam steps and learning rate of the code optimisation.
+
+        Returns
+        -------
+        DataArray ``z (sample_dim, latent)`` — or, when variational, a Dataset with the
+        posterior mean ``z`` and standard deviation ``z_std``.
+        """
+        from .._utils import progress_bar, resolve_device, seed_everything
+
+        data, idx = _snapshot_points(obj, self.variables, self.sample_dim, self.encoder.space,
+                                     self.encoder.time, encoder=self.encoder)
+        ds_obj = obj if isinstance(obj, xr.Dataset) else obj.to_dataset(name=self.variables[0])
+        S = int(ds_obj.sizes[self.sample_dim])
+        present = torch.bincount(idx, minlength=S)
+        if (present == 0).any():
+            empty = np.flatnonzero(present.numpy() == 0)[:5].tolist()
+            raise ValueError(f"snapshot(s) {empty} along {self.sample_dim!r} have no valid point; "
+                             "drop them before encoding")
+        seed_everything(seed)
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        f = data.features.to(dev)
+        y = torch.as_tensor(self.scaler.transform(data.y.double().numpy()), dtype=torch.float32, device=dev)
+        idx = idx.to(dev)
+        mu = torch.zeros(S, self.latent_dim, device=dev, requires_grad=True)
+        log_s = torch.full((S, self.latent_dim), math.log(0.3), device=dev, requires_grad=self.variational)
+        params = [mu, log_s] if self.variational else [mu]
+        opt = torch.optim.Adam(params, lr=lr)
+        sigma = self.log_sigma.to(dev).exp()
+        n = float(len(y))
+        for _ in progress_bar(range(steps), desc="encode", progress=progress, leave=False):
+            z = mu[idx]
+            if self.variational:
+                z = z + log_s.exp()[idx] * torch.randn_like(z)
+            out = net(f, z)
+            nll = -torch.distributions.Normal(out, sigma).log_prob(y).sum()
+            if self.variational:
+                q = torch.distributions.Normal(mu, log_s.exp())
+                prior = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
+            else:
+                prior = 0.5 * mu.pow(2).sum()
+            loss = (nll + prior) / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        coords = {self.sample_dim: ds_obj[self.sample_dim].values} if self.sample_dim in ds_obj.coords else {}
+        zda = xr.DataArray(mu.detach().cpu().numpy(), dims=(self.sample_dim, "latent"), coords=coords, name="z")
+        if not self.variational:
+            return zda
+        sda = xr.DataArray(log_s.detach().exp().cpu().numpy(), dims=(self.sample_dim, "latent"),
+                           coords=coords, name="z_std")
+        return xr.Dataset({"z": zda, "z_std": sda})
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, z: Any, target: Any, *, time: Any = None, batch_size: int = 2**18,
+               device: Any = "auto") -> xr.DataArray | xr.Dataset:
+        """Decode codes to fields on any target coordinates.
+
+        Parameters
+        ----------
+        z
+            DataArray ``(sample_dim, latent)`` (or a Dataset with ``z``), or an array
+            ``[S, latent_dim]``.
+        target
+            Where to evaluate: a Dataset/DataArray (its space coordinates), a dict of 1-D
+            coordinates, or a DataFrame of points (see :func:`~xsciml.tensors.target_points`).
+
+        Returns
+        -------
+        The field with a leading ``sample_dim``: a DataArray for one variable, else a Dataset.
+        """
+        from .._utils import resolve_device
+
+        if isinstance(z, xr.Dataset):
+            z = z["z"]
+        sample_coords = None
+        dim = self.sample_dim
+        if isinstance(z, xr.DataArray):
+            if z.ndim != 2:
+                raise ValueError(f"z must be 2-D (samples, latent), got dims {z.dims}")
+            dim = z.dims[0]
+            sample_coords = z[dim].values if dim in z.coords else None
+            z = z.values
+        zt = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+        if zt.ndim != 2 or zt.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape [S, {self.latent_dim}], got {tuple(zt.shape)}")
+        if isinstance(target, xr.Dataset) and dim in target.dims:
+            target = target.isel({dim: 0}, drop=True)
+        elif isinstance(target, xr.DataArray) and dim in target.dims:
+            target = target.isel({dim: 0}, drop=True)
+        tp = target_points(self.encoder, target, time=time)
+        dev = resolve_device(device)
+        net = self.network.to(dev).eval()
+        S, P = zt.shape[0], len(tp.features)
+        out = torch.empty(S, P, len(self.variables))
+        per = max(1, batch_size // max(P, 1))
+        with torch.inference_mode():
+            feats = tp.features.to(dev)
+            for i in range(0, S, per):
+                zz = zt[i:i + per].to(dev)
+                res = net(feats.unsqueeze(0).expand(len(zz), -1, -1), zz.unsqueeze(1))
+                out[i:i + per] = res.float().cpu()
+        phys = self.scaler.inverse(out)
+        lc = {dim: sample_coords} if sample_coords is not None else {dim: np.arange(S)}
+        das = {v: tp.to_dataarray(phys[..., j], name=v, attrs=self.var_attrs.get(v, {}),
+                                  leading_dims=(dim,), leading_coords=lc)
+               for j, v in enumerate(self.variables)}
+        if len(das) == 1:
+            da = next(iter(das.values()))
+            da.attrs = {**da.attrs, **self._provenance()}
+            return da
+        return xr.Dataset(das, attrs=self._provenance())
+
+    def sample(self, n: int, target: Any, *, seed: int | None = 0, **kw: Any) -> xr.DataArray | xr.Dataset:
+        """Draw ``n`` fields from the prior: z ~ N(0, I), decoded on ``target``."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, self.latent_dim, generator=g)
+        return self.decode(xr.DataArray(z.numpy(), dims=("sample", "latent")), target, **kw)
+
+    def reconstruct(self, obj: xr.Dataset | xr.DataArray, target: Any = None, **kw: Any):
+        """``decode(encode(obj), target or obj)``: gap filling of snapshots."""
+        z = self.encode(obj, **kw)
+        return self.decode(z, obj if target is None else target)
+
+    def __repr__(self) -> str:
+        return (f"LatentInterpolator(variables={self.variables}, sample_dim={self.sample_dim!r}, "
+                f"latent_dim={self.latent_dim}, network={self.info.get('network')!r}, "
+                f"variational={self.variational})")
+
+
+def fit_latent(
+    obj: xr.Dataset | xr.DataArray,
+    variables: str | Sequence[str] | None = None,
+    *,
+    sample_dim: Hashable = "time",
+    latent_dim: int = 32,
+    space: str | Sequence[str] | None = None,
+    time: str | None = None,
+    model: str = "mfn",
+    model_kwargs: dict[str, Any] | None = None,
+    variational: bool = True,
+    time_features: Any = (),
+    steps: int = 3000,
+    batch_size: int = 8192,
+    lr: float = 2e-3,
+    latent_lr: float = 2e-2,
+    scheduler: Any = "cosine",
+    device: Any = "auto",
+    seed: int | None = 0,
+    progress: bool | None = None,
+) -> LatentInterpolator:
+    r"""Fit a latent interpolator: one code per snapshot and a shared neural-field decoder.
+
+    Maximises the ELBO :math:`\sum_{s,n}\mathbb E_q \log\mathcal N(y_{sn};
+    f_\theta(x_{sn}, z_s), \sigma^2) - \sum_s \mathrm{KL}(q(z_s)\,\|\,\mathcal N(0, I))`
+    over :math:`\theta`, :math:`\sigma` and the per-snapshot :math:`q(z_s)` (or, with
+    ``variational=False``, the MAP auto-decoder objective with a Gaussian prior), by
+    minibatches of points drawn across all snapshots through
+    :func:`xsciml.training.fit`.
+
+    Parameters
+    ----------
+    obj
+        Snapshots along ``sample_dim`` (time steps, ensemble members...), NaN where not observed.
+    variables
+        Variable(s) to model.
+    sample_dim
+        The dimension indexing snapshots; every snapshot gets its own code.
+    latent_dim
+        Size of the codes.
+    space, time, time_features
+        Coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`);
+        ``time=None`` (default) leaves the snapshot's state entirely to its code.
+    model, model_kwargs
+        Decoder: ``"mfn"`` (FourierNet, shift modulation by z — the default), ``"siren"``
+        (shift modulation), ``"mlp"`` or ``"grid"`` (z concatenated).
+    variational
+        ELBO with a Gaussian q(z) per snapshot (default), or MAP codes.
+    steps, batch_size, lr, latent_lr, scheduler, device, seed, progress
+        Training; codes learn with ``latent_lr`` (as in auto-decoders, codes need a larger
+        step than the shared weights).
+
+    Returns
+    -------
+    LatentInterpolator
+
+    Examples
+    --------
+    >>> import xsciml
+    >>> ds = xsciml.datasets.gaussian_random_field((16, 16), n=8, seed=0)
+    >>> li = ds.sciml.fit_latent("u", sample_dim="sample", latent_dim=4, steps=20, progress=False)
+    >>> li.encode(ds.isel(sample=[0]), steps=5).sizes["latent"]
+    4
+    """
+    from ..nn import build_network
+    from ..training import fit
+
+    if isinstance(obj, xr.DataArray):
+        obj = obj.to_dataset(name=obj.name if obj.name is not None else "values")
+        variables = variables or list(obj.data_vars)
+    if latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+    if sample_dim not in obj.dims:
+        raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
+    if space is None:
+        from ..tensors import _default_space
+
+        v0 = variables if isinstance(variables, str) else list(variables or obj.data_vars)[0]
+        space = _default_space(obj, [d for d in obj[v0].dims if d != sample_dim], time)
+    data, idx = _snapshot_points(obj, variables, sample_dim, space, time, time_features=time_features)
+    S = int(obj.sizes[sample_dim])
+    if S < 2:
+        raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
+    kind = str(model).lower()
+    kw = {"width": 128, "depth": 3}
+    if kind in ("mfn", "fouriernet"):
+        from .field import _extent_cells
+
+        kw["input_scale"] = float(max(4.0, min(_extent_cells(data)) / 2.0))
+    elif kind == "grid":
+        from .field import _default_network_kwargs
+
+        kw = _default_network_kwargs("grid", data)
+    kw.update(model_kwargs or {})
+    ny = len(data.variables)
+    net = build_network(kind, in_features=data.features.shape[1], out_features=ny,
+                        code_dim=latent_dim, **kw)
+    module = LatentModule(net, S, latent_dim, ny, variational)
+    y_std = torch.as_tensor(data.scaler.transform(data.y.double().numpy()), dtype=torch.float32)
+    n_total = float(len(y_std))
+
+    def loss_fn(m: LatentModule, batch):
+        f, y, i = batch
+        z = m.codes(i, sample=m.training)
+        out = m(f, z)
+        nll = -torch.distributions.Normal(out, m.log_sigma.exp()).log_prob(y).mean()
+        if m.variational:
+            prior = m.kl() / n_total
+        else:
+            prior = 0.5 * m.z_mean[i].pow(2).sum(1).mean() * (S / n_total)
+        return nll + prior, {"nll": float(nll.detach())}
+
+    groups = [{"params": list(module.network.parameters()) + [module.log_sigma], "lr": lr},
+              {"params": [module.z_mean, module.z_log_std], "lr": latent_lr}]
+    history = fit(module, loss_fn, (data.features, y_std, idx), steps=steps, batch_size=batch_size,
+                  optimizer="adam", lr=lr, params=groups, scheduler=scheduler, device=device,
+                  seed=seed, progress=progress, desc=f"fit_latent[{kind}]")
+    module = module.cpu()
+    sample_coords = obj[sample_dim].values if sample_dim in obj.coords else None
+    info = {"network": kind, "n_snapshots": S, "steps": int(history.steps)}
+    if sample_coords is not None and sample_coords.dtype.kind in "iuf":
+        info["sample_coords"] = sample_coords.tolist()
+    li = LatentInterpolator(module.network, data.encoder, data.scaler, data.variables, sample_dim,
+                            latent_dim, variational, module.log_sigma.detach().clone(),
+                            module.z_mean.detach().clone(), module.z_log_std.detach().exp().clone(),
+                            {v: dict(data.var_attrs.get(v, {})) for v in data.variables}, info)
+    li.history = history
+    return li
