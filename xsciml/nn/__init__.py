@@ -17,6 +17,7 @@ torch.Size([100, 2])
 
 from .fields import MFN, NETWORK_KINDS, SIREN, FourierFeatureMLP, FourierNet, build_network
 from .grid import MultiResGrid, default_grid_resolutions
+from .unet import UNet
 from .layers import (
     ACTIVATIONS,
     MLP,
@@ -38,6 +39,7 @@ __all__ = [
     "FourierNet",
     "MultiResGrid",
     "SineLayer",
+    "UNet",
     "build_network",
     "default_grid_resolutions",
     "get_activation",
