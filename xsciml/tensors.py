@@ -61,8 +61,8 @@ def decode_variable(da: xr.DataArray) -> xr.DataArray:
     >>> import numpy as np, xarray as xr
     >>> raw = xr.DataArray(np.array([0, 100, -32767], dtype="int16"), dims="x",
     ...                    attrs={"scale_factor": 0.01, "add_offset": 273.15, "_FillValue": -32767})
-    >>> decode_variable(raw).values.round(2)
-    array([273.15, 274.15,    nan])
+    >>> decode_variable(raw).values.round(2)  # int16 packing decodes to float32, as in xarray
+    array([273.15, 274.15,    nan], dtype=float32)
     """
     attrs = dict(da.attrs)
     packed = any(k in attrs for k in ("scale_factor", "add_offset"))
