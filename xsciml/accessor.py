@@ -50,6 +50,19 @@ class _SciMLAccessor:
 
         return fit_autoencoder(self._obj, variables, **kwargs)
 
+    # -- forecasting -------------------------------------------------------------------
+    def fit_dynamics(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.models.dino.fit_dynamics` on this object."""
+        from .models.dino import fit_dynamics
+
+        return fit_dynamics(self._obj, variables, **kwargs)
+
+    def forecast(self, model: Any, **kwargs: Any):
+        """Call :func:`xsciml.models.dino.forecast` on this object (the initial states)."""
+        from .models.dino import forecast
+
+        return forecast(self._obj, model, **kwargs)
+
     # -- inverse problems ----------------------------------------------------------
     def invert(self, inversion: Any, **kwargs: Any):
         """Call :func:`xsciml.inverse.invert` on this object."""
