@@ -187,6 +187,41 @@ class Scaler:
         return cls(list(d["mean"]), list(d["std"]))
 
 
+def _block_stats(*blocks) -> np.ndarray:
+    """Per variable ``[count, mean, M2, n_inf, n_finite]`` of one block (jointly valid points)."""
+    blocks = [np.asarray(b) for b in blocks]
+    valid = None
+    out = np.zeros((len(blocks), 5))
+    for i, b in enumerate(blocks):
+        fin = np.isfinite(b)
+        out[i, 3] = np.count_nonzero(np.isinf(b))
+        out[i, 4] = np.count_nonzero(fin)
+        valid = fin if valid is None else np.logical_and(valid, fin, out=valid)
+    for i, b in enumerate(blocks):
+        vals = b[valid].astype(np.float64)
+        n = vals.size
+        if n:
+            mean = vals.mean()
+            vals -= mean
+            out[i, :3] = (n, mean, float(np.dot(vals, vals)))
+    return out
+
+
+def _combine_stats(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Chan et al.'s pairwise combination of block counts, means and M2."""
+    total = np.array(parts[0], dtype=np.float64)
+    for p in parts[1:]:
+        n_a, n_b = total[:, 0], p[:, 0]
+        n = n_a + n_b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = p[:, 1] - total[:, 1]
+            mean = np.where(n > 0, total[:, 1] + delta * n_b / np.where(n > 0, n, 1), 0.0)
+            m2 = total[:, 2] + p[:, 2] + np.where(n > 0, delta**2 * n_a * n_b / np.where(n > 0, n, 1), 0.0)
+        total[:, 0], total[:, 1], total[:, 2] = n, mean, m2
+        total[:, 3:] += p[:, 3:]
+    return total
+
+
 # =========================================================================== layout
 @dataclass
 class PointLayout:
@@ -405,23 +440,32 @@ class CoordinateData(_PointSet):
 
     # -- statistics (one pass, dask-aware) ------------------------------------------
     def _fit_statistics(self) -> None:
+        """Moments, infinities and counts of every variable in one pass over the blocks.
+
+        Each block gives ``(count, mean, M2, n_inf, n_finite)`` per variable at jointly
+        valid points (one fused task per block, so at most a few blocks' temporaries are
+        alive); blocks are combined with Chan's parallel formula.
+        """
         import dask
 
-        ds = self._ds
-        valid = None
-        for v in self.variables + self.condition:
-            fin = np.isfinite(ds[v])
-            valid = fin if valid is None else (valid & fin)
-        tasks = {}
-        for v in self.variables + self.condition:
-            a = ds[v].where(valid)
-            tasks[v] = (a.count(), a.sum(), (a.astype(np.float64) ** 2).sum(),
-                        np.isinf(ds[v]).sum(), np.isfinite(ds[v]).sum())
-        (computed,) = dask.compute(tasks)
-        means, stds = [], []
-        cmeans, cstds = [], []
-        for v in self.variables + self.condition:
-            n, s, ss, n_inf, n_fin = (float(np.asarray(getattr(x, "values", x))) for x in computed[v])
+        names = self.variables + self.condition
+        arrays = [self._ds[v].transpose(*self.dims).data for v in names]
+        if any(_is_dask(self._ds[v]) for v in names):
+            import dask.array as dsa
+
+            ref = next(a for a in arrays if hasattr(a, "numblocks"))
+            arrays = [a if hasattr(a, "numblocks") else dsa.from_array(np.asarray(a), chunks=ref.chunks)
+                      for a in arrays]
+            arrays = list(dsa.core.unify_chunks(*[x for a in arrays for x in (a, tuple(range(a.ndim)))])[1])
+            tasks = [dask.delayed(_block_stats)(*[a.blocks[idx] for a in arrays])
+                     for idx in np.ndindex(*arrays[0].numblocks)]
+            parts = dask.compute(*tasks)
+        else:
+            parts = [_block_stats(*arrays)]
+        stats = _combine_stats(parts)
+        means, stds, cmeans, cstds = [], [], [], []
+        for i, v in enumerate(names):
+            n, mean, m2, n_inf, n_fin = stats[i]
             role = "variable" if v in self.variables else "condition variable"
             if n_inf > 0:
                 raise ValueError(
@@ -434,10 +478,9 @@ class CoordinateData(_PointSet):
                 raise ValueError(
                     f"{role} {v!r} has no point where all requested variables are valid together"
                 )
-            mean = s / n
-            var = max(ss / n - mean * mean, 0.0)
             (means if v in self.variables else cmeans).append(mean)
-            (stds if v in self.variables else cstds).append(math.sqrt(var))
+            (stds if v in self.variables else cstds).append(math.sqrt(max(m2 / n, 0.0)))
+        self._n_valid = int(stats[0][0])
         self.scaler = Scaler.from_moments(means, stds)
         if self.condition:
             self.condition_scaler = Scaler.from_moments(cmeans, cstds)
@@ -679,15 +722,10 @@ class CoordinateData(_PointSet):
 
     @property
     def n_valid(self) -> int:
-        """Number of valid points (cheap for lazy data: counted in the statistics pass)."""
+        """Number of valid points (for lazy data, counted in the statistics pass before
+        points with NaN coordinates — rare — are dropped)."""
         if self._y is not None:
             return int(self._y.shape[0])
-        if not hasattr(self, "_n_valid"):
-            valid = None
-            for v in self.variables + self.condition:
-                fin = np.isfinite(self._ds[v])
-                valid = fin if valid is None else valid & fin
-            self._n_valid = int(valid.sum().compute() if _is_dask(valid) else valid.sum())
         return self._n_valid
 
     # -- splitting -------------------------------------------------------------------
