@@ -1,4 +1,4 @@
-"""Command line: ``xsciml demo`` (the main job) and friends.
+"""Command line: ``xsciml demo`` (the main job) and ``xsciml run`` (batch jobs).
 
 ``xsciml demo`` runs end to end on the built-in default dataset — no file or network
 needed: generate data → coordinate tensors → fit a neural field on gappy observations
@@ -110,9 +110,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small settings (seconds)")
     p.add_argument("--quiet", "-q", action="store_true", help="no printing or progress bars")
     p.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser(
+        "run", help="apply a saved model to a zarr store, region by region (resumable)",
+        description="Run a batch job: open INPUT lazily, apply the model per chunk on a Dask "
+                    "scheduler, write OUTPUT region by region. Run the same command again after "
+                    "a crash: finished regions are skipped.")
+    r.add_argument("task", help="task to run, e.g. predict (see xsciml.jobs.registered_tasks)")
+    r.add_argument("--model", "-m", required=True, help="model file written by est.save")
+    r.add_argument("--input", "-i", required=True, help="input zarr store (path or URL)")
+    r.add_argument("--output", "-o", required=True, help="output zarr store (path or URL)")
+    r.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (tcp://host:8786) or threads/processes/synchronous; "
+                        "default: local threads")
+    r.add_argument("--region-dim", default=None, help="dimension the output is written along")
+    r.add_argument("--region-size", type=int, default=None,
+                   help="length of a region along --region-dim (a multiple of the chunk size)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an output store written by something else or another job")
+    r.add_argument("--kwarg", "-k", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option (JSON value or string), e.g. -k batch_size=65536 -k device=cuda; "
+                        "repeatable")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args.output, quick=args.quick, quiet=args.quiet, seed=args.seed)
+    elif args.command == "run":
+        return _run_job(args, parser)
+    return 0
+
+
+def _task_kwargs(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            parser.error(f"--kwarg takes KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _run_job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .jobs import run_job
+
+    kwargs = _task_kwargs(args.kwarg, parser)
+    report = run_job(args.task, args.model, args.input, args.output, scheduler=args.scheduler,
+                     region_dim=args.region_dim, region_size=args.region_size,
+                     progress=not args.quiet, overwrite=args.overwrite, **kwargs)
+    if not args.quiet:
+        print(json.dumps({"output": report.output, "region_dim": report.region_dim,
+                          "region_size": report.region_size, "n_regions": report.n_regions,
+                          "computed": len(report.computed), "skipped": len(report.skipped),
+                          "seconds": report.seconds}, indent=2))
     return 0
 
 

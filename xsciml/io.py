@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as _st_load_bytes
+from safetensors.torch import save as _st_save_bytes
 from safetensors.torch import save_file
 
 from ._utils import resolve_device
@@ -47,6 +49,8 @@ __all__ = [
     "save",
     "load",
     "read_metadata",
+    "save_bytes",
+    "load_bytes",
 ]
 
 FORMAT_NAME = "xsciml"
@@ -249,55 +253,10 @@ def _parse_json(text: str, key: str, kind: type, path: pathlib.Path) -> Any:
     return value
 
 
-# ----------------------------------------------------------------------------------
-# public API
-# ----------------------------------------------------------------------------------
-def save(
-    estimator: Estimator, path: str | os.PathLike[str], *, overwrite: bool = True
-) -> pathlib.Path:
-    """Save a fitted estimator to a single safetensors file.
-
-    The file is written to a temporary name next to ``path`` and moved into place, so
-    an interrupted save never leaves a half-written model behind.
-
-    Parameters
-    ----------
-    estimator : Estimator
-        A fitted estimator whose class is decorated with
-        :func:`~xsciml.base.register_estimator`.
-    path : str or os.PathLike
-        Destination file. The suffix ``.xsciml`` is recommended; the parent directory
-        must exist.
-    overwrite : bool, default True
-        If False, raise :class:`FileExistsError` when ``path`` exists.
-
-    Returns
-    -------
-    pathlib.Path
-        The path written.
-
-    Raises
-    ------
-    TypeError
-        If ``estimator`` is not an :class:`~xsciml.base.Estimator`, or its config or
-        tensors cannot be stored (the message names the offending entry).
-    ValueError
-        If the estimator's class is not registered.
-    FileExistsError
-        If ``path`` exists and ``overwrite=False``.
-    FileNotFoundError
-        If the parent directory of ``path`` does not exist.
-
-    Examples
-    --------
-    >>> import xsciml
-    >>> path = xsciml.io.save(est, "model.xsciml")  # doctest: +SKIP
-    >>> xsciml.io.read_metadata(path)["class"]  # doctest: +SKIP
-    'NeuralField'
-    """
+def _serialise(estimator: Estimator) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and string metadata of a model file (shared by save and save_bytes)."""
     if not isinstance(estimator, Estimator):
         raise TypeError(f"estimator must be an xsciml Estimator, got {type(estimator).__name__}.")
-    path = _as_path(path)
     cls = type(estimator)
     owner = cls.__name__
     cls_name = _registry_name(cls)
@@ -345,6 +304,58 @@ def save(
     }
     if complex_names:
         metadata["complex"] = complex_json
+
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------
+def save(
+    estimator: Estimator, path: str | os.PathLike[str], *, overwrite: bool = True
+) -> pathlib.Path:
+    """Save a fitted estimator to a single safetensors file.
+
+    The file is written to a temporary name next to ``path`` and moved into place, so
+    an interrupted save never leaves a half-written model behind.
+
+    Parameters
+    ----------
+    estimator : Estimator
+        A fitted estimator whose class is decorated with
+        :func:`~xsciml.base.register_estimator`.
+    path : str or os.PathLike
+        Destination file. The suffix ``.xsciml`` is recommended; the parent directory
+        must exist.
+    overwrite : bool, default True
+        If False, raise :class:`FileExistsError` when ``path`` exists.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    TypeError
+        If ``estimator`` is not an :class:`~xsciml.base.Estimator`, or its config or
+        tensors cannot be stored (the message names the offending entry).
+    ValueError
+        If the estimator's class is not registered.
+    FileExistsError
+        If ``path`` exists and ``overwrite=False``.
+    FileNotFoundError
+        If the parent directory of ``path`` does not exist.
+
+    Examples
+    --------
+    >>> import xsciml
+    >>> path = xsciml.io.save(est, "model.xsciml")  # doctest: +SKIP
+    >>> xsciml.io.read_metadata(path)["class"]  # doctest: +SKIP
+    'NeuralField'
+    """
+    tensors, metadata = _serialise(estimator)
+    path = _as_path(path)
 
     if path.is_dir():
         raise IsADirectoryError(
@@ -406,6 +417,26 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
     path = _as_path(path)
     target = resolve_device(device)
     metadata, _ = _read_header(path)
+
+    def read_tensors() -> dict[str, torch.Tensor]:
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return {name: f.get_tensor(name) for name in f.keys()}
+        except SafetensorError as err:
+            raise ModelFileError(
+                f"{str(path)!r} is truncated or corrupted ({err}); copy or save the model again."
+            ) from err
+
+    return _rebuild(metadata, read_tensors, path, target)
+
+
+def _rebuild(metadata: Mapping[str, str], read_tensors: Any, path: Any,
+             target: torch.device) -> Estimator:
+    """Check a model's metadata, read its tensors and rebuild the estimator.
+
+    Shared by :func:`load` and :func:`load_bytes`; ``path`` only names the source in
+    error messages.
+    """
     version = _format_version(metadata, path)
     if version > FORMAT_VERSION:
         raise ModelFileError(
@@ -418,13 +449,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
     complex_json = metadata.get("complex", "[]")
     complex_names = _parse_json(complex_json, "complex", list, path)
 
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except SafetensorError as err:
-        raise ModelFileError(
-            f"{str(path)!r} is truncated or corrupted ({err}); copy or save the model again."
-        ) from err
+    tensors = read_tensors()
 
     cls_name = metadata["class"]
     if _digest(cls_name, metadata["config"], complex_json, tensors) != metadata["sha256"]:
@@ -465,6 +490,111 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
             f"not a {cls.__name__}."
         )
     return estimator
+
+
+def save_bytes(estimator: Estimator) -> bytes:
+    """Serialise a fitted estimator to bytes: the content of the file :func:`save` writes.
+
+    Used to ship a model to Dask workers (see :mod:`xsciml.parallel`) or to keep it in
+    a database; :func:`load_bytes` reads it back. No pickle is involved.
+
+    Parameters
+    ----------
+    estimator : Estimator
+        A fitted, registered estimator.
+
+    Returns
+    -------
+    bytes
+        A safetensors container with the xsciml metadata (config JSON, sha256 digest).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`save`, for estimators that cannot be stored.
+
+    Examples
+    --------
+    >>> blob = xsciml.io.save_bytes(field)  # doctest: +SKIP
+    >>> xsciml.io.load_bytes(blob).variables  # doctest: +SKIP
+    ['u']
+    """
+    tensors, metadata = _serialise(estimator)
+    return _st_save_bytes(tensors, metadata=metadata)
+
+
+_BYTES_LABEL = "<model bytes>"
+
+
+def _header_from_bytes(data: Any) -> dict[str, str]:
+    """The xsciml metadata of serialised model bytes (the JSON header only is parsed)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"data must be bytes (from xsciml.io.save_bytes), got {type(data).__name__}."
+        )
+    view = memoryview(data)
+    size = view.nbytes
+    if size < 9 or bytes(view[8:9]) != b"{":
+        raise ModelFileError(
+            f"{_BYTES_LABEL!r} are not an xsciml model ({size} bytes without a safetensors "
+            "header); serialise estimators with xsciml.io.save_bytes."
+        )
+    header_len = int.from_bytes(bytes(view[:8]), "little")
+    if 8 + header_len > size:
+        raise ModelFileError(
+            f"{_BYTES_LABEL!r} are truncated: the header announces {header_len} bytes but "
+            f"only {size} were given."
+        )
+    try:
+        header = json.loads(bytes(view[8:8 + header_len]))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{_BYTES_LABEL!r} have a corrupted header ({err}).") from err
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(
+            f"{_BYTES_LABEL!r} are a safetensors container without xsciml metadata; "
+            "serialise estimators with xsciml.io.save_bytes."
+        )
+    return metadata
+
+
+def load_bytes(data: bytes, *, device: str | torch.device = "cpu") -> Estimator:
+    """Rebuild an estimator from :func:`save_bytes` output (the digest is checked).
+
+    Parameters
+    ----------
+    data : bytes
+        Output of :func:`save_bytes`, or the content of a model file.
+    device : str or torch.device, default "cpu"
+        Device the tensors are placed on; ``"auto"`` picks CUDA when available.
+
+    Returns
+    -------
+    Estimator
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is not bytes-like.
+    ModelFileError
+        If the bytes are not a complete, untampered xsciml model.
+
+    Examples
+    --------
+    >>> est = xsciml.io.load_bytes(xsciml.io.save_bytes(field))  # doctest: +SKIP
+    """
+    target = resolve_device(device)
+    metadata = _header_from_bytes(data)
+
+    def read_tensors() -> dict[str, torch.Tensor]:
+        try:
+            return _st_load_bytes(bytes(data))
+        except SafetensorError as err:
+            raise ModelFileError(
+                f"{_BYTES_LABEL!r} are truncated or corrupted ({err}); serialise the model again."
+            ) from err
+
+    return _rebuild(metadata, read_tensors, _BYTES_LABEL, target)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -215,12 +215,14 @@ class NeuralField(Estimator):
         --------
         >>> pred = field.predict({"lat": lat_fine, "lon": lon_fine, "time": times})  # doctest: +SKIP
 
-        A dask-backed target (a Dataset/DataArray whose data are dask arrays) gives a lazy
-        result with the target's chunks; each chunk is predicted when computed.
+        A dask-backed target (a Dataset/DataArray whose data are dask arrays, e.g. from
+        ``xr.open_zarr``) gives a lazy result with the target's chunks: one task per
+        chunk, the model sent to each worker once and run on the worker's device
+        (``device="auto"``), ``batch_size`` points at a time (see :mod:`xsciml.parallel`).
         """
-        lazy = _lazy_template(target, self.encoder, self.condition)
-        if lazy is not None:
-            return self._predict_lazy(lazy, batch_size=batch_size, device=device)
+        blocks = self._target_blocks(target, time)
+        if blocks is not None:
+            return self._predict_lazy(blocks, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
         out = {}
         for j, v in enumerate(self.variables):
@@ -230,28 +232,44 @@ class NeuralField(Estimator):
                                               attrs=self.predict_attrs()[v])
         return xr.Dataset(out, attrs=self._provenance())
 
-    def _predict_lazy(self, template_in: xr.Dataset, **kw: Any) -> xr.Dataset:
-        import dask.array as dsa
+    # ------------------------------------------------------------------ lazy (dask) path
+    def _target_blocks(self, target: Any, time: Any) -> Any:
+        """Per-chunk coordinates of a dask-backed target, ``None`` for an eager one."""
+        from ..parallel import target_blocks
 
-        dummy = template_in["__chunks__"]
-        out_vars = {}
-        for v in self.variables:
-            for suffix in ("_mean", "_std"):
-                out_vars[f"{v}{suffix}"] = (dummy.dims, dsa.zeros(dummy.shape, chunks=dummy.chunks,
-                                                                  dtype=np.float32))
-        template = xr.Dataset(out_vars, coords=dummy.coords)
+        names = list(self.encoder.space) + ([self.encoder.time] if self.encoder.time else [])
+        return target_blocks(target, names + self.condition, data_names=self.condition,
+                             time_name=self.encoder.time, time=time)
 
-        def block(ds_block: xr.Dataset) -> xr.Dataset:
-            res = self.predict(ds_block.drop_vars("__chunks__"), **kw)
-            return res.transpose(*dummy.dims).astype(np.float32)
+    def _block_moments(self, features: torch.Tensor, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive mean and std (physical units, on the CPU) of one minibatch, computed
+        on ``device`` with the modules already there (the worker-side cached model)."""
+        net_out = self.module(features.to(device, non_blocking=True)).float()
+        dist = self.module.likelihood.distribution(net_out)
+        mean = self.scaler.inverse(dist.mean)
+        std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
+        return mean.cpu(), std.cpu()
 
-        out = xr.map_blocks(block, template_in, template=template)
+    def _predict_lazy(self, blocks: Any, *, batch_size: int, device: Any) -> xr.Dataset:
+        """One task per chunk of the target (see :mod:`xsciml.parallel`)."""
+        from ..parallel import blockwise_model
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = len(self.variables)
+        index = {d: chr(ord("a") + i) for i, d in enumerate(blocks.dims)}
+        out_ind = "".join(index[d] for d in blocks.dims)
+        arr = blockwise_model(_predict_block, self, out_ind + "Z", *blocks.argpairs(index),
+                              dtype=np.float32, new_axes={"Z": 2 * n}, device=device,
+                              name="xsciml-predict", batch_size=int(batch_size),
+                              data_names=tuple(self.condition), **blocks.layout())
         attrs = self.predict_attrs()
-        for v in self.variables:
-            out[f"{v}_mean"].attrs = dict(self.var_attrs.get(v, {}))
-            out[f"{v}_std"].attrs = attrs[v]
-        out.attrs = self._provenance()
-        return out
+        out = {}
+        for j, v in enumerate(self.variables):
+            out[f"{v}_mean"] = xr.Variable(blocks.dims, arr[..., j], dict(self.var_attrs.get(v, {})))
+            out[f"{v}_std"] = xr.Variable(blocks.dims, arr[..., n + j], attrs[v])
+        return xr.Dataset(out, coords=blocks.coords, attrs=self._provenance())
 
     def predict_attrs(self) -> dict[str, dict]:
         """Attrs of the ``<var>_std`` outputs."""
@@ -266,10 +284,20 @@ class NeuralField(Estimator):
                batch_size: int = 65536, device: Any = "auto") -> xr.DataArray | xr.Dataset:
         """Draws from the predictive distribution, with a leading ``sample`` dim.
 
-        Returns a DataArray for one variable, a Dataset for several.
+        Returns a DataArray for one variable, a Dataset for several. A dask-backed
+        target gives lazy draws (the lazy :meth:`predict` plus ``dask.array.random``
+        noise per chunk): reproducible for a given ``seed`` and chunking, with the same
+        distribution as the eager draws but not the same numbers.
+
+        Examples
+        --------
+        >>> ens = field.sample({"y": y_fine, "x": x_fine, "time": times}, n=20)  # doctest: +SKIP
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        blocks = self._target_blocks(target, time)
+        if blocks is not None:
+            return self._sample_lazy(blocks, n, seed=seed, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         eps = torch.randn((n,) + tuple(dist.mean.shape), generator=g)
@@ -277,6 +305,29 @@ class NeuralField(Estimator):
         das = {v: tp.to_dataarray(draws[..., j], name=v, attrs=self.var_attrs.get(v, {}),
                                   leading_dims=("sample",), leading_coords={"sample": np.arange(n)})
                for j, v in enumerate(self.variables)}
+        if len(das) == 1:
+            da = next(iter(das.values()))
+            da.attrs.update(self._provenance())
+            return da
+        return xr.Dataset(das, attrs=self._provenance())
+
+    def _sample_lazy(self, blocks: Any, n: int, *, seed: int | None, batch_size: int,
+                     device: Any) -> xr.DataArray | xr.Dataset:
+        """Lazy draws: the lazy mean and std plus dask's chunked standard normals."""
+        import dask.array as dsa
+
+        pred = self._predict_lazy(blocks, batch_size=batch_size, device=device)
+        rng = dsa.random.default_rng(seed)
+        nv = len(self.variables)
+        eps = rng.standard_normal((n,) + blocks.shape + (nv,), chunks=((n,),) + blocks.chunks + ((nv,),),
+                                  dtype=np.float32)
+        das = {}
+        for j, v in enumerate(self.variables):
+            noise = xr.DataArray(eps[..., j], dims=("sample",) + blocks.dims)
+            da = (pred[f"{v}_mean"] + pred[f"{v}_std"] * noise).transpose("sample", *blocks.dims)
+            da = da.assign_coords(sample=np.arange(n)).rename(v)
+            da.attrs = dict(self.var_attrs.get(v, {}))
+            das[v] = da
         if len(das) == 1:
             da = next(iter(das.values()))
             da.attrs.update(self._provenance())
@@ -349,36 +400,43 @@ class NeuralField(Estimator):
                 f"time={self.encoder.time!r})")
 
 
-def _lazy_template(target: Any, encoder: CoordinateEncoder, condition: Sequence[str]) -> xr.Dataset | None:
-    """For a dask-backed target: its coordinates plus a dask ``__chunks__`` variable
-    spanning the prediction dims with the target's chunks; ``None`` otherwise."""
-    import dask.array as dsa
+#: Points whose coordinates a lazy-predict task encodes at once: a few floats per point,
+#: so a sub-block of this size costs tens of MB; the network's activations, bounded by
+#: ``batch_size``, dominate memory. Large enough that the xarray/encoding overhead per
+#: sub-block is negligible.
+_ENCODE_POINTS = 1 << 20
 
-    if isinstance(target, xr.DataArray):
-        target = target.to_dataset(name=target.name if target.name is not None else "__target__")
-    if not isinstance(target, xr.Dataset):
-        return None
-    lazy_vars = [v for v in target.data_vars if target[v].chunks is not None]
-    if not lazy_vars:
-        return None
-    names = list(encoder.space) + ([encoder.time] if encoder.time else []) + list(condition)
-    missing = [n for n in names if n not in target.variables]
-    if missing:
-        return None  # let the eager path raise its clear error
-    dims = [d for d in target.dims if any(d in target[n].dims for n in names)]
-    chunks = {}
-    for v in lazy_vars:
-        for d, c in zip(target[v].dims, target[v].chunks):
-            if d in dims:
-                chunks.setdefault(d, c)
-    shape = tuple(target.sizes[d] for d in dims)
-    dummy = dsa.zeros(shape, chunks=tuple(chunks.get(d, (target.sizes[d],)) for d in dims), dtype=np.int8)
-    keep = {k: c for k, c in target.coords.items() if set(c.dims) <= set(dims)}
-    ds = xr.Dataset({"__chunks__": (tuple(dims), dummy)}, coords=keep)
-    for n in names:
-        if n not in ds.variables:  # coordinates or conditions stored as data variables
-            ds[n] = target[n]
-    return ds
+
+def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ...],
+                   var_dims: tuple, dims: tuple, data_names: tuple[str, ...], batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    """Task body of a lazy predict: ``[*chunk shape, 2 * n_variables]`` float32, means
+    then stds, NaN where a coordinate is NaN. Runs on a worker with the cached model;
+    coordinates are encoded by sub-blocks and the network runs in minibatches of
+    ``batch_size`` points (the memory budget)."""
+    from ..parallel import block_dataset, block_shape, subblocks
+
+    n = len(model.variables)
+    shape = block_shape(blocks, var_dims, dims)
+    out = np.full(shape + (2 * n,), np.nan, dtype=np.float32)
+    for region in subblocks(shape, max(batch_size, _ENCODE_POINTS)):
+        tp = model.target(block_dataset(blocks, names, var_dims, dims, region, data_names))
+        if tuple(tp.layout.dims) != tuple(dims):  # pragma: no cover - block_dataset fixes the order
+            raise RuntimeError(f"chunk dims {tp.layout.dims} differ from the output dims {dims}")
+        features = tp.features
+        values = np.empty((len(features), 2 * n), dtype=np.float32)
+        for i in range(0, len(features), batch_size):
+            mean, std = model._block_moments(features[i:i + batch_size], device)
+            values[i:i + batch_size, :n] = mean.numpy()
+            values[i:i + batch_size, n:] = std.numpy()
+        sub = tuple(s.stop - s.start for s in region)
+        if tp.layout.valid is None:
+            out[region] = values.reshape(sub + (2 * n,))
+        else:
+            piece = np.full((math.prod(sub), 2 * n), np.nan, dtype=np.float32)
+            piece[tp.layout.valid] = values
+            out[region] = piece.reshape(sub + (2 * n,))
+    return out
 
 
 def fit_field(

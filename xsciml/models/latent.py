@@ -226,10 +226,24 @@ class LatentInterpolator(Estimator):
         target
             Where to evaluate: a Dataset/DataArray (its space coordinates), a dict of 1-D
             coordinates, or a DataFrame of points (see :func:`~xsciml.tensors.target_points`).
+        time
+            Time value(s) when the decoder takes time and the target has none.
+        batch_size
+            Points x codes per forward pass (bounds memory).
+        device
+            ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``...
 
         Returns
         -------
         The field with a leading ``sample_dim``: a DataArray for one variable, else a Dataset.
+        Lazy when ``z`` or ``target`` is dask-backed: one task per (chunk of codes) x
+        (chunk of the target), the decoder sent to each worker once
+        (:mod:`xsciml.parallel`).
+
+        Examples
+        --------
+        >>> filled = li.decode(li.encode(partial), target_grid)  # doctest: +SKIP
+        >>> lazy = li.decode(z.chunk({"time": 100}), xr.open_zarr("grid.zarr"))  # doctest: +SKIP
         """
         from .._utils import resolve_device
 
@@ -242,7 +256,11 @@ class LatentInterpolator(Estimator):
                 raise ValueError(f"z must be 2-D (samples, latent), got dims {z.dims}")
             dim = z.dims[0]
             sample_coords = z[dim].values if dim in z.coords else None
-            z = z.values
+            z = z.data
+        lazy = self._decode_lazy(z, target, dim, sample_coords, time=time, batch_size=batch_size,
+                                 device=device)
+        if lazy is not None:
+            return lazy
         zt = torch.as_tensor(np.asarray(z), dtype=torch.float32)
         if zt.ndim != 2 or zt.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape [S, {self.latent_dim}], got {tuple(zt.shape)}")
@@ -273,6 +291,50 @@ class LatentInterpolator(Estimator):
             return da
         return xr.Dataset(das, attrs=self._provenance())
 
+    def _decode_lazy(self, z: Any, target: Any, dim: Hashable, sample_coords: Any, *, time: Any,
+                     batch_size: int, device: Any) -> xr.DataArray | xr.Dataset | None:
+        """Decode per chunk when ``z`` or ``target`` is dask-backed, else ``None``."""
+        import dask.array as dsa
+
+        from ..parallel import blockwise_model, is_dask_backed, target_blocks
+
+        z_lazy = isinstance(z, dsa.Array)
+        if not (z_lazy or is_dask_backed(target)):
+            return None
+        if not z_lazy:
+            from .._utils import to_numpy
+
+            z = to_numpy(z)
+        names = list(self.encoder.space) + ([self.encoder.time] if self.encoder.time else [])
+        blocks = target_blocks(target, names, time_name=self.encoder.time, time=time, force=True,
+                               exclude_dims=(dim,))
+        if blocks is None:
+            return None  # the eager path raises its clear error
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape [S, {self.latent_dim}], got {tuple(z.shape)}")
+        zd = z.rechunk({1: -1}) if z_lazy else dsa.from_array(np.asarray(z), chunks=-1)
+        S = int(zd.shape[0])
+        index = {d: chr(ord("a") + i) for i, d in enumerate(blocks.dims)}
+        out_ind = "".join(index[d] for d in blocks.dims)
+        nv = len(self.variables)
+        arr = blockwise_model(_decode_block, self, "S" + out_ind + "V", zd, "SL",
+                              *blocks.argpairs(index), dtype=np.float32, new_axes={"V": nv},
+                              device=device, name="xsciml-decode", batch_size=int(batch_size),
+                              **blocks.layout())
+        coords = dict(blocks.coords)
+        coords[dim] = xr.Variable((dim,), sample_coords if sample_coords is not None else np.arange(S))
+        dims = (dim,) + blocks.dims
+        das = {v: xr.DataArray(arr[..., j], dims=dims, coords=coords, name=v,
+                               attrs=dict(self.var_attrs.get(v, {})))
+               for j, v in enumerate(self.variables)}
+        if len(das) == 1:
+            da = next(iter(das.values()))
+            da.attrs = {**da.attrs, **self._provenance()}
+            return da
+        return xr.Dataset(das, attrs=self._provenance())
+
     def sample(self, n: int, target: Any, *, seed: int | None = 0, **kw: Any) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` fields from the prior: z ~ N(0, I), decoded on ``target``."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -288,6 +350,46 @@ class LatentInterpolator(Estimator):
         return (f"LatentInterpolator(variables={self.variables}, sample_dim={self.sample_dim!r}, "
                 f"latent_dim={self.latent_dim}, network={self.info.get('network')!r}, "
                 f"variational={self.variational})")
+
+
+def _decode_block(model: LatentInterpolator, z: np.ndarray, *blocks: np.ndarray,
+                  names: tuple[str, ...], var_dims: tuple, dims: tuple, batch_size: int,
+                  device: torch.device) -> np.ndarray:
+    """Task body of a lazy decode: ``[codes, *chunk shape, n_variables]`` float32, NaN
+    where a coordinate is NaN. Runs on a worker with the cached model."""
+    from ..parallel import as_tensor, block_dataset, block_shape, subblocks
+
+    nv = len(model.variables)
+    shape = block_shape(blocks, var_dims, dims)
+    S = z.shape[0]
+    out = np.full((S,) + shape + (nv,), np.nan, dtype=np.float32)
+    if S == 0:
+        return out
+    zt = as_tensor(z, torch.float32, device)
+    for region in subblocks(shape, batch_size):  # the memory budget
+        tp = target_points(model.encoder, block_dataset(blocks, names, var_dims, dims, region))
+        P = len(tp.features)
+        if P == 0:
+            continue
+        if tuple(tp.layout.dims) != tuple(dims):  # pragma: no cover - block_dataset fixes the order
+            raise RuntimeError(f"chunk dims {tp.layout.dims} differ from the output dims {dims}")
+        feats = tp.features.to(device)
+        res = torch.empty(S, P, nv)
+        per = max(1, batch_size // P)
+        for i in range(0, S, per):
+            zz = zt[i:i + per]
+            res[i:i + per] = model.network(feats.unsqueeze(0).expand(len(zz), -1, -1),
+                                           zz.unsqueeze(1)).float().cpu()
+        phys = model.scaler.inverse(res).numpy()
+        sub = tuple(s.stop - s.start for s in region)
+        n_sub = math.prod(sub)
+        if tp.layout.valid is None:
+            piece = phys
+        else:
+            piece = np.full((S, n_sub, nv), np.nan, dtype=np.float32)
+            piece[:, tp.layout.valid] = phys
+        out[(slice(None),) + region] = piece.reshape((S,) + sub + (nv,))
+    return out
 
 
 def fit_latent(

@@ -1,0 +1,194 @@
+"""Resumable batch jobs (xsciml.jobs, ``xsciml run``): interrupted and killed jobs resume,
+skip finished regions and give identical output; distributed schedulers; refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xsciml  # noqa: F401  (registers .sciml)
+from xsciml.cli import main
+from xsciml.jobs import MANIFEST_NAME, read_manifest, register_task, registered_tasks, run_job
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    t = np.arange(4.0)
+    y = np.linspace(-1, 1, 12)
+    x = np.linspace(-1, 1, 10)
+    u = np.sin(3 * y)[None, :, None] * np.cos(2 * x)[None, None, :] + 0.1 * t[:, None, None]
+    ds = xr.Dataset({"u": (("time", "y", "x"), u, {"units": "K"})},
+                    coords={"time": xr.date_range("2000-01-01", periods=4, freq="D"), "y": y, "x": x})
+    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", steps=30, seed=0, model="mlp",
+                               model_kwargs={"width": 16, "depth": 2}, progress=False)
+    return field.save(tmp_path_factory.mktemp("model") / "field.xsciml")
+
+
+def _grid(nt: int) -> xr.Dataset:
+    ds = xr.Dataset(coords={"time": xr.date_range("2000-01-01", periods=nt, freq="6h"),
+                            "y": np.linspace(-1, 1, 9), "x": np.linspace(-1, 1, 7)})
+    ds["mask"] = xr.ones_like(ds.time.astype(float) + ds.y + ds.x).astype("int8")
+    return ds
+
+
+@pytest.fixture(scope="module")
+def input_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "grid.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(model_path, input_store, tmp_path_factory) -> xr.Dataset:
+    """The output of an uninterrupted job."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    report = run_job("predict", model_path, input_store, out, region_size=2, progress=False, device="cpu")
+    assert report.computed == list(range(6)) and report.skipped == []
+    return xr.open_zarr(out).load()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_uninterrupted_job_equals_eager_prediction(model_path, reference):
+    eager = xsciml.load(model_path).predict(_grid(12), device="cpu")
+    xr.testing.assert_allclose(reference, eager.transpose(*reference.u_mean.dims), atol=1e-6)
+    assert reference.u_std.attrs["units"] == "K" and reference.attrs["xsciml_model"] == "NeuralField"
+
+
+def test_interrupted_job_resumes_without_recomputing(model_path, input_store, reference, tmp_path):
+    out = tmp_path / "out.zarr"
+
+    def stop_after_three(i, n):
+        if i == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_job("predict", model_path, input_store, out, region_size=2, progress=False,
+                on_region=stop_after_three, device="cpu")
+    manifest = read_manifest(out)
+    assert manifest["done"] == [0, 1, 2] and manifest["n_regions"] == 6
+    seen = []
+    report = run_job("predict", model_path, input_store, out, region_size=2, progress=False,
+                     on_region=lambda i, n: seen.append(i), device="cpu")
+    assert report.skipped == [0, 1, 2] and report.computed == [3, 4, 5] == seen
+    xr.testing.assert_identical(xr.open_zarr(out).load(), reference)
+    again = run_job("predict", model_path, input_store, out, region_size=2, progress=False, device="cpu")
+    assert again.computed == [] and again.skipped == list(range(6))  # a finished job is a no-op
+
+
+@pytest.mark.slow
+def test_killed_cli_job_resumes_with_identical_output(model_path, tmp_path):
+    src = tmp_path / "long.zarr"
+    _grid(48).chunk({"time": 1}).to_zarr(src)
+    out = tmp_path / "out.zarr"
+    cmd = [sys.executable, "-m", "xsciml", "run", "predict", "--model", str(model_path), "--input",
+           str(src), "--output", str(out), "--region-size", "1", "--quiet", "-k", "device=cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifest = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+            if manifest and manifest["done"]:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = read_manifest(out)["done"]
+    assert 1 <= len(done) < 48  # killed part way
+    report = run_job("predict", model_path, src, out, region_size=1, progress=False, device="cpu")
+    assert report.skipped == done and sorted(report.computed + done) == list(range(48))
+    eager = xsciml.load(model_path).predict(_grid(48), device="cpu")
+    result = xr.open_zarr(out).load()
+    xr.testing.assert_allclose(result, eager.transpose(*result.u_mean.dims), atol=1e-6)
+
+
+def test_job_on_distributed_cluster_by_client_and_address(model_path, input_store, reference,
+                                                         dask_client, tmp_path):
+    r1 = run_job("predict", model_path, input_store, tmp_path / "a.zarr", scheduler=dask_client,
+                 region_size=4, progress=False)  # device="auto": each worker picks its own
+    assert r1.n_regions == 3
+    xr.testing.assert_allclose(xr.open_zarr(tmp_path / "a.zarr").load(), reference, atol=1e-6)
+    run_job("predict", model_path, input_store, tmp_path / "b.zarr", progress=False,
+            scheduler=dask_client.scheduler.address, region_size=12)
+    xr.testing.assert_allclose(xr.open_zarr(tmp_path / "b.zarr").load(), reference, atol=1e-6)
+
+
+def test_job_refuses_foreign_or_different_outputs(model_path, input_store, reference, tmp_path):
+    foreign = tmp_path / "foreign.zarr"
+    _grid(2).to_zarr(foreign)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        run_job("predict", model_path, input_store, foreign, progress=False)
+    run_job("predict", model_path, input_store, foreign, progress=False, overwrite=True,
+            region_size=2, device="cpu")
+    xr.testing.assert_identical(xr.open_zarr(foreign).load(), reference)
+    with pytest.raises(ValueError, match="different job"):  # other regions, other options
+        run_job("predict", model_path, input_store, foreign, region_size=4, progress=False)
+    with pytest.raises(ValueError, match="different job"):
+        run_job("predict", model_path, input_store, foreign, region_size=2, batch_size=7,
+                progress=False, device="cpu")
+
+
+def test_job_killed_during_set_up_starts_over(model_path, input_store, reference, tmp_path):
+    out = tmp_path / "out.zarr"
+    run_job("predict", model_path, input_store, out, region_size=2, progress=False, device="cpu")
+    (out / MANIFEST_NAME).unlink()  # as if killed after creating the store, before the manifest
+    report = run_job("predict", model_path, input_store, out, region_size=2, progress=False,
+                     device="cpu")  # its own fingerprint in the store's attrs: no refusal
+    assert report.skipped == [] and report.computed == list(range(6))
+    xr.testing.assert_identical(xr.open_zarr(out).load(), reference)
+
+
+def test_job_argument_errors(model_path, input_store, tmp_path):
+    with pytest.raises(KeyError, match="forecast.*known tasks.*predict"):
+        run_job("forecast", model_path, input_store, tmp_path / "o.zarr")
+    with pytest.raises(ValueError, match="multiple of the output's chunk size"):
+        run_job("predict", model_path, input_store, tmp_path / "o.zarr", region_size=3)
+    with pytest.raises(KeyError, match="region_dim 'depth'"):
+        run_job("predict", model_path, input_store, tmp_path / "o.zarr", region_dim="depth")
+    with pytest.raises(TypeError, match="output_store"):
+        run_job("predict", model_path, input_store, 42)
+
+
+def test_registered_task_plugs_in(model_path, input_store, tmp_path, monkeypatch):
+    from xsciml import jobs
+
+    monkeypatch.setattr(jobs, "_TASKS", dict(jobs._TASKS))  # the test's task does not outlive it
+
+    @register_task("test-draws")
+    def _draws(model, ds, n=2, **kwargs):
+        return model.sample(ds, n=n, seed=0, **kwargs)
+
+    assert "test-draws" in registered_tasks()
+    report = run_job("test-draws", model_path, input_store, tmp_path / "s.zarr", progress=False,
+                     region_dim="time", region_size=6, device="cpu")
+    out = xr.open_zarr(tmp_path / "s.zarr")
+    assert report.n_regions == 2 and out.u.dims == ("sample", "time", "y", "x")
+    direct = xsciml.load(model_path).sample(xr.open_zarr(input_store), n=2, seed=0, device="cpu")
+    xr.testing.assert_allclose(out.u.load(), direct.compute(), atol=1e-6)
+
+
+def test_cli_run(model_path, input_store, reference, tmp_path, capsys):
+    out = tmp_path / "cli.zarr"
+    code = main(["run", "predict", "--model", str(model_path), "--input", str(input_store),
+                 "--output", str(out), "--region-size", "4", "-k", "device=cpu", "-k", "batch_size=50"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert '"n_regions": 3' in printed and '"computed": 3' in printed
+    xr.testing.assert_allclose(xr.open_zarr(out).load(), reference, atol=1e-6)
+    with pytest.raises(SystemExit):
+        main(["run", "predict", "--model", str(model_path), "--input", str(input_store),
+              "--output", str(out), "-k", "not a pair"])

@@ -1,0 +1,494 @@
+"""Resumable batch jobs: a saved model applied to a zarr store, written region by region.
+
+:func:`run_job` (and ``xsciml run TASK ...`` on the command line) opens the input store
+lazily, builds the lazy result of a *task* (``"predict"`` now; ``"forecast"`` and
+``"downscale"`` plug in through :func:`register_task`), creates the output store once
+(metadata and coordinates, no data) and then computes and writes it one region at a
+time along one dimension. After each region's data are written, the region is
+recorded in a small manifest, ``xsciml_job.json`` inside the output store. A job that
+is killed and started again with the same arguments skips the recorded regions and
+finishes with the same output as an uninterrupted run; a region that was being written
+when the job died is simply written again.
+
+Any Dask scheduler runs the regions: the default (threads), ``"processes"``, a
+``distributed.Client``, or the address of a running scheduler (a ``LocalCluster``, an
+HPC cluster from dask-jobqueue, a cloud cluster).
+
+Examples
+--------
+>>> from xsciml.jobs import run_job
+>>> report = run_job("predict", "field.xsciml", "grid.zarr", "prediction.zarr",
+...                  scheduler="tcp://10.0.0.5:8786")    # doctest: +SKIP
+>>> report.computed, report.skipped                      # doctest: +SKIP
+([3, 4, 5, 6, 7], [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["run_job", "register_task", "registered_tasks", "JobReport", "read_manifest",
+           "MANIFEST_NAME"]
+
+#: File name of the manifest inside the output store.
+MANIFEST_NAME = "xsciml_job.json"
+_MANIFEST_FORMAT = "xsciml-job"
+_MANIFEST_VERSION = 1
+#: Default number of regions a job is split into (when ``region_size`` is not given).
+DEFAULT_REGIONS = 16
+
+TaskBuilder = Callable[..., "xr.Dataset | xr.DataArray"]
+_TASKS: dict[str, TaskBuilder] = {}
+
+
+# ----------------------------------------------------------------------------------
+# tasks
+# ----------------------------------------------------------------------------------
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Register a batch-job task: ``builder(model, ds, **task_kwargs) -> lazy result``.
+
+    The builder receives the loaded estimator and the lazily opened input Dataset and
+    returns a lazy Dataset (or DataArray) — typically by calling one of the
+    estimator's inference methods, which run per chunk (:mod:`xsciml.parallel`).
+
+    Parameters
+    ----------
+    name
+        Task name used by :func:`run_job` and ``xsciml run NAME``.
+
+    Examples
+    --------
+    >>> @register_task("doc-sample")
+    ... def _sample(model, ds, n=10, **kwargs):
+    ...     return model.sample(ds, n=n, **kwargs)
+    >>> "doc-sample" in registered_tasks()
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}.")
+
+    def decorator(builder: TaskBuilder) -> TaskBuilder:
+        if not callable(builder):
+            raise TypeError(f"a task builder must be callable, got {type(builder).__name__}.")
+        _TASKS[name] = builder
+        return builder
+
+    return decorator
+
+
+def registered_tasks() -> list[str]:
+    """Names of the tasks :func:`run_job` knows.
+
+    Examples
+    --------
+    >>> "predict" in registered_tasks()
+    True
+    """
+    return sorted(_TASKS)
+
+
+@register_task("predict")
+def _predict_task(model: Any, ds: xr.Dataset, **kwargs: Any) -> xr.Dataset | xr.DataArray:
+    """``model.predict(ds, **kwargs)``: e.g. a neural field on the input's coordinates."""
+    predict = getattr(model, "predict", None)
+    if predict is None:
+        raise TypeError(f"a {type(model).__name__} has no predict(); choose another task "
+                        f"(known: {registered_tasks()}).")
+    return predict(ds, **kwargs)
+
+
+# ----------------------------------------------------------------------------------
+# manifest
+# ----------------------------------------------------------------------------------
+def _is_url(store: str) -> bool:
+    return "://" in store
+
+
+def _manifest_location(store: str) -> str:
+    return store.rstrip("/") + "/" + MANIFEST_NAME
+
+
+def read_manifest(output_store: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The job manifest of an output store, ``None`` when it has none.
+
+    Keys: ``format``, ``version``, ``fingerprint`` (digest of the job's model, input,
+    task, options and output layout), ``task``, ``region_dim``, ``region_size``,
+    ``n_regions``, ``done`` (sorted region indices), ``updated``.
+
+    Examples
+    --------
+    >>> read_manifest("prediction.zarr")["done"]  # doctest: +SKIP
+    [0, 1, 2]
+    """
+    store = os.fspath(output_store)
+    loc = _manifest_location(store)
+    try:
+        if _is_url(store):
+            import fsspec
+
+            with fsspec.open(loc, "r") as fh:
+                text = fh.read()
+        else:
+            text = Path(loc).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the job manifest {loc!r} is corrupted ({err}); delete the output "
+                         "store (or pass overwrite=True) and run the job again.") from err
+    if not isinstance(data, dict) or data.get("format") != _MANIFEST_FORMAT:
+        raise ValueError(f"{loc!r} is not an xsciml job manifest.")
+    return data
+
+
+def _write_manifest(store: str, data: dict[str, Any]) -> None:
+    """Write the manifest atomically (a crash leaves the old or the new one)."""
+    data = {**data, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    text = json.dumps(data, indent=1)
+    loc = _manifest_location(store)
+    if _is_url(store):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(loc)
+        fs.pipe_file(path, text.encode())  # object stores replace objects atomically
+        return
+    path = Path(loc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _store_fingerprint(store: str) -> str | None:
+    """The ``xsciml_job`` attribute of an existing zarr store (``None`` if unreadable)."""
+    try:
+        import zarr
+
+        value = zarr.open_group(store, mode="r").attrs.get("xsciml_job")
+    except Exception:  # not a zarr store, or one left half-written
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _store_exists(store: str) -> bool:
+    if _is_url(store):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(store)
+        return bool(fs.exists(path))
+    p = Path(store)
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
+# ----------------------------------------------------------------------------------
+# scheduler
+# ----------------------------------------------------------------------------------
+_LOCAL_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "synchronous",
+                     "sync", "single-threaded")
+
+
+@contextlib.contextmanager
+def _use_scheduler(scheduler: Any) -> Iterator[Any]:
+    """Make ``scheduler`` the one ``dask.compute`` uses inside the block."""
+    import dask
+
+    if scheduler is None:
+        yield None
+        return
+    if isinstance(scheduler, str) and scheduler in _LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=scheduler):
+            yield scheduler
+        return
+    try:
+        from distributed import Client
+    except ImportError as err:  # pragma: no cover - distributed is a dependency
+        raise ImportError("a scheduler address needs dask.distributed: pip install distributed") from err
+    if isinstance(scheduler, Client):
+        with scheduler.as_current():
+            yield scheduler
+        return
+    if isinstance(scheduler, str):
+        client = Client(scheduler)
+        try:
+            with client.as_current():
+                yield client
+        finally:
+            client.close()
+        return
+    raise TypeError(
+        f"scheduler must be None, a distributed.Client, a scheduler address "
+        f"('tcp://host:8786') or one of {_LOCAL_SCHEDULERS}, got {type(scheduler).__name__}."
+    )
+
+
+# ----------------------------------------------------------------------------------
+# the job
+# ----------------------------------------------------------------------------------
+@dataclass
+class JobReport:
+    """What :func:`run_job` did.
+
+    Attributes
+    ----------
+    output : str
+        The output store.
+    region_dim : str
+        Dimension the job was split along.
+    region_size : int
+        Length of each region along ``region_dim`` (the last may be shorter).
+    n_regions : int
+        Number of regions.
+    computed : list of int
+        Regions computed and written by this call.
+    skipped : list of int
+        Regions already recorded as done by an earlier, interrupted run.
+    seconds : float
+        Wall time of this call.
+    """
+
+    output: str
+    region_dim: str
+    region_size: int
+    n_regions: int
+    computed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _as_store(value: Any, argname: str) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{argname} must be a path or URL string, got {type(value).__name__}.")
+    store = os.fspath(value)
+    return store if _is_url(store) else str(Path(store).expanduser().resolve())
+
+
+def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """One set of chunks per dim, regular (zarr's rule: equal chunks but the last)."""
+    ds = ds.unify_chunks()
+    fix = {}
+    for d, c in ds.chunksizes.items():
+        if len(c) > 1 and (len(set(c[:-1])) > 1 or c[-1] > c[0]):
+            fix[d] = max(c)
+    return ds.chunk(fix) if fix else ds
+
+
+def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """Keep only CF time encoding: chunking/compression of the input must not leak."""
+    ds = ds.copy()
+    for v in ds.variables.values():
+        v.encoding = {k: e for k, e in v.encoding.items() if k in ("units", "calendar")}
+    return ds
+
+
+def _layout(ds: xr.Dataset) -> dict[str, Any]:
+    return {str(k): [list(map(str, v.dims)), list(v.shape), str(v.dtype),
+                     [list(c) for c in v.chunks] if v.chunks else None]
+            for k, v in ds.variables.items()}
+
+
+def _fingerprint(**parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size: int | None
+                    ) -> tuple[Hashable, int, int]:
+    data_vars = [v for v in result.data_vars]
+    if not data_vars:
+        raise ValueError("the task returned a Dataset without data variables; nothing to write.")
+    dims = list(result[data_vars[0]].dims)
+    if region_dim is None:
+        if not dims:
+            raise ValueError("the result is scalar; there is nothing to split into regions.")
+        chunked = [d for d in dims if len(result.chunksizes.get(d, (0,))) > 1]
+        region_dim = chunked[0] if chunked else dims[0]
+    if region_dim not in result.dims:
+        raise KeyError(f"region_dim {region_dim!r} is not a dimension of the output; its dims "
+                       f"are {tuple(result.dims)}.")
+    n = int(result.sizes[region_dim])
+    chunks = result.chunksizes.get(region_dim, (n,))
+    step = int(chunks[0])
+    if region_size is None:
+        per = max(1, -(-len(chunks) // DEFAULT_REGIONS))
+        region_size = step * per
+    else:
+        if isinstance(region_size, bool) or not isinstance(region_size, (int, np.integer)) \
+                or region_size < 1:
+            raise ValueError(f"region_size must be a positive int, got {region_size!r}.")
+        region_size = int(region_size)
+        if region_size % step and region_size < n:
+            raise ValueError(
+                f"region_size={region_size} is not a multiple of the output's chunk size along "
+                f"{region_dim!r} ({step}); regions must cover whole zarr chunks so that no two "
+                f"regions write into the same chunk. Use e.g. region_size={step * max(1, region_size // step)}."
+            )
+    return region_dim, min(region_size, n), max(1, -(-n // region_size))
+
+
+def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
+            output_store: str | os.PathLike[str], *, scheduler: Any = None,
+            region_dim: Hashable | None = None, region_size: int | None = None,
+            progress: bool | None = True, overwrite: bool = False,
+            input_chunks: Mapping[Hashable, int] | str | None = None,
+            on_region: Callable[[int, int], None] | None = None, **task_kwargs: Any) -> JobReport:
+    """Run a saved model over a zarr store, writing a zarr store region by region; resumable.
+
+    1. The model is loaded (on the CPU of this process: workers load their own copy on
+       their device) and the input opened lazily with :func:`xarray.open_zarr`.
+    2. The task builds the lazy result (for ``"predict"``: ``model.predict(ds,
+       **task_kwargs)``), one task per chunk.
+    3. The output store is created once: metadata, coordinates and the job's
+       fingerprint (the ``xsciml_job`` attribute), no data; then the manifest
+       (``xsciml_job.json`` in the store).
+    4. Regions of ``region_size`` along ``region_dim`` are computed on ``scheduler``
+       and written with ``to_zarr(region=...)``; after each, the manifest records it.
+
+    Started again with the same arguments after a crash or kill, the job skips the
+    recorded regions. Different arguments (model, input, task options, regions) on an
+    existing output are refused unless ``overwrite=True``.
+
+    Parameters
+    ----------
+    task
+        ``"predict"`` (see :func:`registered_tasks`).
+    model_path
+        File written by ``est.save``.
+    input_store
+        Zarr store (path or URL) opened with :func:`xarray.open_zarr`, or a Dataset.
+    output_store
+        Zarr store to write (local or shared-filesystem path, or an fsspec URL).
+    scheduler
+        ``None`` (dask's current scheduler: the active ``distributed`` client if any,
+        else threads), ``"threads"``, ``"processes"``, ``"synchronous"``, a
+        ``distributed.Client``, or a scheduler address such as ``"tcp://host:8786"``.
+    region_dim
+        Dimension to split the output along (default: the first chunked dim of the
+        first output variable, e.g. ``time``).
+    region_size
+        Length of a region along ``region_dim``: a multiple of the output chunk size
+        there. Default: about 16 regions. Larger regions give the cluster more chunks
+        at once; smaller ones lose less work to a crash.
+    progress
+        Show a tqdm bar over regions (``None`` follows ``XSCIML_PROGRESS``).
+    overwrite
+        Replace an output store written by something else or by a different job.
+    input_chunks
+        ``chunks`` for :func:`xarray.open_zarr` (default: the store's chunks).
+    on_region
+        Called as ``on_region(index, n_regions)`` after each region is written and
+        recorded (monitoring; tests use it to interrupt a job).
+    **task_kwargs
+        Passed to the task (``predict``: ``batch_size``, ``device``, ``time``...).
+
+    Returns
+    -------
+    JobReport
+
+    Raises
+    ------
+    KeyError
+        For an unknown task or ``region_dim``.
+    FileExistsError
+        When the output store exists, holds no job manifest and ``overwrite=False``.
+    ValueError
+        When the output store belongs to a different job and ``overwrite=False``, or
+        ``region_size`` does not cover whole chunks.
+
+    Examples
+    --------
+    >>> report = run_job("predict", "field.xsciml", "grid.zarr", "pred.zarr",
+    ...                  region_size=24, device="auto")     # doctest: +SKIP
+    >>> xr.open_zarr("pred.zarr")                           # doctest: +SKIP
+    """
+    from . import io
+    from ._utils import progress_bar
+
+    start = time.perf_counter()
+    if task not in _TASKS:
+        raise KeyError(f"unknown task {task!r}; known tasks: {registered_tasks()}.")
+    model_path = Path(os.fspath(model_path)).expanduser()
+    model = io.load(model_path, device="cpu")
+    model_digest = io._read_header(model_path)[0]["sha256"]
+    out = _as_store(output_store, "output_store")
+
+    if isinstance(input_store, xr.Dataset):
+        ds, input_id = input_store, "<Dataset>"
+    else:
+        src = _as_store(input_store, "input_store")
+        ds = xr.open_zarr(src, chunks=input_chunks if input_chunks is not None else {})
+        input_id = src
+    result = _TASKS[task](model, ds, **task_kwargs)
+    if isinstance(result, xr.DataArray):
+        result = result.to_dataset(name=result.name if result.name is not None else task)
+    if not isinstance(result, xr.Dataset):
+        raise TypeError(f"task {task!r} returned a {type(result).__name__}, not an xarray object.")
+    result = _clean_encoding(_regular_chunks(result))
+    dim, size, n_regions = _choose_regions(result, region_dim, region_size)
+
+    fingerprint = _fingerprint(
+        task=task, model=model_digest, input=input_id,
+        input_layout={str(k): [list(map(str, v.dims)), list(v.shape), str(v.dtype)]
+                      for k, v in ds.variables.items()},
+        kwargs=task_kwargs, region_dim=str(dim), region_size=size, output=_layout(result))
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("fingerprint") != fingerprint:
+        if not overwrite:
+            raise ValueError(
+                f"{out!r} holds the output of a different job (model, input, task options or "
+                "regions differ); choose another output path or pass overwrite=True to start over."
+            )
+        manifest = None
+    elif (manifest is None and not overwrite and _store_exists(out)
+          and _store_fingerprint(out) != fingerprint):  # same job killed during its set-up: redo it
+        raise FileExistsError(
+            f"{out!r} exists and was not written by an xsciml job; choose another output path or "
+            "pass overwrite=True to replace it."
+        )
+    result = result.assign_attrs(xsciml_job=fingerprint)
+    if manifest is None:
+        # metadata, coordinates and the job's fingerprint (attrs); no data is computed
+        result.to_zarr(out, mode="w", compute=False)
+        manifest = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
+                    "fingerprint": fingerprint, "task": task, "model": str(model_path),
+                    "input": input_id, "region_dim": str(dim), "region_size": size,
+                    "n_regions": n_regions, "done": []}
+        _write_manifest(out, manifest)
+
+    done = set(manifest["done"])
+    report = JobReport(out, str(dim), size, n_regions, skipped=sorted(done))
+    static = [k for k, v in result.variables.items() if dim not in v.dims]  # written at init
+    with _use_scheduler(scheduler):
+        bar = progress_bar(total=n_regions, desc=f"xsciml {task}", progress=progress, unit="region",
+                           initial=len(done))
+        with bar:
+            for i in range(n_regions):
+                if i in done:
+                    continue
+                sl = slice(i * size, min((i + 1) * size, int(result.sizes[dim])))
+                result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl})
+                done.add(i)
+                manifest["done"] = sorted(done)
+                _write_manifest(out, manifest)
+                report.computed.append(i)
+                bar.update(1)
+                if on_region is not None:
+                    on_region(i, n_regions)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
