@@ -406,17 +406,25 @@ def test_grid_regularization():
         for t in net.tables:
             t.fill_(0.7)
     assert net.regularization().item() == 0.0
-    # a linear ramp from 0 to 1: mean |difference| is 1 / (R - 1) per level
+    # a linear ramp from 0 to 1: R - 1 steps of 1 / (R - 1), 2 features, squared and summed
     _set_level(net, 0, lambda n: (n + 1) / 2 * torch.ones(1, 2))
     _set_level(net, 1, lambda n: (n + 1) / 2 * torch.ones(1, 2))
-    assert net.regularization().item() == pytest.approx(1 / 4 + 1 / 10)
+    assert net.regularization().item() == pytest.approx(2 / 4 + 2 / 10)
     reg = net.regularization()
     reg.backward()
     assert net.tables[0].grad.abs().sum() > 0
-    # 2-D: sums over both dimensions
-    net2 = MultiResGrid(2, 1, resolutions=[(3, 5)], n_features=1)
-    _set_level(net2, 0, lambda n: n[:, :1] + 2 * n[:, 1:])
-    assert net2.regularization().item() == pytest.approx(1.0 + 2 * 0.5)
+    # 2-D: sums over both dimensions; every neighbour difference is 1 here
+    # (2 x 5 along the first axis, 3 x 4 along the second), squared or absolute alike
+    for smoothness in ("l2", "tv"):
+        net2 = MultiResGrid(2, 1, resolutions=[(3, 5)], n_features=1, smoothness=smoothness)
+        _set_level(net2, 0, lambda n: n[:, :1] + 2 * n[:, 1:])
+        assert net2.regularization().item() == pytest.approx(2 * 5 + 3 * 4)
+    # "tv" is linear in the differences, "l2" quadratic
+    net3 = MultiResGrid(1, 1, resolutions=[3], n_features=1, smoothness="tv")
+    _set_level(net3, 0, lambda n: 3 * n)
+    assert net3.regularization().item() == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="smoothness"):
+        MultiResGrid(1, 1, resolutions=[3], smoothness="l1")
 
 
 def test_grid_regularization_skips_hashed_levels():

@@ -24,7 +24,12 @@ def resolve_device(device: Any = "auto"):
 
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device={device!r} is not understood ({err}); use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was asked for but no CUDA device is available; "

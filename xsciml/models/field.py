@@ -25,6 +25,12 @@ from ..tensors import CoordinateData, Scaler, TargetPoints, target_points, to_te
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
 
+def _default_batch_size(device: torch.device) -> int:
+    """Points per forward pass: small batches stay in cache on a CPU (measured fastest in
+    ``benchmarks/field_speed.py``), large ones fill a GPU."""
+    return 4096 if device.type == "cpu" else 65536
+
+
 class FieldModule(nn.Module):
     """A coordinate network and its likelihood, trained together (pure torch)."""
 
@@ -56,15 +62,33 @@ def _extent_cells(data: CoordinateData) -> list[int]:
     return [max(2, s) for s in sizes]
 
 
+def _n_times(data: CoordinateData) -> int:
+    """Number of distinct times of the data (0 without a time coordinate)."""
+    name = data.encoder.time
+    if not name or name not in data._coords.variables:
+        return 0
+    values = np.asarray(data._coords[name].values).ravel()
+    try:
+        return int(np.unique(values).size)
+    except TypeError:  # unorderable objects
+        return len(set(values.tolist()))
+
+
 def _default_network_kwargs(kind: str, data: CoordinateData) -> dict[str, Any]:
     from ..nn import default_grid_resolutions
 
     ext = _extent_cells(data)
     if kind == "grid":
         n_space = data.encoder.n_space_features
-        return {"n_space": n_space,
-                "resolutions": default_grid_resolutions(ext[:n_space], n_levels=5, coarsest=4),
-                "n_features": 4, "width": 128, "depth": 2}
+        kw = {"n_space": n_space,
+              "resolutions": default_grid_resolutions(ext[:n_space], n_levels=5, coarsest=4),
+              "n_features": 4, "width": 128, "depth": 2, "n_time_levels": 4}
+        n_times = _n_times(data)
+        if n_times:
+            # harmonics up to the Nyquist number of the sampled times (capped): enough
+            # for the time modulation to give each frame its own anomaly
+            kw["time_frequencies"] = int(min(max(1, n_times // 2), 16))
+        return kw
     if kind == "fourier":
         return {"scale": float(max(1.0, min(ext) / 24.0)), "width": 256, "depth": 3}
     if kind in ("mfn", "fouriernet"):
@@ -159,10 +183,11 @@ class NeuralField(Estimator):
         return target_points(self.encoder, target, time=time, condition=self.condition,
                              condition_scaler=self.condition_scaler)
 
-    def _net_out(self, features: torch.Tensor, batch_size: int, device: Any) -> torch.Tensor:
+    def _net_out(self, features: torch.Tensor, batch_size: int | None, device: Any) -> torch.Tensor:
         from .._utils import resolve_device
 
         dev = resolve_device(device)
+        batch_size = batch_size or _default_batch_size(dev)
         module = self.module.to(dev).eval()
         outs = []
         with torch.inference_mode():
@@ -181,7 +206,7 @@ class NeuralField(Estimator):
             std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
         return mean, std
 
-    def distribution(self, target: Any, *, time: Any = None, batch_size: int = 65536,
+    def distribution(self, target: Any, *, time: Any = None, batch_size: int | None = None,
                      device: Any = "auto") -> tuple[torch.distributions.Normal, TargetPoints]:
         """Predictive ``torch.distributions.Normal`` (physical units) at the target points."""
         tp = target if isinstance(target, TargetPoints) else self.target(target, time)
@@ -189,7 +214,7 @@ class NeuralField(Estimator):
         return torch.distributions.Normal(mean, std), tp
 
     # ------------------------------------------------------------------ outputs
-    def predict(self, target: Any, *, time: Any = None, batch_size: int = 65536,
+    def predict(self, target: Any, *, time: Any = None, batch_size: int | None = None,
                 device: Any = "auto") -> xr.Dataset:
         """Predictive mean and standard deviation on the target coordinates.
 
@@ -251,10 +276,14 @@ class NeuralField(Estimator):
         std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
         return mean.cpu(), std.cpu()
 
-    def _predict_lazy(self, blocks: Any, *, batch_size: int, device: Any) -> xr.Dataset:
+    def _predict_lazy(self, blocks: Any, *, batch_size: int | None, device: Any) -> xr.Dataset:
         """One task per chunk of the target (see :mod:`xsciml.parallel`)."""
         from ..parallel import blockwise_model
 
+        if batch_size is None:
+            from .._utils import resolve_device
+
+            batch_size = _default_batch_size(resolve_device(device))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = len(self.variables)
@@ -281,7 +310,7 @@ class NeuralField(Estimator):
         return out
 
     def sample(self, target: Any, n: int = 20, *, seed: int | None = 0, time: Any = None,
-               batch_size: int = 65536, device: Any = "auto") -> xr.DataArray | xr.Dataset:
+               batch_size: int | None = None, device: Any = "auto") -> xr.DataArray | xr.Dataset:
         """Draws from the predictive distribution, with a leading ``sample`` dim.
 
         Returns a DataArray for one variable, a Dataset for several. A dask-backed
@@ -343,7 +372,7 @@ class NeuralField(Estimator):
                            + (f" conditioned on {self.condition}" if self.condition else ""))
         return to_tensors(ds, self.variables, condition=self.condition, encoder=self.encoder)
 
-    def log_prob(self, ds: xr.Dataset | xr.DataArray, *, batch_size: int = 65536,
+    def log_prob(self, ds: xr.Dataset | xr.DataArray, *, batch_size: int | None = None,
                  device: Any = "auto") -> xr.Dataset | xr.DataArray:
         """Per-point log-likelihood of observed values (physical units), NaN where missing."""
         data = self._observed(ds)
@@ -364,7 +393,7 @@ class NeuralField(Estimator):
                           torch.as_tensor(c, dtype=data.features.dtype)], 1)
 
     def score(self, ds: xr.Dataset | xr.DataArray, *, level: float = 0.9,
-              batch_size: int = 65536, device: Any = "auto") -> dict[str, float]:
+              batch_size: int | None = None, device: Any = "auto") -> dict[str, float]:
         """RMSE, nRMSE (RMSE / std of the observations), mean NLL and interval coverage.
 
         Scores every valid point of ``ds`` (e.g. withheld observations), averaged over
@@ -451,7 +480,7 @@ def fit_field(
     model_kwargs: dict[str, Any] | None = None,
     sphere: bool | str = "auto",
     time_features: Any = (),
-    steps: int = 3000,
+    steps: int | None = None,
     batch_size: int = 2048,
     lr: float | None = None,
     scheduler: Any = "cosine",
@@ -501,11 +530,14 @@ def fit_field(
         Overrides of the network's defaults (width, depth, resolutions, scales...).
         Defaults are derived from the coordinate spacing.
     steps, batch_size, lr, scheduler, weight_decay, val_every, early_stopping, device, seed, progress, checkpoint, resume
-        Training settings, see :func:`xsciml.training.fit`. ``lr`` defaults to 5e-3
-        for grids and 1e-3 otherwise.
+        Training settings, see :func:`xsciml.training.fit`. ``steps`` defaults to 1000
+        for grids (the cosine schedule anneals before they overfit) and 3000 otherwise;
+        ``lr`` to 5e-3 for grids and 1e-3 otherwise.
     regularization
-        Weight of the network's own penalty (total variation of the grids), default
-        1e-4 for ``"grid"``.
+        Weight of the network's own penalty (for ``"grid"``: the roughness of the
+        grids, :meth:`~xsciml.nn.MultiResGrid.regularization`), divided by the number
+        of training points so that it acts as a prior precision; default 20 for
+        ``"grid"``.
     calibrate
         Rescale σ on the held-out points (see above).
 
@@ -523,10 +555,12 @@ def fit_field(
     >>> sorted(pred.data_vars)
     ['u_mean', 'u_std']
     """
+    from .._utils import seed_everything
     from ..likelihoods import build_likelihood
     from ..nn import build_network
     from ..training import fit
 
+    seed_everything(seed)  # the network's initial weights come from the global generator
     data = to_tensors(obj, variables, space=space, time=time, condition=condition, sphere=sphere,
                       time_features=time_features)
     n_out = len(data.variables)
@@ -554,8 +588,12 @@ def fit_field(
     scaler = data.scaler
     mean_t = torch.tensor(scaler.mean, dtype=torch.float32)
     std_t = torch.tensor(scaler.std, dtype=torch.float32)
-    reg_w = regularization if regularization is not None else (1e-4 if kind == "grid" else 0.0)
+    reg_w = regularization if regularization is not None else (20.0 if kind == "grid" else 0.0)
     has_reg = reg_w > 0 and hasattr(net, "regularization")
+    # the penalty is a sum over grid nodes: per training point, like the mean NLL
+    n_fit = int(data.n_valid) if data.is_lazy or val_fraction <= 0 else \
+        int(data.n_valid) - round(int(data.n_valid) * val_fraction)
+    reg_w = reg_w / max(1, n_fit)
 
     def loss_fn(m: FieldModule, batch):
         f, y = batch
@@ -572,7 +610,8 @@ def fit_field(
     else:
         train, val = data.split(val_fraction, seed=seed or 0) if val_fraction > 0 else ((data.features, data.y), None)
         vf = 0.0
-    history = fit(module, loss_fn, train, val_data=val, val_fraction=vf, steps=steps,
+    history = fit(module, loss_fn, train, val_data=val, val_fraction=vf,
+                  steps=steps or (1000 if kind == "grid" else 3000),
                   batch_size=batch_size, optimizer="adam", lr=lr or (5e-3 if kind == "grid" else 1e-3),
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_field[{kind}]", val_every=val_every,

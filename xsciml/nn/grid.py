@@ -139,6 +139,10 @@ class MultiResGrid(CoordinateNetwork):
         Size of the conditioning code (concatenated to the head's input).
     init_scale
         Grid values start uniform in ``[-init_scale, init_scale]``.
+    smoothness
+        Roughness measure of :meth:`regularization`: ``"l2"`` (squared differences of
+        neighbouring nodes, a Gaussian Markov random-field prior) or ``"tv"`` (absolute
+        differences, total variation, which keeps sharp edges).
 
     Examples
     --------
@@ -167,6 +171,7 @@ class MultiResGrid(CoordinateNetwork):
         activation: str = "gelu",
         code_dim: int = 0,
         init_scale: float = 1e-4,
+        smoothness: str = "l2",
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
         n_space = self.in_features if n_space is None else _check_int(n_space, "n_space")
@@ -184,6 +189,9 @@ class MultiResGrid(CoordinateNetwork):
         self.hash_size = _check_int(hash_size, "hash_size")
         if not init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {init_scale}.")
+        if smoothness not in ("l2", "tv"):
+            raise ValueError(f"smoothness must be 'l2' or 'tv', got {smoothness!r}.")
+        self.smoothness = smoothness
 
         # tables, and per level the multipliers that turn corner indices into rows:
         # C-order strides (dense) or hash primes (hashed)
@@ -255,6 +263,7 @@ class MultiResGrid(CoordinateNetwork):
             depth=self.head._config["depth"],
             activation=activation,
             init_scale=float(init_scale),
+            smoothness=smoothness,
         )
 
     def interpolate(self, level: int, space: Tensor) -> Tensor:
@@ -309,11 +318,16 @@ class MultiResGrid(CoordinateNetwork):
         return self.head(h, z)
 
     def regularization(self) -> Tensor:
-        """Total-variation penalty of the dense grids.
+        """Roughness penalty of the dense grids.
 
-        The sum, over dense levels and space dimensions, of the mean absolute
-        difference between neighbouring nodes (hashed levels are skipped). Add
-        ``weight * net.regularization()`` to the training loss.
+        The sum, over dense levels, space dimensions, nodes and features, of the squared
+        (``smoothness="l2"``) or absolute (``"tv"``) difference between neighbouring
+        nodes; hashed levels are skipped. It is a sum, not a mean, so every node is
+        pulled equally hard whatever the size of its level: a mean would leave the
+        finest levels, which overfit first, almost unpenalised. Add
+        ``weight * net.regularization() / n_points`` to a loss that averages over
+        ``n_points`` observations: ``weight`` then acts as a prior precision that does
+        not depend on how densely the data are sampled.
 
         Examples
         --------
@@ -323,15 +337,15 @@ class MultiResGrid(CoordinateNetwork):
         >>> float(net.regularization().detach())
         0.0
         """
-        terms = []
+        total = self.tables[0].new_zeros(())
         for table, res, hashed in zip(self.tables, self.resolutions, self.hashed, strict=True):
             if hashed:
                 continue
             grid = table.view(*res, self.n_features)
-            terms += [grid.diff(dim=d).abs().mean() for d in range(self.n_space)]
-        if not terms:
-            return self.tables[0].new_zeros(())
-        return torch.stack(terms).sum()
+            for d in range(self.n_space):
+                diff = grid.diff(dim=d)
+                total = total + (diff.square() if self.smoothness == "l2" else diff.abs()).sum()
+        return total
 
     def extra_repr(self) -> str:
         return (
