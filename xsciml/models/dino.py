@@ -668,16 +668,19 @@ class DINo(Estimator):
         self._check_domain(feats, role)
         return sdims, vals, feats, idx
 
-    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 300, lr: float = 1e-2,
-               device: Any = "auto", seed: int | None = 0, progress: bool | None = None,
-               max_points: int = 2**21) -> xr.DataArray:
+    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 300, lr: float = 5e-2,
+               init: str = "nearest", reg: float = 1e-2, device: Any = "auto",
+               seed: int | None = 0, progress: bool | None = None,
+               max_points: int = 2**18) -> xr.DataArray:
         """Infer the codes α of states by auto-decoding (decoder frozen, batched).
 
         Every state along the non-space dimensions of ``ds_init`` gets its own code,
         optimised by Adam (cosine-decayed learning rate) on the mean squared error of its
-        decoded field at its finite points, all states at once, starting from the mean
-        training code. States are independent: the result does not depend on how many
-        are encoded together.
+        decoded field at its finite points (standardised values) plus ``reg`` times the
+        mean square of its normalised code — a Gaussian prior fitted to the training
+        codes, which keeps the code where the dynamics was trained — all states at once.
+        States are independent: the result does not depend on how many are encoded
+        together.
 
         Parameters
         ----------
@@ -686,6 +689,13 @@ class DINo(Estimator):
             NaN where unobserved.
         steps, lr
             Adam steps and initial learning rate.
+        init
+            Starting codes: ``"nearest"`` (default) starts every state from the training
+            code whose decoded field is closest to it on its observed points (a
+            nearest-neighbour warm start, one batched decoding of up to 512 training
+            codes); ``"mean"`` from the mean training code.
+        reg
+            Weight of the prior term (0: plain least squares).
         max_points
             Bound on states × points handled at once (memory); larger inputs are done in
             consecutive groups of states.
@@ -701,16 +711,44 @@ class DINo(Estimator):
         ds = self._init_dataset(ds_init, "initial state")
         alpha, bdims, bshape, bcoords = self._encode_tensor(ds, steps=steps, lr=lr, device=device,
                                                             seed=seed, progress=progress,
-                                                            max_points=max_points)
+                                                            max_points=max_points, init=init,
+                                                            reg=reg)
         return xr.DataArray(alpha.reshape(*bshape, self.latent_dim).numpy(),
                             dims=(*bdims, "latent"), coords=bcoords, name="alpha")
 
+    def _candidate_fields(self, feats: Tensor, max_points: int,
+                          max_candidates: int = 512) -> tuple[Tensor, Tensor]:
+        """Training codes (at most ``max_candidates``, evenly spread) and their fields at ``feats``."""
+        m = self.module
+        codes = m.codes.detach().reshape(-1, self.latent_dim).to(feats.device)
+        if len(codes) > max_candidates:
+            codes = codes[torch.linspace(0, len(codes) - 1, max_candidates).round().long()]
+        per = max(1, int(max_points) // max(1, len(feats)))
+        with torch.no_grad():
+            fields = torch.cat([decode_codes(m.decoder, feats, codes[i:i + per])
+                                for i in range(0, len(codes), per)])
+        return codes, fields.reshape(len(codes), -1)
+
+    @staticmethod
+    def _nearest_codes(cand: tuple[Tensor, Tensor], y: Tensor, mask: Tensor) -> Tensor:
+        """For each state, the candidate code whose field is closest on its observed points."""
+        codes, fields = cand  # [K, d], [K, P*C]
+        with torch.no_grad():
+            my = (mask * y).reshape(len(y), -1)
+            m = mask.reshape(len(y), -1)
+            # sum_p m (f - y)^2 = sum m f^2 - 2 sum m y f + const, for all pairs at once
+            err = m @ fields.pow(2).T - 2.0 * my @ fields.T
+        return codes[err.argmin(dim=1)]
+
     def _encode_tensor(self, ds: xr.Dataset, *, steps: int, lr: float, device: Any,
-                       seed: int | None, progress: bool | None, max_points: int):
+                       seed: int | None, progress: bool | None, max_points: int,
+                       init: str = "nearest", reg: float = 0.0):
         from .._utils import progress_bar, resolve_device, seed_everything
 
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
+        if not (lr > 0 and reg >= 0):
+            raise ValueError(f"the encoding needs lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
         sdims, _, feats, idx = self._points(ds, "initial state")
         v0 = ds[self.variables[0]]
         bdims = [d for d in v0.dims if d not in sdims]
@@ -742,21 +780,30 @@ class DINo(Estimator):
         for p in dec.parameters():
             p.requires_grad_(False)
         f = torch.as_tensor(feats, dtype=torch.float32, device=dev)
-        init = m.code_mean.detach()
         out = torch.empty(N, self.latent_dim)
         per = max(1, int(max_points) // max(1, len(feats)))
+        if init == "nearest":
+            cand = self._candidate_fields(f, max_points)
+        elif init != "mean":
+            raise ValueError(f"init must be 'nearest' or 'mean', got {init!r}")
         try:
             with torch.enable_grad():
                 for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
                     yt = torch.as_tensor(ys[a:a + per], dtype=torch.float32, device=dev)
                     mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
                     cnt = mt.sum((1, 2)).clamp_min(1.0)
-                    alpha = init.expand(len(yt), -1).clone().requires_grad_(True)
+                    if init == "nearest":
+                        alpha0 = self._nearest_codes(cand, yt, mt)
+                    else:
+                        alpha0 = m.code_mean.detach().expand(len(yt), -1)
+                    alpha = alpha0.clone().requires_grad_(True)
                     opt = torch.optim.Adam([alpha], lr=lr)
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
                     for _ in range(steps):
                         pred = decode_codes(dec, f, alpha)
                         loss = (((pred - yt) ** 2 * mt).sum((1, 2)) / cnt).sum()
+                        if reg > 0:  # Gaussian prior fitted to the training codes
+                            loss = loss + reg * m.normalise(alpha).pow(2).mean(1).sum()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -792,7 +839,7 @@ class DINo(Estimator):
         return alpha.transpose(0, 1).cpu()
 
     def decode(self, alpha: Tensor | np.ndarray | xr.DataArray, target: Any, *,
-               device: Any = "auto", batch_size: int = 2**21) -> xr.DataArray | xr.Dataset:
+               device: Any = "auto", batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
         """Decode codes ``(..., latent)`` on any target (grid dict, Dataset, DataFrame).
 
         Returns fields with the codes' leading dims followed by the target's dims.
@@ -869,9 +916,10 @@ class DINo(Estimator):
         return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 encode_steps: int = 300, encode_lr: float = 1e-2, device: Any = "auto",
+                 encode_steps: int = 300, encode_lr: float = 5e-2, encode_init: str = "nearest",
+                 encode_reg: float = 1e-2, device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
-                 batch_size: int = 2**21) -> xr.DataArray | xr.Dataset:
+                 batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
         """Forecast from initial states on any grid, at any lead times.
 
         Parameters
@@ -889,8 +937,9 @@ class DINo(Estimator):
             Where to decode: default the grid/points of ``ds_init``; or a Dataset /
             DataArray (its space coordinates), a dict of 1-D coordinates (a new grid),
             or a DataFrame of scattered points.
-        encode_steps, encode_lr
-            Auto-decoding of the initial codes (see :meth:`encode`).
+        encode_steps, encode_lr, encode_init, encode_reg
+            Auto-decoding of the initial codes (``steps``, ``lr``, ``init``, ``reg`` of
+            :meth:`encode`).
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and the bound on codes × points
             decoded at once.
@@ -911,11 +960,12 @@ class DINo(Estimator):
         ds = self._init_dataset(ds_init, "initial state")
         if any(_is_dask(ds[v]) for v in self.variables):
             return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
-                                       encode_lr=encode_lr, device=device, seed=seed,
+                                       encode_lr=encode_lr, encode_init=encode_init,
+                                       encode_reg=encode_reg, device=device, seed=seed,
                                        batch_size=batch_size)
         alpha0, bdims, bshape, bcoords = self._encode_tensor(
             ds, steps=encode_steps, lr=encode_lr, device=device, seed=seed, progress=progress,
-            max_points=batch_size)
+            max_points=batch_size, init=encode_init, reg=encode_reg)
         alpha = self._integrate(alpha0, offsets, device)  # [N, K, d]
         if target is None:
             target = ds
@@ -998,7 +1048,8 @@ class DINo(Estimator):
 
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 300,
-                 encode_lr: float = 1e-2, device: Any = "auto", seed: int | None = 0,
+                 encode_lr: float = 5e-2, encode_init: str = "nearest", encode_reg: float = 1e-2,
+                 device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
         """The DINo table: MSE In-t / Out-t × In-s / Out-s, and relative MSE.
 
@@ -1016,7 +1067,7 @@ class DINo(Estimator):
         observed
             Boolean mask over the space dims of the observed points; default the points
             observed in training (:meth:`observed_mask`).
-        encode_steps, encode_lr, device, seed, progress
+        encode_steps, encode_lr, encode_init, encode_reg, device, seed, progress
             As in :meth:`forecast`.
 
         Returns
@@ -1050,7 +1101,8 @@ class DINo(Estimator):
             lead = off
         init = ds[self.variables].isel({self.time: 0}).where(observed)
         fc = self.forecast(init, lead=lead, target=ds, encode_steps=encode_steps, encode_lr=encode_lr,
-                           device=device, seed=seed, progress=progress)
+                           encode_init=encode_init, encode_reg=encode_reg, device=device, seed=seed,
+                           progress=progress)
         fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
         fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
         fc = fc.assign_coords({self.time: ds[self.time].values})
@@ -1192,7 +1244,8 @@ def fit_dynamics(
     steps
         Optimiser steps (one per batch).
     batch_size
-        Trajectories per step (default all).
+        Trajectories per step (default all). Codes outside the batch (and the window)
+        stay where they are: Adam's momentum does not move them.
     window
         Frames per training rollout (default all training frames); a random window of
         consecutive frames is drawn per step. Use it for long series.
@@ -1363,8 +1416,15 @@ def fit_dynamics(
         return {"traj": traj, "j0": torch.tensor(j0), "feats": feats[pts], "y": yb, "m": mb,
                 "u": torch.rand(len(traj), w, generator=gen), "t_out": t_out, "where": where}
 
+    partial = B < S or w < T
+    frozen: dict[str, Tensor] = {}
+
     def loss_fn(m: DINoModule, batch: dict[str, Tensor]):
         j0 = int(batch["j0"])
+        if partial and m.training:  # remember the codes this step must not move
+            keep = torch.ones(S, T, dtype=torch.bool, device=m.codes.device)
+            keep[batch["traj"].unsqueeze(1), torch.arange(j0, j0 + w, device=keep.device)] = False
+            frozen["keep"], frozen["values"] = keep, m.codes.detach()[keep].clone()
         codes = m.codes[batch["traj"]][:, j0:j0 + w]  # [B, w, d]
         pred = decode_codes(m.decoder, batch["feats"], codes)
         mb = batch["m"]
@@ -1380,6 +1440,10 @@ def fit_dynamics(
 
     def on_step(state) -> None:
         state.model.teacher_forcing = float(schedule(state.step))
+        if frozen:  # Adam moves zero-gradient codes by momentum: put them back
+            with torch.no_grad():
+                state.model.codes[frozen["keep"]] = frozen["values"]
+            frozen.clear()
 
     groups = [{"params": list(module.decoder.parameters()), "lr": lr},
               {"params": [module.codes], "lr": code_lr},
@@ -1412,11 +1476,13 @@ def forecast(
     lead: Any,
     target: Any = None,
     encode_steps: int = 300,
-    encode_lr: float = 1e-2,
+    encode_lr: float = 5e-2,
+    encode_init: str = "nearest",
+    encode_reg: float = 1e-2,
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
-    batch_size: int = 2**21,
+    batch_size: int = 2**18,
 ) -> xr.DataArray | xr.Dataset:
     """Forecast from initial state(s) with a fitted :class:`DINo` (``ds_init.sciml.forecast``).
 
@@ -1436,5 +1502,5 @@ def forecast(
         raise TypeError(f"model must be a fitted DINo (from fit_dynamics / xsciml.load), got "
                         f"{type(model).__name__}")
     return model.forecast(ds_init, lead=lead, target=target, encode_steps=encode_steps,
-                          encode_lr=encode_lr, device=device, seed=seed, progress=progress,
-                          batch_size=batch_size)
+                          encode_lr=encode_lr, encode_init=encode_init, encode_reg=encode_reg,
+                          device=device, seed=seed, progress=progress, batch_size=batch_size)

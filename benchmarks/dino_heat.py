@@ -1,0 +1,187 @@
+"""Benchmark: DINo forecasting of the 2-D heat equation, past the training horizon.
+
+The DINo heat-equation tutorial's setting: 64 x 64 periodic grid on [-1, 1)^2,
+diffusivity 0.1, Gaussian-random-field initial states (alpha = 2.5, tau = 7), a frame
+every 0.25 time units, 20 frames of which the first 10 are used for training; the test
+trajectories start from unseen initial states. DINo (``xsciml.models.dino``) is trained
+on the training trajectories, then every test trajectory is forecast from its first frame
+only, observed on
+
+* the full 64 x 64 grid,
+* 50 % and 5 % of its points (random, the rest NaN; the forecast is decoded on the full
+  grid),
+* a coarser 32 x 32 grid (observed and decoded there).
+
+Scores (DINo's table) are MSE over the In-t frames (inside the training horizon) and the
+Out-t frames (beyond it), and the relative MSE ``Σ err² / Σ (truth − spatial mean)²``
+over the same frames -- the honest score, since diffusion decays the field fast and an
+all-zero forecast has a tiny absolute Out-t MSE (and relative MSE exactly 1). Baselines
+in the same run: zero and persistence. Also timed: encoding of the initial codes, the
+whole forecast, and the exact spectral solver producing the same frames (the physical
+limit for this linear periodic problem).
+
+Bar: Out-t relative MSE <= 1e-2 on the full grid, and the 5 % case within 3x of it.
+
+Usage::
+
+    python benchmarks/dino_heat.py            # CPU size (about 12 min on 2 cores)
+    python benchmarks/dino_heat.py --paper    # more trajectories and steps (for a GPU)
+    python benchmarks/dino_heat.py --quick    # smoke run (bar not assessed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from _common import make_parser, print_table
+
+import xsciml
+from xsciml.datasets import heat, heat_solve, sample_points
+from xsciml.models.dino import fit_dynamics
+
+BAR_OUT_T = 1e-2
+BAR_SPARSE = 3.0
+N_FRAMES, N_TRAIN_FRAMES = 20, 10
+
+
+def _rel(pred: xr.DataArray, truth: xr.DataArray) -> float:
+    den = ((truth - truth.mean(("y", "x"))) ** 2).sum()
+    return float(((pred - truth) ** 2).sum() / den)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(__doc__)
+    parser.add_argument("--train", type=int, default=None, help="training trajectories (default 64)")
+    parser.add_argument("--test", type=int, default=16, help="test trajectories")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
+    parser.add_argument("--latent", type=int, default=32, help="code size")
+    parser.add_argument("--width", type=int, default=64, help="decoder width")
+    parser.add_argument("--points", type=int, default=128, help="points per frame per step")
+    parser.add_argument("--encode-steps", type=int, default=300, help="auto-decoding steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: tiny ops spin badly on a shared 2-core box)")
+    parser.add_argument("--paper", action="store_true", help="larger setting (for a GPU)")
+    parser.add_argument("--json", type=Path, default=None, help="also write results to this JSON file")
+    args = parser.parse_args(argv)
+    n_train = args.train or (256 if args.paper else 4 if args.quick else 64)
+    n_test = 2 if args.quick else args.test
+    steps = args.steps or (10000 if args.paper else 20 if args.quick else 2000)
+    points = 1024 if args.paper else args.points
+    encode_steps = 10 if args.quick else args.encode_steps
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("XSCIML_PROGRESS", "0")
+
+    ds_train = heat(n_train, 64, diffusivity=0.1, dt=0.25, n_frames=N_FRAMES, alpha=2.5, tau=7.0,
+                    seed=args.seed)
+    test = heat(n_test, 64, diffusivity=0.1, dt=0.25, n_frames=N_FRAMES, alpha=2.5, tau=7.0,
+                seed=10_000 + args.seed)
+    train = ds_train.isel(time=slice(0, N_TRAIN_FRAMES))
+    settings = dict(latent_dim=args.latent, width=args.width, depth=3, dynamics_width=128,
+                    dynamics_depth=3, method="rk4", steps=steps, n_points=points, loss="relative",
+                    lr=1e-2, code_lr=1e-2, dynamics_lr=3e-3)
+    print(f"DINo heat: 64x64, D=0.1, GRF(2.5, 7), dt=0.25, {N_FRAMES} frames ({N_TRAIN_FRAMES} for "
+          f"training); {n_train} training / {n_test} test trajectories; {settings}; device "
+          f"{args.device}, {torch.get_num_threads()} threads", flush=True)
+
+    t0 = time.perf_counter()
+    model = fit_dynamics(train, "u", space=("y", "x"), time="time", sample_dim="trajectory",
+                         device=args.device, seed=args.seed, progress=False, **settings)
+    fit_s = time.perf_counter() - t0
+    print(f"  trained in {fit_s:.0f} s ({fit_s / steps:.3f} s/step); final losses: decoder "
+          f"{model.info['final_decoder_loss']:.3g}, dynamics {model.info['final_dynamics_loss']:.3g}",
+          flush=True)
+
+    full = xr.ones_like(test["u"].isel(trajectory=0, time=0), dtype=bool).drop_vars("time")
+    cases = [("full grid 64x64", test, full),
+             ("50 % observed", test, sample_points(test, 0.5, seed=1, dims=("y", "x"))),
+             ("5 % observed", test, sample_points(test, 0.05, seed=2, dims=("y", "x")))]
+    coarse = test.isel(y=slice(None, None, 2), x=slice(None, None, 2))
+    cases.append(("coarse grid 32x32", coarse, full.isel(y=slice(None, None, 2), x=slice(None, None, 2))))
+    rows, results = [], {}
+    for name, truth, observed in cases:
+        t0 = time.perf_counter()
+        ev = model.evaluate(truth, n_frames_train=N_TRAIN_FRAMES, observed=observed,
+                            encode_steps=encode_steps, device=args.device, progress=False)
+        wall = time.perf_counter() - t0
+        row = {"case": name,
+               "MSE In-t": float(ev["mse"].sel(horizon="In-t", grid="all")),
+               "MSE Out-t": float(ev["mse"].sel(horizon="Out-t", grid="all")),
+               "rel In-t": float(ev["rel_mse"].sel(horizon="In-t", grid="all")),
+               "rel Out-t": float(ev["rel_mse"].sel(horizon="Out-t", grid="all"))}
+        if 0 < float(observed.mean()) < 1:
+            row["rel Out-t In-s"] = float(ev["rel_mse"].sel(horizon="Out-t", grid="In-s"))
+            row["rel Out-t Out-s"] = float(ev["rel_mse"].sel(horizon="Out-t", grid="Out-s"))
+        row["eval s"] = round(wall, 1)
+        rows.append(row)
+        results[name] = row
+        print(f"  {name}: rel Out-t {row['rel Out-t']:.3g}", flush=True)
+
+    u = test["u"]
+    into, out = slice(0, N_TRAIN_FRAMES), slice(N_TRAIN_FRAMES, None)
+    pers = u.isel(time=0).broadcast_like(u)
+    for name, pred in (("baseline: zero", xr.zeros_like(u)), ("baseline: persistence", pers)):
+        err = (pred - u) ** 2
+        rows.append({"case": name, "MSE In-t": float(err.isel(time=into).mean()),
+                     "MSE Out-t": float(err.isel(time=out).mean()),
+                     "rel In-t": _rel(pred.isel(time=into), u.isel(time=into)),
+                     "rel Out-t": _rel(pred.isel(time=out), u.isel(time=out))})
+    print_table(rows, title=f"DINo on the heat equation: {n_test} unseen trajectories, "
+                            f"forecast from frame 0 to {N_FRAMES - 1}", floatfmt=".3g")
+
+    # ---- timings: encoding, forecast, exact spectral solver for the same frames
+    init = test.isel(time=0)
+    lead = test["time"].values
+    t0 = time.perf_counter()
+    model.encode(init, steps=encode_steps, device=args.device)
+    enc_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.forecast(init, lead=lead, encode_steps=encode_steps, device=args.device, progress=False)
+    fc_s = time.perf_counter() - t0
+    nfe = model.last_nfe
+    u0 = init["u"].values.astype(np.float64)
+    t0 = time.perf_counter()
+    heat_solve(u0, lead, 0.1, 2.0)
+    spec_s = time.perf_counter() - t0
+    timing = [{"what": f"encode {n_test} initial states ({encode_steps} Adam steps, batched)",
+               "seconds": enc_s, "per trajectory": enc_s / n_test},
+              {"what": f"DINo forecast, {n_test} x {N_FRAMES} frames 64x64 (encode+ODE+decode)",
+               "seconds": fc_s, "per trajectory": fc_s / n_test},
+              {"what": "exact spectral solver, same frames (float64 FFT)", "seconds": spec_s,
+               "per trajectory": spec_s / n_test}]
+    print_table(timing, title=f"Timings (device {args.device}; ODE: rk4, step "
+                              f"{model.ode['step_units']:g}, {nfe} function evaluations)", floatfmt=".3g")
+
+    full_out = results["full grid 64x64"]["rel Out-t"]
+    sparse_out = results["5 % observed"]["rel Out-t"]
+    ok_full = full_out <= BAR_OUT_T
+    ok_sparse = sparse_out <= BAR_SPARSE * full_out
+    if args.quick:
+        verdict = "not assessed (--quick)"
+    else:
+        verdict = "PASS" if ok_full and ok_sparse else "FAIL"
+    print(f"Out-t relative MSE, full grid: {full_out:.3g} (bar <= {BAR_OUT_T:g}: "
+          f"{'ok' if ok_full else 'missed'}); 5 % observed: {sparse_out:.3g} = "
+          f"{sparse_out / full_out:.2f}x the full grid (bar <= {BAR_SPARSE:g}x: "
+          f"{'ok' if ok_sparse else 'missed'}) -> {verdict}")
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "n_train": n_train, "n_test": n_test, "settings": settings, "fit_s": fit_s,
+            "encode_steps": encode_steps, "xsciml_version": xsciml.__version__
+            if hasattr(xsciml, "__version__") else "", "rows": rows, "timings": timing,
+            "nfe": nfe, "pass": bool(ok_full and ok_sparse)}, indent=2))
+    return 0 if (ok_full and ok_sparse) or args.quick else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""DINo forecasting: latent ODE + INR decoder, any grid, past the training horizon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+import xsciml
+from xsciml.models.dino import (
+    DINo,
+    DINoModule,
+    LatentDynamics,
+    _dynamics_loss,
+    decode_codes,
+    fit_dynamics,
+    forecast,
+    integrate_latent,
+)
+from xsciml.nn import FourierNet
+
+# smooth initial states (alpha=4, tau=3): a small model learns them in seconds
+HEAT = dict(n_frames=10, alpha=4.0, tau=3.0)
+TINY = dict(latent_dim=16, width=32, depth=2, dynamics_width=64, dynamics_depth=2,
+            n_points=64, lr=1e-2, code_lr=1e-2, dynamics_lr=1e-2, progress=False)
+
+
+def rel_mse(pred: xr.DataArray, truth: xr.DataArray) -> float:
+    den = ((truth - truth.mean(("y", "x"))) ** 2).sum()
+    return float(((pred - truth) ** 2).sum() / den)
+
+
+@pytest.fixture(scope="module")
+def heat_data():
+    train = xsciml.datasets.heat(16, 16, seed=0, **HEAT)
+    test = xsciml.datasets.heat(4, 16, seed=1, **HEAT)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def fitted(heat_data):
+    train, _ = heat_data
+    model = fit_dynamics(train.isel(time=slice(0, 5)), "u", space=("y", "x"), steps=200,
+                         loss="relative", seed=0, **TINY)
+    return model
+
+
+# ----------------------------------------------------------------------------- torch parts
+def test_decode_codes_matches_the_network():
+    torch.manual_seed(0)
+    net = FourierNet(2, 2, width=16, depth=3, input_scale=8.0, code_dim=5)
+    x, a = torch.rand(11, 2) * 2 - 1, torch.randn(3, 4, 5)
+    ref = net(x.expand(3, 4, 11, 2), a[..., None, :].expand(3, 4, 11, 5))
+    torch.testing.assert_close(decode_codes(net, x, a), ref, atol=1e-5, rtol=1e-5)
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, t, z):
+        return z @ self.a.T
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_integrate_latent_linear_ode_known_answer(method):
+    a = torch.tensor([[-1.0, 2.0], [-2.0, -1.0]])  # decaying rotation: exp(a t) in closed form
+    z0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([0.0, 0.3, 1.0, 2.5])
+    z = integrate_latent(_Linear(a), z0, t, method=method, step=0.01, rtol=1e-7, atol=1e-9)
+    for k, tk in enumerate(t.tolist()):
+        exact = z0 @ torch.linalg.matrix_exp(a * tk).T
+        torch.testing.assert_close(z[k], exact, atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_step_solution_does_not_depend_on_output_times():
+    torch.manual_seed(0)
+    f = LatentDynamics(4, width=16, depth=2)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.normal_(0, 0.3)
+    z0 = torch.randn(3, 4)
+    coarse = torch.tensor([0.0, 1.0, 3.0])
+    dense = torch.linspace(0.0, 3.0, 25)
+    zc = integrate_latent(f, z0, coarse, step=0.5)
+    zd = integrate_latent(f, z0, dense, step=0.5)
+    torch.testing.assert_close(zc, zd[[0, 8, 24]], atol=1e-6, rtol=1e-6)
+    # ... and the step matters (the solver does not just step on the output grid)
+    assert not torch.allclose(zc, integrate_latent(f, z0, coarse, step=1.0), atol=1e-6)
+
+
+def test_vectorised_teacher_forcing_equals_the_sequential_loop():
+    """One batched solve == DINo's loop of one odeint call per step, restarting from
+    the true code with the teacher-forcing draws."""
+    torch.manual_seed(1)
+    B, w, d = 3, 6, 4
+    dyn = LatentDynamics(d, width=16, depth=2)
+    with torch.no_grad():
+        for p in dyn.parameters():
+            p.normal_(0, 0.3)
+    m = DINoModule(FourierNet(2, 1, width=8, depth=1, code_dim=d), dyn, B, w)
+    m.teacher_forcing = 0.5
+    z = torch.randn(B, w, d)
+    u = torch.rand(B, w)
+    tau = np.arange(w, dtype=float)
+    delta = tau[None, :] - tau[:, None]
+    uniq, inv = np.unique(np.where(delta >= 0, delta, 0.0), return_inverse=True)
+    ode = {"method": "rk4", "step": 0.25, "rtol": 1e-3, "atol": 1e-5, "adjoint": False}
+    loss = _dynamics_loss(m, z, u, torch.tensor(uniq, dtype=torch.float32),
+                          torch.as_tensor(inv.reshape(w, w)), ode)
+    preds = torch.empty(B, w - 1, d)
+    for b in range(B):
+        state = z[b, 0]
+        for j in range(1, w):
+            if j > 1 and u[b, j] < m.teacher_forcing:
+                state = z[b, j - 1]
+            state = integrate_latent(dyn, state[None], torch.tensor([0.0, 1.0]), step=0.25)[-1, 0]
+            preds[b, j - 1] = state
+    torch.testing.assert_close(loss, (preds - z[:, 1:]).pow(2).mean(), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- learning
+def test_forecasts_past_the_horizon_better_than_persistence_and_zero(fitted, heat_data):
+    _, test = heat_data
+    u = test["u"]
+    fc = fitted.forecast(test.isel(time=0), lead=u["time"].values, encode_steps=100)
+    fc = fc.drop_vars("valid_time").rename(lead="time").assign_coords(time=u["time"])
+    out = slice(5, None)  # past the 5 training frames
+    model = rel_mse(fc.isel(time=out), u.isel(time=out))
+    persistence = rel_mse(u.isel(time=0).broadcast_like(u).isel(time=out), u.isel(time=out))
+    assert model < 0.6, model  # predicting zero scores exactly 1
+    assert model < 0.2 * persistence, (model, persistence)
+    # the evaluate table agrees with the direct computation
+    ev = fitted.evaluate(test, n_frames_train=5, encode_steps=100)
+    np.testing.assert_allclose(float(ev["rel_mse"].sel(horizon="Out-t", grid="all")), model, rtol=1e-4)
+
+
+def test_forecast_structure_coords_and_attrs(fitted, heat_data):
+    _, test = heat_data
+    init = test.isel(time=0)
+    fc = forecast(init, fitted, lead=[0.0, 0.25, 1.0], encode_steps=20)
+    assert fc.dims == ("trajectory", "lead", "y", "x")
+    assert fc.shape == (4, 3, 16, 16)
+    np.testing.assert_array_equal(fc["lead"], [0.0, 0.25, 1.0])
+    np.testing.assert_allclose(fc["valid_time"], float(init["time"]) + np.array([0.0, 0.25, 1.0]))
+    np.testing.assert_array_equal(fc["x"], test["x"])
+    assert fc.attrs["long_name"] == test["u"].attrs["long_name"]
+    assert fc.attrs["xsciml_model"] == "DINo"
+    assert fc.name == "u"
+    # the accessor forwards to the same functions
+    acc = init.sciml.forecast(fitted, lead=[0.0, 0.25, 1.0], encode_steps=20)
+    xr.testing.assert_identical(acc, fc)
+
+
+def test_forecast_on_coarser_grid_and_subsampled_initial_state(fitted, heat_data):
+    _, test = heat_data
+    init = test.isel(time=0)
+    lead = np.array([0.0, 1.0, 2.0])
+    full = fitted.forecast(init, lead=lead, encode_steps=100)
+    # decoding is pointwise: a coarser target gives the full forecast at its points
+    coarse = {"y": test["y"].values[::2], "x": test["x"].values[::2]}
+    fc = fitted.forecast(init, lead=lead, target=coarse, encode_steps=100)
+    assert fc.shape == (4, 3, 8, 8)
+    np.testing.assert_allclose(fc.values, full.isel(y=slice(None, None, 2), x=slice(None, None, 2)).values,
+                               rtol=1e-5, atol=1e-6)
+    # an initial state seen on 25 % of the points still forecasts the whole grid
+    keep = xsciml.datasets.sample_points(init, 0.25, seed=0, dims=("y", "x"))
+    sparse = fitted.forecast(init.where(keep), lead=lead, encode_steps=100)
+    truth = test["u"].sel(time=lead)
+    err_full = rel_mse(full.drop_vars("valid_time").rename(lead="time"), truth.rename(time="time"))
+    err_sparse = rel_mse(sparse.drop_vars("valid_time").rename(lead="time"), truth)
+    assert np.isfinite(sparse).all()
+    assert err_sparse < max(3 * err_full, 0.3), (err_sparse, err_full)
+
+
+def test_scattered_initial_points(fitted, heat_data):
+    _, test = heat_data
+    rng = np.random.default_rng(0)
+    init = test.isel(time=0).stack(point=("y", "x")).reset_index("point")
+    pick = rng.choice(init.sizes["point"], 100, replace=False)
+    scattered = init.isel(point=pick)
+    fc = fitted.forecast(scattered, lead=[0.5], encode_steps=50)
+    assert fc.dims == ("trajectory", "lead", "point") and fc.shape == (4, 1, 100)
+    grid = fitted.forecast(scattered, lead=[0.5], encode_steps=50, target=test[["x", "y"]])
+    assert grid.dims == ("trajectory", "lead", "y", "x")
+    # the same codes decode the same values at the scattered points
+    at_pts = grid.stack(point=("y", "x")).isel(point=pick).values
+    np.testing.assert_allclose(at_pts, fc.values, rtol=1e-5, atol=1e-6)
+
+
+def test_denser_leads_do_not_change_shared_leads(fitted, heat_data):
+    _, test = heat_data
+    init = test.isel(time=0, trajectory=[0, 1])
+    a = fitted.forecast(init, lead=[0.0, 1.0, 2.5], encode_steps=30)
+    b = fitted.forecast(init, lead=np.arange(0.0, 2.5001, 0.125), encode_steps=30)
+    np.testing.assert_allclose(a.values, b.sel(lead=[0.0, 1.0, 2.5]).values, rtol=1e-5, atol=1e-6)
+    assert fitted.ode["method"] == "rk4" and fitted.last_nfe > 0
+
+
+# ----------------------------------------------------------------------------- time axes
+def test_irregular_datetime_time_axis_and_train_until():
+    ds = xsciml.datasets.heat(6, 12, seed=0, n_frames=12, alpha=4.0, tau=3.0, time_units="1D")
+    ds = ds.isel(time=[0, 1, 2, 4, 5, 7, 8, 11])  # irregular spacing
+    model = ds.sciml.fit_dynamics("u", sample_dim="trajectory", train_until="2000-01-01T12",
+                                  steps=20, seed=0, **TINY)
+    assert model.info["n_frames_train"] == 3
+    assert model.clock.kind == "datetime64" and model.clock.scale == pytest.approx(0.25)  # days
+    init = ds.isel(time=4)
+    lead = pd.to_timedelta(["0h", "6h", "30h", "3D"])
+    fc = model.forecast(init, lead=lead, encode_steps=10)
+    expected = np.datetime64("2000-01-02T06") + lead.to_numpy()
+    np.testing.assert_array_equal(fc["valid_time"].values, expected)
+    assert fc["lead"].dtype.kind == "m"
+    # float leads are in the model's time units (days)
+    fc_days = model.forecast(init, lead=[0.0, 0.25, 1.25, 3.0], encode_steps=10)
+    np.testing.assert_allclose(fc_days.values, fc.values, rtol=1e-5, atol=1e-6)
+
+
+def test_cftime_time_axis():
+    cftime = pytest.importorskip("cftime")
+    ds = xsciml.datasets.heat(4, 12, seed=0, n_frames=4, alpha=4.0, tau=3.0)
+    times = [cftime.Datetime360Day(2000, 1, 1 + k) for k in range(4)]
+    ds = ds.assign_coords(time=times)
+    model = fit_dynamics(ds, "u", steps=5, seed=0, **TINY)
+    assert model.clock.calendar == "360_day"
+    fc = model.forecast(ds.isel(time=1), lead=[pd.Timedelta("0D"), pd.Timedelta("2D")], encode_steps=5)
+    assert list(fc["valid_time"].values) == [times[1], times[3]]
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_evaluate_table_shape_and_identities(fitted, heat_data):
+    _, test = heat_data
+    ev = fitted.evaluate(test, encode_steps=50)
+    assert ev["mse"].dims == ("horizon", "grid")
+    assert list(ev["horizon"].values) == ["In-t", "Out-t"]
+    assert list(ev["grid"].values) == ["In-s", "Out-s", "all"]
+    # trained on the full grid: every test point is In-s, Out-s is empty
+    assert np.isnan(ev["mse"].sel(grid="Out-s")).all()
+    np.testing.assert_allclose(ev["mse"].sel(grid="In-s"), ev["mse"].sel(grid="all"))
+    assert ev.attrs["n_frames_train"] == 5
+    # with half the points observed, "all" is the count-weighted mean of In-s and Out-s
+    obs = xsciml.datasets.sample_points(test, 0.5, seed=3, dims=("y", "x"))
+    ev2 = fitted.evaluate(test, observed=obs, encode_steps=50)
+    n_in = float(obs.sum())
+    n_out = obs.size - n_in
+    mix = (ev2["mse"].sel(grid="In-s") * n_in + ev2["mse"].sel(grid="Out-s") * n_out) / obs.size
+    np.testing.assert_allclose(mix, ev2["mse"].sel(grid="all"), rtol=1e-6)
+    assert (ev2["rel_mse"] > 0).all()
+
+
+def test_training_on_a_subgrid_defines_in_s():
+    ds = xsciml.datasets.heat(4, 12, seed=0, n_frames=4, alpha=4.0, tau=3.0)
+    keep = xsciml.datasets.sample_points(ds, 0.5, seed=1, dims=("y", "x"))
+    model = fit_dynamics(ds.where(keep), "u", steps=5, seed=0, **TINY)
+    np.testing.assert_array_equal(model.observed_mask(ds).values, keep.values)
+    ev = model.evaluate(ds, encode_steps=5)
+    assert np.isfinite(ev["mse"].sel(horizon="In-t")).all()
+    assert ev.attrs["observed_fraction"] == pytest.approx(0.5, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- persistence
+def test_save_load_same_forecast_in_a_fresh_process(fitted, tmp_path):
+    path = fitted.save(tmp_path / "dino.xsciml")
+    init = xsciml.datasets.heat(2, 16, seed=5, **HEAT).isel(time=0)
+    here = fitted.forecast(init, lead=[0.0, 0.75, 2.0], encode_steps=40, device="cpu").values
+    script = textwrap.dedent(f"""
+        import json, numpy as np, torch, xsciml
+        torch.set_num_threads(1)
+        model = xsciml.load({str(path)!r})
+        init = xsciml.datasets.heat(2, 16, seed=5, n_frames=10, alpha=4.0, tau=3.0).isel(time=0)
+        fc = init.sciml.forecast(model, lead=[0.0, 0.75, 2.0], encode_steps=40, device="cpu")
+        print(json.dumps({{"type": type(model).__name__, "values": fc.values.tolist()}}))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={"XSCIML_PROGRESS": "0", "PATH": "", "OMP_NUM_THREADS": "1"})
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["type"] == "DINo"
+    np.testing.assert_allclose(np.asarray(out["values"]), here, rtol=1e-5, atol=1e-6)
+    loaded = DINo.load(path)
+    assert loaded.latent_dim == fitted.latent_dim and loaded.ode == fitted.ode
+    torch.testing.assert_close(loaded.module.code_std, fitted.module.code_std)
+
+
+def test_dask_initial_state_gives_a_lazy_equal_forecast(fitted, heat_data):
+    pytest.importorskip("dask")
+    _, test = heat_data
+    init = test.isel(time=0)
+    eager = fitted.forecast(init, lead=[0.0, 1.0], encode_steps=20)
+    lazy = fitted.forecast(init.chunk({"trajectory": 2}), lead=[0.0, 1.0], encode_steps=20)
+    assert lazy.chunks is not None
+    np.testing.assert_allclose(lazy.compute().values, eager.values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rechunk"):
+        fitted.forecast(init.chunk({"x": 8}), lead=[0.0], encode_steps=1)
+
+
+def test_two_variables_decoded_together_and_other_solvers():
+    ds = xsciml.datasets.heat(4, 12, seed=0, n_frames=4, alpha=4.0, tau=3.0)
+    ds["v"] = -2.0 * ds["u"]
+    ds["v"].attrs = {"units": "K"}
+    model = fit_dynamics(ds, ["u", "v"], steps=5, method="dopri5", adjoint=True, seed=0, **TINY)
+    fc = model.forecast(ds.isel(time=0), lead=[0.0, 0.5], encode_steps=5)
+    assert isinstance(fc, xr.Dataset) and set(fc.data_vars) == {"u", "v"}
+    assert fc["v"].attrs["units"] == "K"
+    assert model.module.decoder.out_features == 2
+    assert all(np.isfinite(model.history.loss))
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_errors(fitted, heat_data):
+    train, test = heat_data
+    init = test.isel(time=0)
+    with pytest.raises(KeyError, match="lacks variable"):
+        fitted.forecast(init.rename(u="w"), lead=[0.0])
+    with pytest.raises(KeyError, match="trained on"):
+        fitted.forecast(init["u"].rename("temperature"), lead=[0.0])
+    with pytest.raises(TypeError, match="numbers or timedeltas"):
+        fitted.forecast(init, lead="6h")
+    with pytest.raises(TypeError, match="numbers or timedeltas"):
+        fitted.forecast(init, lead=["a", "b"])
+    with pytest.raises(TypeError, match="numeric"):
+        fitted.forecast(init, lead=pd.to_timedelta(["6h"]))
+    with pytest.raises(ValueError, match=">= 0"):
+        fitted.forecast(init, lead=[-1.0])
+    km = init.assign_coords(x=init["x"] * 1000.0, y=init["y"] * 1000.0)
+    with pytest.raises(ValueError, match="units"):
+        fitted.forecast(km, lead=[0.0])
+    tagged = init.assign_coords(x=init["x"].assign_attrs(units="km"))
+    fitted.coord_units["x"] = "m"
+    try:
+        with pytest.raises(ValueError, match="'km'"):
+            fitted.forecast(tagged, lead=[0.0])
+    finally:
+        fitted.coord_units.pop("x")
+    with pytest.raises(TypeError, match="fitted DINo"):
+        forecast(init, object(), lead=[0.0])
+    with pytest.raises(ValueError, match="at least 2 time steps"):
+        fit_dynamics(train.isel(time=[0]), "u", steps=1, progress=False)
+    with pytest.raises(ValueError, match="at least 2 time steps"):
+        fit_dynamics(train, "u", train_until=0.1, steps=1, progress=False)
+    with pytest.raises(KeyError, match="sample_dim"):
+        fit_dynamics(train, "u", sample_dim="member", steps=1, progress=False)
+    with pytest.raises(ValueError, match="solver"):
+        fit_dynamics(train, "u", method="leapfrog", steps=1, progress=False)
+    with pytest.raises(KeyError, match="not found"):
+        fit_dynamics(train, "temperature", steps=1, progress=False)
+
+
+def test_single_long_series_with_windows_and_start_dates():
+    ds = xsciml.datasets.heat(1, 12, seed=0, n_frames=12, alpha=4.0, tau=3.0, time_units="6h")
+    series = ds.isel(trajectory=0)  # one long trajectory, no sample dimension
+    model = fit_dynamics(series, "u", sample_dim=None, window=4, steps=10, seed=0, **TINY)
+    assert model.module.codes.shape[:2] == (1, 12)
+    starts = series.isel(time=[5, 6, 7])  # every frame is an initial state (start dates)
+    fc = model.forecast(starts, lead=pd.to_timedelta(["0h", "12h"]), encode_steps=5)
+    assert fc.dims == ("time", "lead", "y", "x")
+    expected = series["time"].values[5:8, None] + pd.to_timedelta(["0h", "12h"]).to_numpy()[None]
+    np.testing.assert_array_equal(fc["valid_time"].transpose("time", "lead").values, expected)
+    with pytest.raises(ValueError, match="window"):
+        fit_dynamics(series, "u", sample_dim=None, window=20, steps=1, progress=False)
+
+
+def test_encode_nearest_start_and_independent_states(fitted, heat_data):
+    train, _ = heat_data
+    frames = train.isel(time=[1, 3], trajectory=[2, 5])
+    # without optimisation, "nearest" starts every state from its own training code
+    z0 = fitted.encode(frames, steps=0, init="nearest")
+    assert z0.dims == ("trajectory", "time", "latent")
+    expected = fitted.codes.isel(trajectory=[2, 5], time=[1, 3]).values
+    np.testing.assert_allclose(z0.values, expected, rtol=1e-6)
+    mean = fitted.encode(frames, steps=0, init="mean").values
+    np.testing.assert_allclose(mean, np.broadcast_to(fitted.module.code_mean.numpy(), mean.shape))
+    # states are encoded independently: alone or together, the same codes
+    both = fitted.encode(frames, steps=20)
+    one = fitted.encode(frames.isel(trajectory=[1]), steps=20)
+    np.testing.assert_allclose(one.values, both.isel(trajectory=[1]).values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="init"):
+        fitted.encode(frames, steps=1, init="random")
+    with pytest.raises(ValueError, match="reg"):
+        fitted.encode(frames, steps=1, reg=-1.0)
+
+
+def test_codes_outside_the_batch_do_not_move(monkeypatch):
+    import xsciml.training as training
+
+    ds = xsciml.datasets.heat(6, 12, seed=0, n_frames=6, alpha=4.0, tau=3.0)
+    seen = []
+    fit = training.fit
+
+    def fit_with_spy(*args, **kwargs):  # record the codes after every step
+        spy = lambda state: seen.append(state.model.codes.detach().clone())  # noqa: E731
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), spy]
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit_with_spy)
+    fit_dynamics(ds, "u", batch_size=2, window=3, steps=6, seed=0, **TINY)
+    assert len(seen) == 6
+    for before, after in zip(seen[:-1], seen[1:], strict=True):
+        moved = (after - before).abs().amax(-1) > 0
+        assert 0 < int(moved.sum()) <= 6  # at most 2 trajectories x 3 frames per step
