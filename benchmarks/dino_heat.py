@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (1: tiny ops spin badly on a shared 2-core box)")
     parser.add_argument("--paper", action="store_true", help="larger setting (for a GPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write results to this JSON file")
+    parser.add_argument("--save", type=Path, default=None, help="also save the fitted model here")
     args = parser.parse_args(argv)
     n_train = args.train or (256 if args.paper else 4 if args.quick else 64)
     n_test = 2 if args.quick else args.test
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  trained in {fit_s:.0f} s ({fit_s / steps:.3f} s/step); final losses: decoder "
           f"{model.info['final_decoder_loss']:.3g}, dynamics {model.info['final_dynamics_loss']:.3g}",
           flush=True)
+    if args.save is not None:
+        model.save(args.save)
 
     full = xr.ones_like(test["u"].isel(trajectory=0, time=0), dtype=bool).drop_vars("time")
     cases = [("full grid 64x64", test, full),
