@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import xsciml  # noqa: F401  (registers .sciml)
 from xsciml.coords import CoordinateEncoder, time_to_float
-from xsciml.tensors import decode_variable, target_points, to_fields, to_tensors
+from xsciml.tensors import decode_variable, target_points, to_fields
 
 from .conftest import real_data
 

@@ -175,6 +175,8 @@ def time_to_float(
     if units not in _UNIT_SECONDS:
         raise ValueError(f"time units {units!r} not understood; use one of {sorted(_UNIT_SECONDS)}")
     values = np.asarray(values)
+    if values.ndim == 0:  # a scalar time: convert as a 1-element array, return a 0-d array
+        return time_to_float(values.reshape(1), units, origin).reshape(())
     kind = time_kind(values)
     if kind == "numeric":
         return values.astype(np.float64)

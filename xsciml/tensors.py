@@ -790,19 +790,26 @@ class CoordinateData(_PointSet):
 
 
 # =========================================================================== builders
-def _prepare(obj: xr.Dataset | xr.DataArray, variables) -> tuple[xr.Dataset, list[str]]:
+def _prepare(obj: xr.Dataset | xr.DataArray, variables, argname: str = "obj"
+             ) -> tuple[xr.Dataset, list[str]]:
+    """A Dataset and the list of variable names to use (the only one when not named)."""
     if isinstance(obj, xr.DataArray):
         name = obj.name if obj.name is not None else "values"
         obj = obj.to_dataset(name=name)
         if variables is None:
             variables = [name]
     if not isinstance(obj, xr.Dataset):
-        raise TypeError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+        raise TypeError(f"{argname} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
     if variables is None:
-        raise ValueError("name the variable(s) to convert, e.g. to_tensors('sst', ...)")
-    variables = [variables] if isinstance(variables, str) else list(variables)
+        if len(obj.data_vars) != 1:
+            raise ValueError(
+                "name the variable(s) to use, e.g. to_tensors(ds, 'sst'); the Dataset has "
+                f"{list(obj.data_vars)}"
+            )
+        variables = list(obj.data_vars)
+    variables = [variables] if isinstance(variables, str) else [str(v) for v in variables]
     if not variables:
-        raise ValueError("variables is empty")
+        raise ValueError("variables is empty; name at least one variable")
     return obj, variables
 
 

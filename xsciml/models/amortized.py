@@ -320,23 +320,9 @@ def _is_dask(da: xr.DataArray) -> bool:
 
 
 def _as_dataset(obj: Any, variables: Any, argname: str = "obj") -> tuple[xr.Dataset, list[str]]:
-    if isinstance(obj, xr.DataArray):
-        name = obj.name if obj.name is not None else "values"
-        obj = obj.to_dataset(name=name)
-        if variables is None:
-            variables = [name]
-    if not isinstance(obj, xr.Dataset):
-        raise TypeError(f"{argname} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
-    if variables is None:
-        if len(obj.data_vars) != 1:
-            raise ValueError(
-                f"name the variable(s) to model, e.g. fit_autoencoder(ds, 'sst'); the Dataset has "
-                f"{list(obj.data_vars)}"
-            )
-        variables = list(obj.data_vars)
-    variables = [variables] if isinstance(variables, str) else [str(v) for v in variables]
-    if not variables:
-        raise ValueError("variables is empty; name at least one variable")
+    from ..tensors import _prepare
+
+    obj, variables = _prepare(obj, variables, argname)
     missing = [v for v in variables if v not in obj.data_vars]
     if missing:
         raise KeyError(f"variable(s) {missing} not found; available data variables: {list(obj.data_vars)}")

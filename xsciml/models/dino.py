@@ -324,8 +324,7 @@ class _Clock:
         if not calendars_compatible(cal, self.calendar):
             raise ValueError(f"time is in calendar {cal!r} but the model was trained on "
                              f"{self.calendar!r}; convert with ds.convert_calendar first")
-        # (time_to_float wants at least one dimension)
-        return time_to_float(np.atleast_1d(values), self.units).reshape(values.shape)
+        return time_to_float(values, self.units)
 
     def parse_lead(self, lead: Any, name: str = "lead") -> tuple[np.ndarray, np.ndarray]:
         """``(float offsets in time units, coordinate values)`` of lead times."""
