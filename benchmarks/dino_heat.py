@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=10_000 + args.seed)
     train = ds_train.isel(time=slice(0, N_TRAIN_FRAMES))
     settings = dict(latent_dim=args.latent, width=args.width, depth=3, dynamics_width=128,
-                    dynamics_depth=3, method="rk4", steps=steps, n_points=points, loss="relative",
+                    dynamics_depth=3, solver="rk4", steps=steps, n_points=points, loss="relative",
                     lr=1e-2, code_lr=1e-2, dynamics_lr=3e-3)
     print(f"DINo heat: 64x64, D=0.1, GRF(2.5, 7), dt=0.25, {N_FRAMES} frames ({N_TRAIN_FRAMES} for "
           f"training); {n_train} training / {n_test} test trajectories; {settings}; device "

@@ -305,7 +305,7 @@ def test_two_variables_decoded_together_and_other_solvers():
     ds = xsciml.datasets.heat(4, 12, seed=0, n_frames=4, alpha=4.0, tau=3.0)
     ds["v"] = -2.0 * ds["u"]
     ds["v"].attrs = {"units": "K"}
-    model = fit_dynamics(ds, ["u", "v"], steps=5, method="dopri5", adjoint=True, seed=0, **TINY)
+    model = fit_dynamics(ds, ["u", "v"], steps=5, solver="dopri5", adjoint=True, seed=0, **TINY)
     fc = model.forecast(ds.isel(time=0), lead=[0.0, 0.5], encode_steps=5)
     assert isinstance(fc, xr.Dataset) and set(fc.data_vars) == {"u", "v"}
     assert fc["v"].attrs["units"] == "K"
@@ -339,7 +339,7 @@ def test_bad_input_errors(fitted, heat_data):
             fitted.forecast(tagged, lead=[0.0])
     finally:
         fitted.coord_units.pop("x")
-    with pytest.raises(TypeError, match="fitted DINo"):
+    with pytest.raises(TypeError, match="fitted dynamics model"):
         forecast(init, object(), lead=[0.0])
     with pytest.raises(ValueError, match="at least 2 time steps"):
         fit_dynamics(train.isel(time=[0]), "u", steps=1, progress=False)
@@ -348,7 +348,14 @@ def test_bad_input_errors(fitted, heat_data):
     with pytest.raises(KeyError, match="sample_dim"):
         fit_dynamics(train, "u", sample_dim="member", steps=1, progress=False)
     with pytest.raises(ValueError, match="solver"):
-        fit_dynamics(train, "u", method="leapfrog", steps=1, progress=False)
+        fit_dynamics(train, "u", solver="leapfrog", steps=1, progress=False)
+    with pytest.raises(ValueError, match="'dino' or 'smooth'"):
+        fit_dynamics(train, "u", method="koopman", steps=1, progress=False)
+    with pytest.raises(TypeError, match="unexpected"):
+        fit_dynamics(train, "u", steps=1, progress=False, modes=3)
+    with pytest.warns(FutureWarning, match="solver='euler'"):
+        m = fit_dynamics(train, "u", method="euler", steps=1, **TINY)
+    assert m.ode["method"] == "euler"
     with pytest.raises(KeyError, match="not found"):
         fit_dynamics(train, "temperature", steps=1, progress=False)
 

@@ -287,7 +287,7 @@ def test_lazy_files_equal_eager(grid_ds, tmp_path, fmt):
     assert data.n_valid == len(eager)
     assert data.scaler.mean == pytest.approx(eager.scaler.mean) and data.scaler.std == pytest.approx(eager.scaler.std)
     # streamed batches hold exactly the eager points (as sets of rows)
-    feats, ys = zip(*data.batches(7, shuffle=True, seed=3))
+    feats, ys = zip(*data.batches(7, shuffle=True, seed=3), strict=True)
     assert all(len(y) == 7 for y in ys[:-1])
     got = torch.cat([torch.cat(feats), torch.cat(ys)], 1).numpy()
     ref = torch.cat([eager.features, eager.y], 1).numpy()

@@ -110,6 +110,48 @@ def _predict_task(model: Any, ds: xr.Dataset, **kwargs: Any) -> xr.Dataset | xr.
     return predict(ds, **kwargs)
 
 
+def _parse_lead(lead: Any) -> Any:
+    """Lead times from a job option: numbers, or timedelta strings such as ``"6h"``."""
+    if lead is None:
+        raise ValueError("the forecast task needs lead times: pass lead=[...] "
+                         "(e.g. -k 'lead=[0, 1, 2]' or -k 'lead=[\"6h\", \"1D\"]').")
+    values = list(lead) if isinstance(lead, (list, tuple, np.ndarray)) else [lead]
+    if values and all(isinstance(v, str) for v in values):
+        import pandas as pd
+
+        try:
+            return pd.to_timedelta(values).to_numpy()
+        except ValueError as err:
+            raise ValueError(f"lead {values!r}: strings must be timedeltas such as '6h' or '1D'") from err
+    return np.asarray(values)
+
+
+@register_task("forecast")
+def _forecast_task(model: Any, ds: xr.Dataset, lead: Any = None, **kwargs: Any) -> xr.Dataset | xr.DataArray:
+    """``model.forecast(ds, lead=lead, **kwargs)``: initial states in, forecasts out.
+
+    The input holds the initial states (chunked along the state dims, e.g.
+    ``trajectory``, each chunk holding whole fields); ``lead`` is a list of numbers or
+    timedelta strings.
+    """
+    forecast = getattr(model, "forecast", None)
+    if forecast is None:
+        raise TypeError(f"a {type(model).__name__} cannot forecast; choose another task "
+                        f"(known: {registered_tasks()}).")
+    return forecast(ds, lead=_parse_lead(lead), **kwargs)
+
+
+@register_task("transform")
+def _transform_task(model: Any, ds: xr.Dataset, variable: str | None = None,
+                    **kwargs: Any) -> xr.Dataset | xr.DataArray:
+    """``model.transform(ds[variable], **kwargs)``: e.g. debiasing coarse model output."""
+    transform = getattr(model, "transform", None)
+    if transform is None:
+        raise TypeError(f"a {type(model).__name__} has no transform(); choose another task "
+                        f"(known: {registered_tasks()}).")
+    return transform(ds if variable is None else ds[variable], **kwargs)
+
+
 # ----------------------------------------------------------------------------------
 # manifest
 # ----------------------------------------------------------------------------------

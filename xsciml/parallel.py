@@ -550,6 +550,11 @@ def apply_model(func: Callable[..., Any], model: Estimator, *args: xr.DataArray,
         raise ValueError(f"output_dtypes has {len(output_dtypes)} entries for {n_out} outputs.")
     device = _check_device(device)
     kw = dict(kwargs or {})
+    reserved = sorted(set(kw) & {"dtype", "meta", "name", "output_dtypes", "output_sizes",
+                                 "signature", "vectorize", "axes", "axis", "keepdims"})
+    if reserved:
+        raise ValueError(f"kernel kwargs {reserved} clash with dask.array.apply_gufunc's own "
+                         "arguments (dask would swallow them); rename them")
     letters: dict[Hashable, str] = {}
 
     def sig(dims: Sequence[Hashable]) -> str:

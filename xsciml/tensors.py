@@ -609,7 +609,7 @@ class CoordinateData(_PointSet):
         starts = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
         import itertools
 
-        return [tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx))
+        return [tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx, strict=True))
                 for idx in itertools.product(*[range(len(c)) for c in chunks])]
 
     def batches(self, batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
@@ -660,7 +660,7 @@ class CoordinateData(_PointSet):
 
     def _read_block(self, sl) -> dict[str, np.ndarray]:
         """Raw values of one block (the I/O part, run in the prefetch thread)."""
-        block = self._ds[self.variables + self.condition].isel(dict(zip(self.dims, sl)))
+        block = self._ds[self.variables + self.condition].isel(dict(zip(self.dims, sl, strict=True)))
         return {v: np.asarray(block[v].transpose(*self.dims).values) for v in self.variables + self.condition}
 
     def _stream(self, batch_size, shuffle, rng, drop_last, prefetch):
@@ -1205,7 +1205,7 @@ def to_fields(
     for sd in sample_dims:
         if sd not in dims:
             raise KeyError(f"sample_dim {sd!r} is not a dimension of {variables[0]!r}; its dims are {dims}")
-    for v, da in zip(variables, das):
+    for v, da in zip(variables, das, strict=True):
         if set(da.dims) != set(dims):
             raise ValueError(f"variables {variables[0]!r} {dims} and {v!r} {da.dims} are on different grids")
         for d in dims:
@@ -1218,7 +1218,7 @@ def to_fields(
             "(e.g. .isel(level=0) or .stack(point=...))"
         )
     arrs = [np.asarray(da.transpose(*sample_dims, *space_dims).values, dtype=np.float64) for da in das]
-    for v, a in zip(variables, arrs):
+    for v, a in zip(variables, arrs, strict=True):
         if np.isinf(a).any():
             raise ValueError(f"variable {v!r} contains infinite values; replace them with NaN first")
         if not np.isfinite(a).any():

@@ -568,6 +568,19 @@ def fit_inversion(
 
 
 # --------------------------------------------------------------------------- xarray
+def _invert_kernel(inversion: LearnedInversion, values: np.ndarray, *, device: Any,
+                   batch_size: int, out_dtype: str) -> np.ndarray:
+    """Dask task body of :func:`invert`: fields ``[..., H, W]`` -> sources, same shape."""
+    lead = values.shape[:-2]
+    flat = np.asarray(values, dtype=np.float32).reshape(-1, *values.shape[-2:])
+    if flat.shape[0] == 0:
+        return np.empty(values.shape, dtype=out_dtype)
+    if not np.isfinite(flat).all():
+        raise ValueError("obs contains NaN or inf; the inversion needs complete fields.")
+    out = inversion._run(torch.from_numpy(flat.copy()), batch_size=batch_size, device=device)
+    return out.numpy().astype(out_dtype, copy=False).reshape(*lead, *values.shape[-2:])
+
+
 def invert(
     obs: Any,
     inversion: LearnedInversion,
@@ -610,7 +623,6 @@ def invert(
     >>> src = obs.sciml.invert(inv)  # doctest: +SKIP
     >>> src = xsciml.inverse.invert(obs, inv, dims=("lat", "lon"))  # doctest: +SKIP
     """
-    import xarray as xr
 
     from .heat import _is_dataarray, grid_spacing
 
@@ -643,19 +655,12 @@ def invert(
             )
     dtype = obs.dtype if np.issubdtype(obs.dtype, np.floating) else np.dtype(np.float64)
 
-    def run(values: np.ndarray) -> np.ndarray:
-        lead = values.shape[:-2]
-        flat = np.asarray(values, dtype=np.float32).reshape(-1, *values.shape[-2:])
-        if flat.shape[0] == 0:
-            return np.empty(values.shape, dtype=dtype)
-        if not np.isfinite(flat).all():
-            raise ValueError("obs contains NaN or inf; the inversion needs complete fields.")
-        out = inversion._run(torch.from_numpy(flat.copy()), batch_size=batch_size, device=device)
-        return out.numpy().astype(dtype, copy=False).reshape(*lead, *values.shape[-2:])
+    from ..parallel import apply_model
 
-    out = xr.apply_ufunc(
-        run, obs, input_core_dims=[list(dims)], output_core_dims=[list(dims)],
-        dask="parallelized", output_dtypes=[dtype], keep_attrs=True,
+    out = apply_model(
+        _invert_kernel, inversion, obs, input_core_dims=[list(dims)], output_core_dims=[list(dims)],
+        output_dtypes=[dtype], device="auto" if device is None else device,
+        kwargs={"batch_size": batch_size, "out_dtype": np.dtype(dtype).str}, keep_attrs=True,
     ).transpose(*obs.dims)
     out.attrs.update(inversion._provenance())
     out.attrs["long_name"] = "estimated source"

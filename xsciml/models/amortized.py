@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
-from .._utils import resolve_device, seed_everything, to_numpy
+from .._utils import seed_everything, to_numpy
 from ..base import Estimator, register_estimator
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
@@ -315,6 +315,16 @@ def _variable_from_state(entry: Mapping[str, Any], tensors: Mapping[str, torch.T
     return xr.Variable(tuple(entry["dims"]), vals, attrs=dict(entry["attrs"]))
 
 
+def _call_kernel(model: Any, *arrays: np.ndarray, device: torch.device, method: str,
+                 **kwargs: Any) -> Any:
+    """Dask task body: ``model.<method>(*arrays, device=device, **kwargs)`` on NumPy blocks.
+
+    Module-level so that tasks reference it by name; the model itself reaches each
+    worker once through :func:`xsciml.parallel.apply_model`.
+    """
+    return getattr(model, method)(*arrays, device=device, **kwargs)
+
+
 def _is_dask(da: xr.DataArray) -> bool:
     return da.chunks is not None
 
@@ -503,28 +513,34 @@ class _GridModel(Estimator):
         _check_space_chunks(das, self.grid.space_dims)
         return das
 
-    def _encode_labeled(self, obj: Any, kernel: Callable[..., Any], n_out: int
-                        ) -> list[xr.DataArray]:
+    def _encode_labeled(self, obj: Any, method: str, n_out: int, device: Any,
+                        **kwargs: Any) -> list[xr.DataArray]:
+        """Run ``self.<method>(*arrays [..., *space]) -> [..., latent]`` per chunk."""
+        from ..parallel import apply_model
+
         das = self._inputs(obj)
         core = list(self.grid.space_dims)
-        res = xr.apply_ufunc(
-            kernel, *das, input_core_dims=[core] * len(das),
-            output_core_dims=[["latent"]] * n_out, dask="parallelized",
-            output_dtypes=[np.float64] * n_out,
-            dask_gufunc_kwargs={"output_sizes": {"latent": self.latent_dim}},
+        res = apply_model(
+            _call_kernel, self, *das, input_core_dims=[core] * len(das),
+            output_core_dims=[["latent"]] * n_out, output_dtypes=[np.float64] * n_out,
+            output_sizes={"latent": self.latent_dim}, device=device,
+            kwargs={"method": method, **kwargs},
         )
         return list(res) if n_out > 1 else [res]
 
-    def _decode_labeled(self, z: Any, kernel: Callable[[np.ndarray], np.ndarray]
+    def _decode_labeled(self, z: Any, method: str, device: Any, **kwargs: Any
                         ) -> xr.DataArray | xr.Dataset:
+        """Run ``self.<method>(codes [..., latent]) -> [..., variable, *space]`` per chunk."""
+        from ..parallel import apply_model
+
         za = _latent_input(z, self.latent_dim, self.sample_dim)
         g = self.grid
-        out = xr.apply_ufunc(
-            kernel, za, input_core_dims=[["latent"]],
-            output_core_dims=[["__variable__", *g.space_dims]], dask="parallelized",
-            output_dtypes=[np.float64],
-            dask_gufunc_kwargs={"output_sizes": {"__variable__": len(g.variables),
-                                                 **dict(zip(g.space_dims, g.shape, strict=True))}},
+        out = apply_model(
+            _call_kernel, self, za, input_core_dims=[["latent"]],
+            output_core_dims=[["__variable__", *g.space_dims]], output_dtypes=[np.float64],
+            output_sizes={"__variable__": len(g.variables),
+                          **dict(zip(g.space_dims, g.shape, strict=True))},
+            device=device, kwargs={"method": method, **kwargs},
         )
         out = out.assign_coords(g.coords)
         attrs = self._provenance()
@@ -812,6 +828,11 @@ class PCA(_GridModel):
                             name="principal_components", attrs=self._provenance())
 
     # ------------------------------------------------------------------ encode / decode
+    def _encode_array(self, *arrays: np.ndarray, device: torch.device, noise_var: float,
+                      return_std: bool) -> Any:
+        """Codes of NumPy snapshots ``[..., *space]`` (one per variable) -> ``[..., latent]``."""
+        return self._encode_kernel(noise_var, return_std, device)(*arrays)
+
     def _encode_kernel(self, noise_var: float, return_std: bool, device: torch.device
                        ) -> Callable[..., Any]:
         nsp = len(self.grid.space_dims)
@@ -943,8 +964,8 @@ class PCA(_GridModel):
         sigma2 = self.noise_var if noise_var is None else float(noise_var)
         if not (math.isfinite(sigma2) and sigma2 > 0):
             raise ValueError(f"noise_var must be a positive number, got {noise_var!r}")
-        kernel = self._encode_kernel(sigma2, bool(return_std), resolve_device(device))
-        out = self._encode_labeled(obj, kernel, 2 if return_std else 1)
+        out = self._encode_labeled(obj, "_encode_array", 2 if return_std else 1, device,
+                                   noise_var=sigma2, return_std=bool(return_std))
         return self._code_outputs(out, ["z", "z_std"][: len(out)])
 
     def decode(self, z: Any) -> xr.DataArray | xr.Dataset:
@@ -970,18 +991,18 @@ class PCA(_GridModel):
         >>> pca.decode(pca.principal_components).dims
         ('sample', 'y', 'x')
         """
+        return self._decode_labeled(z, "_decode_array", "cpu")
+
+    def _decode_array(self, zz: np.ndarray, device: torch.device) -> np.ndarray:  # noqa: ARG002
+        """Fields ``[..., variable, *space]`` from NumPy codes ``[..., latent]``."""
         E, mean, cs = self._patterns, self._mean, self._col_scales()
         g = self.grid
-
-        def kernel(zz: np.ndarray) -> np.ndarray:
-            zz = np.asarray(zz, dtype=np.float64)
-            lead = zz.shape[:-1]
-            vals = mean + (zz.reshape(-1, self.latent_dim) @ E) * cs
-            full = np.full((vals.shape[0], g.n_features), np.nan)
-            full[:, self.basis] = vals
-            return full.reshape(lead + (len(g.variables),) + g.shape)
-
-        return self._decode_labeled(z, kernel)
+        zz = np.asarray(zz, dtype=np.float64)
+        lead = zz.shape[:-1]
+        vals = mean + (zz.reshape(-1, self.latent_dim) @ E) * cs
+        full = np.full((vals.shape[0], g.n_features), np.nan)
+        full[:, self.basis] = vals
+        return full.reshape(lead + (len(g.variables),) + g.shape)
 
     def __repr__(self) -> str:
         ratio = float(self._lambda.sum() / self.total_variance) if self.total_variance else float("nan")
@@ -1246,42 +1267,42 @@ class AutoEncoder(_GridModel):
         3
         """
         batch_size = _check_positive_int(batch_size, "batch_size")
-        dev = resolve_device(device)
+        out = self._encode_labeled(obj, "_encode_array", 2 if self.stochastic else 1, device,
+                                   batch_size=batch_size)
+        return self._code_outputs(out, ["z", "z_std"][: len(out)])
+
+    def _encode_array(self, *arrays: np.ndarray, device: torch.device, batch_size: int) -> Any:
+        """Codes ``[..., latent]`` (and stds) of NumPy snapshots ``[..., *space]``."""
         nsp = len(self.grid.space_dims)
         k = self.latent_dim
-
-        def kernel(*arrays: np.ndarray):
-            y = np.stack([np.asarray(a, dtype=np.float64) for a in arrays], axis=-nsp - 1)
-            lead = y.shape[:-nsp - 1]
-            y = y.reshape((-1, len(self.variables)) + self.grid.shape)
-            x, obs = self._standardise(y)
-            flat = obs.reshape(len(y), -1)
-            empty = np.flatnonzero(~flat.any(axis=1))
-            if empty.size:
-                raise ValueError(
-                    f"{empty.size} snapshot(s) (e.g. at flat position(s) {empty[:5].tolist()} of the "
-                    "non-space dims) have no observed value on the model's grid; an all-masked "
-                    "snapshot cannot be encoded: drop it first"
-                )
-            mu = np.zeros((len(y), k))
-            sd = np.zeros((len(y), k))
-            net = self._network_on(dev)
-            with torch.inference_mode():
-                for a in range(0, len(y), batch_size):
-                    xb = torch.from_numpy(x[a:a + batch_size]).to(dev)
-                    mb = torch.from_numpy(obs[a:a + batch_size]).to(dev)
-                    params = net.encode(xb, mb)
-                    if self.stochastic:
-                        q = _posterior(params)
-                        mu[a:a + batch_size] = q.mu.double().cpu().numpy()
-                        sd[a:a + batch_size] = q.std.double().cpu().numpy()
-                    else:
-                        mu[a:a + batch_size] = params.double().cpu().numpy()
-            mu = mu.reshape(lead + (k,))
-            return (mu, sd.reshape(lead + (k,))) if self.stochastic else mu
-
-        out = self._encode_labeled(obj, kernel, 2 if self.stochastic else 1)
-        return self._code_outputs(out, ["z", "z_std"][: len(out)])
+        y = np.stack([np.asarray(a, dtype=np.float64) for a in arrays], axis=-nsp - 1)
+        lead = y.shape[:-nsp - 1]
+        y = y.reshape((-1, len(self.variables)) + self.grid.shape)
+        x, obs = self._standardise(y)
+        flat = obs.reshape(len(y), -1)
+        empty = np.flatnonzero(~flat.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"{empty.size} snapshot(s) (e.g. at flat position(s) {empty[:5].tolist()} of the "
+                "non-space dims) have no observed value on the model's grid; an all-masked "
+                "snapshot cannot be encoded: drop it first"
+            )
+        mu = np.zeros((len(y), k))
+        sd = np.zeros((len(y), k))
+        net = self._network_on(device)
+        with torch.inference_mode():
+            for a in range(0, len(y), batch_size):
+                xb = torch.from_numpy(x[a:a + batch_size]).to(device)
+                mb = torch.from_numpy(obs[a:a + batch_size]).to(device)
+                params = net.encode(xb, mb)
+                if self.stochastic:
+                    q = _posterior(params)
+                    mu[a:a + batch_size] = q.mu.double().cpu().numpy()
+                    sd[a:a + batch_size] = q.std.double().cpu().numpy()
+                else:
+                    mu[a:a + batch_size] = params.double().cpu().numpy()
+        mu = mu.reshape(lead + (k,))
+        return (mu, sd.reshape(lead + (k,))) if self.stochastic else mu
 
     def decode(self, z: Any, *, batch_size: int = 256, device: Any = "auto"
                ) -> xr.DataArray | xr.Dataset:
@@ -1309,25 +1330,23 @@ class AutoEncoder(_GridModel):
         ('sample', 'y', 'x')
         """
         batch_size = _check_positive_int(batch_size, "batch_size")
-        dev = resolve_device(device)
-        C = len(self.variables)
-        shape = (C,) + self.grid.shape
+        return self._decode_labeled(z, "_decode_array", device, batch_size=batch_size)
+
+    def _decode_array(self, zz: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+        """Fields ``[..., variable, *space]`` from NumPy codes ``[..., latent]``."""
+        shape = (len(self.variables),) + self.grid.shape
         sc = self.scales.astype(np.float64).reshape((-1,) + (1,) * len(self.grid.shape))
-
-        def kernel(zz: np.ndarray) -> np.ndarray:
-            zz = np.asarray(zz, dtype=np.float32)
-            lead = zz.shape[:-1]
-            zz = zz.reshape(-1, self.latent_dim)
-            out = np.zeros((len(zz),) + shape)
-            net = self._network_on(dev)
-            with torch.inference_mode():
-                for a in range(0, len(zz), batch_size):
-                    res = net.decode(torch.from_numpy(zz[a:a + batch_size]).to(dev))
-                    out[a:a + batch_size] = res.double().cpu().numpy()
-            out = np.where(self._valid, out * sc + self._mean.reshape(shape), np.nan)
-            return out.reshape(lead + shape)
-
-        return self._decode_labeled(z, kernel)
+        zz = np.asarray(zz, dtype=np.float32)
+        lead = zz.shape[:-1]
+        zz = zz.reshape(-1, self.latent_dim)
+        out = np.zeros((len(zz),) + shape)
+        net = self._network_on(device)
+        with torch.inference_mode():
+            for a in range(0, len(zz), batch_size):
+                res = net.decode(torch.from_numpy(zz[a:a + batch_size]).to(device))
+                out[a:a + batch_size] = res.double().cpu().numpy()
+        out = np.where(self._valid, out * sc + self._mean.reshape(shape), np.nan)
+        return out.reshape(lead + shape)
 
     def __repr__(self) -> str:
         return (f"AutoEncoder(kind={self.kind!r}, variables={self.variables}, "

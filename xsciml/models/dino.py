@@ -981,43 +981,46 @@ class DINo(Estimator):
         return self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
 
     def _forecast_lazy(self, ds: xr.Dataset, offsets, lead_coord, target, **kw):
-        """Per-chunk forecast of a dask-backed initial state (chunks along state dims only)."""
+        """Per-chunk forecast of a dask-backed initial state (chunks along state dims only).
+
+        Runs through :func:`xsciml.parallel.apply_model`: the model enters the graph once
+        and is cached per worker; one task per chunk of the state dims.
+        """
+        from ..parallel import apply_model, check_core_chunks
+
         v0 = ds[self.variables[0]]
         sdims = _space_dims(ds, self.space, v0.dims)
-        bdims = [d for d in v0.dims if d not in sdims]
-        split = [d for d in sdims if len(ds.chunksizes.get(d, (ds.sizes[d],))) > 1]
-        if split:
-            raise ValueError(f"the initial state is chunked along space dimension(s) {split}; "
-                             "encoding needs whole fields: rechunk, e.g. "
-                             f"ds.chunk({{{', '.join(repr(str(d)) + ': -1' for d in split)}}})")
         if target is not None:
             raise ValueError("a dask-backed initial state is forecast on its own grid; call "
                              ".compute() first to decode on another target")
-        # blocks carry the data and the space coordinates; state coordinates (initial
-        # times...) are put back on the result afterwards
-        extra = [k for k, c in ds.coords.items() if k not in ds.indexes and not set(c.dims) & set(sdims)]
-        base = ds[self.variables].drop_vars(extra)
-
-        def run(block: xr.Dataset) -> xr.Dataset:
-            out = self.forecast(block.compute(), lead=lead_coord, target=None, progress=False, **kw)
-            return out.to_dataset() if isinstance(out, xr.DataArray) else out
-
-        first = run(base.isel({d: slice(0, 1) for d in bdims}))
-        template = first.isel({d: 0 for d in bdims}, drop=True)
-        template = template.expand_dims({d: base.sizes[d] for d in bdims})
-        template = template.assign_coords({d: base[d] for d in bdims if d in base.indexes})
-        template = template.transpose(*bdims, "lead", *sdims)
-        template = template.chunk({**{d: base.chunksizes[d] for d in bdims if d in base.chunksizes},
-                                   "lead": -1, **{d: -1 for d in sdims}})
-        out = xr.map_blocks(run, base, template=template)
-        for v in out.data_vars:
-            out[v].attrs = first[v].attrs
-        out = out.assign_coords({k: c for k, c in ds.coords.items()
-                                 if c.dims and set(c.dims) <= set(bdims) and k not in out.coords})
+        das = [check_core_chunks(ds[v], sdims, argname=f"initial-state variable {v!r}")
+               for v in self.variables]
+        bdims = [d for d in v0.dims if d not in sdims]
+        space_coords = {n: (tuple(ds[n].dims), np.asarray(ds[n].values)) for n in self.space}
+        nlead = len(offsets)
+        device = kw.pop("device", "auto")
+        out = apply_model(
+            _forecast_kernel, self, *[d.transpose(*bdims, *sdims) for d in das],
+            input_core_dims=[list(sdims)] * len(das),
+            output_core_dims=[["lead", *sdims]] * len(das),
+            output_dtypes=[np.float32] * len(das), output_sizes={"lead": nlead}, device=device,
+            kwargs={"names": list(self.variables), "sdims": list(sdims),
+                    "space_coords": space_coords, "lead": lead_coord, "forecast_kw": kw},
+        )
+        outs = list(out) if isinstance(out, tuple) else [out]
+        extra = {"xsciml_encode_steps": str(kw.get("encode_steps"))}
+        res = xr.Dataset()
+        for name, da in zip(self.variables, outs, strict=True):
+            da = da.assign_coords(lead=("lead", lead_coord))
+            da.attrs = {**self.var_attrs.get(name, {}), **self._provenance(), **extra}
+            res[name] = da.transpose(*bdims, "lead", *sdims)
+        res = res.assign_coords({k: c for k, c in ds.coords.items()
+                                 if c.dims and set(c.dims) <= set(bdims) | set(sdims)
+                                 and k not in res.coords})
         if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
             t0 = ds[self.time].compute()
-            out = out.assign_coords(valid_time=((*t0.dims, "lead"), self.clock.add(t0.values, offsets)))
-        return out[self.variables[0]] if len(self.variables) == 1 else out
+            res = res.assign_coords(valid_time=((*t0.dims, "lead"), self.clock.add(t0.values, offsets)))
+        return res[self.variables[0]] if len(self.variables) == 1 else res
 
     # ------------------------------------------------------------------ evaluation
     def observed_mask(self, target: xr.Dataset | xr.DataArray) -> xr.DataArray:
@@ -1150,6 +1153,31 @@ class DINo(Estimator):
                 f"ode={self.ode.get('method')!r})")
 
 
+def _forecast_kernel(model: DINo, *blocks: np.ndarray, device: Any, names: list[str],
+                     sdims: list[Hashable], space_coords: dict[str, tuple], lead: Any,
+                     forecast_kw: dict[str, Any]) -> Any:
+    """Dask task body of a lazy forecast: blocks ``[..., *space]`` -> ``[..., lead, *space]``."""
+    nsp = len(sdims)
+    loop_shape = blocks[0].shape[: blocks[0].ndim - nsp]
+    n = int(np.prod(loop_shape)) if loop_shape else 1
+    flat = {name: (("_state", *sdims), np.asarray(b, dtype=np.float64).reshape(n, *b.shape[-nsp:]))
+            for name, b in zip(names, blocks, strict=True)}
+    ds = xr.Dataset(flat, coords={k: (dims, v) for k, (dims, v) in space_coords.items()})
+    if n == 0:
+        empty = tuple(np.zeros((*loop_shape, len(np.atleast_1d(lead)), *b.shape[-nsp:]), np.float32)
+                      for b in blocks)
+        return empty if len(empty) > 1 else empty[0]
+    # encoding optimises codes by gradient: leave the inference mode of the task runner
+    with torch.inference_mode(False), torch.enable_grad():
+        fc = model.forecast(ds, lead=lead, target=None, progress=False, device=device, **forecast_kw)
+    fc = fc.to_dataset() if isinstance(fc, xr.DataArray) else fc
+    outs = []
+    for name in names:
+        v = fc[name].transpose("_state", "lead", *sdims).values.astype(np.float32)
+        outs.append(v.reshape(*loop_shape, *v.shape[1:]))
+    return tuple(outs) if len(outs) > 1 else outs[0]
+
+
 def _is_dask(obj: Any) -> bool:
     data = getattr(obj, "data", None)
     return data is not None and type(data).__module__.startswith("dask")
@@ -1171,18 +1199,19 @@ def fit_dynamics(
     dynamics_width: int = 128,
     dynamics_depth: int = 3,
     dynamics_linear: bool = True,
-    method: str = "rk4",
+    method: str = "dino",
+    solver: str | None = None,
     ode_step: Any = None,
-    rtol: float = 1e-3,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     adjoint: bool = False,
     teacher_forcing: Any = (0.99, 0.5),
-    steps: int = 2000,
+    steps: int | None = None,
     batch_size: int | None = None,
     window: int | None = None,
     n_points: int | None = 1024,
     loss: str = "mse",
-    lr: float = 1e-2,
+    lr: float | None = None,
     code_lr: float = 1e-2,
     dynamics_lr: float = 3e-3,
     scheduler: Any = "cosine",
@@ -1191,7 +1220,8 @@ def fit_dynamics(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
-) -> DINo:
+    **kwargs: Any,
+) -> Estimator:
     r"""Learn the dynamics of a field from trajectories (DINo).
 
     Fits a FourierNet decoder :math:`D_\phi(\alpha)(x)`, one code :math:`\alpha` per
@@ -1225,6 +1255,12 @@ def fit_dynamics(
         Size of the dynamics MLP, and whether the vector field has a linear term
         (see :class:`LatentDynamics`).
     method
+        The model family: ``"dino"`` (this function's model) or ``"smooth"`` (encoder-based
+        smooth latent dynamics, :func:`xsciml.models.smooth.fit_smooth_dynamics`, which
+        receives the shared arguments — data, ``space``, ``time``, ``sample_dim``,
+        ``train_until``, ``solver``, ``rtol``, ``atol``, ``steps``, ``lr``, ``device``,
+        ``seed``, ``progress`` — and its own options through ``**kwargs``).
+    solver
         torchdiffeq solver: fixed-step (``"rk4"``, ``"euler"``, ``"midpoint"``...) or
         adaptive (``"dopri5"``, ...).
     ode_step
@@ -1266,10 +1302,12 @@ def fit_dynamics(
         Embed latitude/longitude on the sphere (see :class:`~xsciml.coords.CoordinateEncoder`).
     device, seed, progress
         Where to train, the seed, a progress bar.
+    **kwargs
+        Options of the ``"smooth"`` method (none for DINo).
 
     Returns
     -------
-    DINo
+    DINo, or :class:`~xsciml.models.smooth.SmoothDynamics` for ``method="smooth"``.
 
     Examples
     --------
@@ -1281,6 +1319,32 @@ def fit_dynamics(
     >>> fc.dims
     ('trajectory', 'lead', 'y', 'x')
     """
+    if method == "smooth":
+        from .smooth import fit_smooth_dynamics
+
+        given = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+        return fit_smooth_dynamics(obj, variables, space=space, time=time, sample_dim=sample_dim,
+                                   train_until=train_until, device=device, seed=seed,
+                                   progress=progress, **{k: v for k, v in given.items() if v is not None},
+                                   **kwargs)
+    if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
+        import warnings
+
+        warnings.warn(f"fit_dynamics(method={method!r}) names an ODE solver; the argument is now "
+                      f"solver={method!r} (method chooses the model: 'dino' or 'smooth')",
+                      FutureWarning, stacklevel=2)
+        method, solver = "dino", method
+    if method != "dino":
+        raise ValueError(f"method={method!r} is not a dynamics model; use 'dino' or 'smooth' "
+                         "(the ODE solver is chosen with solver=...)")
+    if kwargs:
+        raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
+    solver = "rk4" if solver is None else solver
+    rtol = 1e-3 if rtol is None else rtol
+    atol = 1e-5 if atol is None else atol
+    steps = 2000 if steps is None else steps
+    lr = 1e-2 if lr is None else lr
+
     from ..nn import build_network
     from ..training import fit
 
@@ -1326,8 +1390,8 @@ def fit_dynamics(
                              f"{(sample_dim_eff, tdim, *sdims)} (sample, time, space)")
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
-    if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"method={method!r} is not a torchdiffeq solver xsciml supports; use one "
+    if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
                          f"of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
@@ -1347,7 +1411,7 @@ def fit_dynamics(
         step_units = float(off[0])
         if not step_units > 0:
             raise ValueError(f"ode_step must be positive, got {ode_step!r}")
-    ode = {"method": method, "step": step_units / clock.scale, "rtol": float(rtol),
+    ode = {"method": solver, "step": step_units / clock.scale, "rtol": float(rtol),
            "atol": float(atol), "step_units": step_units}
 
     # ---- values [S, T, P, C] and points
@@ -1390,7 +1454,7 @@ def fit_dynamics(
         raise ValueError(f"window must be in [2, {T}] frames, got {window}")
     Pb = P if n_points is None else int(min(max(1, n_points), P))
     table = _OffsetTable(tau)
-    ode_kw = {"method": method, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"],
+    ode_kw = {"method": solver, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"],
               "adjoint": bool(adjoint)}
     Y = torch.from_numpy(ys)
     M = torch.from_numpy(mask.astype(np.float32))
@@ -1470,7 +1534,7 @@ def fit_dynamics(
 
 def forecast(
     ds_init: xr.Dataset | xr.DataArray,
-    model: DINo,
+    model: Estimator,
     *,
     lead: Any,
     target: Any = None,
@@ -1497,9 +1561,12 @@ def forecast(
     >>> fc.sizes["lead"], fc.dims[0]
     (2, 'trajectory')
     """
+    if not isinstance(model, Estimator) or not callable(getattr(model, "forecast", None)):
+        raise TypeError(f"model must be a fitted dynamics model, a DINo or SmoothDynamics (from "
+                        f"fit_dynamics / xsciml.load), got {type(model).__name__}")
     if not isinstance(model, DINo):
-        raise TypeError(f"model must be a fitted DINo (from fit_dynamics / xsciml.load), got "
-                        f"{type(model).__name__}")
+        return model.forecast(ds_init, lead=lead, target=target, device=device, seed=seed,
+                              progress=progress)
     return model.forecast(ds_init, lead=lead, target=target, encode_steps=encode_steps,
                           encode_lr=encode_lr, encode_init=encode_init, encode_reg=encode_reg,
                           device=device, seed=seed, progress=progress, batch_size=batch_size)

@@ -17,7 +17,6 @@ torch.Size([100, 2])
 
 from .fields import MFN, NETWORK_KINDS, SIREN, FourierFeatureMLP, FourierNet, build_network
 from .grid import MultiResGrid, default_grid_resolutions
-from .unet import UNet
 from .layers import (
     ACTIVATIONS,
     MLP,
@@ -26,6 +25,7 @@ from .layers import (
     SineLayer,
     get_activation,
 )
+from .unet import UNet
 
 __all__ = [
     "ACTIVATIONS",
