@@ -63,6 +63,25 @@ class _SciMLAccessor:
 
         return forecast(self._obj, model, **kwargs)
 
+    # -- downscaling -------------------------------------------------------------------
+    def fit_debias(self, reference: Any, **kwargs: Any):
+        """Call :func:`xsciml.downscale.ot.fit_debias` on this object (the model output)."""
+        from .downscale.ot import fit_debias
+
+        return fit_debias(self._obj, reference, **kwargs)
+
+    def fit_diffusion(self, variables: Any = None, **kwargs: Any):
+        """Call :func:`xsciml.downscale.diffusion.fit_diffusion` on this object (fine fields)."""
+        from .downscale.diffusion import fit_diffusion
+
+        return fit_diffusion(self._obj, variables, **kwargs)
+
+    def downscale(self, prior: Any, **kwargs: Any):
+        """Call :func:`xsciml.downscale.pipeline.downscale` on this object (coarse fields)."""
+        from .downscale.pipeline import downscale
+
+        return downscale(self._obj, prior, **kwargs)
+
     # -- inverse problems ----------------------------------------------------------
     def invert(self, inversion: Any, **kwargs: Any):
         """Call :func:`xsciml.inverse.invert` on this object."""

@@ -152,6 +152,24 @@ def _transform_task(model: Any, ds: xr.Dataset, variable: str | None = None,
     return transform(ds if variable is None else ds[variable], **kwargs)
 
 
+@register_task("downscale")
+def _downscale_task(model: Any, ds: xr.Dataset, variable: str | None = None,
+                    debias: Any = None, **kwargs: Any) -> xr.Dataset | xr.DataArray:
+    """``downscale(ds[variable], model, debias=..., **kwargs)`` with a diffusion prior.
+
+    ``model`` is the :class:`~xsciml.downscale.diffusion.DiffusionPrior`; ``debias`` the
+    path of a saved :class:`~xsciml.downscale.ot.Debias` (or one already loaded), applied
+    to the coarse input first. The input is chunked along ``time`` with whole fields.
+    """
+    from .downscale.pipeline import downscale
+    from .io import load
+
+    if isinstance(debias, (str, os.PathLike)):
+        debias = load(debias)
+    coarse = ds if variable is None else ds[variable]
+    return downscale(coarse, model, debias=debias, **kwargs)
+
+
 # ----------------------------------------------------------------------------------
 # manifest
 # ----------------------------------------------------------------------------------
