@@ -412,3 +412,53 @@ def test_codes_outside_the_batch_do_not_move(monkeypatch):
     for before, after in zip(seen[:-1], seen[1:], strict=True):
         moved = (after - before).abs().amax(-1) > 0
         assert 0 < int(moved.sum()) <= 6  # at most 2 trajectories x 3 frames per step
+
+
+# ----------------------------------------------------------------------------- forcing
+def test_forcing_phases_rotate_exactly_with_the_codes():
+    f = LatentDynamics(3, width=8, depth=1, periods=[24.0, 6.0])
+    t0 = np.array([5.0, 17.5, 1e5 + 3.0])  # absolute times, one far from the origin
+    z0 = torch.cat([torch.zeros(3, 3), f.phases(t0)], -1)
+    z = integrate_latent(f, z0, torch.tensor([0.0, 7.0, 30.0]), method="rk4", step=0.05)
+    for k, lead in enumerate([0.0, 7.0, 30.0]):
+        np.testing.assert_allclose(z[k, :, 3:].detach().numpy(), f.phases(t0 + lead).numpy(), atol=1e-4)
+    assert f.config()["periods"] == [24.0, 6.0]
+    with pytest.raises(ValueError, match="positive"):
+        LatentDynamics(3, periods=[0.0])
+
+
+def _diurnal_series(n_days: int = 6) -> xr.Dataset:
+    """A field whose pattern follows the hour of day, plus a slow decay (hourly)."""
+    t = pd.date_range("2001-01-01", periods=24 * n_days, freq="h")
+    y, x = np.linspace(-1, 1, 8), np.linspace(-1, 1, 10)
+    hours = np.arange(len(t))
+    phase = 2 * np.pi * hours / 24
+    u = (np.sin(phase)[:, None, None] * np.cos(2 * x)[None, None, :] * np.ones((1, 8, 1))
+         + np.cos(phase)[:, None, None] * np.sin(2 * y)[None, :, None] * np.ones((1, 1, 10)))
+    return xr.Dataset({"u": (("time", "y", "x"), u.astype("float32"), {"units": "K"})},
+                      coords={"time": t, "y": y, "x": x})
+
+
+def test_forced_dynamics_fit_forecast_lazy_and_save(tmp_path):
+    ds = _diurnal_series()
+    train = ds.sel(time=slice(None, "2001-01-05T23"))
+    model = fit_dynamics(train, "u", sample_dim=None, window=8, steps=40, periods=["1D"],
+                         time_units="hours", seed=0, **TINY)
+    assert model.forcing_periods == pytest.approx([24.0])
+    starts = ds.sel(time=["2001-01-06T00", "2001-01-06T05", "2001-01-06T13"])
+    lead = pd.to_timedelta(["0h", "3h", "10h"])
+    fc = model.forecast(starts, lead=lead, encode_steps=20, device="cpu")
+    assert fc.dims == ("time", "lead", "y", "x") and np.isfinite(fc.values).all()
+    # the phase enters: the same code started at another hour evolves differently
+    shifted = starts.assign_coords(time=starts.time + np.timedelta64(6, "h"))
+    fc_shift = model.forecast(shifted, lead=lead, encode_steps=20, device="cpu")
+    np.testing.assert_allclose(fc.isel(lead=0).values, fc_shift.isel(lead=0).values, atol=1e-5)
+    assert float(abs(fc.isel(lead=2) - fc_shift.isel(lead=2).values).max()) > 1e-4
+    lazy = model.forecast(starts.chunk({"time": 2}), lead=lead, encode_steps=20, device="cpu")
+    assert lazy.chunks is not None
+    np.testing.assert_allclose(lazy.compute().values, fc.values, rtol=1e-4, atol=1e-5)
+    again = xsciml.load(model.save(tmp_path / "forced.xsciml"))
+    np.testing.assert_allclose(again.forecast(starts, lead=lead, encode_steps=20, device="cpu").values,
+                               fc.values, atol=1e-5)
+    with pytest.raises(ValueError, match="time coordinate"):
+        model.forecast(starts.drop_vars("time"), lead=lead, encode_steps=1)

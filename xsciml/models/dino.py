@@ -113,20 +113,36 @@ class LatentDynamics(nn.Module):
         Hidden width and number of hidden layers of the MLP.
     linear
         Include the linear term.
+    periods
+        Periods (in ODE time units) of known external forcings, e.g. the diurnal cycle.
+        Each adds a phase pair :math:`(\sin\theta_k, \cos\theta_k)` to the state, rotating
+        exactly at :math:`2\pi / T_k`, which the MLP receives as input: the field is then
+        :math:`dz/dt = A z + b + g_\psi(z, \theta(t))`. States carry their phases after the
+        ``latent_dim`` code entries (see :meth:`phases`).
 
     Examples
     --------
     >>> f = LatentDynamics(8, width=32, depth=2)
     >>> f(torch.tensor(0.0), torch.zeros(5, 8)).shape, f.nfe
     (torch.Size([5, 8]), 1)
+    >>> g = LatentDynamics(8, width=32, depth=2, periods=[24.0])
+    >>> g(torch.tensor(0.0), torch.zeros(5, 8 + 2)).shape
+    torch.Size([5, 10])
     """
 
-    def __init__(self, latent_dim: int, width: int = 256, depth: int = 3, linear: bool = True) -> None:
+    def __init__(self, latent_dim: int, width: int = 256, depth: int = 3, linear: bool = True,
+                 periods: Sequence[float] = ()) -> None:
         super().__init__()
         from ..nn import MLP
 
         self.latent_dim, self.width, self.depth = int(latent_dim), int(width), int(depth)
-        self.net = MLP(latent_dim, latent_dim, width=width, depth=depth, activation="swish")
+        self.periods = [float(p) for p in periods]
+        if any(not (math.isfinite(p) and p > 0) for p in self.periods):
+            raise ValueError(f"forcing periods must be positive, got {self.periods}")
+        self.register_buffer("omega", torch.tensor([2 * math.pi / p for p in self.periods],
+                                                   dtype=torch.float32))
+        n_in = self.latent_dim + 2 * len(self.periods)
+        self.net = MLP(n_in, latent_dim, width=width, depth=depth, activation="swish")
         with torch.no_grad():  # start close to "nothing moves": a gentle initial flow
             last = self.net.net[-1]
             last.weight.mul_(0.1)
@@ -137,17 +153,34 @@ class LatentDynamics(nn.Module):
             nn.init.zeros_(self.linear.bias)
         self.nfe = 0
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:  # noqa: ARG002 - autonomous
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:  # noqa: ARG002 - time enters via phases
         self.nfe += 1
+        d = self.latent_dim
+        a = z[..., :d]
         out = self.net(z)
         if self.linear is not None:
-            out = out + self.linear(z)
-        return out
+            out = out + self.linear(a)
+        if not self.periods:
+            return out
+        ph = z[..., d:]
+        s, c = ph[..., 0::2], ph[..., 1::2]
+        dph = torch.stack([self.omega * c, -self.omega * s], dim=-1).flatten(-2)
+        return torch.cat([out, dph], dim=-1)
+
+    def phases(self, tau: np.ndarray | Tensor) -> Tensor:
+        """Phase pairs ``[..., 2 n_periods]`` at absolute ODE times ``tau`` (float64-safe)."""
+        t = np.asarray(tau.detach().cpu() if isinstance(tau, Tensor) else tau, dtype=np.float64)
+        cols = []
+        for p in self.periods:
+            theta = 2 * np.pi * np.mod(t, p) / p
+            cols += [np.sin(theta), np.cos(theta)]
+        out = np.stack(cols, -1) if cols else np.zeros((*t.shape, 0))
+        return torch.as_tensor(out, dtype=torch.float32)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-friendly)."""
         return {"latent_dim": self.latent_dim, "width": self.width, "depth": self.depth,
-                "linear": self.linear is not None}
+                "linear": self.linear is not None, "periods": list(self.periods)}
 
 
 def decode_codes(decoder: nn.Module, features: Tensor, codes: Tensor) -> Tensor:
@@ -483,7 +516,7 @@ class _OffsetTable:
 
 
 def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Tensor,
-                   ode: dict[str, Any]) -> Tensor:
+                   ode: dict[str, Any], phase: Tensor | None = None) -> Tensor:
     """Teacher-forced latent rollout loss on normalised codes ``z [B, w, d]``.
 
     ``u [B, w]`` are uniform draws: the step into frame ``j`` restarts from the true code
@@ -500,10 +533,12 @@ def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Te
     b = torch.arange(B, device=z.device)[:, None].expand(-1, w - 1)
     pairs, pair_of = torch.unique(b * w + start, return_inverse=True)
     z0 = z[pairs // w, pairs % w]  # [n_pairs, d]
+    if phase is not None and phase.shape[-1]:  # forcing phases at each restart frame
+        z0 = torch.cat([z0, phase.to(z0)[pairs % w]], dim=-1)
     ti = where[start, (steps + 1).expand(B, -1)]  # offset index of (start, target)
     n_t = int(ti.max()) + 1
-    sol = integrate_latent(m.dynamics, z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d]
-    pred = sol[ti, pair_of]
+    sol = integrate_latent(m.dynamics, z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d(+phases)]
+    pred = sol[ti, pair_of][..., :d]
     return (pred - z[:, 1:]).pow(2).mean()
 
 
@@ -816,8 +851,30 @@ class DINo(Estimator):
         return out, bdims, bshape, bcoords
 
     # ------------------------------------------------------------------ forecasting
-    def _integrate(self, alpha0: Tensor, offsets: np.ndarray, device: Any) -> Tensor:
-        """Codes ``[N, K, d]`` at float time offsets (time units) from codes ``alpha0 [N, d]``."""
+    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
+        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
+        if not self.module.dynamics.periods:
+            return None
+        if self.time not in ds.coords or not set(ds[self.time].dims) <= set(bdims):
+            raise ValueError(
+                f"the model's dynamics are forced with periods {self.forcing_periods}: the initial "
+                f"state needs its time coordinate {self.time!r} (one value per state, along "
+                f"{list(bdims)}) to know the phase of each forcing")
+        t = ds[self.time]
+        t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+        return self.clock.to_float(np.asarray(t.values).reshape(-1))
+
+    @property
+    def forcing_periods(self) -> list[float]:
+        """Periods of the known forcings the dynamics receive, in the model's time units."""
+        return [p * self.clock.scale for p in self.module.dynamics.periods]
+
+    def _integrate(self, alpha0: Tensor, offsets: np.ndarray, device: Any,
+                   t0: np.ndarray | None = None) -> Tensor:
+        """Codes ``[N, K, d]`` at float time offsets (time units) from codes ``alpha0 [N, d]``.
+
+        ``t0``: absolute float times of the initial states, needed with forcing periods.
+        """
         from .._utils import resolve_device
 
         dev = resolve_device(device)
@@ -825,6 +882,11 @@ class DINo(Estimator):
         uniq, inv = np.unique(np.asarray(offsets, dtype=np.float64), return_inverse=True)
         tau = uniq / self.clock.scale
         z0 = m.normalise(alpha0.to(dev))
+        d = z0.shape[-1]
+        if m.dynamics.periods:
+            if t0 is None:
+                raise ValueError("forced dynamics need the initial times (t0)")
+            z0 = torch.cat([z0, m.dynamics.phases(np.asarray(t0) / self.clock.scale).to(z0)], -1)
         if tau[0] > 0:  # the solve starts at the initial state
             tau = np.concatenate([[0.0], tau])
             inv = inv + 1
@@ -833,7 +895,7 @@ class DINo(Estimator):
             z = integrate_latent(m.dynamics, z0, torch.as_tensor(tau, dtype=torch.float32, device=dev),
                                  method=self.ode["method"], step=self.ode["step"],
                                  rtol=self.ode["rtol"], atol=self.ode["atol"])
-            alpha = m.denormalise(z)[torch.as_tensor(inv, device=dev)]  # [K, N, d]
+            alpha = m.denormalise(z[..., :d])[torch.as_tensor(inv, device=dev)]  # [K, N, d]
         self.last_nfe = int(m.dynamics.nfe)
         return alpha.transpose(0, 1).cpu()
 
@@ -965,7 +1027,7 @@ class DINo(Estimator):
         alpha0, bdims, bshape, bcoords = self._encode_tensor(
             ds, steps=encode_steps, lr=encode_lr, device=device, seed=seed, progress=progress,
             max_points=batch_size, init=encode_init, reg=encode_reg)
-        alpha = self._integrate(alpha0, offsets, device)  # [N, K, d]
+        alpha = self._integrate(alpha0, offsets, device, self._initial_times(ds, bdims))  # [N, K, d]
         if target is None:
             target = ds
         tp = self._target(target)
@@ -999,13 +1061,24 @@ class DINo(Estimator):
         space_coords = {n: (tuple(ds[n].dims), np.asarray(ds[n].values)) for n in self.space}
         nlead = len(offsets)
         device = kw.pop("device", "auto")
+        inputs = [d.transpose(*bdims, *sdims) for d in das]
+        core = [list(sdims)] * len(das)
+        with_time = bool(self.module.dynamics.periods)
+        if with_time:  # forced dynamics: each state's initial time travels with its chunk
+            self._initial_times(ds, bdims)  # clear error here, not in a task
+            t = ds[self.time]
+            t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+            inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})
+                          if das[0].chunks is not None else t)
+            core.append([])
         out = apply_model(
-            _forecast_kernel, self, *[d.transpose(*bdims, *sdims) for d in das],
-            input_core_dims=[list(sdims)] * len(das),
+            _forecast_kernel, self, *inputs,
+            input_core_dims=core,
             output_core_dims=[["lead", *sdims]] * len(das),
             output_dtypes=[np.float32] * len(das), output_sizes={"lead": nlead}, device=device,
-            kwargs={"names": list(self.variables), "sdims": list(sdims),
-                    "space_coords": space_coords, "lead": lead_coord, "forecast_kw": kw},
+            kwargs={"names": list(self.variables), "sdims": list(sdims), "time": self.time,
+                    "with_time": with_time, "space_coords": space_coords, "lead": lead_coord,
+                    "forecast_kw": kw},
         )
         outs = list(out) if isinstance(out, tuple) else [out]
         extra = {"xsciml_encode_steps": str(kw.get("encode_steps"))}
@@ -1154,15 +1227,22 @@ class DINo(Estimator):
 
 
 def _forecast_kernel(model: DINo, *blocks: np.ndarray, device: Any, names: list[str],
-                     sdims: list[Hashable], space_coords: dict[str, tuple], lead: Any,
-                     forecast_kw: dict[str, Any]) -> Any:
-    """Dask task body of a lazy forecast: blocks ``[..., *space]`` -> ``[..., lead, *space]``."""
+                     sdims: list[Hashable], time: str, with_time: bool,
+                     space_coords: dict[str, tuple], lead: Any, forecast_kw: dict[str, Any]) -> Any:
+    """Dask task body of a lazy forecast: blocks ``[..., *space]`` -> ``[..., lead, *space]``.
+
+    With ``with_time`` the last block holds the states' initial times ``[...]``.
+    """
+    times = blocks[-1] if with_time else None
+    blocks = blocks[:-1] if with_time else blocks
     nsp = len(sdims)
     loop_shape = blocks[0].shape[: blocks[0].ndim - nsp]
     n = int(np.prod(loop_shape)) if loop_shape else 1
     flat = {name: (("_state", *sdims), np.asarray(b, dtype=np.float64).reshape(n, *b.shape[-nsp:]))
             for name, b in zip(names, blocks, strict=True)}
     ds = xr.Dataset(flat, coords={k: (dims, v) for k, (dims, v) in space_coords.items()})
+    if times is not None:
+        ds = ds.assign_coords({time: ("_state", np.asarray(times).reshape(n))})
     if n == 0:
         empty = tuple(np.zeros((*loop_shape, len(np.atleast_1d(lead)), *b.shape[-nsp:]), np.float32)
                       for b in blocks)
@@ -1199,6 +1279,7 @@ def fit_dynamics(
     dynamics_width: int = 128,
     dynamics_depth: int = 3,
     dynamics_linear: bool = True,
+    periods: Sequence[Any] = (),
     method: str = "dino",
     solver: str | None = None,
     ode_step: Any = None,
@@ -1254,6 +1335,11 @@ def fit_dynamics(
     dynamics_width, dynamics_depth, dynamics_linear
         Size of the dynamics MLP, and whether the vector field has a linear term
         (see :class:`LatentDynamics`).
+    periods
+        Periods of known external forcings (timedeltas such as ``"1D"`` for the diurnal
+        cycle, or numbers in time units): the dynamics receive the phase of each
+        (``sin``, ``cos``), so :math:`d\alpha/dt = f_\psi(\alpha, \theta(t))`. Forecasts
+        then need the initial states' time coordinate.
     method
         The model family: ``"dino"`` (this function's model) or ``"smooth"`` (encoder-based
         smooth latent dynamics, :func:`xsciml.models.smooth.fit_smooth_dynamics`, which
@@ -1404,6 +1490,18 @@ def fit_dynamics(
     clock = _Clock.fit(ds[time].values, time_units)
     t_abs = clock.to_float(ds[time].values)
     tau = (t_abs - t_abs[0]) / clock.scale
+    if isinstance(periods, (str, bytes)) or not isinstance(periods, (Sequence, np.ndarray)):
+        periods = [periods]
+    if len(periods):
+        import pandas as pd
+
+        vals = [pd.Timedelta(p).to_timedelta64() if isinstance(p, str) else p for p in periods]
+        per_units, _ = clock.parse_lead(vals, "periods")
+        if np.any(per_units <= 0):
+            raise ValueError(f"periods must be positive, got {list(periods)}")
+        periods_ode = [float(p) / clock.scale for p in per_units]
+    else:
+        periods_ode = []
     if ode_step is None:
         step_units = 0.5 * clock.scale
     else:
@@ -1443,7 +1541,8 @@ def fit_dynamics(
     decoder = build_network("mfn", in_features=feats.shape[1], out_features=C, width=width,
                             depth=depth, input_scale=input_scale, code_dim=int(latent_dim))
     dynamics = LatentDynamics(int(latent_dim), width=dynamics_width, depth=dynamics_depth,
-                              linear=bool(dynamics_linear))
+                              linear=bool(dynamics_linear), periods=periods_ode)
+    frame_phase = dynamics.phases(t_abs / clock.scale)  # [T, 2 n_periods]
     module = DINoModule(decoder, dynamics, S, T)
     schedule = _teacher_forcing_schedule(teacher_forcing, int(steps))
     module.teacher_forcing = float(schedule(0))
@@ -1477,7 +1576,8 @@ def fit_dynamics(
         yb = Y[traj][:, j0:j0 + w][:, :, pts]
         mb = M[traj][:, j0:j0 + w][:, :, pts] * Wt[traj][:, j0:j0 + w, None, :]
         return {"traj": traj, "j0": torch.tensor(j0), "feats": feats[pts], "y": yb, "m": mb,
-                "u": torch.rand(len(traj), w, generator=gen), "t_out": t_out, "where": where}
+                "u": torch.rand(len(traj), w, generator=gen), "t_out": t_out, "where": where,
+                "phase": frame_phase[j0:j0 + w]}
 
     partial = B < S or w < T
     frozen: dict[str, Tensor] = {}
@@ -1496,7 +1596,7 @@ def fit_dynamics(
         # as in DINo, the dynamics fits the codes and the codes fit the data: the
         # dynamics loss does not move the codes (no collapse towards static codes)
         dyn = _dynamics_loss(m, m.normalise(codes.detach()), batch["u"], batch["t_out"],
-                             batch["where"], ode_kw)
+                             batch["where"], ode_kw, batch["phase"])
         loss = dec + dyn  # separate parameters: the sum just steps both at once
         return loss, {"decoder": float(dec.detach()), "dynamics": float(dyn.detach()),
                       "teacher_forcing": float(m.teacher_forcing)}
