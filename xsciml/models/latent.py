@@ -14,10 +14,20 @@ s_s^2)` per snapshot (``variational=True``), or the MAP objective of an auto-dec
 (``variational=False``). New snapshots are *encoded* by optimising their codes with
 :math:`\theta` frozen, from whatever points they have — any subset of the grid, another
 grid — batched over all snapshots at once.
+
+The default decoder, ``model="basis"`` (:class:`~xsciml.nn.basis.BasisField`),
+contains the linear model: :math:`f(x, z) = m(x) + B(x) z + r(x, z)` with :math:`m`,
+:math:`B` interpolated from grid nodes and a small residual MLP :math:`r` that starts at
+zero. With ``init="pca"`` it starts as probabilistic PCA of the training snapshots
+(:math:`B = V_k (\Lambda_k - \sigma^2)^{1/2}`, codes the posterior means), the noise
+:math:`\sigma^2` estimated out of sample (``noise="cv"``: mean squared residual of
+held-out blocks of snapshots projected on the EOFs of the others). The linear part
+then encodes partial snapshots in closed form (the MAP / exact Gaussian posterior).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -76,6 +86,77 @@ def _snapshot_points(obj, variables, sample_dim, space, time, encoder=None, **kw
     return data, torch.as_tensor(idx, dtype=torch.long)
 
 
+def _build_network(config: Any, **kwargs: Any) -> nn.Module:
+    """:func:`xsciml.nn.build_network`, plus the ``"basis"`` decoder."""
+    from ..nn import build_network
+    from ..nn.basis import BasisField
+
+    kind = config.get("kind") if isinstance(config, dict) else config
+    if isinstance(kind, str) and kind.lower() == "basis":
+        params = dict(config) if isinstance(config, dict) else {}
+        params.pop("kind", None)
+        params.update(kwargs)
+        return BasisField(**params)
+    return build_network(config, **kwargs)
+
+
+def _is_linear(net: nn.Module) -> bool:
+    """Whether ``net`` is a :class:`BasisField` whose output is exactly ``m + B z``."""
+    from ..nn.basis import BasisField
+
+    if not isinstance(net, BasisField):
+        return False
+    if not net.has_residual:
+        return True
+    return bool((net.res_out.weight == 0).all() and (net.res_out.bias == 0).all())
+
+
+def _linear_posterior(net: nn.Module, features: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                      n_samples: int, sigma: torch.Tensor, budget: int = 2**24
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Closed-form Gaussian posterior of the codes under the linear part of a basis decoder.
+
+    For snapshot :math:`s` with points :math:`n`: :math:`y_{sn} = m(x_n) + B(x_n) z_s +
+    \varepsilon`, :math:`z_s \sim \mathcal N(0, I)`, :math:`\varepsilon \sim \mathcal
+    N(0, \sigma^2)`, so :math:`z_s \mid y \sim \mathcal N(A_s^{-1} b_s, A_s^{-1})` with
+    :math:`A_s = I + \sum_n B_n^\top B_n / \sigma^2` and :math:`b_s = \sum_n B_n^\top
+    (y_{sn} - m_n) / \sigma^2`. Snapshots are processed in chunks (points padded to the
+    largest snapshot of the chunk, at most ``budget`` floats of basis values at a time),
+    each chunk with one batched Cholesky solve. Returns the posterior means and standard
+    deviations ``[n_samples, k]``.
+    """
+    k = net.code_dim
+    order = torch.argsort(idx, stable=True)
+    counts = torch.bincount(idx, minlength=n_samples)
+    starts = torch.cumsum(counts, 0) - counts
+    mean = features.new_zeros(n_samples, k)
+    std = features.new_zeros(n_samples, k)
+    s0 = 0
+    while s0 < n_samples:
+        s1 = s0 + 1  # grow the chunk while the padded basis values fit the budget
+        while s1 < n_samples and (s1 + 1 - s0) * int(counts[s0:s1 + 1].max()) * y.shape[1] * k <= budget:
+            s1 += 1
+        sel = order[int(starts[s0]):int(starts[s1 - 1] + counts[s1 - 1])]
+        m, B = net.linear_terms(features[sel])
+        Bw = B / sigma[:, None]
+        rw = (y[sel] - m) / sigma
+        local = idx[sel] - s0
+        pos = torch.arange(len(sel), device=sel.device) - (starts[s0:s1] - starts[s0])[local]
+        n_max = int(counts[s0:s1].max())
+        P = Bw.new_zeros(s1 - s0, n_max, y.shape[1], k)
+        R = rw.new_zeros(s1 - s0, n_max, y.shape[1])
+        P[local, pos] = Bw
+        R[local, pos] = rw
+        P = P.flatten(1, 2)
+        A = P.transpose(1, 2) @ P + torch.eye(k, dtype=P.dtype, device=P.device)
+        b = (P.transpose(1, 2) @ R.flatten(1, 2).unsqueeze(-1))
+        L = torch.linalg.cholesky(A)
+        mean[s0:s1] = torch.cholesky_solve(b, L).squeeze(-1)
+        std[s0:s1] = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).sqrt()
+        s0 = s1
+    return mean, std
+
+
 @register_estimator
 class LatentInterpolator(Estimator):
     """A fitted latent interpolator: decoder :math:`f_\\theta(x, z)` and prior N(0, I).
@@ -119,9 +200,7 @@ class LatentInterpolator(Estimator):
 
     @classmethod
     def _from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> LatentInterpolator:
-        from ..nn import build_network
-
-        net = build_network(config["network"])
+        net = _build_network(config["network"])
         net.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
         return cls(net, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
                    config["variables"], config["sample_dim"], config["latent_dim"], config["variational"],
@@ -148,7 +227,10 @@ class LatentInterpolator(Estimator):
 
         All snapshots are encoded together: their codes (and, when variational, their
         posterior std) are optimised by Adam on the ELBO (or MAP objective) with the
-        decoder frozen — one batched optimisation, no loop over snapshots.
+        decoder frozen — one batched optimisation, no loop over snapshots. With the
+        ``"basis"`` decoder the linear part gives the exact Gaussian posterior in closed
+        form (batched Cholesky solves); Adam then refines it only when the decoder has
+        a trained (non-zero) residual.
 
         Parameters
         ----------
@@ -157,6 +239,8 @@ class LatentInterpolator(Estimator):
             elsewhere), or another grid / scattered points with the same coordinate names.
         steps, lr
             Adam steps and learning rate of the code optimisation.
+        device, seed, progress
+            Where to run, seed of the ELBO's noise draws, progress bar.
 
         Returns
         -------
@@ -182,11 +266,20 @@ class LatentInterpolator(Estimator):
         f = data.features.to(dev)
         y = torch.as_tensor(self.scaler.transform(data.y.double().numpy()), dtype=torch.float32, device=dev)
         idx = idx.to(dev)
-        mu = torch.zeros(S, self.latent_dim, device=dev, requires_grad=True)
-        log_s = torch.full((S, self.latent_dim), math.log(0.3), device=dev, requires_grad=self.variational)
+        sigma = self.log_sigma.to(dev).exp()
+        linear = _is_linear(net)
+        if hasattr(net, "linear_terms"):
+            with torch.no_grad():
+                mu0, std0 = _linear_posterior(net, f, y, idx, S, sigma)
+            if linear:
+                steps = 0  # the closed form is the exact posterior / MAP
+        else:
+            mu0 = torch.zeros(S, self.latent_dim, device=dev)
+            std0 = torch.full((S, self.latent_dim), 0.3, device=dev)
+        mu = mu0.clone().requires_grad_(True)
+        log_s = std0.log().requires_grad_(self.variational)
         params = [mu, log_s] if self.variational else [mu]
         opt = torch.optim.Adam(params, lr=lr)
-        sigma = self.log_sigma.to(dev).exp()
         n = float(len(y))
         for _ in progress_bar(range(steps), desc="encode", progress=progress, leave=False):
             z = mu[idx]
@@ -392,6 +485,127 @@ def _decode_block(model: LatentInterpolator, z: np.ndarray, *blocks: np.ndarray,
     return out
 
 
+def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth: float = 1e-4) -> np.ndarray:
+    """Node values of a :class:`BasisField` grid whose interpolation best matches ``values``.
+
+    Solves :math:`\\min_T \\|W T - V\\|^2 + \\epsilon \\|D T\\|^2` with :math:`W` the sparse
+    (bi/tri)linear interpolation matrix from the nodes to ``points [L, n_space]`` and
+    :math:`D` the differences of neighbouring nodes: exact at nodes that coincide with a
+    point, a smooth harmonic extension into nodes no point constrains.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    rows, w = net.interpolation(torch.as_tensor(points, dtype=torch.float64))
+    L, C = rows.shape
+    G = net.mean.shape[0]
+    top = w.argmax(1, keepdim=True)
+    node = rows.gather(1, top).ravel().numpy()
+    if L == G and bool((w.gather(1, top) > 1 - 1e-9).all()) and np.unique(node).size == G:
+        out = np.empty_like(values)  # every node is exactly one point: no solve needed
+        out[node] = values
+        return out
+    W = sp.csr_matrix((w.numpy().ravel(), (np.repeat(np.arange(L), C), rows.numpy().ravel())), shape=(L, G))
+    diffs = []
+    idx = np.arange(G).reshape(net.resolution)
+    for d in range(net.n_space):
+        a = np.take(idx, np.arange(net.resolution[d] - 1), axis=d).ravel()
+        b = np.take(idx, np.arange(1, net.resolution[d]), axis=d).ravel()
+        n = len(a)
+        diffs.append(sp.csr_matrix((np.r_[np.ones(n), -np.ones(n)], (np.r_[np.arange(n), np.arange(n)], np.r_[a, b])),
+                                   shape=(n, G)))
+    D = sp.vstack(diffs)
+    A = (W.T @ W + smooth * (D.T @ D) + 1e-10 * sp.identity(G)).tocsc()
+    rhs = np.asarray(W.T @ values)
+    if G <= 4096:
+        return np.linalg.solve(A.toarray(), rhs)
+    return splu(A).solve(np.ascontiguousarray(rhs))
+
+
+def _pca(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean ``[P]``, EOFs ``[r, P]`` and variances ``[r]`` of the snapshot matrix ``Y [S, P]``."""
+    mean = Y.mean(0)
+    A = Y - mean
+    if A.shape[0] < A.shape[1]:  # eigen-decomposition of the small Gram matrix
+        lam, u = np.linalg.eigh(A @ A.T)
+        lam, u = lam[::-1].clip(0.0), u[:, ::-1]
+        keep = lam > lam[0] * 1e-12 if lam[0] > 0 else np.zeros(len(lam), bool)
+        vt = (u[:, keep].T @ A) / np.sqrt(lam[keep])[:, None]
+        lam = lam[keep]
+    else:
+        _, sv, vt = np.linalg.svd(A, full_matrices=False)
+        lam = sv**2
+    return mean, vt, lam / max(len(Y) - 1, 1)
+
+
+def _cv_noise(Y: np.ndarray, k: int, folds: int = 5) -> float:
+    """Out-of-sample noise variance of a rank-``k`` PCA: the mean squared residual of
+    contiguous held-out blocks of snapshots projected on the EOFs of the other blocks."""
+    S = len(Y)
+    edges = np.linspace(0, S, min(folds, S) + 1).astype(int)
+    sq, count = 0.0, 0
+    for a, b in itertools.pairwise(edges):
+        rest = np.r_[0:a, b:S]
+        if len(rest) < 2 or a == b:
+            continue
+        mean, vt, _ = _pca(Y[rest])
+        V = vt[:k]
+        r = Y[a:b] - mean
+        sq += float(((r - (r @ V.T) @ V) ** 2).sum())
+        count += r.size
+    return sq / max(count, 1)
+
+
+def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tensor, S: int,
+              noise: str | float) -> float:
+    """Start a :class:`BasisField` decoder and the codes as probabilistic PCA of the snapshots.
+
+    Returns the noise variance (standardised units) the model starts with.
+    """
+    net = module.network
+    k, ny = net.code_dim, net.out_features
+    space = data.features[:, : net.n_space].double().numpy()
+    points, loc = np.unique(space, axis=0, return_inverse=True)
+    loc = loc.ravel()
+    L = len(points)
+    Y = np.full((S, L, ny), np.nan)
+    Y[idx.numpy(), loc] = y.double().numpy()
+    Y = Y.reshape(S, L * ny)
+    gaps = np.isnan(Y)
+    if gaps.any():  # the init only: fill gaps with the point's mean over snapshots
+        Y = np.where(gaps, np.nanmean(Y, 0, keepdims=True), Y)
+    mean, vt, lam = _pca(Y)
+    r = min(k, len(lam))
+    if isinstance(noise, str):
+        s2 = _cv_noise(Y, r) if (noise == "cv" and S >= 4) else float(lam[r:].sum()) / Y.shape[1]
+    else:
+        s2 = float(noise)
+    s2 = max(s2, 1e-8)
+    scale = np.sqrt(np.maximum(lam[:r] - s2, 1e-3 * s2))  # PPCA: B = V (Λ - σ²)^½
+    basis = np.zeros((L * ny, k))
+    basis[:, :r] = vt[:r].T * scale
+    values = _node_values(net, points, np.concatenate([mean[:, None], basis], 1).reshape(L, -1))
+    values = torch.as_tensor(values, dtype=torch.float32).view(-1, ny, k + 1)
+    extra = net.basis.detach()[:, :, r:].clone()  # modes beyond the data's rank keep their random start
+    net.set_linear(values[..., 0], torch.cat([values[..., 1:r + 1], extra], -1))
+    pcs = (Y - mean) @ vt[:r].T  # [S, r]
+    with torch.no_grad():
+        module.z_mean.zero_()
+        module.z_mean[:, :r] = torch.as_tensor(pcs * scale / lam[:r].clip(1e-12), dtype=torch.float32)
+        module.z_log_std.fill_(math.log(0.3))
+        module.z_log_std[:, :r] = torch.as_tensor(0.5 * np.log(s2 / lam[:r].clip(1e-12)), dtype=torch.float32)
+    return s2
+
+
+def _grid_resolution(data: Any, n_space: int, cap: int = 512, max_nodes: int = 2**18) -> list[int]:
+    """Nodes per space column: the number of distinct training coordinates, capped at
+    ``cap`` per column and scaled down evenly to at most ``max_nodes`` in all."""
+    f = data.features[:, :n_space].numpy()
+    res = [min(cap, max(2, np.unique(f[:, d]).size)) for d in range(n_space)]
+    shrink = min(1.0, (max_nodes / math.prod(res)) ** (1.0 / n_space))
+    return [int(max(2, math.floor(r * shrink))) for r in res]
+
+
 def fit_latent(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -400,14 +614,17 @@ def fit_latent(
     latent_dim: int = 32,
     space: str | Sequence[str] | None = None,
     time: str | None = None,
-    model: str = "mfn",
+    model: str = "basis",
     model_kwargs: dict[str, Any] | None = None,
+    init: str | None = "auto",
+    noise: str | float = "auto",
     variational: bool = True,
     time_features: Any = (),
     steps: int = 3000,
     batch_size: int = 8192,
     lr: float = 2e-3,
     latent_lr: float = 2e-2,
+    linear_lr: float | None = None,
     scheduler: Any = "cosine",
     device: Any = "auto",
     seed: int | None = 0,
@@ -434,15 +651,33 @@ def fit_latent(
         Size of the codes.
     space, time, time_features
         Coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`);
-        ``time=None`` (default) leaves the snapshot's state entirely to its code.
+        ``time=None`` (default) leaves the snapshot's state entirely to its code. With
+        ``"basis"``, time columns feed the residual only.
     model, model_kwargs
-        Decoder: ``"mfn"`` (FourierNet, shift modulation by z — the default), ``"siren"``
-        (shift modulation), ``"mlp"`` or ``"grid"`` (z concatenated).
+        Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean +
+        basis fields on a grid at the data's resolution + a residual MLP ``width`` x
+        ``depth`` fed with z, ``depth=0`` for the linear model), ``"mfn"`` (FourierNet,
+        shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or ``"grid"``
+        (z concatenated).
+    init
+        ``"pca"`` starts a ``"basis"`` decoder as probabilistic PCA of the snapshots
+        (mean, EOFs x :math:`(\lambda - \sigma^2)^{1/2}`, codes the posterior means);
+        ``None`` starts at random. ``"auto"``: ``"pca"`` for ``"basis"``, else ``None``.
+    noise
+        Noise :math:`\sigma`: ``"learn"`` (trained with the ELBO), ``"cv"`` (with
+        ``init="pca"``: fixed at the out-of-sample residual variance of the PCA —
+        held-out contiguous blocks of snapshots projected on the EOFs of the others;
+        the in-sample residual underestimates the misfit of new snapshots, which makes
+        encoding from few points overfit), or a float (fixed :math:`\sigma` in the
+        variables' units). ``"auto"``: ``"cv"`` with ``init="pca"``, else ``"learn"``.
     variational
         ELBO with a Gaussian q(z) per snapshot (default), or MAP codes.
     steps, batch_size, lr, latent_lr, scheduler, device, seed, progress
         Training; codes learn with ``latent_lr`` (as in auto-decoders, codes need a larger
-        step than the shared weights).
+        step than the shared weights). ``steps=0`` keeps the initial model (e.g. the PCA).
+    linear_lr
+        Learning rate of the mean and basis grids of ``"basis"`` (default ``lr / 10``:
+        small steps keep the PCA start).
 
     Returns
     -------
@@ -456,7 +691,6 @@ def fit_latent(
     >>> li.encode(ds.isel(sample=[0]), steps=5).sizes["latent"]
     4
     """
-    from ..nn import build_network
     from ..training import fit
 
     if isinstance(obj, xr.DataArray):
@@ -464,6 +698,8 @@ def fit_latent(
         variables = variables or list(obj.data_vars)
     if latent_dim < 1:
         raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     if sample_dim not in obj.dims:
         raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
     if space is None:
@@ -476,7 +712,22 @@ def fit_latent(
     if S < 2:
         raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
     kind = str(model).lower()
-    kw = {"width": 128, "depth": 3}
+    init = ("pca" if kind == "basis" else None) if init == "auto" else init
+    if init not in (None, "pca"):
+        raise ValueError(f"init must be 'auto', 'pca' or None, got {init!r}")
+    if init == "pca" and kind != "basis":
+        raise ValueError(f"init='pca' needs model='basis' (a decoder containing the linear model), got {model!r}")
+    if noise == "auto":
+        noise = "cv" if init == "pca" else "learn"
+    if isinstance(noise, str) and noise not in ("learn", "cv"):
+        raise ValueError(f"noise must be 'auto', 'learn', 'cv' or a positive float, got {noise!r}")
+    if noise == "cv" and init != "pca":
+        raise ValueError("noise='cv' estimates the noise from the PCA start: pass init='pca' (model='basis')")
+    if not isinstance(noise, str) and not float(noise) > 0:
+        raise ValueError(f"noise must be a positive float (sigma in the variables' units), got {noise!r}")
+    ny = len(data.variables)
+    n_space = data.encoder.n_space_features
+    kw: dict[str, Any] = {"width": 128, "depth": 3}
     if kind in ("mfn", "fouriernet"):
         from .field import _extent_cells
 
@@ -485,13 +736,25 @@ def fit_latent(
         from .field import _default_network_kwargs
 
         kw = _default_network_kwargs("grid", data)
+    elif kind == "basis":
+        kw = {"resolution": _grid_resolution(data, n_space), "n_space": n_space, "width": 64, "depth": 2}
     kw.update(model_kwargs or {})
-    ny = len(data.variables)
-    net = build_network(kind, in_features=data.features.shape[1], out_features=ny,
-                        code_dim=latent_dim, **kw)
+    torch.manual_seed(0 if seed is None else seed)
+    net = _build_network(kind, in_features=data.features.shape[1], out_features=ny,
+                         code_dim=latent_dim, **kw)
     module = LatentModule(net, S, latent_dim, ny, variational)
     y_std = torch.as_tensor(data.scaler.transform(data.y.double().numpy()), dtype=torch.float32)
     n_total = float(len(y_std))
+    sigma_fixed = noise != "learn"
+    if init == "pca":
+        s2 = _pca_init(module, data, idx, y_std, S, noise if isinstance(noise, str)
+                       else (float(noise) / np.asarray(data.scaler.std)) ** 2)
+        with torch.no_grad():
+            module.log_sigma.fill_(0.5 * math.log(s2))
+    elif not isinstance(noise, str):
+        with torch.no_grad():
+            module.log_sigma.copy_(torch.as_tensor(np.log(float(noise) / np.asarray(data.scaler.std))))
+    module.log_sigma.requires_grad_(not sigma_fixed)
 
     def loss_fn(m: LatentModule, batch):
         f, y, i = batch
@@ -504,14 +767,21 @@ def fit_latent(
             prior = 0.5 * m.z_mean[i].pow(2).sum(1).mean() * (S / n_total)
         return nll + prior, {"nll": float(nll.detach())}
 
-    groups = [{"params": list(module.network.parameters()) + [module.log_sigma], "lr": lr},
-              {"params": [module.z_mean, module.z_log_std], "lr": latent_lr}]
-    history = fit(module, loss_fn, (data.features, y_std, idx), steps=steps, batch_size=batch_size,
-                  optimizer="adam", lr=lr, params=groups, scheduler=scheduler, device=device,
-                  seed=seed, progress=progress, desc=f"fit_latent[{kind}]")
+    history = None
+    if steps:
+        linear = [p for n, p in module.network.named_parameters() if n in ("mean", "basis")]
+        other = [p for n, p in module.network.named_parameters() if n not in ("mean", "basis")]
+        groups = [{"params": other + ([] if sigma_fixed else [module.log_sigma]), "lr": lr},
+                  {"params": [module.z_mean, module.z_log_std], "lr": latent_lr}]
+        if linear:
+            groups.append({"params": linear, "lr": lr / 10 if linear_lr is None else linear_lr})
+        history = fit(module, loss_fn, (data.features, y_std, idx), steps=steps, batch_size=batch_size,
+                      optimizer="adam", lr=lr, params=groups, scheduler=scheduler, device=device,
+                      seed=seed, progress=progress, desc=f"fit_latent[{kind}]")
     module = module.cpu()
     sample_coords = obj[sample_dim].values if sample_dim in obj.coords else None
-    info = {"network": kind, "n_snapshots": S, "steps": int(history.steps)}
+    info = {"network": kind, "n_snapshots": S, "steps": int(history.steps) if history else 0,
+            "init": init or "random", "noise": noise if isinstance(noise, str) else float(noise)}
     if sample_coords is not None and sample_coords.dtype.kind in "iuf":
         info["sample_coords"] = sample_coords.tolist()
     li = LatentInterpolator(module.network, data.encoder, data.scaler, data.variables, sample_dim,
