@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--save", type=Path, default=None, help="also save the fitted model here")
     args = parser.parse_args(argv)
     if not have_data(FILE):
         print(f"skipped: {DATA_DIR / FILE} not found")
@@ -100,28 +101,39 @@ def main(argv: list[str] | None = None) -> int:
                          sample_dim=None, train_until=SPLIT - np.timedelta64(1, "h"),
                          device=args.device, seed=args.seed, progress=False, **settings)
     fit_s = time.perf_counter() - t0
+    if args.save is not None:
+        model.save(args.save)
     init = era.sel(time=starts).to_dataset(name="t2m")  # states along time: their start dates
     t0 = time.perf_counter()
     fc = model.forecast(init, lead=leads, encode_steps=enc, device=args.device, progress=False)
     fc = fc.rename(time="start")
     fc_s = time.perf_counter() - t0
+    fc_res = model.forecast(init, lead=leads, encode_steps=enc, device=args.device, progress=False,
+                            residual="persist").rename(time="start")
 
-    rows = [{"method": "DINo (xsciml)", **{f"{h} h": v for h, v in zip(LEADS_H, rmse_per_lead(fc, truth), strict=True)}}]
+    ours_rows = {"DINo (xsciml)": rmse_per_lead(fc, truth),
+                 "DINo + persisted residual (xsciml)": rmse_per_lead(fc_res, truth)}
+    rows = [{"method": k, **{f"{h} h": v for h, v in zip(LEADS_H, r, strict=True)}}
+            for k, r in ours_rows.items()]
     base = {}
     for name, pred in baselines(era, starts, leads).items():
         base[name] = rmse_per_lead(pred, truth)
         rows.append({"method": name, **{f"{h} h": v for h, v in zip(LEADS_H, base[name], strict=True)}})
     best = np.min(np.stack(list(base.values())), axis=0)
     rows.append({"method": "best baseline", **{f"{h} h": v for h, v in zip(LEADS_H, best, strict=True)}})
-    ours = rmse_per_lead(fc, truth)
-    rows.append({"method": "DINo / best baseline", **{f"{h} h": v for h, v in zip(LEADS_H, ours / best, strict=True)}})
+    for k, r in ours_rows.items():
+        rows.append({"method": f"{k.split(' (')[0]} / best baseline",
+                     **{f"{h} h": v for h, v in zip(LEADS_H, r / best, strict=True)}})
     print_table(rows, title=f"RMSE (K) by lead; fit {fit_s:.0f} s, forecast {fc_s:.1f} s, "
                             f"ODE NFE {model.last_nfe}", floatfmt=".3f")
-    req = bool(ours[1] < best[1] and ours[2] < best[2])
-    tgt = bool(np.all(ours < best))
-    verdict = "not assessed (--quick)" if args.quick else ("PASS" if req else "FAIL")
-    print(f"required (below the best baseline at 6 h and 24 h): {verdict}; target (every lead): "
-          f"{'met' if tgt else 'not met'}")
+    req = tgt = False
+    for k, r in ours_rows.items():
+        ok = bool(r[1] < best[1] and r[2] < best[2])
+        every = bool(np.all(r < best))
+        req, tgt = req or ok, tgt or every
+        verdict = "not assessed (--quick)" if args.quick else ("PASS" if ok else "FAIL")
+        print(f"{k}: required (below the best baseline at 6 h and 24 h): {verdict}; target "
+              f"(every lead): {'met' if every else 'not met'}")
     if args.json is not None:
         args.json.write_text(json.dumps({"settings": settings, "rows": rows, "fit_s": fit_s,
                                          "required": req, "target": tgt}, indent=2, default=float))

@@ -462,3 +462,30 @@ def test_forced_dynamics_fit_forecast_lazy_and_save(tmp_path):
                                fc.values, atol=1e-5)
     with pytest.raises(ValueError, match="time coordinate"):
         model.forecast(starts.drop_vars("time"), lead=lead, encode_steps=1)
+
+
+def test_persisted_residual_is_exact_at_lead_zero_and_added_at_every_lead(fitted, heat_data):
+    _, test = heat_data
+    init = test.isel(time=0)
+    lead = [0.0, 0.5, 1.0]
+    plain = fitted.forecast(init, lead=lead, encode_steps=20, device="cpu")
+    keep = xsciml.datasets.sample_points(init.u, 0.5, seed=3)
+    sparse = init.where(keep)
+    res = fitted.forecast(sparse, lead=lead, encode_steps=20, device="cpu", residual="persist")
+    base = fitted.forecast(sparse, lead=lead, encode_steps=20, device="cpu")
+    # lead 0 reproduces the observed points exactly; unobserved points get no residual
+    np.testing.assert_allclose(res.isel(lead=0).values[keep.values], init.u.values[keep.values], atol=1e-5)
+    for k in range(len(lead)):
+        np.testing.assert_allclose(res.isel(lead=k).values[~keep.values],
+                                   base.isel(lead=k).values[~keep.values], atol=1e-6)
+    # the same residual at every lead
+    diff = (res - base).values
+    np.testing.assert_allclose(diff[:, 2], diff[:, 0], atol=1e-5)
+    assert res.attrs["xsciml_residual"] == "persist" and res.dims == plain.dims
+    lazy = fitted.forecast(sparse.chunk({"trajectory": 2}), lead=lead, encode_steps=20, device="cpu",
+                           residual="persist")
+    np.testing.assert_allclose(lazy.compute().values, res.values, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="target=None"):
+        fitted.forecast(init, lead=lead, target=init, residual="persist")
+    with pytest.raises(ValueError, match="residual"):
+        fitted.forecast(init, lead=lead, residual="climatology")

@@ -140,7 +140,7 @@ class LatentDynamics(nn.Module):
         if any(not (math.isfinite(p) and p > 0) for p in self.periods):
             raise ValueError(f"forcing periods must be positive, got {self.periods}")
         self.register_buffer("omega", torch.tensor([2 * math.pi / p for p in self.periods],
-                                                   dtype=torch.float32))
+                                                   dtype=torch.float32), persistent=False)
         n_in = self.latent_dim + 2 * len(self.periods)
         self.net = MLP(n_in, latent_dim, width=width, depth=depth, activation="swish")
         with torch.no_grad():  # start close to "nothing moves": a gentle initial flow
@@ -978,7 +978,7 @@ class DINo(Estimator):
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int = 300, encode_lr: float = 5e-2, encode_init: str = "nearest",
-                 encode_reg: float = 1e-2, device: Any = "auto",
+                 encode_reg: float = 1e-2, residual: str | None = None, device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
                  batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
         """Forecast from initial states on any grid, at any lead times.
@@ -1001,6 +1001,12 @@ class DINo(Estimator):
         encode_steps, encode_lr, encode_init, encode_reg
             Auto-decoding of the initial codes (``steps``, ``lr``, ``init``, ``reg`` of
             :meth:`encode`).
+        residual
+            ``None`` (default): the forecast is the decoded latent trajectory. ``"persist"``:
+            add the initial state's reconstruction residual ``y0 - D(α0)`` (0 where
+            ``y0`` is NaN) at every lead — the small scales the code does not hold, carried
+            as persistence, like the anomaly of "climatology + persisted anomaly". Only on
+            the initial state's own points (``target=None``).
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and the bound on codes × points
             decoded at once.
@@ -1019,11 +1025,16 @@ class DINo(Estimator):
         """
         offsets, lead_coord = self.clock.parse_lead(lead)
         ds = self._init_dataset(ds_init, "initial state")
+        if residual not in (None, "persist"):
+            raise ValueError(f"residual must be None or 'persist', got {residual!r}")
+        if residual is not None and target is not None:
+            raise ValueError("residual='persist' adds the initial state's residual on its own "
+                             "points: leave target=None")
         if any(_is_dask(ds[v]) for v in self.variables):
             return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
                                        encode_lr=encode_lr, encode_init=encode_init,
-                                       encode_reg=encode_reg, device=device, seed=seed,
-                                       batch_size=batch_size)
+                                       encode_reg=encode_reg, residual=residual, device=device,
+                                       seed=seed, batch_size=batch_size)
         alpha0, bdims, bshape, bcoords = self._encode_tensor(
             ds, steps=encode_steps, lr=encode_lr, device=device, seed=seed, progress=progress,
             max_points=batch_size, init=encode_init, reg=encode_reg)
@@ -1040,7 +1051,19 @@ class DINo(Estimator):
             valid = self.clock.add(t0.values, offsets)
             coords["valid_time"] = ((*t0.dims, "lead"), valid)
         extra = {"xsciml_encode_steps": str(encode_steps), "xsciml_ode_nfe": str(self.last_nfe)}
-        return self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
+        out = self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
+        if residual == "persist":
+            rec = self._decode_tensor(alpha0, tp, device, batch_size)
+            rec = self._to_xarray(rec.reshape(*bshape, *rec.shape[1:]), tp, bdims, dict(bcoords))
+            rec = rec.to_dataset() if isinstance(rec, xr.DataArray) else rec
+            res = {v: (decode_variable(ds[v]) - rec[v]).fillna(0.0) for v in self.variables}
+            if isinstance(out, xr.DataArray):
+                out = (out + res[self.variables[0]].astype(out.dtype)).assign_attrs(out.attrs)
+            else:
+                out = out.assign({v: (out[v] + res[v].astype(out[v].dtype)).assign_attrs(out[v].attrs)
+                                  for v in self.variables})
+            out.attrs["xsciml_residual"] = "persist"
+        return out
 
     def _forecast_lazy(self, ds: xr.Dataset, offsets, lead_coord, target, **kw):
         """Per-chunk forecast of a dask-backed initial state (chunks along state dims only).
@@ -1642,6 +1665,7 @@ def forecast(
     encode_lr: float = 5e-2,
     encode_init: str = "nearest",
     encode_reg: float = 1e-2,
+    residual: str | None = None,
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
@@ -1669,4 +1693,5 @@ def forecast(
                               progress=progress)
     return model.forecast(ds_init, lead=lead, target=target, encode_steps=encode_steps,
                           encode_lr=encode_lr, encode_init=encode_init, encode_reg=encode_reg,
+                          residual=residual,
                           device=device, seed=seed, progress=progress, batch_size=batch_size)
