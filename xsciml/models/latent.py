@@ -281,11 +281,19 @@ class LatentInterpolator(Estimator):
         params = [mu, log_s] if self.variational else [mu]
         opt = torch.optim.Adam(params, lr=lr)
         n = float(len(y))
+        decoder = net
+        if steps and hasattr(net, "linear_terms") and len(f) * net.out_features * net.code_dim <= 2**26:
+            with torch.no_grad():  # θ is frozen: the linear terms at the points are fixed
+                m_pts, B_pts = net.linear_terms(f)
+
+            def decoder(feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+                lin = m_pts + torch.einsum("nok,nk->no", B_pts, z)
+                return lin + net.residual(feats, z)
         for _ in progress_bar(range(steps), desc="encode", progress=progress, leave=False):
             z = mu[idx]
             if self.variational:
                 z = z + log_s.exp()[idx] * torch.randn_like(z)
-            out = net(f, z)
+            out = decoder(f, z)
             nll = -torch.distributions.Normal(out, sigma).log_prob(y).sum()
             if self.variational:
                 q = torch.distributions.Normal(mu, log_s.exp())
@@ -485,7 +493,7 @@ def _decode_block(model: LatentInterpolator, z: np.ndarray, *blocks: np.ndarray,
     return out
 
 
-def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth: float = 1e-4) -> np.ndarray:
+def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth: float = 1e-6) -> np.ndarray:
     """Node values of a :class:`BasisField` grid whose interpolation best matches ``values``.
 
     Solves :math:`\\min_T \\|W T - V\\|^2 + \\epsilon \\|D T\\|^2` with :math:`W` the sparse
@@ -501,7 +509,7 @@ def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth:
     G = net.mean.shape[0]
     top = w.argmax(1, keepdim=True)
     node = rows.gather(1, top).ravel().numpy()
-    if L == G and bool((w.gather(1, top) > 1 - 1e-9).all()) and np.unique(node).size == G:
+    if L == G and bool((w.gather(1, top) > 1 - 1e-4).all()) and np.unique(node).size == G:
         out = np.empty_like(values)  # every node is exactly one point: no solve needed
         out[node] = values
         return out
@@ -527,7 +535,7 @@ def _pca(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mean = Y.mean(0)
     A = Y - mean
     if A.shape[0] < A.shape[1]:  # eigen-decomposition of the small Gram matrix
-        lam, u = np.linalg.eigh(A @ A.T)
+        lam, u = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(A @ A.T)))
         lam, u = lam[::-1].clip(0.0), u[:, ::-1]
         keep = lam > lam[0] * 1e-12 if lam[0] > 0 else np.zeros(len(lam), bool)
         vt = (u[:, keep].T @ A) / np.sqrt(lam[keep])[:, None]
@@ -564,9 +572,10 @@ def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tenso
     """
     net = module.network
     k, ny = net.code_dim, net.out_features
-    space = data.features[:, : net.n_space].double().numpy()
-    points, loc = np.unique(space, axis=0, return_inverse=True)
-    loc = loc.ravel()
+    space = np.ascontiguousarray(data.features[:, : net.n_space].double().numpy())
+    rows = space.view(np.dtype((np.void, space.dtype.itemsize * net.n_space))).ravel()
+    _, first, loc = np.unique(rows, return_index=True, return_inverse=True)  # distinct locations
+    points, loc = space[first], loc.ravel()
     L = len(points)
     Y = np.full((S, L, ny), np.nan)
     Y[idx.numpy(), loc] = y.double().numpy()
@@ -739,21 +748,23 @@ def fit_latent(
     elif kind == "basis":
         kw = {"resolution": _grid_resolution(data, n_space), "n_space": n_space, "width": 64, "depth": 2}
     kw.update(model_kwargs or {})
-    torch.manual_seed(0 if seed is None else seed)
-    net = _build_network(kind, in_features=data.features.shape[1], out_features=ny,
-                         code_dim=latent_dim, **kw)
+    with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = _build_network(kind, in_features=data.features.shape[1], out_features=ny,
+                             code_dim=latent_dim, **kw)
     module = LatentModule(net, S, latent_dim, ny, variational)
     y_std = torch.as_tensor(data.scaler.transform(data.y.double().numpy()), dtype=torch.float32)
     n_total = float(len(y_std))
     sigma_fixed = noise != "learn"
-    if init == "pca":
-        s2 = _pca_init(module, data, idx, y_std, S, noise if isinstance(noise, str)
-                       else (float(noise) / np.asarray(data.scaler.std)) ** 2)
+    sigma_std = None if isinstance(noise, str) else float(noise) / np.asarray(data.scaler.std)  # per variable
+    if init == "pca":  # PPCA has one noise level: the mean over variables of a given σ
+        s2 = _pca_init(module, data, idx, y_std, S, noise if sigma_std is None else float(np.mean(sigma_std**2)))
         with torch.no_grad():
             module.log_sigma.fill_(0.5 * math.log(s2))
-    elif not isinstance(noise, str):
+    if sigma_std is not None:
         with torch.no_grad():
-            module.log_sigma.copy_(torch.as_tensor(np.log(float(noise) / np.asarray(data.scaler.std))))
+            module.log_sigma.copy_(torch.as_tensor(np.log(sigma_std), dtype=torch.float32))
     module.log_sigma.requires_grad_(not sigma_fixed)
 
     def loss_fn(m: LatentModule, batch):

@@ -15,6 +15,7 @@ Examples
 torch.Size([100, 2])
 """
 
+from .basis import BasisField
 from .fields import MFN, NETWORK_KINDS, SIREN, FourierFeatureMLP, FourierNet, build_network
 from .grid import MultiResGrid, default_grid_resolutions
 from .layers import (
@@ -30,6 +31,7 @@ from .unet import UNet
 __all__ = [
     "ACTIVATIONS",
     "MFN",
+    "BasisField",
     "MLP",
     "NETWORK_KINDS",
     "SIREN",
