@@ -108,3 +108,22 @@ def test_lazy_encode_decode_send_the_model_once_and_equal_eager(kind, dask_clien
                                model.decode(z_eager).values, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="chunk"):
         model.encode(part.chunk({"x": 4}))
+
+
+def test_lazy_latent_encode_equals_eager_on_cluster(dask_client):
+    ds = xsciml.datasets.gaussian_random_field((10, 12), n=30, seed=0)
+    li = ds.isel(sample=slice(0, 24)).sciml.fit_latent(
+        "u", sample_dim="sample", latent_dim=4, model_kwargs={"depth": 0}, noise=0.05, steps=0,
+        progress=False)
+    new = ds.u.isel(sample=slice(24, 30))
+    part = new.where(np.random.default_rng(2).random(new.shape) < 0.3)
+    eager = li.encode(part, progress=False)
+    lazy = li.encode(part.chunk({"sample": 2}))
+    assert lazy.z.chunks is not None and lazy.z.dims == ("sample", "latent")
+    keys = [k for k in dict(lazy.__dask_graph__()) if str(k).startswith("xsciml-model-")]
+    assert len(keys) == 1
+    out = dask_client.compute(lazy).result()
+    np.testing.assert_allclose(out.z.values, eager.z.values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.z_std.values, eager.z_std.values, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk"):
+        li.encode(part.chunk({"x": 4}))

@@ -76,6 +76,27 @@ class LatentModule(nn.Module):
         return torch.distributions.kl_divergence(q, p).sum()
 
 
+def _encode_kernel(model: LatentInterpolator, *blocks: np.ndarray, device: Any, names: list[str],
+                   sample_dim: str, core: list[Hashable], coords: dict[str, tuple],
+                   time: str | None, encode_kw: dict[str, Any]) -> Any:
+    """Dask task body of a lazy encode: snapshots ``[S, *core]`` -> codes ``[S, latent]``."""
+    times = blocks[-1] if time is not None else None
+    blocks = blocks[:-1] if time is not None else blocks
+    ds = xr.Dataset({n: ((sample_dim, *core), np.asarray(b)) for n, b in zip(names, blocks, strict=True)},
+                    coords={k: (dims, v) for k, (dims, v) in coords.items()})
+    if times is not None:
+        ds = ds.assign_coords({time: (sample_dim, np.asarray(times))})
+    n_out = 2 if model.variational else 1
+    if ds.sizes[sample_dim] == 0:
+        empty = np.zeros((0, model.latent_dim), np.float32)
+        return (empty, empty) if n_out == 2 else empty
+    with torch.inference_mode(False), torch.enable_grad():
+        res = model.encode(ds, device=device, progress=False, **encode_kw)
+    if n_out == 1:
+        return res.values.astype(np.float32)
+    return res["z"].values.astype(np.float32), res["z_std"].values.astype(np.float32)
+
+
 def _snapshot_points(obj, variables, sample_dim, space, time, encoder=None, **kw):
     """Coordinate tensors plus, per point, the index of its snapshot along ``sample_dim``."""
     data = to_tensors(obj, variables, space=space, time=time, encoder=encoder, **kw)
@@ -245,9 +266,18 @@ class LatentInterpolator(Estimator):
         Returns
         -------
         DataArray ``z (sample_dim, latent)`` — or, when variational, a Dataset with the
-        posterior mean ``z`` and standard deviation ``z_std``.
+        posterior mean ``z`` and standard deviation ``z_std``. Dask-backed gridded
+        snapshots give a lazy result, one task per chunk of ``sample_dim`` (the other
+        dims must be whole chunks); the chunks are encoded independently, which equals
+        the eager codes for the closed-form (linear basis) and MAP encodes, and draws other
+        noise for the variational refinement.
         """
         from .._utils import progress_bar, resolve_device, seed_everything
+
+        ds_in = obj if isinstance(obj, xr.Dataset) else obj.to_dataset(
+            name=obj.name if obj.name is not None else self.variables[0])
+        if any(v in ds_in and ds_in[v].chunks is not None for v in self.variables):
+            return self._encode_lazy(ds_in, steps=steps, lr=lr, device=device, seed=seed)
 
         data, idx = _snapshot_points(obj, self.variables, self.sample_dim, self.encoder.space,
                                      self.encoder.time, encoder=self.encoder)
@@ -313,6 +343,45 @@ class LatentInterpolator(Estimator):
         sda = xr.DataArray(log_s.detach().exp().cpu().numpy(), dims=(self.sample_dim, "latent"),
                            coords=coords, name="z_std")
         return xr.Dataset({"z": zda, "z_std": sda})
+
+    def _encode_lazy(self, ds: xr.Dataset, **kw: Any) -> xr.DataArray | xr.Dataset:
+        """Per-chunk encode of dask-backed snapshots (through ``parallel.apply_model``)."""
+        from ..parallel import apply_model
+
+        missing = [v for v in self.variables if v not in ds.data_vars]
+        if missing:
+            raise KeyError(f"variable(s) {missing} not found; the model was trained on {self.variables}")
+        v0 = ds[self.variables[0]]
+        if self.sample_dim not in v0.dims:
+            raise KeyError(f"sample_dim {self.sample_dim!r} is not a dimension of {self.variables[0]!r} "
+                           f"{v0.dims}")
+        core = [d for d in v0.dims if d != self.sample_dim]
+        das = [ds[v].transpose(self.sample_dim, *core) for v in self.variables]
+        coords = {k: (tuple(c.dims), np.asarray(c.values)) for k, c in ds.coords.items()
+                  if c.dims and set(c.dims) <= set(core)}
+        inputs, in_core = list(das), [core] * len(das)
+        tname = self.encoder.time
+        with_time = bool(tname) and tname in ds.coords and ds[tname].dims == (self.sample_dim,)
+        if with_time:
+            t = ds[tname]
+            inputs.append(t.chunk({self.sample_dim: das[0].chunksizes[self.sample_dim]})
+                          if das[0].chunks is not None else t)
+            in_core.append([])
+        n_out = 2 if self.variational else 1
+        out = apply_model(
+            _encode_kernel, self, *inputs, input_core_dims=in_core,
+            output_core_dims=[["latent"]] * n_out, output_dtypes=[np.float32] * n_out,
+            output_sizes={"latent": self.latent_dim}, device=kw.pop("device", "auto"),
+            kwargs={"names": list(self.variables), "sample_dim": self.sample_dim, "core": core,
+                    "coords": coords, "time": tname if with_time else None, "encode_kw": kw},
+        )
+        outs = list(out) if isinstance(out, tuple) else [out]
+        keep = {self.sample_dim: ds[self.sample_dim]} if self.sample_dim in ds.coords else {}
+        outs = [o.assign_coords(keep) for o in outs]
+        z = outs[0].rename("z")
+        if not self.variational:
+            return z
+        return xr.Dataset({"z": z, "z_std": outs[1].rename("z_std")})
 
     # ------------------------------------------------------------------ decode
     def decode(self, z: Any, target: Any, *, time: Any = None, batch_size: int = 2**18,
