@@ -875,3 +875,19 @@ def navier_stokes(
 
 
 __all__ += ["wave", "navier_stokes", "navier_stokes_solve"]
+
+
+# 1-D advection-dominated systems (Burgers, Kuramoto-Sivashinsky, KdV): see xsciml.pde1d
+from .pde1d import (  # noqa: E402
+    burgers,
+    kdv,
+    kdv_soliton,
+    kuramoto_sivashinsky,
+    solve_burgers,
+    solve_kdv,
+    solve_kuramoto_sivashinsky,
+    solve_spectral,
+)
+
+__all__ += ["burgers", "kdv", "kdv_soliton", "kuramoto_sivashinsky", "solve_burgers", "solve_kdv",
+            "solve_kuramoto_sivashinsky", "solve_spectral"]

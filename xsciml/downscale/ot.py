@@ -694,7 +694,6 @@ class Debias(Estimator):
     >>> deb.transform(model_new)  # doctest: +SKIP
     """
 
-    _registry_name = "xsciml.Debias"
 
     def __init__(self, *, method: str, variable: str, sample_dim: str, grid: _Grid,
                  valid: np.ndarray, mean: np.ndarray, scale: np.ndarray, group: str | None,

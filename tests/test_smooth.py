@@ -1,0 +1,321 @@
+"""Tests of the smooth latent dynamics estimator (xsciml.models.smooth)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+import xsciml
+from xsciml.models.smooth import (
+    FourierAnsatz,
+    HyperMLP,
+    SmoothDynamics,
+    SnapshotEncoder,
+    fit_smooth_dynamics,
+)
+
+L = 2.0  # period of the toy data
+
+
+def travelling_waves(n_traj: int = 6, n: int = 32, n_frames: int = 9, dt: float = 0.125,
+                     seed: int = 0) -> xr.Dataset:
+    """u = A tanh(2 cos(2 pi (x - c t) / L)): pure advection, exactly in the Fourier ansatz."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n) * L / n
+    t = np.arange(n_frames) * dt
+    amp = rng.uniform(0.5, 1.5, n_traj)
+    shift = rng.uniform(0, L, n_traj)
+    c = 0.5
+    phase = 2 * np.pi * (x[None, None, :] - shift[:, None, None] - c * t[None, :, None]) / L
+    u = amp[:, None, None] * np.tanh(2 * np.cos(phase))
+    return xr.Dataset({"u": (("trajectory", "time", "x"), u.astype(np.float32), {"units": "m/s"})},
+                      coords={"trajectory": np.arange(n_traj), "time": t,
+                              "x": ("x", x, {"units": "m"})})
+
+
+@pytest.fixture(scope="module")
+def waves() -> xr.Dataset:
+    return travelling_waves()
+
+
+@pytest.fixture(scope="module")
+def model(waves) -> SmoothDynamics:
+    torch.set_num_threads(1)
+    return fit_smooth_dynamics(waves, "u", modes=2, waves=2, steps=200, dynamics_steps=100,
+                               encoder_width=8, dynamics_width=32, dynamics_depth=2,
+                               lr=5e-3, dynamics_lr=5e-3, device="cpu", progress=False)
+
+
+# ----------------------------------------------------------------- decoders
+def test_fourier_ansatz_known_answer_and_translation():
+    dec = FourierAnsatz(1, 1, modes=2, waves=1)
+    nk = dec.n_k  # 2: k = 1, 2
+    # theta = [b, a, d, cr (nk), ci (nk)]: u = 0.3 + 1.5 tanh(0.2 + 2 cos(phi_1))
+    theta = torch.tensor([0.3, 1.5, 0.2, 2.0, 0.0, 0.0, 0.0])
+    assert dec.latent_dim == theta.numel() == 1 + 1 + 1 + 2 * nk
+    x = np.linspace(0, L, 17)[:-1]
+    feats = dec.features(torch.as_tensor(x[:, None], dtype=torch.float32), torch.tensor([L]))
+    out = dec(theta, feats)[:, 0].numpy()
+    np.testing.assert_allclose(out, 0.3 + 1.5 * np.tanh(0.2 + 2 * np.cos(2 * np.pi * x / L)), atol=1e-5)
+    # translating by s multiplies c_k by exp(-2 i pi k s / L)
+    g = torch.Generator().manual_seed(0)
+    th = torch.randn(dec.latent_dim, generator=g)
+    s = 0.37
+    c = torch.complex(th[3:3 + nk], th[3 + nk:])
+    c = c * torch.exp(-2j * math.pi * torch.arange(1, nk + 1) * s / L)
+    shifted = torch.cat([th[:3], c.real, c.imag])
+    feats_s = dec.features(torch.as_tensor((x - s)[:, None], dtype=torch.float32), torch.tensor([L]))
+    torch.testing.assert_close(dec(shifted, feats), dec(th, feats_s), atol=1e-5, rtol=1e-5)
+
+
+def test_fourier_ansatz_2d_is_periodic_and_batched():
+    dec = FourierAnsatz(2, 2, modes=2, waves=3)
+    assert dec.n_k == 12  # half of the 5 x 5 integer square minus the origin
+    pts = torch.rand(20, 2)
+    per = torch.tensor([1.0, 3.0])
+    theta = torch.randn(4, 5, dec.latent_dim)
+    a = dec(theta, dec.features(pts, per))
+    b = dec(theta, dec.features(pts + per * torch.tensor([2.0, -1.0]), per))
+    assert a.shape == (4, 5, 20, 2)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a[2, 3], dec(theta[2, 3], dec.features(pts, per)))
+
+
+def test_hyper_mlp_is_periodic_batched_and_theta_moves_weights():
+    torch.manual_seed(0)
+    dec = HyperMLP(1, 1, latent_dim=3, width=8, depth=2, n_freq=3)
+    x = torch.rand(15, 1)
+    per = torch.tensor([L])
+    f = dec.features(x, per)
+    theta = torch.randn(6, 3)
+    out = dec(theta, f)
+    torch.testing.assert_close(out, dec(theta, dec.features(x + L, per)), atol=1e-5, rtol=1e-5)
+    for i in range(6):
+        torch.testing.assert_close(out[i], dec(theta[i], f))
+    assert not torch.allclose(out[0], out[1])
+    # theta = 0 evaluates the base network W0
+    h = f
+    w = dec.base.detach()
+    pos = 0
+    for li, (o, i) in enumerate(dec.shapes):
+        W = w[pos:pos + o * i].reshape(o, i)
+        pos += o * i
+        h = h @ W.T + w[pos:pos + o]
+        pos += o
+        if li < len(dec.shapes) - 1:
+            h = torch.sin(h)
+    torch.testing.assert_close(dec(torch.zeros(3), f), h)
+
+
+def test_snapshot_encoder_shapes():
+    assert SnapshotEncoder(2, 7, (64,), width=4)(torch.randn(3, 2, 64)).shape == (3, 7)
+    assert SnapshotEncoder(1, 5, (16, 12), width=4)(torch.randn(2, 1, 16, 12)).shape == (2, 5)
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        SnapshotEncoder(1, 5, (4, 4, 4))
+
+
+# ----------------------------------------------------------------- fitted model
+def test_fit_learns_reconstruction_and_forecast(model, waves):
+    assert isinstance(model, SmoothDynamics)
+    assert model.latent_dim == 1 + 2 + 2 + 2 * 2 * 2
+    assert model.info["final_reconstruction_loss"] < 0.05  # standardised units (variance 1)
+    test = travelling_waves(2, seed=1)
+    rec = model.decode(model.encode(test), test)
+    rel = float(np.sqrt(((rec - test.u) ** 2).sum() / (test.u**2).sum()))
+    assert rel < 0.25
+    fc = model.forecast(test.isel(time=0), lead=test["time"].values)
+    err = float(np.sqrt(((fc.values - test.u.values) ** 2).sum() / (test.u.values**2).sum()))
+    persistence = float(np.sqrt(((test.u.values - test.u.values[:, :1]) ** 2).sum() / (test.u.values**2).sum()))
+    assert err < 0.6 * persistence  # it moves the waves, not just holds them
+
+
+def test_forecast_layout_attrs_and_nfe(model, waves):
+    init = waves.isel(time=0)
+    fc = model.forecast(init, lead=[0.0, 0.25, 0.5])
+    assert fc.dims == ("trajectory", "lead", "x")
+    assert fc.shape == (waves.sizes["trajectory"], 3, waves.sizes["x"])
+    np.testing.assert_allclose(fc["lead"].values, [0.0, 0.25, 0.5])
+    np.testing.assert_allclose(fc["valid_time"].values, init["time"].values + np.array([0.0, 0.25, 0.5]))
+    np.testing.assert_array_equal(fc["x"].values, waves["x"].values)
+    assert fc.attrs["units"] == "m/s"
+    assert fc.attrs["xsciml_model"] == "SmoothDynamics"
+    assert model.nfe is not None and model.nfe > 0
+    assert int(fc.attrs["xsciml_ode_nfe"]) == model.nfe
+    # lead 0 is the decoded encoding
+    rec = model.decode(model.encode(init), init)
+    np.testing.assert_allclose(fc.isel(lead=0).values, rec.values, atol=1e-5)
+    # looser tolerances: fewer function evaluations
+    model.forecast(init, lead=[0.0, 1.0], rtol=1e-6, atol=1e-7)
+    tight = model.nfe
+    model.forecast(init, lead=[0.0, 1.0], rtol=1e-2, atol=1e-2)
+    assert model.nfe <= tight
+    rk4 = model.forecast(init, lead=[0.0, 0.5], solver="rk4")
+    dp = model.forecast(init, lead=[0.0, 0.5], rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(rk4.values, dp.values, atol=2e-2)
+
+
+def test_decode_on_finer_grid_and_points(model, waves):
+    theta = model.encode(waves.isel(trajectory=0, time=0))
+    coarse = model.decode(theta, waves)
+    fine_x = np.arange(64) * L / 64
+    fine = model.decode(theta, {"x": fine_x})
+    np.testing.assert_allclose(fine.values[::2], coarse.values, atol=1e-5)
+    pts = model.decode(theta, pd.DataFrame({"x": [0.0, L / 32 * 3]}))
+    np.testing.assert_allclose(pts.values, coarse.values[[0, 3]], atol=1e-5)
+
+
+def test_initial_state_on_another_grid_is_interpolated(model):
+    fine = travelling_waves(2, n=64, seed=3)
+    coarse = travelling_waves(2, n=32, seed=3)
+    a = model.encode(fine.isel(time=0)).values
+    b = model.encode(coarse.isel(time=0)).values
+    scale = np.abs(b).mean()
+    assert np.abs(a - b).mean() < 0.1 * scale
+    fc = model.forecast(fine.isel(time=0), lead=[0.0, 0.5])
+    assert fc.sizes["x"] == 64  # decoded on the initial state's own grid
+
+
+def test_nan_initial_state_needs_refinement(model, waves):
+    init = waves.isel(time=0).copy(deep=True)
+    init["u"][:, :4] = np.nan
+    with pytest.raises(ValueError, match="encode_steps > 0"):
+        model.forecast(init, lead=[0.0])
+    full = model.encode(waves.isel(time=0)).values
+    refined = model.encode(init, steps=30, lr=1e-2)
+    assert np.all(np.isfinite(refined.values))
+    assert np.abs(refined.values - full).mean() < 0.2 * np.abs(full).mean()
+
+
+def test_refinement_reduces_misfit(model, waves):
+    init = waves.isel(time=0)
+    err0 = float(((model.decode(model.encode(init), init) - init.u) ** 2).mean())
+    err1 = float(((model.decode(model.encode(init, steps=50, reg=0.0), init) - init.u) ** 2).mean())
+    assert err1 < err0
+
+
+def test_timedelta_leads_and_datetime_axis():
+    ds = travelling_waves(4, n=16, n_frames=5)
+    ds = ds.assign_coords(time=pd.date_range("2001-01-01", periods=5, freq="3h"))
+    m = fit_smooth_dynamics(ds, "u", modes=1, waves=1, steps=3, encoder_width=4, dynamics_width=8,
+                            dynamics_depth=1, time_units="hours", device="cpu", progress=False)
+    lead = pd.timedelta_range("0h", "6h", freq="3h")
+    fc = m.forecast(ds.isel(time=0), lead=lead)
+    assert fc["lead"].dtype.kind == "m"
+    assert fc["valid_time"].values[-1] == np.datetime64("2001-01-01T06:00")
+    with pytest.raises(TypeError, match="numbers or timedeltas"):
+        m.forecast(ds.isel(time=0), lead="6h")
+
+
+def test_evaluate_table_matches_manual_errors(model):
+    test = travelling_waves(2, seed=4)
+    table = model.evaluate(test, n_frames_train=5)
+    assert table["mse"].dims == ("horizon", "grid")
+    assert list(table["horizon"].values) == ["In-t", "Out-t"]
+    fc = model.forecast(test.isel(time=0), lead=test["time"].values)
+    err = (fc.values - test.u.values) ** 2
+    np.testing.assert_allclose(float(table["mse"].sel(horizon="In-t", grid="all")), err[:, :5].mean(),
+                               rtol=1e-4)
+    np.testing.assert_allclose(float(table["mse"].sel(horizon="Out-t", grid="In-s")), err[:, 5:].mean(),
+                               rtol=1e-4)
+    assert np.isnan(float(table["mse"].sel(horizon="In-t", grid="Out-s")))  # every point is In-s
+
+
+def test_save_load_round_trip(model, waves, tmp_path):
+    path = model.save(tmp_path / "smooth.xsciml")
+    back = xsciml.load(path)
+    assert isinstance(back, SmoothDynamics)
+    assert back.latent_dim == model.latent_dim and back.periods == model.periods
+    init = waves.isel(time=0)
+    a = model.forecast(init, lead=[0.0, 0.4])
+    b = back.forecast(init, lead=[0.0, 0.4])
+    np.testing.assert_allclose(a.values, b.values, atol=1e-6)
+    assert back.nfe == model.nfe
+
+
+def test_dask_initial_state_gives_lazy_identical_forecast(model, waves):
+    # fixed-step solver: an adaptive one shares its steps across the states of a batch,
+    # so per-chunk solves agree only to within its tolerance
+    init = waves.isel(time=0)
+    eager = model.forecast(init, lead=[0.0, 0.5], solver="rk4")
+    lazy = model.forecast(init.chunk({"trajectory": 2}), lead=[0.0, 0.5], solver="rk4")
+    assert lazy.chunks is not None
+    np.testing.assert_allclose(lazy.compute().values, eager.values, atol=1e-5)
+
+
+def test_mlp_decoder_on_2d_heat():
+    ds = xsciml.datasets.heat(3, 16, n_frames=4, seed=0)
+    m = fit_smooth_dynamics(ds, "u", decoder="mlp", latent_dim=6, width=8, n_freq=2, steps=20,
+                            dynamics_steps=5, encoder_width=4, dynamics_width=16, dynamics_depth=1,
+                            device="cpu", progress=False)
+    assert m.latent_dim == 6
+    np.testing.assert_allclose(m.periods, [2.0, 2.0])  # 16 cells of 1/8 on [-1, 1)
+    fc = m.forecast(ds.isel(time=0), lead=[0.0, 0.5])
+    assert fc.dims == ("trajectory", "lead", "y", "x") and fc.shape == (3, 2, 16, 16)
+    assert np.all(np.isfinite(fc.values))
+
+
+def test_consistency_makes_the_encoder_consistent():
+    ds = travelling_waves(6, n=32, n_frames=6)
+
+    def inconsistency(gamma: float) -> float:
+        m = fit_smooth_dynamics(ds, "u", modes=2, waves=2, steps=150, dynamics_steps=1, consistency=gamma,
+                                encoder_width=8, dynamics_width=8, dynamics_depth=1, lr=5e-3,
+                                device="cpu", progress=False)
+        theta = m.encode(ds)
+        again = m.encode(m.decode(theta, ds).to_dataset(name="u"))
+        return float(((again - theta) ** 2).mean() / (theta**2).mean())
+
+    assert inconsistency(10.0) < inconsistency(0.0)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors(waves):
+    kw = {"steps": 1, "dynamics_steps": 1, "progress": False, "device": "cpu"}
+    bad = waves.copy(deep=True)
+    bad["u"][0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit_smooth_dynamics(bad, "u", **kw)
+    irregular = waves.assign_coords(x=np.r_[0.0, np.cumsum(np.linspace(0.05, 0.08, 31))])
+    with pytest.raises(ValueError, match="uniform spacing"):
+        fit_smooth_dynamics(irregular, "u", **kw)
+    with pytest.raises(ValueError, match="decoder must be"):
+        fit_smooth_dynamics(waves, "u", decoder="siren", **kw)
+    with pytest.raises(ValueError, match="consistency"):
+        fit_smooth_dynamics(waves, "u", consistency=-1.0, **kw)
+    with pytest.raises(ValueError, match="train_solver"):
+        fit_smooth_dynamics(waves, "u", train_solver="dopri5", **kw)
+    with pytest.raises(KeyError, match="not found"):
+        fit_smooth_dynamics(waves, "v", **kw)
+    with pytest.raises(ValueError, match="period"):
+        fit_smooth_dynamics(waves, "u", period=1.0, **kw)
+
+
+def test_forecast_bad_input(model, waves):
+    with pytest.raises(ValueError, match="solver"):
+        model.forecast(waves.isel(time=0), lead=[0.0], solver="leapfrog")
+    with pytest.raises(KeyError, match="lacks variable"):
+        model.forecast(waves.rename(u="v").isel(time=0), lead=[0.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        model.forecast(waves.isel(time=0), lead=[-1.0])
+    pts = waves.isel(time=0).rename(x="p").assign_coords(x=("p", waves["x"].values))
+    with pytest.raises(ValueError, match="gridded"):
+        model.forecast(pts.drop_vars("p", errors="ignore"), lead=[0.0])
+
+
+def test_fit_dynamics_method_smooth_and_generic_forecast(waves):
+    from xsciml.models import fit_dynamics, forecast
+
+    m = fit_dynamics(waves, "u", method="smooth", modes=2, waves=2, steps=5, dynamics_steps=5,
+                     encoder_width=8, dynamics_width=16, dynamics_depth=1, device="cpu",
+                     progress=False, solver="rk4")
+    assert isinstance(m, SmoothDynamics)
+    init = waves.isel(time=0)
+    fc = forecast(init, m, lead=[0.0, 0.5], device="cpu", progress=False)
+    direct = m.forecast(init, lead=[0.0, 0.5], device="cpu", progress=False)
+    np.testing.assert_allclose(fc.values, direct.values)
+    assert init.sciml.forecast(m, lead=[0.5]).sizes["lead"] == 1

@@ -1,0 +1,1098 @@
+r"""Smooth latent dynamics: an encoder, a consistency regulariser and a decoder ansatz.
+
+After Wan, Zepeda-Núñez, Boral & Sha, "Evolve Smoothly, Fit Consistently: Learning
+Smooth Latent Dynamics for Advection-Dominated Systems" (ICLR 2023). The state
+:math:`u_t` of a periodic field is represented by the parameters :math:`\theta_t` of a
+small decoder :math:`\Psi_\theta(x)`; an encoder :math:`\Lambda` maps a gridded
+snapshot to :math:`\theta`, and a neural ODE evolves :math:`\theta`:
+
+.. math::
+
+    \theta_0 = \Lambda(u_0), \qquad \frac{d\theta}{dt} = f(\theta), \qquad
+    u_t(x) \approx \Psi_{\theta_t}(x).
+
+**Decoders.** Both are periodic in every space coordinate by construction (period
+:math:`L_d` of each axis; phases :math:`\varphi_k(x) = 2\pi\, k\cdot(x - x_0)/L`).
+
+* ``"fourier"`` — the *nonlinear Fourier ansatz*. With :math:`J` "waves" and a set
+  :math:`\mathcal K` of :math:`K`-bounded integer wave vectors (``1..K`` in 1-D; the half
+  plane of :math:`\max(|k_1|, |k_2|) \le K` in 2-D),
+
+  .. math::
+
+      \Psi_\theta(x)_c = b_c + \sum_{j=1}^{J} a_{jc}\,
+          \tanh\Big(d_j + \mathrm{Re} \sum_{k\in\mathcal K} c_{jk}\, e^{i\varphi_k(x)}\Big),
+      \qquad \theta = \{b_c, a_{jc}, d_j, c_{jk} \in \mathbb C\}.
+
+  Each wave is a saturating function of a :math:`K`-mode Fourier series, so its own
+  Fourier expansion :math:`\mathrm{Re}\sum_{k} \phi_{jk}(\theta) e^{i\varphi_k(x)}` has
+  all harmonics: sharp fronts and narrow pulses need a handful of parameters where a
+  truncated Fourier series needs many. Translating a wave by :math:`s` multiplies
+  :math:`c_{jk}` by :math:`e^{-2i\pi k s/L}` — a smooth rotation of :math:`\theta` — so
+  advection is a smooth latent motion. This is our reading of the paper's ansatz
+  (learned amplitudes and phases of low Fourier modes, composed with a nonlinearity);
+  the parameters all live in :math:`\theta` (the decoder has no weights of its own).
+  ``latent_dim = C + J C + J + 2 J |\mathcal K|``.
+* ``"mlp"`` — a hypernetwork decoder: a tiny MLP on Fourier features
+  :math:`[\cos(2\pi m x_d/L_d), \sin(2\pi m x_d/L_d)]_{m \le M}` of the periodic
+  coordinates (any number of space dimensions, e.g. ``(y, x)``), whose weights are
+  :math:`W(\theta) = W_0 + P\theta` (a learned linear hypernetwork: :math:`\theta` moves
+  the weights within a ``latent_dim``-dimensional subspace). Evaluated for many
+  :math:`\theta` at once with batched matrix products.
+
+**Encoder** :math:`\Lambda`: a CNN with circular padding on the training grid (1-D or
+2-D; strided convolutions down to ≤ 8 cells per axis, then two dense layers). Initial
+states on another grid are interpolated (periodic, linear) to the training grid first;
+with ``encode_steps > 0`` the encoder's :math:`\theta` is then refined by a few Adam
+steps on the decoded field's misfit at the observed points (NaN points allowed then).
+
+**Training**, in two stages through :func:`xsciml.training.fit`:
+
+1. encoder (and ``"mlp"`` hypernetwork) on all training frames,
+
+   .. math::
+
+       \mathcal L = \lVert u - \Psi(\Lambda(u))\rVert^2
+           + \gamma\, \frac{\lVert \Lambda(\Psi(\theta)) - \theta \rVert^2}{\overline{\theta^2}},
+       \qquad \theta = \Lambda(u)\ (\text{held fixed in the second term}),
+
+   the *consistency* term asks the encoder to recover :math:`\theta` from its own
+   decoding, so the encode/decode diagram commutes and equivalent parametrisations of a
+   field (signs, permutations of waves, null directions) are not used arbitrarily from
+   one frame to the next — the latent trajectories become smooth. It is normalised by
+   the mean square of :math:`\theta` over the batch (a relative error), so
+   ``consistency`` (:math:`\gamma`) does not depend on the scale of :math:`\theta`;
+2. the latent ODE :math:`f` (:class:`~xsciml.models.dino.LatentDynamics`, on
+   :math:`\theta` standardised with the training mean and standard deviation) on the
+   encoded training trajectories, by teacher-forced rollouts (as in DINo), with a
+   fixed-step solver (``train_solver``).
+
+Forecasts integrate :math:`f` with ``solver`` (default the adaptive ``"dopri5"`` of
+torchdiffeq); the number of function evaluations of the last forecast is
+:attr:`SmoothDynamics.nfe`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from ..base import Estimator, register_estimator
+from ..coords import CoordinateEncoder
+from ..tensors import Scaler, decode_variable
+from .dino import (
+    ADAPTIVE_METHODS,
+    FIXED_STEP_METHODS,
+    DINo,
+    LatentDynamics,
+    _as_dataset,
+    _Clock,
+    _coord_units,
+    _dynamics_loss,
+    _is_dask,
+    _OffsetTable,
+    _space_dims,
+    _teacher_forcing_schedule,
+    integrate_latent,
+)
+
+__all__ = [
+    "FourierAnsatz",
+    "HyperMLP",
+    "SmoothDynamics",
+    "SmoothModule",
+    "SnapshotEncoder",
+    "fit_smooth_dynamics",
+]
+
+
+# =========================================================================== decoders
+def _wave_vectors(ndim: int, modes: int) -> np.ndarray:
+    """Integer wave vectors, one of each ±k pair, with max-norm in ``1..modes``."""
+    if ndim == 1:
+        return np.arange(1, modes + 1)[:, None]
+    grids = np.stack(np.meshgrid(*[np.arange(-modes, modes + 1)] * ndim, indexing="ij"), -1)
+    ks = grids.reshape(-1, ndim)
+    keep = []
+    for k in ks:
+        nz = np.flatnonzero(k)
+        if nz.size and k[nz[0]] > 0:  # first non-zero component positive: half space
+            keep.append(k)
+    return np.array(keep)
+
+
+class FourierAnsatz(nn.Module):
+    r"""Nonlinear Fourier ansatz :math:`\Psi_\theta(x)` (see the module docs); no own weights.
+
+    Parameters
+    ----------
+    ndim
+        Number of space coordinates.
+    out_channels
+        Number of decoded variables :math:`C`.
+    modes
+        :math:`K`, the largest wave number (max-norm) of the inner Fourier series.
+    waves
+        :math:`J`, the number of nonlinear waves.
+
+    Examples
+    --------
+    >>> dec = FourierAnsatz(1, 1, modes=3, waves=2)
+    >>> dec.latent_dim
+    17
+    >>> x = torch.linspace(0, 1, 9)[:-1, None]
+    >>> out = dec(torch.randn(5, dec.latent_dim), dec.features(x, torch.tensor([1.0])))
+    >>> out.shape
+    torch.Size([5, 8, 1])
+    """
+
+    def __init__(self, ndim: int, out_channels: int = 1, modes: int = 4, waves: int = 4) -> None:
+        super().__init__()
+        if modes < 1 or waves < 1:
+            raise ValueError(f"modes and waves must be >= 1, got modes={modes}, waves={waves}")
+        self.ndim, self.out_channels = int(ndim), int(out_channels)
+        self.modes, self.waves = int(modes), int(waves)
+        self.register_buffer("k", torch.as_tensor(_wave_vectors(self.ndim, self.modes), dtype=torch.float32),
+                             persistent=False)
+        self.n_k = int(self.k.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        C, J = self.out_channels, self.waves
+        return C + J * C + J + 2 * J * self.n_k
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "fourier", "ndim": self.ndim, "out_channels": self.out_channels,
+                "modes": self.modes, "waves": self.waves}
+
+    def initial_theta(self, generator: torch.Generator | None = None) -> Tensor:
+        """A well-conditioned starting θ: unit-order amplitudes, random inner series.
+
+        (At θ = 0 the ansatz sits at a saddle: every wave is the product of two small
+        factors.) Used as the bias of the encoder's last layer before training.
+        """
+        C, J, nk = self.out_channels, self.waves, self.n_k
+        a = torch.full((J * C,), 1.0 / math.sqrt(J))
+        c = torch.randn(2 * J * nk, generator=generator) / math.sqrt(nk)
+        return torch.cat([torch.zeros(C), a, torch.zeros(J), c])
+
+    def features(self, x: Tensor, period: Tensor) -> Tensor:
+        """``[cos φ_k(x), sin φ_k(x)]`` ``[P, 2|K|]`` of coordinates ``x [P, D]`` (from the origin)."""
+        phase = 2 * math.pi * (x / period.to(x)) @ self.k.to(x).T  # [P, nk]
+        return torch.cat([torch.cos(phase), torch.sin(phase)], -1)
+
+    def forward(self, theta: Tensor, feats: Tensor) -> Tensor:
+        C, J, nk = self.out_channels, self.waves, self.n_k
+        b, a, d, cr, ci = theta.split([C, J * C, J, J * nk, J * nk], dim=-1)
+        cos, sin = feats[:, :nk], feats[:, nk:]
+        lead = theta.shape[:-1]
+        inner = (cr.reshape(*lead, J, nk) @ cos.T - ci.reshape(*lead, J, nk) @ sin.T
+                 + d.unsqueeze(-1))  # [..., J, P]
+        waves = torch.tanh(inner)
+        out = waves.transpose(-1, -2) @ a.reshape(*lead, J, C)  # [..., P, C]
+        return out + b.unsqueeze(-2)
+
+
+class HyperMLP(nn.Module):
+    r"""Tiny MLP :math:`\Psi_\theta(x)` whose weights are :math:`W_0 + P\theta` (hypernetwork).
+
+    Inputs are the periodic Fourier features of the coordinates (``n_freq`` harmonics per
+    axis); hidden layers use :math:`\sin` activations.
+
+    Parameters
+    ----------
+    ndim, out_channels
+        Space dimensions and decoded variables.
+    latent_dim
+        Size of :math:`\theta`.
+    width, depth
+        Hidden width and number of hidden layers of the decoded MLP.
+    n_freq
+        Harmonics per axis of the input features.
+
+    Examples
+    --------
+    >>> dec = HyperMLP(2, 1, latent_dim=6, width=8, depth=2, n_freq=2)
+    >>> x = torch.rand(10, 2)
+    >>> dec(torch.randn(3, 4, 6), dec.features(x, torch.tensor([1.0, 1.0]))).shape
+    torch.Size([3, 4, 10, 1])
+    """
+
+    def __init__(self, ndim: int, out_channels: int = 1, latent_dim: int = 16, width: int = 32,
+                 depth: int = 2, n_freq: int = 4) -> None:
+        super().__init__()
+        if min(latent_dim, width, depth, n_freq) < 1:
+            raise ValueError("latent_dim, width, depth and n_freq must be >= 1")
+        self.ndim, self.out_channels = int(ndim), int(out_channels)
+        self.latent_dim, self.width, self.depth, self.n_freq = int(latent_dim), int(width), int(depth), int(n_freq)
+        fin = 2 * self.n_freq * self.ndim
+        dims = [fin] + [self.width] * self.depth + [self.out_channels]
+        self.shapes = [(dims[i + 1], dims[i]) for i in range(len(dims) - 1)]
+        n_w = sum(o * i + o for o, i in self.shapes)
+        base = []
+        for o, i in self.shapes:  # SIREN-like uniform init of the base weights
+            lim = math.sqrt(6.0 / i)
+            base += [torch.empty(o * i).uniform_(-lim, lim), torch.zeros(o)]
+        self.base = nn.Parameter(torch.cat(base))
+        self.hyper = nn.Linear(self.latent_dim, n_w, bias=False)
+        nn.init.normal_(self.hyper.weight, std=0.1 / math.sqrt(self.latent_dim))
+        self.register_buffer("m", torch.arange(1, self.n_freq + 1, dtype=torch.float32), persistent=False)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "mlp", "ndim": self.ndim, "out_channels": self.out_channels,
+                "latent_dim": self.latent_dim, "width": self.width, "depth": self.depth,
+                "n_freq": self.n_freq}
+
+    def features(self, x: Tensor, period: Tensor) -> Tensor:
+        """Fourier features ``[P, 2 n_freq D]`` of coordinates ``x [P, D]`` (from the origin)."""
+        ph = 2 * math.pi * (x / period.to(x)).unsqueeze(-1) * self.m.to(x)  # [P, D, M]
+        return torch.cat([torch.cos(ph), torch.sin(ph)], -1).reshape(len(x), -1)
+
+    def forward(self, theta: Tensor, feats: Tensor) -> Tensor:
+        w = self.base + self.hyper(theta)  # [..., n_w]
+        lead = theta.shape[:-1]
+        h = feats.expand(*lead, *feats.shape)  # [..., P, F]
+        pos = 0
+        for li, (o, i) in enumerate(self.shapes):
+            W = w[..., pos:pos + o * i].reshape(*lead, o, i)
+            pos += o * i
+            bias = w[..., pos:pos + o]
+            pos += o
+            h = h @ W.transpose(-1, -2) + bias.unsqueeze(-2)
+            if li < len(self.shapes) - 1:
+                h = torch.sin(h)
+        return h
+
+
+def _build_decoder(config: Mapping[str, Any]) -> nn.Module:
+    cfg = dict(config)
+    kind = cfg.pop("kind")
+    if kind == "fourier":
+        return FourierAnsatz(**cfg)
+    if kind == "mlp":
+        return HyperMLP(**cfg)
+    raise ValueError(f"unknown decoder kind {kind!r}")
+
+
+# =========================================================================== encoder
+class SnapshotEncoder(nn.Module):
+    """CNN (circular padding) mapping gridded snapshots ``[N, C, *grid]`` to ``θ [N, d]``.
+
+    Parameters
+    ----------
+    in_channels, latent_dim
+        Input variables and size of θ.
+    grid
+        Grid shape (1 or 2 axes) the encoder is built for.
+    width
+        Channels of the convolutions (and half the dense width).
+
+    Examples
+    --------
+    >>> enc = SnapshotEncoder(1, 9, (32,), width=8)
+    >>> enc(torch.randn(4, 1, 32)).shape
+    torch.Size([4, 9])
+    """
+
+    def __init__(self, in_channels: int, latent_dim: int, grid: Sequence[int], width: int = 32) -> None:
+        super().__init__()
+        self.in_channels, self.latent_dim, self.width = int(in_channels), int(latent_dim), int(width)
+        self.grid = tuple(int(g) for g in grid)
+        if len(self.grid) not in (1, 2):
+            raise ValueError(f"the encoder handles 1-D or 2-D grids, got grid {self.grid}")
+        conv = nn.Conv1d if len(self.grid) == 1 else nn.Conv2d
+        layers: list[nn.Module] = [conv(self.in_channels, self.width, 5, padding=2, padding_mode="circular"),
+                                   nn.GELU()]
+        size = list(self.grid)
+        while max(size) > 8:
+            stride = tuple(2 if s > 8 else 1 for s in size)
+            layers += [conv(self.width, self.width, 3, stride=stride if len(size) > 1 else stride[0],
+                            padding=1, padding_mode="circular"), nn.GELU()]
+            size = [(s + 2 - 3) // st + 1 for s, st in zip(size, stride, strict=True)]
+        self.conv = nn.Sequential(*layers)
+        flat = self.width * int(np.prod(size))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 4 * self.width), nn.GELU(),
+                                  nn.Linear(4 * self.width, self.latent_dim))
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "latent_dim": self.latent_dim,
+                "grid": list(self.grid), "width": self.width}
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.head(self.conv(u))
+
+
+class SmoothModule(nn.Module):
+    """Encoder, decoder, latent dynamics and the latent normalisation."""
+
+    def __init__(self, encoder: SnapshotEncoder, decoder: nn.Module, dynamics: LatentDynamics) -> None:
+        super().__init__()
+        d = dynamics.latent_dim
+        self.encoder, self.decoder, self.dynamics = encoder, decoder, dynamics
+        self.register_buffer("theta_mean", torch.zeros(d))
+        self.register_buffer("theta_std", torch.ones(d))
+        self.teacher_forcing = 1.0
+
+    def normalise(self, theta: Tensor) -> Tensor:
+        return (theta - self.theta_mean) / self.theta_std
+
+    def denormalise(self, z: Tensor) -> Tensor:
+        return z * self.theta_std + self.theta_mean
+
+
+# =========================================================================== grid helpers
+def _grid_info(ds: xr.Dataset, space: Sequence[str], period: Any) -> tuple[list[np.ndarray], list[float]]:
+    """Training-grid coordinates (one 1-D array per space dim) and their periods."""
+    coords, periods = [], []
+    given = {}
+    if period is not None:
+        if isinstance(period, Mapping):
+            given = {str(k): float(v) for k, v in period.items()}
+        else:
+            vals = np.atleast_1d(np.asarray(period, dtype=np.float64))
+            if vals.size == 1:
+                vals = np.repeat(vals, len(space))
+            if vals.size != len(space):
+                raise ValueError(f"period must be one number or one per space coordinate {list(space)}, "
+                                 f"got {period!r}")
+            given = dict(zip(space, vals.tolist(), strict=True))
+    for n in space:
+        c = ds[n]
+        if c.ndim != 1 or c.dims[0] != n:
+            raise ValueError(f"space coordinate {n!r} must be a 1-D dimension coordinate of a regular "
+                             "periodic grid (the encoder is a CNN on the grid); interpolate the data "
+                             "to such a grid first")
+        v = np.asarray(decode_variable(c).values, dtype=np.float64)
+        if v.size < 4:
+            raise ValueError(f"space dimension {n!r} has {v.size} points; need at least 4")
+        dx = np.diff(v)
+        if np.any(dx <= 0) or np.ptp(dx) > 1e-6 * abs(dx.mean()) * max(1, v.size):
+            raise ValueError(f"space coordinate {n!r} must be increasing with a uniform spacing "
+                             "(a periodic grid); sort or interpolate the data first")
+        L = given.get(n, c.attrs.get("period"))
+        L = float(L) if L is not None else float(dx.mean() * v.size)
+        if not L >= np.ptp(v):
+            raise ValueError(f"period {L} of {n!r} is shorter than the extent of its grid ({np.ptp(v)})")
+        coords.append(v)
+        periods.append(L)
+    return coords, periods
+
+
+def _periodic_interp(da: xr.DataArray, dim: str, new: np.ndarray, period: float) -> xr.DataArray:
+    """Linear interpolation along a periodic dimension (the grid wraps around)."""
+    x = np.asarray(da[dim].values, dtype=np.float64)
+    lo = da.isel({dim: [-1]}).assign_coords({dim: x[-1:] - period})
+    hi = da.isel({dim: [0]}).assign_coords({dim: x[:1] + period})
+    ext = xr.concat([lo, da, hi], dim=dim)
+    x0 = float(x[0])
+    wrapped = x0 + np.mod(np.asarray(new, dtype=np.float64) - x0, period)
+    out = ext.interp({dim: wrapped})
+    return out.assign_coords({dim: new})
+
+
+# =========================================================================== estimator
+@register_estimator
+class SmoothDynamics(Estimator):
+    """A fitted smooth-latent-dynamics forecaster (encoder, decoder ansatz, latent ODE).
+
+    Built by :func:`fit_smooth_dynamics`. Same interface as
+    :class:`~xsciml.models.dino.DINo`: :meth:`encode`, :meth:`decode`, :meth:`forecast`,
+    :meth:`evaluate`, :meth:`save` / :func:`xsciml.load`; :attr:`nfe` is the number of
+    ODE function evaluations of the last forecast.
+    """
+
+
+    def __init__(self, module: SmoothModule, encoder: CoordinateEncoder, scaler: Scaler,
+                 variables: list[str], *, sample_dim: Hashable | None, time: str, clock: _Clock,
+                 ode: dict[str, Any], grid: list[np.ndarray], periods: list[float],
+                 coord_units: dict[str, str] | None = None, var_attrs: dict | None = None,
+                 info: dict | None = None) -> None:
+        self.module = module
+        self.encoder = encoder
+        self.scaler = scaler
+        self.variables = list(variables)
+        self.sample_dim = sample_dim
+        self.time = time
+        self.clock = clock
+        self.ode = dict(ode)
+        self.grid = [np.asarray(g, dtype=np.float64) for g in grid]
+        self.periods = [float(p) for p in periods]
+        self.coord_units = dict(coord_units or {})
+        self.var_attrs = var_attrs or {}
+        self.info = info or {}
+        self.history = None
+        self.last_nfe: int | None = None
+        mesh = np.meshgrid(*self.grid, indexing="ij")
+        self.train_points = np.stack([m.ravel() for m in mesh], -1)
+        self.train_observed = np.ones(len(self.train_points), dtype=bool)
+
+    # borrowed from DINo: same input checks, target handling, outputs, lazy path, masks
+    _init_dataset = DINo._init_dataset
+    _check_units = DINo._check_units
+    _check_domain = DINo._check_domain
+    _target = DINo._target
+    _to_xarray = DINo._to_xarray
+    _forecast_lazy = DINo._forecast_lazy
+    observed_mask = DINo.observed_mask
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def latent_dim(self) -> int:
+        """Size of θ."""
+        return int(self.module.dynamics.latent_dim)
+
+    @property
+    def space(self) -> tuple[str, ...]:
+        """Names of the space coordinates (the grid axes)."""
+        return tuple(self.encoder.space)
+
+    @property
+    def nfe(self) -> int | None:
+        """ODE function evaluations of the last :meth:`forecast` (``None`` before any)."""
+        return self.last_nfe
+
+    # ------------------------------------------------------------------ persistence
+    def _get_config(self) -> dict[str, Any]:
+        m = self.module
+        return {
+            "variables": self.variables,
+            "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
+            "time": self.time,
+            "encoder_net": m.encoder.config(),
+            "decoder": m.decoder.config(),
+            "dynamics": m.dynamics.config(),
+            "encoder": self.encoder.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "clock": self.clock.to_dict(),
+            "ode": self.ode,
+            "periods": self.periods,
+            "coord_units": self.coord_units,
+            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
+                              for k, a in at.items()} for v, at in self.var_attrs.items()},
+            "info": self.info,
+        }
+
+    def _get_tensors(self) -> dict[str, Tensor]:
+        out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
+        for i, g in enumerate(self.grid):
+            out[f"grid.{i}"] = torch.as_tensor(np.array(g))
+        return out
+
+    @classmethod
+    def _from_state(cls, config: dict, tensors: dict[str, Tensor]) -> SmoothDynamics:
+        module = SmoothModule(SnapshotEncoder(**config["encoder_net"]), _build_decoder(config["decoder"]),
+                              LatentDynamics(**config["dynamics"]))
+        module.load_state_dict({k[len("module."):]: v.cpu() for k, v in tensors.items()
+                                if k.startswith("module.")})
+        module.eval()
+        grid = [tensors[f"grid.{i}"].cpu().numpy() for i in range(len(config["periods"]))]
+        return cls(module, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
+                   config["variables"], sample_dim=config["sample_dim"], time=config["time"],
+                   clock=_Clock(**config["clock"]), ode=config["ode"], grid=grid,
+                   periods=config["periods"], coord_units=config.get("coord_units"),
+                   var_attrs=config.get("var_attrs"), info=config.get("info"))
+
+    def _provenance_extra(self) -> dict[str, Any]:
+        return {"xsciml_latent_dim": self.latent_dim,
+                "xsciml_decoder": self.module.decoder.config()["kind"],
+                "xsciml_training_period": self.info.get("training_period", ""),
+                "xsciml_ode_method": self.ode.get("method", "")}
+
+    # ------------------------------------------------------------------ encoding
+    def _on_grid(self, ds: xr.Dataset) -> xr.Dataset:
+        """``ds``'s variables on the training grid (periodic linear interpolation if needed)."""
+        out = ds[self.variables]
+        for n, g, L in zip(self.space, self.grid, self.periods, strict=True):
+            if n not in out.dims:
+                raise ValueError(f"the initial state must be gridded along the space dimension {n!r} "
+                                 "(a 1-D coordinate of that name); interpolate scattered points first")
+            v = np.asarray(decode_variable(out[n]).values, dtype=np.float64)
+            if v.shape == g.shape and np.allclose(v, g, rtol=0, atol=1e-6 * L):
+                continue
+            out = xr.Dataset({var: _periodic_interp(out[var], n, g, L) for var in self.variables})
+        return out
+
+    def _grid_tensor(self, ds: xr.Dataset) -> tuple[np.ndarray, list, list, dict]:
+        """Scaled snapshots ``[N, C, *grid]`` (NaN kept), batch dims, shape and coords."""
+        g = self._on_grid(ds)
+        v0 = g[self.variables[0]]
+        sdims = list(self.space)
+        bdims = [d for d in v0.dims if d not in sdims]
+        for v in self.variables[1:]:
+            if set(g[v].dims) != set(v0.dims):
+                raise ValueError(f"variables {self.variables[0]!r} {v0.dims} and {v!r} {g[v].dims} "
+                                 "of the initial state have different dimensions")
+        bshape = [int(g.sizes[d]) for d in bdims]
+        N = int(np.prod(bshape, dtype=np.int64))
+        grid_shape = [len(x) for x in self.grid]
+        y = np.stack([np.asarray(decode_variable(g[v]).transpose(*bdims, *sdims).values,
+                                 dtype=np.float64).reshape(N, *grid_shape) for v in self.variables], 1)
+        if np.isinf(y).any():
+            raise ValueError("the initial state contains infinite values; replace them with NaN")
+        ys = self.scaler.transform(np.moveaxis(y, 1, -1))
+        bcoords = {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(bdims)}
+        return np.moveaxis(ys, -1, 1), bdims, bshape, bcoords
+
+    def _grid_features(self, device: torch.device) -> Tensor:
+        mesh = np.meshgrid(*self.grid, indexing="ij")
+        x = np.stack([m.ravel() - g[0] for m, g in zip(mesh, self.grid, strict=True)], -1)
+        return self.module.decoder.features(torch.as_tensor(x, dtype=torch.float32, device=device),
+                                            torch.as_tensor(self.periods, dtype=torch.float32))
+
+    def _encode_array(self, ys: np.ndarray, *, steps: int, lr: float, reg: float, device: Any,
+                      seed: int | None, progress: bool | None, batch_size: int) -> Tensor:
+        from .._utils import progress_bar, resolve_device, seed_everything
+
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
+        if not (lr > 0 and reg >= 0):
+            raise ValueError(f"the encoding needs lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
+        mask = np.isfinite(ys)
+        N = len(ys)
+        if not mask.all():
+            if steps == 0:
+                raise ValueError(
+                    "the initial state has NaN on the training grid; the encoder needs complete "
+                    "snapshots: fill them, or pass encode_steps > 0 to refine the encoder's guess "
+                    "on the observed points only")
+            empty = np.flatnonzero(~mask.reshape(N, -1).any(1))
+            if empty.size:
+                raise ValueError(f"{empty.size} initial state(s) have no observed point; drop them first")
+        dev = resolve_device(device)
+        seed_everything(seed)
+        m = self.module.to(dev).eval()
+        per = max(1, int(batch_size) // max(1, int(np.prod(ys.shape[1:]))))
+        out = torch.empty(N, self.latent_dim)
+        feats = self._grid_features(dev) if steps > 0 else None
+        for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
+            yt = torch.as_tensor(np.where(mask[a:a + per], ys[a:a + per], 0.0), dtype=torch.float32,
+                                 device=dev)
+            with torch.inference_mode():
+                theta0 = m.encoder(yt)
+            if steps > 0:
+                mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
+                C = yt.shape[1]
+                yf = yt.reshape(len(yt), C, -1).transpose(1, 2)
+                mf = mt.reshape(len(yt), C, -1).transpose(1, 2)
+                cnt = mf.sum((1, 2)).clamp_min(1.0)
+                z0 = m.normalise(theta0.clone())
+                z = z0.clone().requires_grad_(True)
+                opt = torch.optim.Adam([z], lr=lr)
+                with torch.enable_grad():
+                    for _ in range(steps):
+                        pred = m.decoder(m.denormalise(z), feats)
+                        loss = (((pred - yf) ** 2 * mf).sum((1, 2)) / cnt).sum()
+                        if reg > 0:  # stay near the encoder's guess (normalised units)
+                            loss = loss + reg * (z - z0).pow(2).mean(1).sum()
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                theta0 = m.denormalise(z.detach())
+            out[a:a + per] = theta0.float().cpu()
+        return out
+
+    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 0, lr: float = 1e-2,
+               reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
+               progress: bool | None = None, batch_size: int = 2**18) -> xr.DataArray:
+        """Map states to θ with the encoder (on the training grid), optionally refined.
+
+        States on another regular grid of the same coordinates are interpolated
+        (periodic, linear) to the training grid first. With ``steps > 0``, θ is refined
+        by ``steps`` Adam steps (learning rate ``lr``) on the misfit of the decoded field
+        at the finite points, plus ``reg`` times the squared distance to the encoder's
+        guess in standardised units; NaN points are then allowed.
+
+        Returns
+        -------
+        DataArray ``(..., latent)`` over the non-space dims of ``ds_init``.
+
+        Examples
+        --------
+        >>> theta = model.encode(ds.isel(time=0))  # doctest: +SKIP
+        """
+        ds = self._init_dataset(ds_init, "initial state")
+        ys, bdims, bshape, bcoords = self._grid_tensor(ds)
+        theta = self._encode_array(ys, steps=steps, lr=lr, reg=reg, device=device, seed=seed,
+                                   progress=progress, batch_size=batch_size)
+        return xr.DataArray(theta.reshape(*bshape, self.latent_dim).numpy(), dims=(*bdims, "latent"),
+                            coords=bcoords, name="theta")
+
+    # ------------------------------------------------------------------ decoding
+    def _decode_tensor(self, theta: Tensor, tp, device: Any, batch_size: int) -> Tensor:
+        """``theta [M, d]`` → physical values ``[M, P, C]`` at the target's points."""
+        from .._utils import resolve_device
+
+        dev = resolve_device(device)
+        m = self.module.to(dev).eval()
+        f = tp.features.numpy().astype(np.float64)
+        raw = np.empty_like(f)
+        for i, n in enumerate(self.space):
+            lo, hi = self.encoder.space_min[n], self.encoder.space_max[n]
+            raw[:, i] = (f[:, i] + 1.0) * 0.5 * (hi - lo)  # offset from the grid origin
+        feats = m.decoder.features(torch.as_tensor(raw, dtype=torch.float32, device=dev),
+                                   torch.as_tensor(self.periods, dtype=torch.float32))
+        M, P = theta.shape[0], feats.shape[0]
+        out = torch.empty(M, P, len(self.variables))
+        per = max(1, int(batch_size) // max(P, 1))
+        with torch.inference_mode():
+            for i in range(0, M, per):
+                out[i:i + per] = m.decoder(theta[i:i + per].to(dev), feats).float().cpu()
+        return self.scaler.inverse(out)
+
+    def decode(self, theta: Tensor | np.ndarray | xr.DataArray, target: Any, *, device: Any = "auto",
+               batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
+        """Decode θ ``(..., latent)`` on any target (grid dict, Dataset, DataFrame).
+
+        The decoder is a function of continuous, periodic coordinates: targets may be
+        finer or coarser grids, or scattered points.
+
+        Examples
+        --------
+        >>> model.decode(model.encode(ds.isel(time=0)), {"x": x_fine})  # doctest: +SKIP
+        """
+        coords: dict = {}
+        lead_dims: tuple[Hashable, ...] | None = None
+        if isinstance(theta, xr.DataArray):
+            if "latent" not in theta.dims:
+                raise ValueError(f"θ needs a 'latent' dimension, got dims {theta.dims}")
+            lead_dims = tuple(d for d in theta.dims if d != "latent")
+            coords = {k: c.variable for k, c in theta.coords.items()
+                      if c.dims and set(c.dims) <= set(lead_dims)}
+            theta = theta.transpose(*lead_dims, "latent").values
+        a = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
+        if a.ndim < 1 or a.shape[-1] != self.latent_dim:
+            raise ValueError(f"θ must have a last dimension of {self.latent_dim}, got {tuple(a.shape)}")
+        if lead_dims is None:
+            lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
+        tp = self._target(target)
+        vals = self._decode_tensor(a.reshape(-1, self.latent_dim), tp, device, batch_size)
+        return self._to_xarray(vals.reshape(*a.shape[:-1], *vals.shape[1:]), tp, lead_dims, coords)
+
+    # ------------------------------------------------------------------ forecasting
+    def _integrate(self, theta0: Tensor, offsets: np.ndarray, device: Any, solver: str,
+                   rtol: float, atol: float) -> Tensor:
+        from .._utils import resolve_device
+
+        dev = resolve_device(device)
+        m = self.module.to(dev).eval()
+        uniq, inv = np.unique(np.asarray(offsets, dtype=np.float64), return_inverse=True)
+        tau = uniq / self.clock.scale
+        if tau[0] > 0:
+            tau = np.concatenate([[0.0], tau])
+            inv = inv + 1
+        m.dynamics.nfe = 0
+        with torch.inference_mode():
+            z = integrate_latent(m.dynamics, m.normalise(theta0.to(dev)),
+                                 torch.as_tensor(tau, dtype=torch.float32, device=dev), method=solver,
+                                 step=self.ode["step"], rtol=rtol, atol=atol)
+            theta = m.denormalise(z)[torch.as_tensor(inv, device=dev)]
+        self.last_nfe = int(m.dynamics.nfe)
+        return theta.transpose(0, 1).cpu()
+
+    def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
+                 encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
+                 encode_init: str = "encoder", solver: str | None = None,
+                 rtol: float | None = None, atol: float | None = None, device: Any = "auto",
+                 seed: int | None = 0, progress: bool | None = None,
+                 batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
+        """Forecast from initial states, at any lead times, decoded on any target.
+
+        Parameters
+        ----------
+        ds_init
+            Initial state(s) on a regular grid of the model's space coordinates (the
+            training grid, or another one: interpolated to it). Every non-space
+            dimension indexes independent initial states.
+        lead
+            Lead times: numbers (time units of a numeric axis, or the model's
+            ``time_units``) or timedeltas.
+        target
+            Where to decode (default the grid of ``ds_init``): a Dataset/DataArray, a dict
+            of 1-D coordinates, or a DataFrame of scattered points.
+        encode_steps, encode_lr, encode_reg
+            Refinement of the encoder's θ (see :meth:`encode`; 0 steps: the encoder alone).
+        encode_init
+            ``"encoder"``: θ starts from the encoder's output (the only choice; the
+            parameter mirrors DINo's).
+        solver, rtol, atol
+            ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
+            solvers use the model's step.
+        device, seed, progress, batch_size
+            Where to run, the seed, a progress bar, and a bound on θ × points at once.
+
+        Returns
+        -------
+        DataArray (one variable) or Dataset ``(<state dims>..., lead, <target dims>...)``
+        with coordinate ``lead`` (and ``valid_time`` when ``ds_init`` has a time);
+        attrs carry provenance and the NFE (``xsciml_ode_nfe``). Lazy for a dask-backed
+        ``ds_init``.
+
+        Examples
+        --------
+        >>> fc = model.forecast(ds.isel(time=0), lead=np.linspace(0, 2, 11))  # doctest: +SKIP
+        """
+        if encode_init != "encoder":
+            raise ValueError(f"encode_init must be 'encoder' (θ always starts from the encoder's "
+                             f"output), got {encode_init!r}")
+        solver = self.ode["method"] if solver is None else solver
+        if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+            raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
+                             f"of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
+        rtol = self.ode["rtol"] if rtol is None else float(rtol)
+        atol = self.ode["atol"] if atol is None else float(atol)
+        offsets, lead_coord = self.clock.parse_lead(lead)
+        ds = self._init_dataset(ds_init, "initial state")
+        if any(_is_dask(ds[v]) for v in self.variables):
+            return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
+                                       encode_lr=encode_lr, encode_reg=encode_reg, solver=solver,
+                                       rtol=rtol, atol=atol, device=device, seed=seed,
+                                       batch_size=batch_size)
+        ys, bdims, bshape, bcoords = self._grid_tensor(ds)
+        theta0 = self._encode_array(ys, steps=encode_steps, lr=encode_lr, reg=encode_reg, device=device,
+                                    seed=seed, progress=progress, batch_size=batch_size)
+        theta = self._integrate(theta0, offsets, device, solver, rtol, atol)  # [N, K, d]
+        tp = self._target(ds if target is None else target)
+        vals = self._decode_tensor(theta.reshape(-1, self.latent_dim), tp, device, batch_size)
+        vals = vals.reshape(*bshape, len(offsets), *vals.shape[1:])
+        coords = dict(bcoords)
+        coords["lead"] = ("lead", lead_coord)
+        if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
+            t0 = ds[self.time].transpose(*[d for d in bdims if d in ds[self.time].dims])
+            coords["valid_time"] = ((*t0.dims, "lead"), self.clock.add(t0.values, offsets))
+        extra = {"xsciml_encode_steps": str(encode_steps), "xsciml_ode_nfe": str(self.last_nfe),
+                 "xsciml_ode_solver": solver}
+        return self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
+
+    def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
+                 observed: xr.DataArray | None = None, encode_steps: int = 0, encode_lr: float = 1e-2,
+                 encode_reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
+                 progress: bool | None = None) -> xr.Dataset:
+        """The DINo table: MSE and relative MSE, In-t / Out-t × In-s / Out-s / all.
+
+        Same as :meth:`xsciml.models.dino.DINo.evaluate`: every trajectory is forecast
+        from its first frame to all its times on its own grid. In-s are the points of the
+        training grid; with ``observed`` masking points of the initial state the encoder
+        needs ``encode_steps > 0``.
+
+        Examples
+        --------
+        >>> model.evaluate(test, n_frames_train=21)["rel_mse"]  # doctest: +SKIP
+        """
+        return DINo.evaluate(self, ds_truth, n_frames_train, observed=observed,
+                             encode_steps=encode_steps, encode_lr=encode_lr, encode_init="encoder",
+                             encode_reg=encode_reg, device=device, seed=seed, progress=progress)
+
+    def __repr__(self) -> str:
+        kind = self.module.decoder.config()["kind"]
+        return (f"SmoothDynamics(variables={self.variables}, space={list(self.space)}, "
+                f"time={self.time!r}, decoder={kind!r}, latent_dim={self.latent_dim}, "
+                f"ode={self.ode.get('method')!r})")
+
+
+# =========================================================================== fitting
+def fit_smooth_dynamics(
+    obj: xr.Dataset | xr.DataArray,
+    variables: str | Sequence[str] | None = None,
+    *,
+    space: str | Sequence[str] | None = None,
+    time: str = "time",
+    sample_dim: Hashable | None = "trajectory",
+    train_until: Any = None,
+    decoder: str = "fourier",
+    modes: int = 4,
+    waves: int = 4,
+    latent_dim: int = 16,
+    width: int = 32,
+    depth: int = 2,
+    n_freq: int = 4,
+    encoder_width: int = 32,
+    consistency: float = 1.0,
+    period: Any = None,
+    dynamics_width: int = 128,
+    dynamics_depth: int = 3,
+    dynamics_linear: bool = True,
+    solver: str = "dopri5",
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    train_solver: str = "rk4",
+    ode_step: Any = None,
+    teacher_forcing: Any = (0.99, 0.5),
+    steps: int = 2000,
+    dynamics_steps: int | None = None,
+    batch_size: int = 64,
+    dynamics_batch_size: int | None = None,
+    window: int | None = None,
+    lr: float = 2e-3,
+    dynamics_lr: float = 3e-3,
+    scheduler: Any = "cosine",
+    time_units: str = "days",
+    device: Any = "auto",
+    seed: int | None = 0,
+    progress: bool | None = None,
+) -> SmoothDynamics:
+    r"""Learn smooth latent dynamics of a periodic field (encoder + consistency + ansatz).
+
+    Two stages through :func:`xsciml.training.fit` (see the module docs): the encoder
+    (and decoder weights, for ``"mlp"``) with the reconstruction + consistency loss on
+    all training frames, then the latent ODE on the encoded trajectories.
+
+    Parameters
+    ----------
+    obj
+        Trajectories ``(sample_dim, time, space...)`` on a regular periodic grid (1 or 2
+        space dimensions), without NaN. Loaded in memory.
+    variables
+        Variable(s) to model (decoded together as channels).
+    space
+        Space coordinates: 1-D dimension coordinates of the grid (default: the
+        dimension coordinates other than time and ``sample_dim``).
+    time, sample_dim, train_until
+        As in :func:`xsciml.models.dino.fit_dynamics`.
+    decoder
+        ``"fourier"`` (nonlinear Fourier ansatz) or ``"mlp"`` (hypernetwork MLP).
+    modes, waves
+        :math:`K` and :math:`J` of the Fourier ansatz (``latent_dim`` follows from them).
+    latent_dim, width, depth, n_freq
+        Size of θ, hidden width and depth of the decoded MLP, harmonics per axis of its
+        input features (``"mlp"`` only).
+    encoder_width
+        Channels of the CNN encoder.
+    consistency
+        :math:`\gamma`, weight of the consistency term (0 switches it off).
+    period
+        Period of each space coordinate (a number, one per coordinate, or a dict);
+        default the coordinate's ``period`` attribute, else ``n * spacing``.
+    dynamics_width, dynamics_depth, dynamics_linear
+        The latent vector field (:class:`~xsciml.models.dino.LatentDynamics`).
+    solver, rtol, atol
+        Forecast solver (default adaptive ``"dopri5"``) and its tolerances, on
+        standardised θ.
+    train_solver, ode_step
+        Fixed-step solver used to train the dynamics and its step (default half the
+        median frame spacing; a number in time units or a timedelta).
+    teacher_forcing
+        Restart probability schedule of the rollouts (as in DINo).
+    steps, dynamics_steps
+        Optimiser steps of the two stages (``dynamics_steps`` defaults to ``steps``).
+    batch_size, dynamics_batch_size, window
+        Frames per autoencoder step; trajectories per dynamics step (default all) and
+        frames per rollout window (default all).
+    lr, dynamics_lr, scheduler
+        Learning rates (Adam) and schedule.
+    time_units
+        Float unit of datetime/cftime time axes.
+    device, seed, progress
+        Where to train, the seed, a progress bar.
+
+    Returns
+    -------
+    SmoothDynamics
+
+    Examples
+    --------
+    >>> from xsciml.pde1d import burgers
+    >>> ds = burgers(4, 32, n_frames=6, t_max=0.5)
+    >>> model = fit_smooth_dynamics(ds, "u", modes=2, waves=2, steps=5, progress=False)
+    >>> fc = model.forecast(ds.isel(trajectory=[0], time=0), lead=[0.0, 0.25])
+    >>> fc.dims, model.nfe > 0
+    (('trajectory', 'lead', 'x'), True)
+    """
+    from ..training import fit
+
+    ds, variables = _as_dataset(obj, variables, "training data")
+    if time not in ds.coords:
+        raise KeyError(f"time coordinate {time!r} not found; coordinates are {list(ds.coords)}")
+    if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
+        raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
+    tdim = ds[time].dims[0]
+    if sample_dim is None:
+        sample_eff = "_trajectory"
+        ds = ds.expand_dims(sample_eff)
+    else:
+        if sample_dim not in ds.dims:
+            raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(ds.dims)} "
+                           "(pass sample_dim=None for a single trajectory)")
+        sample_eff = sample_dim
+    if train_until is not None:
+        ds = ds.sel({tdim: slice(None, train_until)})
+    T = int(ds.sizes[tdim])
+    if T < 2:
+        raise ValueError(f"need at least 2 time steps to learn dynamics, got {T} along {tdim!r}")
+    v0 = ds[variables[0]]
+    if space is None:
+        space = [str(d) for d in v0.dims if d not in (tdim, sample_eff) and d in ds.coords]
+    space = [space] if isinstance(space, str) else list(space)
+    if len(space) not in (1, 2):
+        raise ValueError(f"smooth dynamics handles 1 or 2 space dimensions, got space={space}")
+    for n in space:
+        if n not in ds.coords:
+            raise KeyError(f"space coordinate {n!r} not found; coordinates are {list(ds.coords)}")
+    sdims = _space_dims(ds, space, v0.dims)
+    for v in variables:
+        if set(ds[v].dims) != {sample_eff, tdim, *sdims}:
+            raise ValueError(f"variable {v!r} has dims {ds[v].dims}; expected exactly "
+                             f"{(sample_eff, tdim, *sdims)} (sample, time, space)")
+    if decoder not in ("fourier", "mlp"):
+        raise ValueError(f"decoder must be 'fourier' or 'mlp', got {decoder!r}")
+    if not (consistency >= 0 and math.isfinite(consistency)):
+        raise ValueError(f"consistency must be a finite number >= 0, got {consistency!r}")
+    for name, val in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+    if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(f"solver={solver!r} is not a torchdiffeq solver; use one of "
+                         f"{FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
+    if train_solver not in FIXED_STEP_METHODS:
+        raise ValueError(f"train_solver must be a fixed-step solver {FIXED_STEP_METHODS}, got "
+                         f"{train_solver!r}")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
+    grid, periods = _grid_info(ds, space, period)
+
+    # ---- time
+    clock = _Clock.fit(ds[time].values, time_units)
+    tau = (clock.to_float(ds[time].values) - clock.to_float(ds[time].values[:1])[0]) / clock.scale
+    if ode_step is None:
+        step_units = 0.5 * clock.scale
+    else:
+        off, _ = clock.parse_lead([ode_step], "ode_step")
+        step_units = float(off[0])
+        if not step_units > 0:
+            raise ValueError(f"ode_step must be positive, got {ode_step!r}")
+    ode = {"method": solver, "rtol": float(rtol), "atol": float(atol),
+           "step": step_units / clock.scale, "step_units": step_units, "train_method": train_solver}
+
+    # ---- data [S, T, C, *grid], standardised per variable
+    S, C = int(ds.sizes[sample_eff]), len(variables)
+    y = np.stack([np.asarray(decode_variable(ds[v]).transpose(sample_eff, tdim, *space).values,
+                             dtype=np.float64) for v in variables], 2)
+    if not np.isfinite(y).all():
+        raise ValueError("the training data has NaN or infinite values; the encoder needs complete "
+                         "snapshots on the grid (fill or drop those frames first)")
+    scaler = Scaler.from_moments([y[:, :, c].mean() for c in range(C)], [y[:, :, c].std() for c in range(C)])
+    ys = np.moveaxis(scaler.transform(np.moveaxis(y, 2, -1)), -1, 2).astype(np.float32)
+    frames = torch.from_numpy(ys.reshape(S * T, C, *ys.shape[3:]))
+    coord_enc = CoordinateEncoder(space=tuple(space), time=None, sphere=False)
+    mesh = np.meshgrid(*grid, indexing="ij")
+    coord_enc.fit({n: m.ravel() for n, m in zip(space, mesh, strict=True)}, None,
+                  coord_meta={n: ds[n] for n in space})
+
+    # ---- modules
+    D = len(space)
+    if decoder == "fourier":
+        dec = FourierAnsatz(D, C, modes=int(modes), waves=int(waves))
+    else:
+        dec = HyperMLP(D, C, latent_dim=int(latent_dim), width=int(width), depth=int(depth),
+                       n_freq=int(n_freq))
+    d = int(dec.latent_dim)
+    enc = SnapshotEncoder(C, d, [len(g) for g in grid], width=int(encoder_width))
+    if isinstance(dec, FourierAnsatz):  # start the encoder's output away from the θ = 0 saddle
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        with torch.no_grad():
+            enc.head[-1].bias.copy_(dec.initial_theta(gen))
+    dyn = LatentDynamics(d, width=dynamics_width, depth=dynamics_depth, linear=bool(dynamics_linear))
+    module = SmoothModule(enc, dec, dyn)
+    x_rel = np.stack([m.ravel() - g[0] for m, g in zip(mesh, grid, strict=True)], -1)
+    feats = dec.features(torch.as_tensor(x_rel, dtype=torch.float32),
+                         torch.as_tensor(periods, dtype=torch.float32))
+    gamma = float(consistency)
+    B = int(min(batch_size, S * T))
+
+    # ---- stage 1: encoder (+ decoder weights) with reconstruction + consistency
+    def draw_frames(gen: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randperm(S * T, generator=gen)[:B]
+        return {"u": frames[idx], "feats": feats}
+
+    def ae_loss(m: SmoothModule, batch: dict[str, Tensor]):
+        u = batch["u"]
+        theta = m.encoder(u)
+        rec = m.decoder(theta, batch["feats"])  # [B, P, C]
+        target = u.reshape(len(u), C, -1).transpose(1, 2)
+        rec_loss = (rec - target).pow(2).mean()
+        logs = {"reconstruction": float(rec_loss.detach())}
+        loss = rec_loss
+        if gamma > 0:
+            grid_field = rec.transpose(1, 2).reshape(u.shape)
+            theta2 = m.encoder(grid_field)
+            th = theta.detach()
+            scale = th.pow(2).mean().clamp_min(1e-8)
+            cons = (theta2 - th).pow(2).mean() / scale
+            loss = loss + gamma * cons
+            logs["consistency"] = float(cons.detach())
+        return loss, logs
+
+    ae_params = [p for p in list(enc.parameters()) + list(dec.parameters()) if p.requires_grad]
+    hist1 = fit(module, ae_loss, draw_frames, steps=int(steps), optimizer="adam", lr=lr,
+                params=ae_params, scheduler=scheduler, device=device, seed=seed, progress=progress,
+                desc="fit_smooth_dynamics[autoencoder]")
+    module = module.cpu().eval()
+
+    # ---- encode the training trajectories, standardise θ
+    with torch.inference_mode():
+        theta = torch.cat([module.encoder(frames[i:i + 256]) for i in range(0, S * T, 256)])
+    theta = theta.reshape(S, T, d)
+    flat = theta.reshape(-1, d)
+    std = flat.std(0, unbiased=False)
+    module.theta_mean.copy_(flat.mean(0))
+    module.theta_std.copy_(std.clamp_min(1e-3 * float(std.max()) + 1e-6))
+    Z = module.normalise(theta).clone()
+    smoothness = float((Z[:, 2:] - 2 * Z[:, 1:-1] + Z[:, :-2]).pow(2).mean()) if T > 2 else float("nan")
+
+    # ---- stage 2: latent ODE on the encoded trajectories
+    dsteps = int(steps if dynamics_steps is None else dynamics_steps)
+    Bd = S if dynamics_batch_size is None else int(min(max(1, dynamics_batch_size), S))
+    w = T if window is None else int(window)
+    if not 2 <= w <= T:
+        raise ValueError(f"window must be in [2, {T}] frames, got {window}")
+    table = _OffsetTable(tau)
+    schedule = _teacher_forcing_schedule(teacher_forcing, dsteps)
+    ode_kw = {"method": train_solver, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"]}
+
+    class _Dyn(nn.Module):  # what DINo's rollout loss needs: .dynamics and .teacher_forcing
+        def __init__(self, dynamics: LatentDynamics) -> None:
+            super().__init__()
+            self.dynamics = dynamics
+            self.teacher_forcing = float(schedule(0))
+
+    holder = _Dyn(module.dynamics)
+
+    def draw_traj(gen: torch.Generator) -> dict[str, Tensor]:
+        traj = torch.randperm(S, generator=gen)[:Bd] if Bd < S else torch.arange(S)
+        j0 = int(torch.randint(0, T - w + 1, (1,), generator=gen)) if w < T else 0
+        t_out, where = table(j0, w)
+        return {"z": Z[traj][:, j0:j0 + w], "u": torch.rand(len(traj), w, generator=gen),
+                "t_out": t_out, "where": where}
+
+    def dyn_loss(m: nn.Module, batch: dict[str, Tensor]):
+        loss = _dynamics_loss(m, batch["z"], batch["u"], batch["t_out"], batch["where"], ode_kw)
+        return loss, {"teacher_forcing": float(m.teacher_forcing)}
+
+    def on_step(state) -> None:
+        state.model.teacher_forcing = float(schedule(state.step))
+
+    hist2 = fit(holder, dyn_loss, draw_traj, steps=dsteps, optimizer="adam", lr=dynamics_lr,
+                scheduler=scheduler, device=device, seed=seed, progress=progress,
+                desc="fit_smooth_dynamics[dynamics]", callbacks=[on_step])
+    module = module.cpu().eval()
+
+    tvals = ds[time].values
+    info = {"n_trajectories": S, "n_frames_train": T, "steps": int(hist1.steps),
+            "dynamics_steps": int(hist2.steps), "consistency": gamma, "decoder": decoder,
+            "training_period": f"{tvals[0]} .. {tvals[-1]}",
+            "final_reconstruction_loss": float(np.mean(hist1.logs.get("reconstruction", [np.nan])[-20:])),
+            "final_consistency_loss": float(np.mean(hist1.logs.get("consistency", [np.nan])[-20:])),
+            "final_dynamics_loss": float(np.mean(hist2.loss[-20:])),
+            "latent_roughness": smoothness,
+            "wall_time": float(hist1.wall_time + hist2.wall_time)}
+    model = SmoothDynamics(module, coord_enc, scaler, variables, sample_dim=sample_dim, time=time,
+                           clock=clock, ode=ode, grid=grid, periods=periods,
+                           coord_units=_coord_units(ds, space),
+                           var_attrs={v: dict(ds[v].attrs) for v in variables}, info=info)
+    model.history = {"autoencoder": hist1, "dynamics": hist2}
+    return model
