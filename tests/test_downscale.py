@@ -1,0 +1,200 @@
+"""Conditional super-resolution: coarsening operators, guided projected sampling, labels,
+laziness, seeds, debiasing and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xsciml
+from xsciml.downscale.diffusion import fit_diffusion
+from xsciml.downscale.pipeline import GuidedDenoiser, coarsen, downscale, project, upsample
+
+F = 4
+
+
+def _fine(n: int = 40, seed: int = 0) -> xr.DataArray:
+    """Smooth random fields on a 16 x 16 grid with descending latitude."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.arange(16) / 16, np.arange(16) / 16, indexing="ij")
+    modes = [np.sin(2 * np.pi * (a * yy + b * xx) + c) for a, b, c in [(1, 0, 0), (0, 1, 1), (1, 1, 2), (2, 1, 0)]]
+    amps = rng.normal(size=(n, len(modes)))
+    vals = 280.0 + np.einsum("nm,myx->nyx", amps, np.stack(modes))
+    time = np.datetime64("2019-03-01T00", "ns") + np.arange(n) * np.timedelta64(1, "h")
+    return xr.DataArray(vals, dims=("time", "lat", "lon"),
+                        coords={"time": time, "lat": 58.0 - 0.25 * np.arange(16), "lon": -10.0 + 0.25 * np.arange(16)},
+                        name="t2m", attrs={"units": "K"})
+
+
+def _block_mean(da: xr.DataArray) -> xr.DataArray:
+    return da.coarsen(lat=F, lon=F).mean().assign_attrs(da.attrs)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return fit_diffusion(_fine(), base_channels=8, levels=2, emb_dim=16, steps=60, lr=3e-3,
+                         ema=0.9, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    return _block_mean(_fine(n=3, seed=1))
+
+
+KW = dict(samples=2, steps=4, progress=False, device="cpu")
+
+
+# ----------------------------------------------------------------- tensor operators
+def test_coarsen_upsample_project_known_answers():
+    x = torch.arange(16.0).reshape(4, 4)
+    torch.testing.assert_close(coarsen(x, 2), torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+    torch.testing.assert_close(coarsen(x, 2, "subsample"), torch.tensor([[0.0, 2.0], [8.0, 10.0]]))
+    y = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    torch.testing.assert_close(coarsen(upsample(y, 2), 2), y)  # C'U = I
+    rng = torch.Generator().manual_seed(0)
+    xb = torch.randn(3, 8, 12, generator=rng, dtype=torch.float64)
+    yb = torch.randn(3, 2, 3, generator=rng, dtype=torch.float64)
+    for how in ("mean", "subsample"):
+        p = project(xb, yb, 4, how)
+        torch.testing.assert_close(coarsen(p, 4, how), yb, rtol=0, atol=1e-12)
+        torch.testing.assert_close(project(p, yb, 4, how), p)  # idempotent
+    # block mean: the correction is constant on each block (the orthogonal projection)
+    delta = project(xb, yb, 4) - xb
+    torch.testing.assert_close(delta, upsample(coarsen(delta, 4), 4))
+    # subsample: only the sampled pixels move
+    moved = project(xb, yb, 4, "subsample") != xb
+    assert not moved[..., 1::4, :].any() and not moved[..., :, 1::4].any()
+
+
+def test_operator_bad_input():
+    with pytest.raises(ValueError, match="multiple of factor"):
+        coarsen(torch.zeros(6, 8), 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        coarsen(torch.zeros(4, 4), 0)
+    with pytest.raises(ValueError, match="one of"):
+        coarsen(torch.zeros(4, 4), 2, how="max")
+
+
+def test_guidance_gradient_with_identity_denoiser_is_the_projection():
+    class Stub:
+        net = staticmethod(lambda x, s: x)  # D(x) = x: Jacobian I
+
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    y = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    sigma = torch.tensor(1.0, dtype=torch.float64)
+    # w = 1: the guidance step alone already lands on C'x = y, projection is a no-op
+    full = GuidedDenoiser(Stub(), y, 4, "mean", guidance=1.0)
+    none = GuidedDenoiser(Stub(), y, 4, "mean", guidance=0.0)
+    torch.testing.assert_close(full(x, sigma), none(x, sigma))
+    torch.testing.assert_close(none(x, sigma), project(x, y, 4))
+
+
+# ----------------------------------------------------------------- downscale
+def test_downscale_labels_and_exact_constraint(prior, coarse):
+    hi = downscale(coarse, prior, factor=F, guidance=0.5, **KW)
+    assert hi.dims == ("sample", "time", "lat", "lon") and hi.shape == (2, 3, 16, 16)
+    np.testing.assert_array_equal(hi["lat"].values, prior.grid_coords["lat"].values)
+    np.testing.assert_array_equal(hi["time"].values, coarse["time"].values)
+    assert hi.name == "t2m" and hi.attrs["units"] == "K" and hi.attrs["xsciml_downscale_factor"] == F
+    back = hi.coarsen(lat=F, lon=F).mean()
+    err = np.abs(back.values - coarse.values[None])
+    assert err.max() < 1e-9 * np.abs(coarse.values).max()
+    assert float(hi.std("sample").mean()) > 0  # samples differ
+    assert np.isfinite(hi.values).all()
+
+
+def test_downscale_subsample_constraint(prior):
+    fine = _fine(n=2, seed=3)
+    sub = fine.isel(lat=slice(0, None, F), lon=slice(0, None, F))
+    hi = downscale(sub, prior, factor=F, coarsen="subsample", **KW)
+    np.testing.assert_allclose(hi.isel(lat=slice(0, None, F), lon=slice(0, None, F)).values,
+                               np.broadcast_to(sub.values, (2, *sub.shape)), rtol=0, atol=1e-9)
+    # block-centre coords do not match the subsampling grid
+    with pytest.raises(ValueError, match="first pixel of each block"):
+        downscale(_block_mean(fine), prior, factor=F, coarsen="subsample", **KW)
+
+
+def test_downscale_seeded_and_batch_independent(prior, coarse):
+    a = downscale(coarse, prior, seed=5, batch_size=6, **KW)
+    b = downscale(coarse, prior, seed=5, batch_size=1, **KW)
+    c = downscale(coarse, prior, seed=6, **KW)
+    np.testing.assert_allclose(a.values, b.values, rtol=0, atol=1e-3)
+    assert np.abs(a.values - c.values).max() > 1e-2
+    # sample k of snapshot i depends on (seed, i, k) only, i the position in the input
+    first = downscale(coarse.isel(time=[0]), prior, seed=5, **KW)
+    np.testing.assert_allclose(first.values[:, 0], a.values[:, 0], rtol=0, atol=1e-3)
+
+
+def test_downscale_lazy_equals_eager(prior, coarse):
+    eager = downscale(coarse, prior, seed=1, **KW)
+    lazy = downscale(coarse.chunk(time=2), prior, seed=1, **KW)
+    assert lazy.chunks is not None and lazy.chunks[1] == (2, 1)
+    np.testing.assert_allclose(lazy.compute().values, eager.values, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="several dask chunks"):
+        downscale(coarse.chunk(lat=2), prior, **KW)
+
+
+def test_downscale_on_distributed_cluster(prior, coarse, dask_client):
+    lazy = downscale(coarse.chunk(time=1), prior, seed=2, **KW)
+    eager = downscale(coarse, prior, seed=2, **KW)
+    np.testing.assert_allclose(dask_client.compute(lazy).result().values, eager.values, rtol=0, atol=1e-3)
+
+
+def test_downscale_with_loaded_prior(prior, coarse, tmp_path):
+    back = xsciml.load(prior.save(tmp_path / "p.xsciml"))
+    np.testing.assert_allclose(downscale(coarse, back, seed=3, **KW).values,
+                               downscale(coarse, prior, seed=3, **KW).values, rtol=0, atol=1e-6)
+
+
+def test_downscale_applies_debias_first(prior, coarse):
+    class Shift:  # a stand-in Debias: + 0.5 K
+        def transform(self, da):
+            return da + 0.5
+
+    hi = downscale(coarse, prior, debias=Shift(), **KW)
+    np.testing.assert_allclose(hi.coarsen(lat=F, lon=F).mean().values,
+                               np.broadcast_to(coarse.values + 0.5, (2, *coarse.shape)), atol=1e-9)
+    assert hi.attrs["xsciml_debiased"] == "yes"
+
+
+def test_downscale_with_fitted_ot_debias(prior):
+    ot = pytest.importorskip("xsciml.downscale.ot")
+    ref = _block_mean(_fine(n=40, seed=4))
+    model = (0.8 * (ref - ref.mean("time")) + ref.mean("time") + 1.5).assign_attrs(units="K")
+    deb = ot.fit_debias(model, ref, variable="t2m", method="gaussian", progress=False)
+    new = model.isel(time=slice(0, 2))
+    hi = downscale(new, prior, debias=deb, **KW)
+    target = deb.transform(new)
+    np.testing.assert_allclose(hi.coarsen(lat=F, lon=F).mean().values,
+                               np.broadcast_to(target.values, (2, *target.shape)), atol=1e-6)
+    # the debiased coarse field is close to the reference one, not to the biased one
+    assert abs(float(hi.mean() - ref.isel(time=slice(0, 2)).mean())) < 0.5
+
+
+def test_downscale_bad_input(prior, coarse):
+    with pytest.raises(ValueError, match="fine grid has 16"):
+        downscale(coarse, prior, factor=2, **KW)
+    with pytest.raises(ValueError, match="not a multiple of factor"):
+        downscale(coarse.isel(lat=slice(0, 3), lon=slice(0, 3)), prior, factor=5, **KW)
+    with pytest.raises(ValueError, match="prior was trained on 't2m'"):
+        downscale(coarse.rename("tas"), prior, **KW)
+    with pytest.raises(ValueError, match="convert the units"):
+        downscale(coarse.assign_attrs(units="degC"), prior, **KW)
+    with pytest.raises(KeyError, match="no dimension"):
+        downscale(coarse.rename(lat="y"), prior, **KW)
+    shifted = coarse.assign_coords(lat=coarse["lat"] + 1.0)
+    with pytest.raises(ValueError, match="does not match the prior's fine grid"):
+        downscale(shifted, prior, **KW)
+    flipped = coarse.isel(lat=slice(None, None, -1))
+    with pytest.raises(ValueError, match="does not match"):
+        downscale(flipped, prior, **KW)
+    with pytest.raises(KeyError, match="no variable 't2m'"):
+        downscale(coarse.to_dataset(name="tas"), prior, **KW)
+    with pytest.raises(TypeError, match="DiffusionPrior"):
+        downscale(coarse, object(), **KW)
+    with pytest.raises(ValueError, match="guidance"):
+        downscale(coarse, prior, guidance=-1.0, samples=2, steps=2)
+    with pytest.raises(ValueError, match="samples"):
+        downscale(coarse, prior, samples=0)

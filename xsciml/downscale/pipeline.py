@@ -1,0 +1,408 @@
+r"""Conditional super-resolution: sample a diffusion prior under the constraint ``C'x = y``.
+
+"Debias Coarsely, Sample Conditionally" (Wan et al., NeurIPS 2023) splits the map from
+a fine field :math:`x` to a coarse model field into a known linear coarsening
+:math:`C'` and an invertible debiasing map :math:`T`. Given a coarse (model) field,
+:func:`downscale` first debiases it, :math:`y = T(\text{coarse})`
+(:meth:`xsciml.downscale.Debias.transform`, optional), then draws fine fields from the
+prior conditioned on :math:`C'x = y`:
+
+* :math:`C'` (:func:`coarsen`) is the ``factor x factor`` block mean (``"mean"``) or
+  the subsampling ``x[::factor, ::factor]`` (``"subsample"``);
+* at every sampler step the denoised estimate :math:`\hat x = D(x_t, \sigma)` is pulled
+  towards the constraint by a *reconstruction-guidance* gradient through the denoiser,
+  :math:`\tilde x = \hat x - w\,\nabla_{x_t}\tfrac{f^2}{2}\lVert C'\hat x - y\rVert^2`
+  (``guidance=w``; ``w = 1`` is a full correction step when the denoiser's Jacobian is
+  the identity), and then *projected* onto :math:`\{C'x = y\}` (:func:`project`: the
+  nearest-upsampled residual is added for the block mean, the pixels are set for
+  subsampling);
+* the samplers end on the projected denoised estimate, and a last projection in
+  float64 and physical units makes every sample satisfy :math:`C'x = y` to float64
+  precision.
+
+Normalisation is linear (per-pixel mean, global scale), so the constraint is imposed in
+the prior's normalised space as :math:`C'z = (y - C'\mu)/s`.
+
+Seeds: sample ``k`` of snapshot ``i`` (the flat index over all non-space dims of the
+coarse input) uses noise from its own generator seeded by ``(seed, i, k)``, so the
+samples of a snapshot do not depend on the minibatch or the Dask chunk it falls in: a
+lazy result equals the eager one for the same seed (up to float round-off of batched
+convolutions).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .._utils import progress_bar
+from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
+
+__all__ = ["coarsen", "project", "upsample", "downscale", "COARSEN_MODES"]
+
+#: Values accepted by ``coarsen=`` / ``how=``.
+COARSEN_MODES: tuple[str, ...] = ("mean", "subsample")
+
+
+# =========================================================================== tensor ops
+def _check_factor(factor: Any) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}.")
+    return int(factor)
+
+
+def _check_how(how: str) -> str:
+    if how not in COARSEN_MODES:
+        raise ValueError(f"how/coarsen must be one of {COARSEN_MODES}, got {how!r}.")
+    return how
+
+
+def coarsen(fine: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
+    """The coarsening operator :math:`C'` on the last two axes.
+
+    Parameters
+    ----------
+    fine
+        Tensor ``[..., H, W]`` with ``H`` and ``W`` multiples of ``factor``.
+    factor
+        Refinement factor.
+    how
+        ``"mean"`` (``factor x factor`` block mean) or ``"subsample"`` (the first
+        pixel of each block, ``x[..., ::factor, ::factor]``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., H // factor, W // factor]``.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.0).reshape(4, 4)
+    >>> coarsen(x, 2)
+    tensor([[ 2.5000,  4.5000],
+            [10.5000, 12.5000]])
+    >>> coarsen(x, 2, how="subsample")
+    tensor([[ 0.,  2.],
+            [ 8., 10.]])
+    """
+    f = _check_factor(factor)
+    _check_how(how)
+    H, W = fine.shape[-2:]
+    if H % f or W % f:
+        raise ValueError(f"the fine grid {H}x{W} is not a multiple of factor={f} along both axes.")
+    if how == "subsample":
+        return fine[..., ::f, ::f]
+    return fine.reshape(*fine.shape[:-2], H // f, f, W // f, f).mean(dim=(-3, -1))
+
+
+def upsample(coarse: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling (each coarse value repeated over its block).
+
+    Examples
+    --------
+    >>> upsample(torch.tensor([[1.0, 2.0]]), 2)
+    tensor([[1., 1., 2., 2.],
+            [1., 1., 2., 2.]])
+    """
+    f = _check_factor(factor)
+    return coarse.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+
+def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
+    """Project fine fields ``x [..., H, W]`` onto ``{x : C'x = y}``.
+
+    For the block mean, the orthogonal projection adds the nearest-upsampled residual
+    :math:`U(y - C'x)` (since :math:`C'U = I`); for subsampling it sets the sampled
+    pixels to ``y``.
+
+    Examples
+    --------
+    >>> x = torch.zeros(4, 4); y = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    >>> bool(torch.equal(coarsen(project(x, y, 2), 2), y))
+    True
+    >>> coarsen(project(x, y, 2, how="subsample"), 2, how="subsample").tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    f = _check_factor(factor)
+    _check_how(how)
+    cx = coarsen(x, f, how)
+    if cx.shape[-2:] != y.shape[-2:]:
+        raise ValueError(f"y has spatial shape {tuple(y.shape[-2:])}, C'x has {tuple(cx.shape[-2:])}.")
+    if how == "subsample":
+        out = x.clone()
+        out[..., ::f, ::f] = y.to(x.dtype).expand_as(out[..., ::f, ::f])
+        return out
+    return x + upsample(y.to(x.dtype) - cx, f)
+
+
+class GuidedDenoiser:
+    """The prior's denoiser with reconstruction guidance and projection onto ``C'x = y``.
+
+    ``y`` is the constraint in the prior's normalised space, ``[B, 1, h, w]``.
+    """
+
+    def __init__(self, prior: DiffusionPrior, y: torch.Tensor, factor: int, how: str,
+                 guidance: float) -> None:
+        self.net = prior.net
+        self.y = y
+        self.factor = factor
+        self.how = how
+        self.guidance = float(guidance)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        f = self.factor
+        if self.guidance > 0:
+            with torch.inference_mode(False), torch.enable_grad():
+                xg = x.detach().clone().requires_grad_(True)  # inference tensors cannot join a graph
+                den = self.net(xg, sigma.detach().clone().to(x.dtype))
+                resid = coarsen(den, f, self.how) - self.y
+                loss = 0.5 * f * f * resid.square().sum()
+                (grad,) = torch.autograd.grad(loss, xg)
+            den = den.detach() - self.guidance * grad
+        else:
+            den = self.net(x, sigma.to(x.dtype))
+        return project(den, self.y, f, self.how)
+
+
+# =========================================================================== the kernel
+def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarray, *,
+                      device: torch.device, factor: int, how: str, samples: int, steps: int,
+                      guidance: float, sampler: str, sigma_min: float | None,
+                      sigma_max: float | None, rho: float, churn: float, seed: int,
+                      batch_size: int, progress: bool | None = False) -> np.ndarray:
+    """``coarse [..., h, w]`` and flat snapshot ``index [...]`` -> ``[..., sample, H, W]``."""
+    lead = coarse.shape[:-2]
+    h, w = coarse.shape[-2:]
+    H, W = h * factor, w * factor
+    n = int(np.prod(lead, dtype=np.int64))
+    out = np.empty((n, samples, H, W), dtype=np.float64)
+    if n == 0:
+        return out.reshape(*lead, samples, H, W)
+    prior.net.to(device).eval()
+    mean = torch.as_tensor(prior.mean, dtype=torch.float64)
+    cmean = coarsen(mean, factor, how)
+    y_phys = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float64).reshape(n, h, w))
+    y_norm = ((y_phys - cmean) / prior.scale).float()
+    seeds = row_seeds(seed, np.asarray(index).reshape(n), samples).reshape(-1)  # [n * samples]
+    rows = np.repeat(np.arange(n), samples)  # snapshot of each (snapshot, sample) row
+    lo, hi = prior._default_sigmas(sigma_min, sigma_max)
+    total = n * samples
+    with progress_bar(total=math.ceil(total / batch_size) * steps, desc="downscale",
+                      progress=progress) as bar:
+        for a in range(0, total, batch_size):
+            sl = slice(a, min(a + batch_size, total))
+            yb = y_norm[rows[sl]][:, None].to(device)
+            guided = GuidedDenoiser(prior, yb, factor, how, guidance)
+            z = run_sampler(sampler, guided, RowNoise(seeds[sl]), (len(yb), 1, H, W), steps=steps,
+                            sigma_min=lo, sigma_max=hi, rho=rho, churn=churn, device=device,
+                            progress=bar.update)
+            x = prior.denormalise(z[:, 0].double().cpu())
+            x = project(x, y_phys[rows[sl]], factor, how)  # exact in float64 and physical units
+            out.reshape(total, H, W)[sl] = x.numpy()
+    return out.reshape(*lead, samples, H, W)
+
+
+# =========================================================================== labeled level
+def _coarse_dataarray(coarse: xr.Dataset | xr.DataArray, prior: DiffusionPrior) -> xr.DataArray:
+    if isinstance(coarse, xr.Dataset):
+        if prior.variable not in coarse.data_vars:
+            raise KeyError(
+                f"the coarse Dataset has no variable {prior.variable!r} (the prior's); it has "
+                f"{list(coarse.data_vars)}. Rename it or use a prior trained on that variable."
+            )
+        coarse = coarse[prior.variable]
+    if not isinstance(coarse, xr.DataArray):
+        raise TypeError(f"coarse must be an xarray DataArray or Dataset, got {type(coarse).__name__}.")
+    if coarse.name is not None and str(coarse.name) != prior.variable:
+        raise ValueError(
+            f"the coarse field is {coarse.name!r} but the prior was trained on {prior.variable!r}; "
+            "downscale with a prior of the same variable (or rename if they really are the same)."
+        )
+    units, pu = coarse.attrs.get("units"), prior.units
+    if units is not None and pu is not None and str(units) != pu:
+        raise ValueError(
+            f"the coarse field is in {units!r} but the prior was trained in {pu!r}; convert the "
+            "units first (e.g. with pint-xarray or xclim.core.units.convert_units_to)."
+        )
+    if coarse.dtype.kind not in "biuf":
+        raise TypeError(f"the coarse field has non-numeric dtype {coarse.dtype}.")
+    return coarse
+
+
+def _check_grid(coarse: xr.DataArray, prior: DiffusionPrior, factor: int, how: str) -> None:
+    dims = prior.space_dims
+    lacking = [d for d in dims if d not in coarse.dims]
+    if lacking:
+        raise KeyError(
+            f"the coarse field has no dimension(s) {lacking}; the prior's grid dims are {dims} and "
+            f"the coarse field's dims are {coarse.dims}. Rename the dims to match."
+        )
+    for d, n in zip(dims, prior.shape, strict=True):
+        if n % factor:
+            raise ValueError(
+                f"the prior's grid has {n} points along {d!r}, not a multiple of factor={factor}: the "
+                "coarse grid cannot be an integer coarsening of it."
+            )
+        if coarse.sizes[d] * factor != n:
+            raise ValueError(
+                f"the coarse grid has {coarse.sizes[d]} points along {d!r}; x factor {factor} gives "
+                f"{coarse.sizes[d] * factor}, but the prior's fine grid has {n}. Use the factor that "
+                "maps the coarse grid onto the prior's, or a prior trained on that resolution."
+            )
+    for d in dims:
+        if d not in coarse.coords or d not in prior.grid.coords:
+            continue
+        fine = np.asarray(prior.grid.coords[d].values)
+        got = np.asarray(coarse[d].values)
+        if fine.dtype.kind not in "biuf" or got.dtype.kind not in "biuf":
+            continue
+        blocks = fine.astype(np.float64).reshape(-1, factor)
+        expect = blocks[:, 0] if how == "subsample" else blocks.mean(axis=1)
+        step = float(np.abs(np.diff(fine)).min()) if fine.size > 1 else 1.0
+        if not np.allclose(got, expect, rtol=0.0, atol=1e-3 * step):
+            raise ValueError(
+                f"coordinate {d!r} of the coarse field does not match the prior's fine grid coarsened "
+                f"{factor}x ({'first pixel of each block' if how == 'subsample' else 'block centres'}): "
+                f"expected {np.round(expect[:4], 6).tolist()}..., got {np.round(got[:4], 6).tolist()}... "
+                "Select the same domain (and orientation, e.g. descending latitude) as the prior's."
+            )
+
+
+def downscale(
+    coarse: xr.DataArray | xr.Dataset,
+    prior: DiffusionPrior,
+    *,
+    debias: Any = None,
+    factor: int = 4,
+    samples: int = 8,
+    coarsen: str = "mean",
+    steps: int = 24,
+    guidance: float = 0.5,
+    sampler: str = "heun",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    rho: float = 7.0,
+    churn: float = 0.0,
+    seed: int = 0,
+    device: Any = "auto",
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> xr.DataArray:
+    """Super-resolve coarse fields by sampling the prior under ``C'x = y``.
+
+    Parameters
+    ----------
+    coarse
+        Coarse fields with the prior's two space dims (each ``factor`` times coarser)
+        and any other dims (time, member...). A Dataset must hold the prior's variable.
+        Dask-backed input gives a lazy result, one task per chunk of the non-space dims
+        (the space dims must be one chunk each).
+    prior
+        A fitted :class:`~xsciml.downscale.DiffusionPrior` on the fine grid.
+    debias
+        Optional fitted :class:`~xsciml.downscale.Debias`; its ``transform`` is applied
+        to ``coarse`` first.
+    factor
+        Refinement factor along both space dims.
+    samples
+        Fine samples per coarse snapshot.
+    coarsen
+        The coarsening operator :math:`C'`: ``"mean"`` (block mean) or ``"subsample"``
+        (first pixel of each block); the prior's coarsened coords must match
+        ``coarse``'s (block centres, or first pixels).
+    steps
+        Noise levels of the sampler (Heun: ``2 steps - 1`` denoiser calls).
+    guidance
+        Reconstruction-guidance weight ``w`` (see the module docs); 0 switches the
+        gradient off (projection only, about 2-3x cheaper).
+    sampler, sigma_min, sigma_max, rho, churn
+        As in :meth:`DiffusionPrior.sample`.
+    seed
+        Sample ``k`` of snapshot ``i`` depends only on ``(seed, i, k)``.
+    device
+        ``"auto"`` (per Dask worker), ``"cpu"``, ``"cuda"``...
+    batch_size
+        ``(snapshot, sample)`` rows per network call.
+    progress
+        Progress bar for eager input (``None``: follow ``XSCIML_PROGRESS``); lazy
+        tasks never show one.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(sample, *other dims, *space dims)`` on the prior's fine grid, float64, named
+        and with the attrs/units of the prior's variable; every sample's :math:`C'x`
+        equals the (debiased) coarse field to float64 round-off.
+
+    Raises
+    ------
+    KeyError, ValueError, TypeError
+        Missing dims or variable, variable or units differing from the prior's, a
+        coarse grid that is not the prior's grid coarsened ``factor`` times, spatially
+        chunked dask input, bad options.
+
+    Examples
+    --------
+    >>> hi = downscale(coarse, prior, debias=deb, factor=4, samples=8)  # doctest: +SKIP
+    >>> hi.dims  # doctest: +SKIP
+    ('sample', 'time', 'latitude', 'longitude')
+    """
+    from ..parallel import apply_model, check_core_chunks
+
+    if not isinstance(prior, DiffusionPrior):
+        raise TypeError(f"prior must be a fitted DiffusionPrior, got {type(prior).__name__}.")
+    how = _check_how(coarsen)
+    f = _check_factor(factor)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    for name, value in (("samples", samples), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not guidance >= 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance!r}.")
+    da = _coarse_dataarray(coarse, prior)
+    _check_grid(da, prior, f, how)
+    space = prior.space_dims
+    check_core_chunks(da, space, argname="coarse", why="each snapshot is downscaled whole")
+    if debias is not None:
+        if not hasattr(debias, "transform"):
+            raise TypeError(f"debias must be a fitted Debias (with .transform), got {type(debias).__name__}.")
+        attrs, name = dict(da.attrs), da.name
+        da = debias.transform(da)
+        if not isinstance(da, xr.DataArray):
+            raise TypeError(f"debias.transform returned {type(da).__name__}, expected a DataArray.")
+        da = _coarse_dataarray(da.rename(name) if da.name is None else da, prior)
+        da.attrs = {**attrs, **da.attrs}
+        check_core_chunks(da, space, argname="debias.transform(coarse)",
+                          why="each snapshot is downscaled whole")
+    loop = [d for d in da.dims if d not in space]
+    da = da.transpose(*loop, *space)
+    # drop coords on the coarse space dims: the output lives on the prior's fine grid
+    da = da.drop_vars([k for k, c in da.coords.items() if set(c.dims) & set(space)])
+    cdims = {d: f"__coarse_{d}" for d in space}
+    da = da.rename(cdims)
+    loop_shape = tuple(da.sizes[d] for d in loop)
+    index = xr.DataArray(np.arange(math.prod(loop_shape), dtype=np.int64).reshape(loop_shape), dims=loop)
+    if da.chunks is not None:
+        index = index.chunk({d: da.chunksizes[d] for d in loop})
+    kwargs = dict(factor=f, how=how, samples=int(samples), steps=int(steps), guidance=float(guidance),
+                  sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=float(rho),
+                  churn=float(churn), seed=int(seed), batch_size=int(batch_size),
+                  progress=False if da.chunks is not None else progress)
+    sizes = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
+    out = apply_model(_downscale_kernel, prior, da, index,
+                      input_core_dims=[list(cdims.values()), []],
+                      output_core_dims=[["sample", *space]], output_dtypes=[np.float64],
+                      output_sizes=sizes, device=device, kwargs=kwargs)
+    out = out.transpose("sample", *loop, *space)
+    out = out.assign_coords({k: v for k, v in prior.grid.coords.items()})
+    out.name = prior.variable
+    out.attrs = {**prior.attrs, **prior._provenance(), "xsciml_downscale_factor": f,
+                 "xsciml_coarsen": how, "xsciml_sampler": sampler, "xsciml_sampler_steps": int(steps),
+                 "xsciml_guidance": float(guidance), "xsciml_seed": int(seed),
+                 "xsciml_debiased": "yes" if debias is not None else "no"}
+    return out
