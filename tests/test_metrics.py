@@ -80,7 +80,15 @@ def test_coarsen_blocks_mean_and_subsample() -> None:
     np.testing.assert_allclose(c.values[1, 0, 2], f.values[1, 0:4, 8:12].mean())
     np.testing.assert_allclose(c.lat.values, f.lat.values.reshape(2, 4).mean(1))
     s = metrics.coarsen_blocks(f, {"lat": 2, "lon": 4}, how="subsample")
-    np.testing.assert_array_equal(s.values, f.values[:, 1::2, 2::4])
+    np.testing.assert_array_equal(s.values, f.values[:, ::2, ::4])
+    # the same operator C' as the downscaling pipeline's, for both modes
+    import torch
+
+    from xsciml.downscale.pipeline import coarsen
+
+    for how in ("mean", "subsample"):
+        np.testing.assert_allclose(metrics.coarsen_blocks(f, 4, how=how).values,
+                                   coarsen(torch.as_tensor(f.values), 4, how=how).numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="not a multiple"):
         metrics.coarsen_blocks(f, 5)
     with pytest.raises(ValueError, match="how"):

@@ -231,10 +231,9 @@ def coarsen_blocks(fine: xr.DataArray, factor: int | Mapping[Hashable, int], how
     r"""The coarsening operator :math:`C'`: block means or block subsampling.
 
     ``how="mean"`` averages each ``factor x factor`` block (a block with a NaN is NaN);
-    ``how="subsample"`` keeps the pixel at offset ``factor // 2`` in each block
-    (the block's centre pixel for odd factors, the one just past the centre for even
-    ones), with that pixel's coordinates. Block-mean coordinates are the block means
-    of the fine coordinates.
+    ``how="subsample"`` keeps the first pixel of each block (``x[::factor, ::factor]``),
+    with its coordinates — the same operator as :func:`xsciml.downscale.pipeline.coarsen`.
+    Block-mean coordinates are the block means of the fine coordinates.
 
     Parameters
     ----------
@@ -261,8 +260,8 @@ def coarsen_blocks(fine: xr.DataArray, factor: int | Mapping[Hashable, int], how
     array([[ 2.5,  4.5],
            [10.5, 12.5]])
     >>> coarsen_blocks(f, 2, how="subsample").values
-    array([[ 5.,  7.],
-           [13., 15.]])
+    array([[ 0.,  2.],
+           [ 8., 10.]])
     """
     fine = _check_da(fine, "fine")
     dims = list(dims)
@@ -277,7 +276,7 @@ def coarsen_blocks(fine: xr.DataArray, factor: int | Mapping[Hashable, int], how
     if how == "mean":
         return fine.coarsen(fac, boundary="exact", coord_func="mean").reduce(np.mean)
     if how == "subsample":
-        return fine.isel({d: slice(f // 2, None, f) for d, f in fac.items()})
+        return fine.isel({d: slice(0, None, f) for d, f in fac.items()})
     raise ValueError(f"how must be 'mean' or 'subsample', got {how!r}")
 
 
