@@ -153,8 +153,10 @@ def test_job_killed_during_set_up_starts_over(model_path, input_store, reference
 
 
 def test_job_argument_errors(model_path, input_store, tmp_path):
-    with pytest.raises(KeyError, match="forecast.*known tasks.*predict"):
-        run_job("forecast", model_path, input_store, tmp_path / "o.zarr")
+    with pytest.raises(KeyError, match="hindcast.*known tasks.*predict"):
+        run_job("hindcast", model_path, input_store, tmp_path / "o.zarr")
+    with pytest.raises(TypeError, match="NeuralField cannot forecast"):
+        run_job("forecast", model_path, input_store, tmp_path / "o.zarr", lead=[1.0])
     with pytest.raises(ValueError, match="multiple of the output's chunk size"):
         run_job("predict", model_path, input_store, tmp_path / "o.zarr", region_size=3)
     with pytest.raises(KeyError, match="region_dim 'depth'"):

@@ -267,7 +267,7 @@ class BasisField(CoordinateNetwork):
         Examples
         --------
         >>> net = BasisField(2, 1, code_dim=2, resolution=3, depth=0, init_scale=0.0)
-        >>> float(net.regularization())
+        >>> float(net.regularization().detach())
         0.0
         """
         total = self.mean.new_zeros(())
