@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
     parser.add_argument("--latent", type=int, default=32, help="code size")
     parser.add_argument("--width", type=int, default=64, help="decoder width")
+    parser.add_argument("--input-scale", type=float, default=None,
+                        help="decoder frequency scale (default: from the grid, 32 here)")
     parser.add_argument("--points", type=int, default=128, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300, help="auto-decoding steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     test = heat(n_test, 64, diffusivity=0.1, dt=0.25, n_frames=N_FRAMES, alpha=2.5, tau=7.0,
                 seed=10_000 + args.seed)
     train = ds_train.isel(time=slice(0, N_TRAIN_FRAMES))
-    settings = dict(latent_dim=args.latent, width=args.width, depth=3, dynamics_width=128,
+    settings = dict(latent_dim=args.latent, width=args.width, depth=3, input_scale=args.input_scale,
+                    dynamics_width=128,
                     dynamics_depth=3, solver="rk4", steps=steps, n_points=points, loss="relative",
                     lr=1e-2, code_lr=1e-2, dynamics_lr=3e-3)
     print(f"DINo heat: 64x64, D=0.1, GRF(2.5, 7), dt=0.25, {N_FRAMES} frames ({N_TRAIN_FRAMES} for "
