@@ -46,6 +46,7 @@ def run_demo(output: str | Path = "xsciml-demo-output", *, quick: bool = False,
     import numpy as np
 
     import xsciml  # noqa: F401
+
     from . import datasets
     from .plot import plot_panels
 
