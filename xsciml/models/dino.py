@@ -437,6 +437,57 @@ def _as_dataset(obj: Any, variables: Any, role: str) -> tuple[xr.Dataset, list[s
     return obj, variables
 
 
+def _trajectory_data(obj: Any, variables: Any, time: str, sample_dim: Hashable | None,
+                     train_until: Any) -> tuple[xr.Dataset, list[str], Hashable, Hashable]:
+    """Training trajectories: ``(ds, variables, time dim, sample dim)``, cut at ``train_until``.
+
+    A single trajectory (``sample_dim=None``) gets a length-1 ``"_trajectory"`` dim.
+    Shared by every latent-dynamics model (DINo, smooth).
+    """
+    ds, variables = _as_dataset(obj, variables, "training data")
+    if time not in ds.coords:
+        raise KeyError(f"time coordinate {time!r} not found; coordinates are {list(ds.coords)}")
+    if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
+        raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
+    tdim = ds[time].dims[0]
+    if sample_dim is None:
+        sample_eff: Hashable = "_trajectory"
+        ds = ds.expand_dims(sample_eff)
+    else:
+        if sample_dim not in ds.dims:
+            raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(ds.dims)} "
+                           "(pass sample_dim=None for a single trajectory)")
+        sample_eff = sample_dim
+    if train_until is not None:
+        ds = ds.sel({tdim: slice(None, train_until)})
+    T = int(ds.sizes[tdim])
+    if T < 2:
+        raise ValueError(f"need at least 2 time steps to learn dynamics, got {T} along {tdim!r}"
+                         + (f" up to train_until={train_until!r}" if train_until is not None else ""))
+    return ds, variables, tdim, sample_eff
+
+
+def _ode_settings(clock: _Clock, solver: str, rtol: float, atol: float, ode_step: Any) -> dict[str, Any]:
+    """Checked solver options: ``method``, ``step`` (ODE units), ``step_units``, ``rtol``, ``atol``.
+
+    The step of fixed-step solvers defaults to half the median frame spacing.
+    """
+    if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
+                         f"of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
+    if ode_step is None:
+        step_units = 0.5 * clock.scale
+    else:
+        off, _ = clock.parse_lead([ode_step], "ode_step")
+        step_units = float(off[0])
+        if not step_units > 0:
+            raise ValueError(f"ode_step must be positive, got {ode_step!r}")
+    return {"method": solver, "step": step_units / clock.scale, "rtol": float(rtol),
+            "atol": float(atol), "step_units": step_units}
+
+
 def _space_dims(ds: xr.Dataset, space: Sequence[str], var_dims: Sequence[Hashable]) -> list[Hashable]:
     dims: list[Hashable] = []
     for n in space:
@@ -1457,26 +1508,8 @@ def fit_dynamics(
     from ..nn import build_network
     from ..training import fit
 
-    ds, variables = _as_dataset(obj, variables, "training data")
-    if time not in ds.coords:
-        raise KeyError(f"time coordinate {time!r} not found; coordinates are {list(ds.coords)}")
-    if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
-        raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
-    tdim = ds[time].dims[0]
-    if sample_dim is None:
-        sample_dim_eff = "_trajectory"
-        ds = ds.expand_dims(sample_dim_eff)
-    else:
-        if sample_dim not in ds.dims:
-            raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(ds.dims)} "
-                           "(pass sample_dim=None for a single trajectory)")
-        sample_dim_eff = sample_dim
-    if train_until is not None:
-        ds = ds.sel({tdim: slice(None, train_until)})
+    ds, variables, tdim, sample_dim_eff = _trajectory_data(obj, variables, time, sample_dim, train_until)
     T = int(ds.sizes[tdim])
-    if T < 2:
-        raise ValueError(f"need at least 2 time steps to learn dynamics, got {T} along {tdim!r}"
-                         + (f" up to train_until={train_until!r}" if train_until is not None else ""))
     v0 = ds[variables[0]]
     if space is None:
         from ..tensors import _default_space
@@ -1499,11 +1532,6 @@ def fit_dynamics(
                              f"{(sample_dim_eff, tdim, *sdims)} (sample, time, space)")
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
-    if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
-                         f"of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if loss not in ("mse", "relative"):
@@ -1511,6 +1539,7 @@ def fit_dynamics(
 
     # ---- time
     clock = _Clock.fit(ds[time].values, time_units)
+    ode = _ode_settings(clock, solver, rtol, atol, ode_step)
     t_abs = clock.to_float(ds[time].values)
     tau = (t_abs - t_abs[0]) / clock.scale
     if isinstance(periods, (str, bytes)) or not isinstance(periods, (Sequence, np.ndarray)):
@@ -1525,15 +1554,6 @@ def fit_dynamics(
         periods_ode = [float(p) / clock.scale for p in per_units]
     else:
         periods_ode = []
-    if ode_step is None:
-        step_units = 0.5 * clock.scale
-    else:
-        off, _ = clock.parse_lead([ode_step], "ode_step")
-        step_units = float(off[0])
-        if not step_units > 0:
-            raise ValueError(f"ode_step must be positive, got {ode_step!r}")
-    ode = {"method": solver, "step": step_units / clock.scale, "rtol": float(rtol),
-           "atol": float(atol), "step_units": step_units}
 
     # ---- values [S, T, P, C] and points
     S = int(ds.sizes[sample_dim_eff])

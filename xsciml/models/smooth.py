@@ -91,14 +91,15 @@ from .dino import (
     FIXED_STEP_METHODS,
     DINo,
     LatentDynamics,
-    _as_dataset,
     _Clock,
     _coord_units,
     _dynamics_loss,
     _is_dask,
+    _ode_settings,
     _OffsetTable,
     _space_dims,
     _teacher_forcing_schedule,
+    _trajectory_data,
     integrate_latent,
 )
 
@@ -905,25 +906,8 @@ def fit_smooth_dynamics(
     """
     from ..training import fit
 
-    ds, variables = _as_dataset(obj, variables, "training data")
-    if time not in ds.coords:
-        raise KeyError(f"time coordinate {time!r} not found; coordinates are {list(ds.coords)}")
-    if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
-        raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
-    tdim = ds[time].dims[0]
-    if sample_dim is None:
-        sample_eff = "_trajectory"
-        ds = ds.expand_dims(sample_eff)
-    else:
-        if sample_dim not in ds.dims:
-            raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(ds.dims)} "
-                           "(pass sample_dim=None for a single trajectory)")
-        sample_eff = sample_dim
-    if train_until is not None:
-        ds = ds.sel({tdim: slice(None, train_until)})
+    ds, variables, tdim, sample_eff = _trajectory_data(obj, variables, time, sample_dim, train_until)
     T = int(ds.sizes[tdim])
-    if T < 2:
-        raise ValueError(f"need at least 2 time steps to learn dynamics, got {T} along {tdim!r}")
     v0 = ds[variables[0]]
     if space is None:
         space = [str(d) for d in v0.dims if d not in (tdim, sample_eff) and d in ds.coords]
@@ -945,28 +929,15 @@ def fit_smooth_dynamics(
     for name, val in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
-    if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"solver={solver!r} is not a torchdiffeq solver; use one of "
-                         f"{FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
     if train_solver not in FIXED_STEP_METHODS:
         raise ValueError(f"train_solver must be a fixed-step solver {FIXED_STEP_METHODS}, got "
                          f"{train_solver!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
     grid, periods = _grid_info(ds, space, period)
 
     # ---- time
     clock = _Clock.fit(ds[time].values, time_units)
     tau = (clock.to_float(ds[time].values) - clock.to_float(ds[time].values[:1])[0]) / clock.scale
-    if ode_step is None:
-        step_units = 0.5 * clock.scale
-    else:
-        off, _ = clock.parse_lead([ode_step], "ode_step")
-        step_units = float(off[0])
-        if not step_units > 0:
-            raise ValueError(f"ode_step must be positive, got {ode_step!r}")
-    ode = {"method": solver, "rtol": float(rtol), "atol": float(atol),
-           "step": step_units / clock.scale, "step_units": step_units, "train_method": train_solver}
+    ode = {**_ode_settings(clock, solver, rtol, atol, ode_step), "train_method": train_solver}
 
     # ---- data [S, T, C, *grid], standardised per variable
     S, C = int(ds.sizes[sample_eff]), len(variables)
