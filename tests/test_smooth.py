@@ -319,3 +319,6 @@ def test_fit_dynamics_method_smooth_and_generic_forecast(waves):
     direct = m.forecast(init, lead=[0.0, 0.5], device="cpu", progress=False)
     np.testing.assert_allclose(fc.values, direct.values)
     assert init.sciml.forecast(m, lead=[0.5]).sizes["lead"] == 1
+    # options reach the model's own forecast; one it does not take is an error, not dropped
+    with pytest.raises(TypeError, match="residual"):
+        forecast(init, m, lead=[0.5], residual="persist")

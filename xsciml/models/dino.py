@@ -1680,20 +1680,14 @@ def forecast(
     model: Estimator,
     *,
     lead: Any,
-    target: Any = None,
-    encode_steps: int = 300,
-    encode_lr: float = 5e-2,
-    encode_init: str = "nearest",
-    encode_reg: float = 1e-2,
-    residual: str | None = None,
-    device: Any = "auto",
-    seed: int | None = 0,
-    progress: bool | None = None,
-    batch_size: int = 2**18,
+    **kwargs: Any,
 ) -> xr.DataArray | xr.Dataset:
-    """Forecast from initial state(s) with a fitted :class:`DINo` (``ds_init.sciml.forecast``).
+    """Forecast from initial state(s) with a fitted dynamics model (``ds_init.sciml.forecast``).
 
-    See :meth:`DINo.forecast` for the parameters.
+    Calls ``model.forecast(ds_init, lead=lead, **kwargs)``: see :meth:`DINo.forecast`
+    (``target``, ``encode_steps``, ``residual``...) or
+    :meth:`~xsciml.models.smooth.SmoothDynamics.forecast` for the options each model takes;
+    an option the model does not know is an error, never silently dropped.
 
     Examples
     --------
@@ -1708,10 +1702,4 @@ def forecast(
     if not isinstance(model, Estimator) or not callable(getattr(model, "forecast", None)):
         raise TypeError(f"model must be a fitted dynamics model, a DINo or SmoothDynamics (from "
                         f"fit_dynamics / xsciml.load), got {type(model).__name__}")
-    if not isinstance(model, DINo):
-        return model.forecast(ds_init, lead=lead, target=target, device=device, seed=seed,
-                              progress=progress)
-    return model.forecast(ds_init, lead=lead, target=target, encode_steps=encode_steps,
-                          encode_lr=encode_lr, encode_init=encode_init, encode_reg=encode_reg,
-                          residual=residual,
-                          device=device, seed=seed, progress=progress, batch_size=batch_size)
+    return model.forecast(ds_init, lead=lead, **kwargs)
