@@ -123,6 +123,30 @@ def _sample_grf(
     return np.fft.ifftn(coeff * scale, axes=axes, norm="forward").real
 
 
+def _check_counts(n_trajectories: int, n_frames: int) -> None:
+    if int(n_trajectories) < 1:
+        raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories!r}.")
+    if int(n_frames) < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames!r}.")
+
+
+def _grf_initial_states(n_trajectories: int, size: Any, domain: Any, alpha: float, tau: float,
+                        seed: int | None, equation: str):
+    """``(shape, bounds, lengths, sigma, u0)``: 2-D GRF initial states of a periodic PDE.
+
+    ``sigma = tau^(alpha - 1)`` (``tau^(0.5 (2 alpha - d))`` with d = 2), as in DINo.
+    """
+    shp = _parse_shape((size, size) if np.ndim(size) == 0 else size, name="size")
+    if len(shp) != 2:
+        raise ValueError(f"size must be an int or (ny, nx) for the 2-D {equation} equation, got {size!r}.")
+    bounds = _parse_domain(domain, 2)
+    lengths = [hi - lo for lo, hi in bounds]
+    sigma = float(tau ** (alpha - 1.0))
+    rng = np.random.default_rng(seed)
+    u0 = _sample_grf(shp, int(n_trajectories), lengths, alpha, tau, sigma, rng)
+    return shp, bounds, lengths, sigma, u0
+
+
 def _space_coords(bounds, shape, units: str = "1") -> dict[str, xr.Variable]:
     dims = _SPACE_DIMS[len(shape)]
     coords = {}
@@ -401,24 +425,12 @@ def heat(
     >>> heat(1, 8, n_frames=3, time_units="1D")["time"].dtype.kind
     'M'
     """
-    if int(n_trajectories) < 1:
-        raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories!r}.")
-    if int(n_frames) < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames!r}.")
-    shp = _parse_shape((size, size) if np.ndim(size) == 0 else size, name="size")
-    if len(shp) != 2:
-        raise ValueError(
-            f"size must be an int or (ny, nx) for the 2-D heat equation, got {size!r}."
-        )
+    _check_counts(n_trajectories, n_frames)
     _check_positive(dt=dt, alpha=alpha, tau=tau)
     if not np.isfinite(diffusivity) or diffusivity < 0:
         raise ValueError(f"diffusivity must be a finite number >= 0, got {diffusivity!r}.")
-    bounds = _parse_domain(domain, 2)
-    lengths = [hi - lo for lo, hi in bounds]
-    sigma = float(tau ** (alpha - 1.0))  # tau^(0.5 (2 alpha - d)) with d = 2
-
-    rng = np.random.default_rng(seed)
-    u0 = _sample_grf(shp, int(n_trajectories), lengths, alpha, tau, sigma, rng)
+    shp, bounds, lengths, sigma, u0 = _grf_initial_states(n_trajectories, size, domain, alpha, tau,
+                                                          seed, "heat")
     times = dt * np.arange(int(n_frames), dtype=np.float64)
     u = heat_solve(u0, times, diffusivity, tuple(lengths))
 
@@ -637,19 +649,10 @@ def wave(
     >>> bool(abs(ds["v"].isel(time=0)).max() == 0)
     True
     """
-    if int(n_trajectories) < 1:
-        raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories!r}.")
-    if int(n_frames) < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames!r}.")
-    shp = _parse_shape((size, size) if np.ndim(size) == 0 else size, name="size")
-    if len(shp) != 2:
-        raise ValueError(f"size must be an int or (ny, nx) for the 2-D wave equation, got {size!r}.")
+    _check_counts(n_trajectories, n_frames)
     _check_positive(speed=speed, dt=dt, alpha=alpha, tau=tau)
-    bounds = _parse_domain(domain, 2)
-    lengths = [hi - lo for lo, hi in bounds]
-    sigma = float(tau ** (alpha - 1.0))
-    rng = np.random.default_rng(seed)
-    u0 = _sample_grf(shp, int(n_trajectories), lengths, alpha, tau, sigma, rng)
+    shp, bounds, lengths, _, u0 = _grf_initial_states(n_trajectories, size, domain, alpha, tau,
+                                                      seed, "wave")
     times = dt * np.arange(int(n_frames), dtype=np.float64)
     omega = speed * np.sqrt(_squared_wavenumber(shp, lengths, rfft=True))  # c |k|
     u_hat = np.fft.rfft2(u0)[:, None]  # (n, 1, H, W//2+1)
@@ -832,10 +835,7 @@ def navier_stokes(
     >>> ds["vorticity"].shape
     (2, 3, 16, 16)
     """
-    if int(n_trajectories) < 1:
-        raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories!r}.")
-    if int(n_frames) < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames!r}.")
+    _check_counts(n_trajectories, n_frames)
     if np.ndim(size) != 0:
         raise ValueError(f"size must be an int (the grid is square), got {size!r}.")
     size = _parse_shape(size, name="size")[0]
