@@ -325,6 +325,17 @@ def _call_kernel(model: Any, *arrays: np.ndarray, device: torch.device, method: 
     return getattr(model, method)(*arrays, device=device, **kwargs)
 
 
+def _refuse_empty_snapshots(observed: np.ndarray) -> None:
+    """Refuse snapshots (rows of ``observed [snapshots, points]``) with no observed point."""
+    empty = np.flatnonzero(~observed.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} snapshot(s) (e.g. at flat position(s) {empty[:5].tolist()} of the "
+            "non-space dims) have no observed value on the model's grid points; an all-masked "
+            "snapshot cannot be encoded: drop it first"
+        )
+
+
 def _is_dask(da: xr.DataArray) -> bool:
     return da.chunks is not None
 
@@ -857,13 +868,7 @@ class PCA(_GridModel):
             return z, std
         obs = np.isfinite(y)
         informative = obs & (self.sqrt_weights > 0)
-        empty = np.flatnonzero(~informative.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"{empty.size} snapshot(s) (e.g. at flat position(s) {empty[:5].tolist()} of the "
-                "non-space dims) have no observed value on the model's grid points; an all-masked "
-                "snapshot cannot be encoded: drop it first"
-            )
+        _refuse_empty_snapshots(informative)
         x = np.where(obs, (y - self._mean) / self._col_scales() * self.sqrt_weights, 0.0)
         V = self._components
         z[:] = x @ V.T  # the projection; exact for complete snapshots
@@ -1279,14 +1284,7 @@ class AutoEncoder(_GridModel):
         lead = y.shape[:-nsp - 1]
         y = y.reshape((-1, len(self.variables)) + self.grid.shape)
         x, obs = self._standardise(y)
-        flat = obs.reshape(len(y), -1)
-        empty = np.flatnonzero(~flat.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"{empty.size} snapshot(s) (e.g. at flat position(s) {empty[:5].tolist()} of the "
-                "non-space dims) have no observed value on the model's grid; an all-masked "
-                "snapshot cannot be encoded: drop it first"
-            )
+        _refuse_empty_snapshots(obs.reshape(len(y), -1))
         mu = np.zeros((len(y), k))
         sd = np.zeros((len(y), k))
         net = self._network_on(device)

@@ -455,6 +455,10 @@ class LatentInterpolator(Estimator):
         das = {v: tp.to_dataarray(phys[..., j], name=v, attrs=self.var_attrs.get(v, {}),
                                   leading_dims=(dim,), leading_coords=lc)
                for j, v in enumerate(self.variables)}
+        return self._labeled(das)
+
+    def _labeled(self, das: dict[str, xr.DataArray]) -> xr.DataArray | xr.Dataset:
+        """One DataArray (one variable) or a Dataset, with provenance attrs."""
         if len(das) == 1:
             da = next(iter(das.values()))
             da.attrs = {**da.attrs, **self._provenance()}
@@ -499,11 +503,7 @@ class LatentInterpolator(Estimator):
         das = {v: xr.DataArray(arr[..., j], dims=dims, coords=coords, name=v,
                                attrs=dict(self.var_attrs.get(v, {})))
                for j, v in enumerate(self.variables)}
-        if len(das) == 1:
-            da = next(iter(das.values()))
-            da.attrs = {**da.attrs, **self._provenance()}
-            return da
-        return xr.Dataset(das, attrs=self._provenance())
+        return self._labeled(das)
 
     def sample(self, n: int, target: Any, *, seed: int | None = 0, **kw: Any) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` fields from the prior: z ~ N(0, I), decoded on ``target``."""
