@@ -462,6 +462,10 @@ def test_forced_dynamics_fit_forecast_lazy_and_save(tmp_path):
                                fc.values, atol=1e-5)
     with pytest.raises(ValueError, match="time coordinate"):
         model.forecast(starts.drop_vars("time"), lead=lead, encode_steps=1)
+    with pytest.raises(ValueError, match="periods must be positive"):
+        fit_dynamics(train, "u", sample_dim=None, steps=1, periods=["0h"], time_units="hours", **TINY)
+    with pytest.raises(ValueError, match="periods"):
+        fit_dynamics(train, "u", sample_dim=None, steps=1, periods=["-1D"], time_units="hours", **TINY)
 
 
 def test_persisted_residual_is_exact_at_lead_zero_and_added_at_every_lead(fitted, heat_data):
