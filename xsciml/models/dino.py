@@ -488,6 +488,27 @@ def _ode_settings(clock: _Clock, solver: str, rtol: float, atol: float, ode_step
             "atol": float(atol), "step_units": step_units}
 
 
+def _codes_tensor(codes: Any, latent_dim: int, name: str = "codes"
+                  ) -> tuple[Tensor, tuple[Hashable, ...], dict[Hashable, xr.Variable]]:
+    """Codes ``(..., latent)`` (DataArray or array) as a float tensor, with their leading
+    dims and the coordinates along them (``dim_i`` names for plain arrays)."""
+    coords: dict[Hashable, xr.Variable] = {}
+    lead_dims: tuple[Hashable, ...] | None = None
+    if isinstance(codes, xr.DataArray):
+        if "latent" not in codes.dims:
+            raise ValueError(f"{name} need a 'latent' dimension, got dims {codes.dims}")
+        lead_dims = tuple(d for d in codes.dims if d != "latent")
+        coords = {k: c.variable for k, c in codes.coords.items()
+                  if c.dims and set(c.dims) <= set(lead_dims)}
+        codes = codes.transpose(*lead_dims, "latent").values
+    a = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
+    if a.ndim < 1 or a.shape[-1] != latent_dim:
+        raise ValueError(f"{name} must have a last dimension of {latent_dim}, got {tuple(a.shape)}")
+    if lead_dims is None:
+        lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
+    return a, lead_dims, coords
+
+
 def _space_dims(ds: xr.Dataset, space: Sequence[str], var_dims: Sequence[Hashable]) -> list[Hashable]:
     dims: list[Hashable] = []
     for n in space:
@@ -960,20 +981,7 @@ class DINo(Estimator):
         --------
         >>> model.decode(model.codes.isel(time=0), {"y": y, "x": x})  # doctest: +SKIP
         """
-        coords: dict = {}
-        lead_dims: tuple[Hashable, ...] | None = None
-        if isinstance(alpha, xr.DataArray):
-            if "latent" not in alpha.dims:
-                raise ValueError(f"codes need a 'latent' dimension, got dims {alpha.dims}")
-            lead_dims = tuple(d for d in alpha.dims if d != "latent")
-            coords = {k: c.variable for k, c in alpha.coords.items()
-                      if c.dims and set(c.dims) <= set(lead_dims)}
-            alpha = alpha.transpose(*lead_dims, "latent").values
-        a = torch.as_tensor(np.asarray(alpha), dtype=torch.float32)
-        if a.ndim < 1 or a.shape[-1] != self.latent_dim:
-            raise ValueError(f"codes must have a last dimension of {self.latent_dim}, got {tuple(a.shape)}")
-        if lead_dims is None:
-            lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
+        a, lead_dims, coords = _codes_tensor(alpha, self.latent_dim)
         tp = self._target(target)
         vals = self._decode_tensor(a.reshape(-1, self.latent_dim), tp, device, batch_size)
         vals = vals.reshape(*a.shape[:-1], *vals.shape[1:])

@@ -92,6 +92,7 @@ from .dino import (
     DINo,
     LatentDynamics,
     _Clock,
+    _codes_tensor,
     _coord_units,
     _dynamics_loss,
     _is_dask,
@@ -657,20 +658,7 @@ class SmoothDynamics(Estimator):
         --------
         >>> model.decode(model.encode(ds.isel(time=0)), {"x": x_fine})  # doctest: +SKIP
         """
-        coords: dict = {}
-        lead_dims: tuple[Hashable, ...] | None = None
-        if isinstance(theta, xr.DataArray):
-            if "latent" not in theta.dims:
-                raise ValueError(f"θ needs a 'latent' dimension, got dims {theta.dims}")
-            lead_dims = tuple(d for d in theta.dims if d != "latent")
-            coords = {k: c.variable for k, c in theta.coords.items()
-                      if c.dims and set(c.dims) <= set(lead_dims)}
-            theta = theta.transpose(*lead_dims, "latent").values
-        a = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
-        if a.ndim < 1 or a.shape[-1] != self.latent_dim:
-            raise ValueError(f"θ must have a last dimension of {self.latent_dim}, got {tuple(a.shape)}")
-        if lead_dims is None:
-            lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
+        a, lead_dims, coords = _codes_tensor(theta, self.latent_dim, "θ")
         tp = self._target(target)
         vals = self._decode_tensor(a.reshape(-1, self.latent_dim), tp, device, batch_size)
         return self._to_xarray(vals.reshape(*a.shape[:-1], *vals.shape[1:]), tp, lead_dims, coords)
