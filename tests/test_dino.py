@@ -22,7 +22,10 @@ from xsciml.models.dino import (
     decode_codes,
     fit_dynamics,
     forecast,
+    gls_factors,
+    gls_quadratic,
     integrate_latent,
+    residual_covariance_factor,
 )
 from xsciml.nn import FourierNet
 
@@ -493,3 +496,92 @@ def test_persisted_residual_is_exact_at_lead_zero_and_added_at_every_lead(fitted
         fitted.forecast(init, lead=lead, target=init, residual="persist")
     with pytest.raises(ValueError, match="residual"):
         fitted.forecast(init, lead=lead, residual="climatology")
+
+
+# ----------------------------------------------------------------------------- GLS encoding
+def test_gls_quadratic_equals_the_dense_formula():
+    rng = np.random.default_rng(0)
+    k, n, a = 4, 12, 0.3
+    F = torch.as_tensor(rng.normal(size=(k, n)), dtype=torch.float64)
+    masks = np.array([[1] * n, [1, 0] * (n // 2), [1] * n, [0, 0, 1] * (n // 3)], dtype=float)
+    e = torch.as_tensor(rng.normal(size=(4, n)) * masks)
+    got = gls_quadratic(e, F, gls_factors(F, torch.as_tensor(masks), a)).numpy()
+    for i, m in enumerate(masks.astype(bool)):
+        Fo = F.numpy()[:, m]
+        K = a * np.eye(m.sum()) + Fo.T @ Fo
+        eo = e.numpy()[i, m]
+        np.testing.assert_allclose(got[i], a * eo @ np.linalg.solve(K, eo), rtol=1e-10)
+    # no correlation: the plain sum of squares
+    zero = torch.zeros(k, n, dtype=torch.float64)
+    np.testing.assert_allclose(gls_quadratic(e, zero, gls_factors(zero, torch.as_tensor(masks), a)).numpy(),
+                               (e**2).sum(1).numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="floor"):
+        gls_factors(F, torch.as_tensor(masks), 0.0)
+
+
+def test_residual_covariance_factor_is_the_frame_normalised_sample_covariance():
+    rng = np.random.default_rng(1)
+    r = torch.as_tensor(rng.normal(size=(6, 10, 2)))
+    r[2] *= 100.0  # a large-amplitude frame weighs as much as the others
+    m = torch.ones_like(r)
+    F, v = residual_covariance_factor(r, m, rank=6)
+    E = (r / r.pow(2).mean(1, keepdim=True).sqrt()).reshape(6, -1).numpy()
+    np.testing.assert_allclose((F.T @ F).numpy(), E.T @ E / 6, rtol=1e-4, atol=1e-5)
+    assert v == pytest.approx(1.0)
+    F3, _ = residual_covariance_factor(r, m, rank=3)
+    assert F3.shape == (3, 20)
+    # masked entries are ignored by the normalisation
+    m2 = m.clone()
+    m2[:, :5] = 0
+    F2, v2 = residual_covariance_factor(r * m2, m2, rank=6)
+    assert float(F2[:, :10].abs().max()) < 1e-6 and v2 == pytest.approx(1.0)
+
+
+def test_gls_encoding_on_training_points_only(fitted, heat_data, tmp_path):
+    _, test = heat_data
+    F = fitted.residual_factor
+    assert F is not None and F.shape[1] == 16 * 16 and 1 <= F.shape[0] <= 128
+    assert torch.isfinite(F).all() and fitted.residual_var == pytest.approx(1.0, rel=1e-4)
+    path = tmp_path / "gls.xsciml"
+    fitted.save(path)
+    back = xsciml.load(path)
+    torch.testing.assert_close(back.residual_factor, F)
+    init = test.isel(time=0)
+    sparse = init.where(xsciml.datasets.sample_points(init, 0.2, seed=3, dims=("y", "x")))
+    auto = fitted.encode(sparse, steps=30)
+    corr = fitted.encode(sparse, steps=30, noise="correlated")
+    white = fitted.encode(sparse, steps=30, noise="white")
+    np.testing.assert_array_equal(auto.values, corr.values)
+    assert np.abs(corr.values - white.values).max() > 1e-4
+    np.testing.assert_allclose(back.encode(sparse, steps=30).values, auto.values, rtol=1e-6, atol=1e-7)
+    # shrinkage 1 is white noise
+    np.testing.assert_allclose(fitted.encode(sparse, steps=30, noise="correlated", shrinkage=1.0).values,
+                               white.values, rtol=1e-5, atol=1e-6)
+    # points off the training grid: auto falls back to white noise, correlated refuses
+    off = init.assign_coords(x=init["x"] + 0.5 * float(init["x"][1] - init["x"][0]))
+    np.testing.assert_array_equal(fitted.encode(off, steps=5).values,
+                                  fitted.encode(off, steps=5, noise="white").values)
+    with pytest.raises(ValueError, match="not training points"):
+        fitted.encode(off, steps=5, noise="correlated")
+    with pytest.raises(ValueError, match="noise"):
+        fitted.encode(sparse, steps=1, noise="gls")
+    with pytest.raises(ValueError, match="shrinkage"):
+        fitted.encode(sparse, steps=1, noise="correlated", shrinkage=0.0)
+    # the forecast and evaluate forward the option
+    fc_w = fitted.forecast(sparse, lead=[1.0], encode_steps=30, encode_noise="white")
+    fc_c = fitted.forecast(sparse, lead=[1.0], encode_steps=30, encode_noise="correlated")
+    assert np.abs(fc_w.values - fc_c.values).max() > 1e-5
+
+
+def test_model_without_residual_covariance(heat_data):
+    train, test = heat_data
+    model = fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=3,
+                         residual_rank=0, seed=0, **TINY)
+    assert model.residual_factor is None
+    init = test.isel(time=0)
+    np.testing.assert_array_equal(model.encode(init, steps=3).values,
+                                  model.encode(init, steps=3, noise="white").values)
+    with pytest.raises(ValueError, match="no residual covariance"):
+        model.encode(init, steps=1, noise="correlated")
+    with pytest.raises(ValueError, match="residual_rank"):
+        fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=1, residual_rank=-1, **TINY)

@@ -82,7 +82,10 @@ __all__ = [
     "decode_codes",
     "fit_dynamics",
     "forecast",
+    "gls_factors",
+    "gls_quadratic",
     "integrate_latent",
+    "residual_covariance_factor",
 ]
 
 #: torchdiffeq solvers that take a fixed step (``options={"step_size": ...}``).
@@ -216,6 +219,90 @@ def decode_codes(decoder: nn.Module, features: Tensor, codes: Tensor) -> Tensor:
     f = features.expand(*lead, *features.shape)
     z = codes.unsqueeze(-2).expand(*lead, features.shape[0], codes.shape[-1])
     return decoder(f, z)
+
+
+def residual_covariance_factor(residuals: Tensor, mask: Tensor, rank: int = 128
+                               ) -> tuple[Tensor, float]:
+    r"""Low-rank factor of the spatial covariance of reconstruction residuals.
+
+    ``residuals`` ``[N, P, C]`` (0 where ``mask`` is 0) are the decoder's errors on ``N``
+    frames at ``P`` fixed points. Every frame and channel is scaled to unit mean square
+    over its observed points (all frames weigh the same, whatever their amplitude), the
+    frames are stacked as rows ``E [N, P*C]``, and the sample covariance
+    :math:`E^\top E / N` is kept as its leading ``rank`` singular directions:
+    ``F = diag(s_{1..k}) V_{1..k}^\top / \sqrt N`` with :math:`F^\top F \approx E^\top E / N`.
+
+    Returns ``(F [k, P*C], mean variance)`` — the mean of the diagonal of the sample
+    covariance over observed entries (≈ 1 by construction), the scale of the shrinkage
+    target in :func:`gls_factors`.
+
+    Examples
+    --------
+    >>> r = torch.randn(50, 20, 1)
+    >>> F, v = residual_covariance_factor(r, torch.ones_like(r), rank=8)
+    >>> F.shape, round(v, 3)
+    (torch.Size([8, 20]), 1.0)
+    """
+    if residuals.shape != mask.shape or residuals.ndim != 3:
+        raise ValueError(f"residuals and mask must both be [N, P, C], got {tuple(residuals.shape)} "
+                         f"and {tuple(mask.shape)}")
+    r = residuals.double() * mask
+    cnt = mask.sum(1, keepdim=True).clamp_min(1.0)
+    rms = (r.pow(2).sum(1, keepdim=True) / cnt).sqrt()
+    ok = (rms > 0).squeeze(1).all(-1) & (mask.sum((1, 2)) > 0)
+    r = (r / rms.clamp_min(1e-30))[ok]
+    m = mask[ok]
+    if len(r) == 0:
+        raise ValueError("no frame with a non-zero residual to estimate its covariance from")
+    E = r.reshape(len(r), -1)
+    _, sv, vh = torch.linalg.svd(E, full_matrices=False)
+    k = int(min(rank, len(sv)))
+    factor = (sv[:k, None] * vh[:k]) / np.sqrt(len(E))
+    mean_var = float(E.pow(2).sum() / m.sum().clamp_min(1.0))
+    return factor.float(), mean_var
+
+
+def gls_factors(factor: Tensor, mask: Tensor, floor: float) -> Tensor:
+    r"""Cholesky factors for generalised least squares under a low-rank + white covariance.
+
+    The residual covariance on the observed entries of a state is
+    :math:`K = a I + F_m^\top F_m` with ``F_m`` the factor ``[k, n]`` restricted to the
+    entries where ``mask [B, n]`` is 1 and ``a = floor > 0``. By the Woodbury identity
+    :math:`a\, e^\top K^{-1} e = \lVert e\rVert^2 - \lVert L^{-1} F_m e\rVert^2` with
+    :math:`L L^\top = a I_k + F_m F_m^\top`; this returns ``L [B, k, k]`` (one
+    factorisation per distinct mask). See :func:`gls_quadratic`.
+
+    Examples
+    --------
+    >>> F, m = torch.randn(4, 30), torch.ones(2, 30)
+    >>> gls_factors(F, m, 0.1).shape
+    torch.Size([2, 4, 4])
+    """
+    if not floor > 0:
+        raise ValueError(f"the white-noise floor must be > 0, got {floor!r}")
+    uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
+    f = factor.double()
+    gram = torch.einsum("kn,bn,ln->bkl", f, uniq.double(), f)
+    eye = torch.eye(f.shape[0], dtype=torch.float64, device=f.device)
+    chol = torch.linalg.cholesky(gram + floor * eye)
+    return chol.to(factor.dtype)[inv]
+
+
+def gls_quadratic(e: Tensor, factor: Tensor, chol: Tensor) -> Tensor:
+    r"""``a e^T K^{-1} e`` per state, for masked residuals ``e [B, n]`` (0 off the mask).
+
+    With ``chol`` from :func:`gls_factors`: :math:`\lVert e\rVert^2 -
+    \lVert L^{-1} F e\rVert^2`. With a zero factor this is the plain sum of squares.
+
+    Examples
+    --------
+    >>> F, m, e = torch.zeros(3, 5), torch.ones(1, 5), torch.ones(1, 5)
+    >>> gls_quadratic(e, F, gls_factors(F, m, 1.0))
+    tensor([5.])
+    """
+    g = e @ factor.T  # [B, k]
+    h = torch.linalg.solve_triangular(chol, g.unsqueeze(-1), upper=False).squeeze(-1)
+    return e.pow(2).sum(-1) - h.pow(2).sum(-1)
 
 
 def integrate_latent(
@@ -628,7 +715,8 @@ class DINo(Estimator):
                  variables: list[str], *, sample_dim: Hashable | None, time: str,
                  clock: _Clock, ode: dict[str, Any], train_points: np.ndarray,
                  train_observed: np.ndarray, coord_units: dict[str, str] | None = None,
-                 var_attrs: dict | None = None, info: dict | None = None) -> None:
+                 var_attrs: dict | None = None, info: dict | None = None,
+                 residual_factor: Tensor | None = None, residual_var: float = 1.0) -> None:
         self.module = module
         self.encoder = encoder
         self.scaler = scaler
@@ -644,6 +732,10 @@ class DINo(Estimator):
         self.info = info or {}
         self.history = None
         self.last_nfe: int | None = None
+        #: low-rank factor ``[k, P*C]`` of the covariance of the decoder's residuals on the
+        #: training points (see :func:`residual_covariance_factor`), or None
+        self.residual_factor = residual_factor
+        self.residual_var = float(residual_var)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -683,12 +775,15 @@ class DINo(Estimator):
             "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
                               for k, a in at.items()} for v, at in self.var_attrs.items()},
             "info": self.info,
+            "residual_var": self.residual_var,
         }
 
     def _get_tensors(self) -> dict[str, Tensor]:
         out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
         out["train_points"] = torch.as_tensor(self.train_points)
         out["train_observed"] = torch.as_tensor(self.train_observed.astype(np.uint8))
+        if self.residual_factor is not None:
+            out["residual_factor"] = self.residual_factor.detach().cpu().contiguous()
         return out
 
     @classmethod
@@ -709,7 +804,8 @@ class DINo(Estimator):
                    train_points=tensors["train_points"].cpu().numpy(),
                    train_observed=tensors["train_observed"].cpu().numpy().astype(bool),
                    coord_units=config.get("coord_units"), var_attrs=config.get("var_attrs"),
-                   info=config.get("info"))
+                   info=config.get("info"), residual_factor=tensors.get("residual_factor"),
+                   residual_var=config.get("residual_var", 1.0))
 
     def _provenance_extra(self) -> dict[str, Any]:
         return {"xsciml_latent_dim": self.latent_dim,
@@ -775,7 +871,8 @@ class DINo(Estimator):
         return sdims, vals, feats, idx
 
     def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 300, lr: float = 5e-2,
-               init: str = "nearest", reg: float = 1e-2, device: Any = "auto",
+               init: str = "nearest", reg: float = 1e-2, noise: str = "auto",
+               shrinkage: float = 0.1, device: Any = "auto",
                seed: int | None = 0, progress: bool | None = None,
                max_points: int = 2**18) -> xr.DataArray:
         """Infer the codes α of states by auto-decoding (decoder frozen, batched).
@@ -802,6 +899,21 @@ class DINo(Estimator):
             codes); ``"mean"`` from the mean training code.
         reg
             Weight of the prior term (0: plain least squares).
+        noise
+            The misfit: ``"white"``, the mean square over the observed points; or
+            ``"correlated"``, generalised least squares
+            :math:`e^\top K^{-1} e` with :math:`K` the covariance of the decoder's residuals
+            estimated on the training frames (:attr:`residual_factor`), shrunk towards
+            white noise by ``shrinkage`` (scaled so that white noise gives the mean square
+            back). What the code cannot represent (small scales) is spatially correlated;
+            on a sparse sample it aliases into the large scales under plain least squares,
+            and GLS discounts it. It needs the observed points to be training points (the
+            training grid or a subset of it). ``"auto"`` (default): ``"correlated"`` when
+            the model has the covariance and every observed point is a training point,
+            else ``"white"``.
+        shrinkage
+            Weight in (0, 1] of white noise in the GLS covariance
+            :math:`(1 - s) F^\top F + s \bar v I`.
         max_points
             Bound on states × points handled at once (memory); larger inputs are done in
             consecutive groups of states.
@@ -818,7 +930,8 @@ class DINo(Estimator):
         alpha, bdims, bshape, bcoords = self._encode_tensor(ds, steps=steps, lr=lr, device=device,
                                                             seed=seed, progress=progress,
                                                             max_points=max_points, init=init,
-                                                            reg=reg)
+                                                            reg=reg, noise=noise,
+                                                            shrinkage=shrinkage)
         return xr.DataArray(alpha.reshape(*bshape, self.latent_dim).numpy(),
                             dims=(*bdims, "latent"), coords=bcoords, name="alpha")
 
@@ -846,16 +959,52 @@ class DINo(Estimator):
             err = m @ fields.pow(2).T - 2.0 * my @ fields.T
         return codes[err.argmin(dim=1)]
 
+    def _training_point_index(self, vals: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """Index of every point (``vals`` at ``idx``) among the training points, -1 if none."""
+        import pandas as pd
+
+        pts = np.stack([np.asarray(vals[n], dtype=np.float64)[idx] for n in self.space], -1)
+        ref = self.train_points
+        span = np.maximum(np.ptp(ref, axis=0), 1e-300) if len(ref) else np.ones(ref.shape[1])
+        key = lambda a: pd.MultiIndex.from_arrays(list(np.round(a / span * 1e9).astype(np.int64).T))  # noqa: E731
+        return key(ref).get_indexer(key(pts))
+
+    def _gls_setup(self, noise: str, shrinkage: float, vals, idx, keep) -> Tensor | None:
+        """The residual factor on the observed entries when the misfit is GLS, else None."""
+        if noise not in ("auto", "white", "correlated"):
+            raise ValueError(f"noise must be 'auto', 'white' or 'correlated', got {noise!r}")
+        if not 0 < shrinkage <= 1:
+            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage!r}")
+        if noise == "white":
+            return None
+        if self.residual_factor is None:
+            if noise == "correlated":
+                raise ValueError("this model has no residual covariance (fitted with residual_rank=0, "
+                                 "too many training points, or saved by an older version); use "
+                                 "noise='white'")
+            return None
+        where = self._training_point_index(vals, idx[keep])
+        if (where < 0).any():
+            if noise == "correlated":
+                raise ValueError(f"{int((where < 0).sum())} observed point(s) are not training points; "
+                                 "noise='correlated' needs the training grid or a subset of it (use "
+                                 "noise='white' on other grids)")
+            return None
+        C = len(self.variables)
+        cols = (torch.as_tensor(where)[:, None] * C + torch.arange(C)).reshape(-1)
+        return self.residual_factor[:, cols] * float(np.sqrt(1.0 - shrinkage))
+
     def _encode_tensor(self, ds: xr.Dataset, *, steps: int, lr: float, device: Any,
                        seed: int | None, progress: bool | None, max_points: int,
-                       init: str = "nearest", reg: float = 0.0):
+                       init: str = "nearest", reg: float = 0.0, noise: str = "white",
+                       shrinkage: float = 0.1):
         from .._utils import progress_bar, resolve_device, seed_everything
 
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
         if not (lr > 0 and reg >= 0):
             raise ValueError(f"the encoding needs lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
-        sdims, _, feats, idx = self._points(ds, "initial state")
+        sdims, vals, feats, idx = self._points(ds, "initial state")
         v0 = ds[self.variables[0]]
         bdims = [d for d in v0.dims if d not in sdims]
         for v in self.variables[1:]:
@@ -878,7 +1027,11 @@ class DINo(Estimator):
             raise ValueError(f"{empty.size} initial state(s) have no observed point (e.g. flat "
                              f"index {empty[:3].tolist()} over dims {bdims}); drop them first")
         ys = np.where(mask, self.scaler.transform(np.where(mask, y, 0.0)), 0.0)
+        gls = self._gls_setup(noise, shrinkage, vals, idx, keep)
+        floor = shrinkage * self.residual_var
         dev = resolve_device(device)
+        if gls is not None:
+            gls = gls.to(dev)
         seed_everything(seed)
         m = self.module.to(dev).eval()
         dec = m.decoder
@@ -898,6 +1051,7 @@ class DINo(Estimator):
                     yt = torch.as_tensor(ys[a:a + per], dtype=torch.float32, device=dev)
                     mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
                     cnt = mt.sum((1, 2)).clamp_min(1.0)
+                    chol = None if gls is None else gls_factors(gls, mt.reshape(len(mt), -1), floor)
                     if init == "nearest":
                         alpha0 = self._nearest_codes(cand, yt, mt)
                     else:
@@ -907,7 +1061,11 @@ class DINo(Estimator):
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
                     for _ in range(steps):
                         pred = decode_codes(dec, f, alpha)
-                        loss = (((pred - yt) ** 2 * mt).sum((1, 2)) / cnt).sum()
+                        if chol is None:
+                            loss = (((pred - yt) ** 2 * mt).sum((1, 2)) / cnt).sum()
+                        else:  # generalised least squares: correlated residuals discounted
+                            e = ((pred - yt) * mt).reshape(len(mt), -1)
+                            loss = (gls_quadratic(e, gls, chol) / cnt).sum()
                         if reg > 0:  # Gaussian prior fitted to the training codes
                             loss = loss + reg * m.normalise(alpha).pow(2).mean(1).sum()
                         opt.zero_grad(set_to_none=True)
@@ -1037,7 +1195,8 @@ class DINo(Estimator):
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int = 300, encode_lr: float = 5e-2, encode_init: str = "nearest",
-                 encode_reg: float = 1e-2, residual: str | None = None, device: Any = "auto",
+                 encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
+                 device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
                  batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
         """Forecast from initial states on any grid, at any lead times.
@@ -1057,9 +1216,9 @@ class DINo(Estimator):
             Where to decode: default the grid/points of ``ds_init``; or a Dataset /
             DataArray (its space coordinates), a dict of 1-D coordinates (a new grid),
             or a DataFrame of scattered points.
-        encode_steps, encode_lr, encode_init, encode_reg
-            Auto-decoding of the initial codes (``steps``, ``lr``, ``init``, ``reg`` of
-            :meth:`encode`).
+        encode_steps, encode_lr, encode_init, encode_reg, encode_noise
+            Auto-decoding of the initial codes (``steps``, ``lr``, ``init``, ``reg``,
+            ``noise`` of :meth:`encode`).
         residual
             ``None`` (default): the forecast is the decoded latent trajectory. ``"persist"``:
             add the initial state's reconstruction residual ``y0 - D(α0)`` (0 where
@@ -1092,11 +1251,12 @@ class DINo(Estimator):
         if any(_is_dask(ds[v]) for v in self.variables):
             return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
                                        encode_lr=encode_lr, encode_init=encode_init,
-                                       encode_reg=encode_reg, residual=residual, device=device,
+                                       encode_reg=encode_reg, encode_noise=encode_noise,
+                                       residual=residual, device=device,
                                        seed=seed, batch_size=batch_size)
         alpha0, bdims, bshape, bcoords = self._encode_tensor(
             ds, steps=encode_steps, lr=encode_lr, device=device, seed=seed, progress=progress,
-            max_points=batch_size, init=encode_init, reg=encode_reg)
+            max_points=batch_size, init=encode_init, reg=encode_reg, noise=encode_noise)
         alpha = self._integrate(alpha0, offsets, device, self._initial_times(ds, bdims))  # [N, K, d]
         if target is None:
             target = ds
@@ -1206,7 +1366,7 @@ class DINo(Estimator):
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 300,
                  encode_lr: float = 5e-2, encode_init: str = "nearest", encode_reg: float = 1e-2,
-                 device: Any = "auto", seed: int | None = 0,
+                 encode_noise: str = "auto", device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
         """The DINo table: MSE In-t / Out-t × In-s / Out-s, and relative MSE.
 
@@ -1224,7 +1384,7 @@ class DINo(Estimator):
         observed
             Boolean mask over the space dims of the observed points; default the points
             observed in training (:meth:`observed_mask`).
-        encode_steps, encode_lr, encode_init, encode_reg, device, seed, progress
+        encode_steps, encode_lr, encode_init, encode_reg, encode_noise, device, seed, progress
             As in :meth:`forecast`.
 
         Returns
@@ -1258,7 +1418,8 @@ class DINo(Estimator):
             lead = off
         init = ds[self.variables].isel({self.time: 0}).where(observed)
         fc = self.forecast(init, lead=lead, target=ds, encode_steps=encode_steps, encode_lr=encode_lr,
-                           encode_init=encode_init, encode_reg=encode_reg, device=device, seed=seed,
+                           encode_init=encode_init, encode_reg=encode_reg, encode_noise=encode_noise,
+                           device=device, seed=seed,
                            progress=progress)
         fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
         fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
@@ -1380,6 +1541,7 @@ def fit_dynamics(
     scheduler: Any = "cosine",
     time_units: str = "days",
     sphere: bool | str = "auto",
+    residual_rank: int = 128,
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
@@ -1468,6 +1630,12 @@ def fit_dynamics(
         Float unit of datetime/cftime time (leads given as numbers are in this unit).
     sphere
         Embed latitude/longitude on the sphere (see :class:`~xsciml.coords.CoordinateEncoder`).
+    residual_rank
+        Rank of the covariance of the decoder's residuals on the training points,
+        estimated after training (at most 512 frames, :func:`residual_covariance_factor`)
+        and used to encode sparsely observed states by generalised least squares
+        (:meth:`DINo.encode`, ``noise``); 0 to skip it. Skipped as well when the training
+        points times variables exceed 2**15 (memory).
     device, seed, progress
         Where to train, the seed, a progress bar.
     **kwargs
@@ -1675,12 +1843,41 @@ def fit_dynamics(
             "final_dynamics_loss": float(np.mean(history.logs.get("dynamics", [np.nan])[-20:])),
             "wall_time": float(history.wall_time)}
     train_points = np.stack([vals[n][pidx] for n in space], -1)
+    factor, rvar = _training_residual_factor(module, feats, Y, M, residual_rank)
     model = DINo(module, encoder, scaler, variables, sample_dim=sample_dim, time=time, clock=clock,
                  ode=ode, train_points=train_points, train_observed=observed,
                  coord_units=_coord_units(ds, space),
-                 var_attrs={v: dict(ds[v].attrs) for v in variables}, info=info)
+                 var_attrs={v: dict(ds[v].attrs) for v in variables}, info=info,
+                 residual_factor=factor, residual_var=rvar)
     model.history = history
     return model
+
+
+_MAX_RESIDUAL_FRAMES = 512
+_MAX_RESIDUAL_ENTRIES = 2**15
+
+
+def _training_residual_factor(module: DINoModule, feats: Tensor, Y: Tensor, M: Tensor,
+                              rank: int) -> tuple[Tensor | None, float]:
+    """The residual covariance factor of a trained DINo on its training frames (or None)."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
+        raise ValueError(f"residual_rank must be an integer >= 0, got {rank!r}")
+    S, T, P, C = Y.shape
+    if rank == 0 or P * C > _MAX_RESIDUAL_ENTRIES:
+        return None, 1.0
+    flat = torch.arange(S * T)
+    if len(flat) > _MAX_RESIDUAL_FRAMES:
+        flat = flat[torch.linspace(0, len(flat) - 1, _MAX_RESIDUAL_FRAMES).round().long()]
+    codes = module.codes.detach().reshape(S * T, -1)[flat]
+    y, m = Y.reshape(S * T, P, C)[flat], M.reshape(S * T, P, C)[flat]
+    per = max(1, 2**20 // max(1, P))
+    with torch.no_grad():
+        pred = torch.cat([decode_codes(module.decoder, feats, codes[i:i + per])
+                          for i in range(0, len(codes), per)])
+    try:
+        return residual_covariance_factor((y - pred) * m, m, rank)
+    except ValueError:  # a perfect fit: nothing to model
+        return None, 1.0
 
 
 def forecast(
