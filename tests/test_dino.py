@@ -585,3 +585,5 @@ def test_model_without_residual_covariance(heat_data):
         model.encode(init, steps=1, noise="correlated")
     with pytest.raises(ValueError, match="residual_rank"):
         fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=1, residual_rank=-1, **TINY)
+    with pytest.raises(ValueError, match="grad_clip"):
+        fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=1, grad_clip=0.0, **TINY)

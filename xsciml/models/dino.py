@@ -1539,6 +1539,7 @@ def fit_dynamics(
     code_lr: float = 1e-2,
     dynamics_lr: float = 3e-3,
     scheduler: Any = "cosine",
+    grad_clip: float | None = None,
     time_units: str = "days",
     sphere: bool | str = "auto",
     residual_rank: int = 128,
@@ -1626,6 +1627,10 @@ def fit_dynamics(
         Learning rates of the decoder, the codes and the dynamics (Adam).
     scheduler
         Learning-rate schedule of :func:`xsciml.training.fit`.
+    grad_clip
+        Clip the global gradient norm of every step to this value (None: no clipping).
+        Long rollouts of an unstable latent flow can produce huge gradients; clipping
+        (e.g. 1.0) keeps one bad step from wrecking the training.
     time_units
         Float unit of datetime/cftime time (leads given as numbers are in this unit).
     sphere
@@ -1831,8 +1836,8 @@ def fit_dynamics(
               {"params": [module.codes], "lr": code_lr},
               {"params": list(module.dynamics.parameters()), "lr": dynamics_lr}]
     history = fit(module, loss_fn, draw, steps=int(steps), optimizer="adam", lr=lr, params=groups,
-                  scheduler=scheduler, device=device, seed=seed, progress=progress,
-                  desc="fit_dynamics[DINo]", callbacks=[on_step])
+                  scheduler=scheduler, grad_clip=grad_clip, device=device, seed=seed,
+                  progress=progress, desc="fit_dynamics[DINo]", callbacks=[on_step])
     module = module.cpu().eval()
     module.update_statistics()
 
