@@ -63,9 +63,12 @@ def rmse_per_lead(pred: xr.DataArray, truth: xr.DataArray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 3000)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default 4000)")
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--dynamics-width", type=int, default=64, help="width of the dynamics MLP")
+    parser.add_argument("--grad-clip", type=float, default=1.0,
+                        help="gradient-norm clipping (0: none; without it some seeds diverge)")
     parser.add_argument("--window", type=int, default=24, help="frames per training window")
     parser.add_argument("--points", type=int, default=256, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
-    steps = args.steps or (30 if args.quick else 3000)
+    steps = args.steps or (30 if args.quick else 4000)
     enc = 10 if args.quick else args.encode_steps
 
     era = xr.open_dataset(DATA_DIR / FILE).t2m.load()
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     periods = [p for p in args.periods.split(",") if p]
     settings = dict(latent_dim=args.latent, width=args.width, depth=3, window=args.window,
                     n_points=args.points, steps=steps, time_units="hours", loss="mse",
-                    periods=periods)
+                    periods=periods, dynamics_width=args.dynamics_width,
+                    grad_clip=args.grad_clip or None)
     print(f"ERA5 UK t2m {era.sizes['latitude']}x{era.sizes['longitude']}, train < {SPLIT} ({int((era.time < SPLIT).sum())} hourly frames), "
           f"{len(starts)} initial times; DINo {settings}; {torch.get_num_threads()} thread(s)", flush=True)
 
