@@ -11,11 +11,14 @@ import torch
 import xarray as xr
 
 import xsciml
+from xsciml.models.dino import LatentDynamics
 from xsciml.models.smooth import (
     FourierAnsatz,
     HyperMLP,
     SmoothDynamics,
+    SmoothModule,
     SnapshotEncoder,
+    _autoencoder_loss,
     fit_smooth_dynamics,
 )
 
@@ -273,6 +276,99 @@ def test_consistency_makes_the_encoder_consistent():
     assert inconsistency(10.0) < inconsistency(0.0)
 
 
+def test_fourier_ansatz_matches_its_formula_with_several_channels():
+    dec = FourierAnsatz(1, 2, modes=3, waves=2)
+    C, J, nk = 2, 2, dec.n_k
+    theta = torch.randn(4, dec.latent_dim, generator=torch.Generator().manual_seed(1))
+    x = torch.linspace(0, L, 13)[:-1, None]
+    out = dec(theta, dec.features(x, torch.tensor([L])))
+    b, a, d, cr, ci = theta.split([C, J * C, J, J * nk, J * nk], -1)
+    phase = 2 * math.pi * x * torch.arange(1, nk + 1) / L  # [P, nk]
+    c = torch.complex(cr.reshape(4, J, nk), ci.reshape(4, J, nk))
+    inner = (c[:, :, None, :] * torch.exp(1j * phase)).sum(-1).real  # Re sum_k c_k e^{i phi_k}
+    ref = torch.einsum("njp,njc->npc", torch.tanh(d[..., None] + inner), a.reshape(4, J, C)) + b[:, None]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_module(grid: int = 16) -> SmoothModule:
+    torch.manual_seed(0)
+    dec = FourierAnsatz(1, 1, modes=2, waves=2)
+    return SmoothModule(SnapshotEncoder(1, dec.latent_dim, (grid,), width=4), dec,
+                        LatentDynamics(dec.latent_dim, width=4, depth=1))
+
+
+def test_consistency_target_fixed_vs_free_gradient():
+    """'free' adds d/dθ of gamma ||Λ(Ψ(θ)) - θ||² / s through θ = Λ(u); 'fixed' holds θ constant."""
+    m = _tiny_module()
+    u = torch.randn(5, 1, 16, generator=torch.Generator().manual_seed(2))
+    feats = m.decoder.features(torch.arange(16.0)[:, None] / 16 * L, torch.tensor([L]))
+    gamma, grads, outs = 3.0, {}, {}
+    for target in ("fixed", "free"):
+        seen = []
+
+        def keep(mod, inp, out, seen=seen) -> None:
+            out.retain_grad()
+            seen.append(out)
+
+        hook = m.encoder.register_forward_hook(keep)
+        loss, logs = _autoencoder_loss(m, u, feats, consistency=gamma, consistency_target=target)
+        hook.remove()
+        loss.backward()
+        grads[target], outs[target] = seen[0].grad.clone(), (loss.item(), logs["consistency"])
+        theta, theta2 = seen[0].detach(), seen[1].detach()
+    assert outs["fixed"] == pytest.approx(outs["free"])  # same value, different gradient
+    scale = theta.pow(2).mean()
+    expected = -2 * gamma * (theta2 - theta) / (theta.numel() * scale)
+    torch.testing.assert_close(grads["free"] - grads["fixed"], expected, atol=1e-7, rtol=1e-4)
+    assert float(expected.abs().max()) > 0
+
+
+def test_smoothness_term_is_the_scaled_second_difference():
+    dec = FourierAnsatz(1, 1, modes=1, waves=1)
+    d = dec.latent_dim
+    g = torch.Generator().manual_seed(3)
+    a, v, w = torch.randn(2, d, generator=g), torch.randn(2, d, generator=g), torch.randn(2, d, generator=g)
+    feats = dec.features(torch.linspace(0, L, 9)[:-1, None], torch.tensor([L]))
+    u = torch.zeros(6, 1, 8)
+
+    def loss_for(theta):
+        m = type("M", (), {"encoder": staticmethod(lambda _u: theta), "decoder": dec})()
+        return _autoencoder_loss(m, u, feats, smoothness=1.0)[1]["roughness"]
+
+    line = torch.stack([a, a + v, a + 2 * v], 1).reshape(6, d)  # linear in time: no roughness
+    assert loss_for(line) == pytest.approx(0.0, abs=1e-10)
+    curved = torch.stack([a, a + v, a + 2 * v + w], 1).reshape(6, d)
+    var = curved.var(0, unbiased=False)
+    assert loss_for(curved) == pytest.approx(float((w.pow(2) / var).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="triplets"):
+        _autoencoder_loss(type("M", (), {"encoder": staticmethod(lambda _u: line[:5]), "decoder": dec})(),
+                          u[:5], feats, smoothness=1.0)
+
+
+def test_same_seed_same_model(waves):
+    """The modules' initial weights come from ``seed`` too, not from torch's global state."""
+    kw = dict(modes=2, waves=2, steps=5, dynamics_steps=3, encoder_width=4, dynamics_width=8,
+              dynamics_depth=1, device="cpu", progress=False)
+    init = waves.isel(time=0)
+    torch.manual_seed(123)
+    a = fit_smooth_dynamics(waves, "u", seed=7, **kw).forecast(init, lead=[0.5], device="cpu")
+    torch.manual_seed(456)
+    b = fit_smooth_dynamics(waves, "u", seed=7, **kw).forecast(init, lead=[0.5], device="cpu")
+    c = fit_smooth_dynamics(waves, "u", seed=8, **kw).forecast(init, lead=[0.5], device="cpu")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.allclose(a.values, c.values)
+
+
+def test_smoothness_option_fits_and_is_recorded(waves):
+    m = fit_smooth_dynamics(waves, "u", modes=2, waves=2, steps=20, dynamics_steps=2, smoothness=1.0,
+                            consistency=1.0, consistency_target="free", encoder_width=8,
+                            dynamics_width=8, dynamics_depth=1, device="cpu", progress=False)
+    assert m.info["smoothness"] == 1.0 and m.info["consistency_target"] == "free"
+    assert np.isfinite(m.history["autoencoder"].logs["roughness"]).all()
+    fc = m.forecast(waves.isel(time=0), lead=[0.0, 0.25], device="cpu", progress=False)
+    assert np.isfinite(fc.values).all()
+
+
 # ----------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_errors(waves):
     kw = {"steps": 1, "dynamics_steps": 1, "progress": False, "device": "cpu"}
@@ -287,6 +383,10 @@ def test_bad_input_raises_clear_errors(waves):
         fit_smooth_dynamics(waves, "u", decoder="siren", **kw)
     with pytest.raises(ValueError, match="consistency"):
         fit_smooth_dynamics(waves, "u", consistency=-1.0, **kw)
+    with pytest.raises(ValueError, match="consistency_target"):
+        fit_smooth_dynamics(waves, "u", consistency_target="detached", **kw)
+    with pytest.raises(ValueError, match="smoothness"):
+        fit_smooth_dynamics(waves, "u", smoothness=float("nan"), **kw)
     with pytest.raises(ValueError, match="train_solver"):
         fit_smooth_dynamics(waves, "u", train_solver="dopri5", **kw)
     with pytest.raises(KeyError, match="not found"):
@@ -298,6 +398,8 @@ def test_bad_input_raises_clear_errors(waves):
 def test_forecast_bad_input(model, waves):
     with pytest.raises(ValueError, match="solver"):
         model.forecast(waves.isel(time=0), lead=[0.0], solver="leapfrog")
+    with pytest.raises(ValueError, match="encode_noise"):
+        model.forecast(waves.isel(time=0), lead=[0.0], encode_noise="sample")
     with pytest.raises(KeyError, match="lacks variable"):
         model.forecast(waves.rename(u="v").isel(time=0), lead=[0.0])
     with pytest.raises(ValueError, match=">= 0"):

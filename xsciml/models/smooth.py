@@ -54,14 +54,18 @@ steps on the decoded field's misfit at the observed points (NaN points allowed t
 
        \mathcal L = \lVert u - \Psi(\Lambda(u))\rVert^2
            + \gamma\, \frac{\lVert \Lambda(\Psi(\theta)) - \theta \rVert^2}{\overline{\theta^2}},
-       \qquad \theta = \Lambda(u)\ (\text{held fixed in the second term}),
+       \qquad \theta = \Lambda(u),
 
    the *consistency* term asks the encoder to recover :math:`\theta` from its own
    decoding, so the encode/decode diagram commutes and equivalent parametrisations of a
-   field (signs, permutations of waves, null directions) are not used arbitrarily from
-   one frame to the next — the latent trajectories become smooth. It is normalised by
-   the mean square of :math:`\theta` over the batch (a relative error), so
-   ``consistency`` (:math:`\gamma`) does not depend on the scale of :math:`\theta`;
+   field (signs, permutations of waves, null directions) should not be used arbitrarily
+   from one frame to the next. It is normalised by the mean square of :math:`\theta`
+   over the batch (a relative error), so ``consistency`` (:math:`\gamma`) does not
+   depend on the scale of :math:`\theta`. By default (``consistency_target="free"``)
+   it is differentiated through both encoder passes, as the paper writes the loss;
+   ``"fixed"`` holds :math:`\theta = \Lambda(u)` fixed in it. An optional penalty on
+   the second differences in time of :math:`\theta` over consecutive frames
+   (``smoothness``, not in the paper) targets smooth latent trajectories directly;
 2. the latent ODE :math:`f` (:class:`~xsciml.models.dino.LatentDynamics`, on
    :math:`\theta` standardised with the training mean and standard deviation) on the
    encoded training trajectories, by teacher-forced rollouts (as in DINo), with a
@@ -191,13 +195,16 @@ class FourierAnsatz(nn.Module):
 
     def forward(self, theta: Tensor, feats: Tensor) -> Tensor:
         C, J, nk = self.out_channels, self.waves, self.n_k
-        b, a, d, cr, ci = theta.split([C, J * C, J, J * nk, J * nk], dim=-1)
-        cos, sin = feats[:, :nk], feats[:, nk:]
+        b, a, d, c = theta.split([C, J * C, J, 2 * J * nk], dim=-1)
         lead = theta.shape[:-1]
-        inner = (cr.reshape(*lead, J, nk) @ cos.T - ci.reshape(*lead, J, nk) @ sin.T
-                 + d.unsqueeze(-1))  # [..., J, P]
-        waves = torch.tanh(inner)
-        out = waves.transpose(-1, -2) @ a.reshape(*lead, J, C)  # [..., P, C]
+        cr, ci = c.reshape(*lead, 2, J, nk).unbind(-3)
+        # Re(sum_k c_k e^{i phi_k}) = [Re c, -Im c] . [cos phi, sin phi]: one matrix product
+        inner = torch.cat([cr, -ci], -1) @ feats.T  # [..., J, P]
+        waves = torch.tanh(inner + d.unsqueeze(-1))
+        if C == 1:  # [..., 1, J] @ [..., J, P]: a weighted sum of the waves
+            out = (a.unsqueeze(-2) @ waves).transpose(-1, -2)
+        else:
+            out = waves.transpose(-1, -2) @ a.reshape(*lead, J, C)  # [..., P, C]
         return out + b.unsqueeze(-2)
 
 
@@ -567,11 +574,16 @@ class SmoothDynamics(Estimator):
             if empty.size:
                 raise ValueError(f"{empty.size} initial state(s) have no observed point; drop them first")
         dev = resolve_device(device)
-        seed_everything(seed)
         m = self.module.to(dev).eval()
         per = max(1, int(batch_size) // max(1, int(np.prod(ys.shape[1:]))))
+        if steps == 0:  # the encoder alone: one batched pass per chunk, nothing random
+            with torch.inference_mode():
+                return torch.cat([m.encoder(torch.as_tensor(ys[a:a + per], dtype=torch.float32,
+                                                            device=dev)).float().cpu()
+                                  for a in range(0, N, per)]) if N else torch.empty(0, self.latent_dim)
+        seed_everything(seed)
         out = torch.empty(N, self.latent_dim)
-        feats = self._grid_features(dev) if steps > 0 else None
+        feats = self._grid_features(dev)
         for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
             yt = torch.as_tensor(np.where(mask[a:a + per], ys[a:a + per], 0.0), dtype=torch.float32,
                                  device=dev)
@@ -642,10 +654,12 @@ class SmoothDynamics(Estimator):
         M, P = theta.shape[0], feats.shape[0]
         out = torch.empty(M, P, len(self.variables))
         per = max(1, int(batch_size) // max(P, 1))
+        std = torch.as_tensor(self.scaler.std, dtype=torch.float32)
+        mean = torch.as_tensor(self.scaler.mean, dtype=torch.float32)
         with torch.inference_mode():
             for i in range(0, M, per):
                 out[i:i + per] = m.decoder(theta[i:i + per].to(dev), feats).float().cpu()
-        return self.scaler.inverse(out)
+        return out.mul_(std).add_(mean)  # physical units, in place (= Scaler.inverse)
 
     def decode(self, theta: Tensor | np.ndarray | xr.DataArray, target: Any, *, device: Any = "auto",
                batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
@@ -686,7 +700,7 @@ class SmoothDynamics(Estimator):
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
-                 encode_init: str = "encoder", solver: str | None = None,
+                 encode_init: str = "encoder", encode_noise: str = "auto", solver: str | None = None,
                  rtol: float | None = None, atol: float | None = None, device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
                  batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
@@ -706,9 +720,9 @@ class SmoothDynamics(Estimator):
             of 1-D coordinates, or a DataFrame of scattered points.
         encode_steps, encode_lr, encode_reg
             Refinement of the encoder's θ (see :meth:`encode`; 0 steps: the encoder alone).
-        encode_init
-            ``"encoder"``: θ starts from the encoder's output (the only choice; the
-            parameter mirrors DINo's).
+        encode_init, encode_noise
+            ``"encoder"`` and ``"auto"``: θ starts from the (deterministic) encoder's
+            output; the only choices, the parameters mirror DINo's.
         solver, rtol, atol
             ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
             solvers use the model's step.
@@ -729,6 +743,9 @@ class SmoothDynamics(Estimator):
         if encode_init != "encoder":
             raise ValueError(f"encode_init must be 'encoder' (θ always starts from the encoder's "
                              f"output), got {encode_init!r}")
+        if encode_noise != "auto":
+            raise ValueError(f"encode_noise must be 'auto': the smooth model's encoder is deterministic "
+                             f"(encode_noise applies to DINo), got {encode_noise!r}")
         solver = self.ode["method"] if solver is None else solver
         if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
             raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
@@ -784,6 +801,44 @@ class SmoothDynamics(Estimator):
                 f"ode={self.ode.get('method')!r})")
 
 
+def _autoencoder_loss(m: SmoothModule, u: Tensor, feats: Tensor, *, consistency: float = 0.0,
+                      consistency_target: str = "free", smoothness: float = 0.0
+                      ) -> tuple[Tensor, dict[str, float]]:
+    r"""Stage-1 loss on snapshots ``u [B, C, *grid]`` (see the module docs).
+
+    ``reconstruction + consistency * ||Λ(Ψ(θ)) - θ||² / mean(θ²) + smoothness * roughness``
+    with θ = Λ(u): held fixed in the consistency term (``"fixed"``) or differentiated
+    through both passes (``"free"``, the loss as the paper writes it). The roughness
+    (``smoothness > 0``) needs ``u`` in consecutive triplets ``(j, j+1, j+2)`` along the
+    batch: the mean over triplets and entries of
+    :math:`(\theta_j - 2\theta_{j+1} + \theta_{j+2})^2` divided by the batch variance of
+    each entry of θ.
+    """
+    C = u.shape[1]
+    theta = m.encoder(u)
+    rec = m.decoder(theta, feats)  # [B, P, C]
+    target = u.reshape(len(u), C, -1).transpose(1, 2)
+    rec_loss = (rec - target).pow(2).mean()
+    logs = {"reconstruction": float(rec_loss.detach())}
+    loss = rec_loss
+    if consistency > 0:
+        theta2 = m.encoder(rec.transpose(1, 2).reshape(u.shape))
+        th = theta.detach() if consistency_target == "fixed" else theta
+        scale = theta.detach().pow(2).mean().clamp_min(1e-8)
+        cons = (theta2 - th).pow(2).mean() / scale
+        loss = loss + consistency * cons
+        logs["consistency"] = float(cons.detach())
+    if smoothness > 0:
+        if len(u) % 3:
+            raise ValueError(f"the smoothness term needs frames in triplets, got a batch of {len(u)}")
+        tri = theta.reshape(-1, 3, theta.shape[-1])
+        var = theta.detach().var(0, unbiased=False).clamp_min(1e-8)
+        rough = ((tri[:, 0] - 2 * tri[:, 1] + tri[:, 2]).pow(2) / var).mean()
+        loss = loss + smoothness * rough
+        logs["roughness"] = float(rough.detach())
+    return loss, logs
+
+
 # =========================================================================== fitting
 def fit_smooth_dynamics(
     obj: xr.Dataset | xr.DataArray,
@@ -802,6 +857,8 @@ def fit_smooth_dynamics(
     n_freq: int = 4,
     encoder_width: int = 32,
     consistency: float = 1.0,
+    consistency_target: str = "free",
+    smoothness: float = 0.0,
     period: Any = None,
     dynamics_width: int = 128,
     dynamics_depth: int = 3,
@@ -854,6 +911,16 @@ def fit_smooth_dynamics(
         Channels of the CNN encoder.
     consistency
         :math:`\gamma`, weight of the consistency term (0 switches it off).
+    consistency_target
+        ``"free"`` (default): the consistency term is differentiated through both
+        encoder passes, :math:`\theta = \Lambda(u)` included — the loss as the paper
+        writes it; ``"fixed"``: θ is held fixed there (only :math:`\Lambda(\Psi(\theta))`
+        is pulled towards it).
+    smoothness
+        Weight of a latent time-smoothness penalty (not in the paper, default 0): the
+        stage-1 batches are then triplets of consecutive frames and the loss adds the
+        mean squared second difference in time of their θ, in units of the batch
+        variance of each entry of θ.
     period
         Period of each space coordinate (a number, one per coordinate, or a dict);
         default the coordinate's ``period`` attribute, else ``n * spacing``.
@@ -912,8 +979,12 @@ def fit_smooth_dynamics(
                              f"{(sample_eff, tdim, *sdims)} (sample, time, space)")
     if decoder not in ("fourier", "mlp"):
         raise ValueError(f"decoder must be 'fourier' or 'mlp', got {decoder!r}")
-    if not (consistency >= 0 and math.isfinite(consistency)):
-        raise ValueError(f"consistency must be a finite number >= 0, got {consistency!r}")
+    if consistency_target not in ("fixed", "free"):
+        raise ValueError(f"consistency_target must be 'fixed' or 'free', got {consistency_target!r}")
+    for name, val in (("consistency", consistency), ("smoothness", smoothness)):
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)) \
+                or not (val >= 0 and math.isfinite(val)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
     for name, val in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
@@ -942,7 +1013,10 @@ def fit_smooth_dynamics(
     coord_enc.fit({n: m.ravel() for n, m in zip(space, mesh, strict=True)}, None,
                   coord_meta={n: ds[n] for n in space})
 
-    # ---- modules
+    # ---- modules (initialised from the seed: torch's global generator starts at random)
+    from .._utils import seed_everything
+
+    seed_everything(seed)
     D = len(space)
     if decoder == "fourier":
         dec = FourierAnsatz(D, C, modes=int(modes), waves=int(waves))
@@ -961,30 +1035,26 @@ def fit_smooth_dynamics(
     feats = dec.features(torch.as_tensor(x_rel, dtype=torch.float32),
                          torch.as_tensor(periods, dtype=torch.float32))
     gamma = float(consistency)
+    smooth_w = float(smoothness)
+    if smooth_w > 0 and T < 3:
+        raise ValueError(f"smoothness > 0 needs at least 3 frames per trajectory, got {T}")
     B = int(min(batch_size, S * T))
 
     # ---- stage 1: encoder (+ decoder weights) with reconstruction + consistency
+    n_trip = max(1, B // 3)
+
     def draw_frames(gen: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.randperm(S * T, generator=gen)[:B]
+        if smooth_w > 0:  # triplets of consecutive frames (j, j + 1, j + 2) of random trajectories
+            start = (torch.randint(0, S, (n_trip,), generator=gen) * T
+                     + torch.randint(0, T - 2, (n_trip,), generator=gen))
+            idx = (start[:, None] + torch.arange(3)).reshape(-1)
+        else:
+            idx = torch.randperm(S * T, generator=gen)[:B]
         return {"u": frames[idx], "feats": feats}
 
     def ae_loss(m: SmoothModule, batch: dict[str, Tensor]):
-        u = batch["u"]
-        theta = m.encoder(u)
-        rec = m.decoder(theta, batch["feats"])  # [B, P, C]
-        target = u.reshape(len(u), C, -1).transpose(1, 2)
-        rec_loss = (rec - target).pow(2).mean()
-        logs = {"reconstruction": float(rec_loss.detach())}
-        loss = rec_loss
-        if gamma > 0:
-            grid_field = rec.transpose(1, 2).reshape(u.shape)
-            theta2 = m.encoder(grid_field)
-            th = theta.detach()
-            scale = th.pow(2).mean().clamp_min(1e-8)
-            cons = (theta2 - th).pow(2).mean() / scale
-            loss = loss + gamma * cons
-            logs["consistency"] = float(cons.detach())
-        return loss, logs
+        return _autoencoder_loss(m, batch["u"], batch["feats"], consistency=gamma,
+                                 consistency_target=consistency_target, smoothness=smooth_w)
 
     ae_params = [p for p in list(enc.parameters()) + list(dec.parameters()) if p.requires_grad]
     hist1 = fit(module, ae_loss, draw_frames, steps=int(steps), optimizer="adam", lr=lr,
@@ -1042,7 +1112,8 @@ def fit_smooth_dynamics(
 
     tvals = ds[time].values
     info = {"n_trajectories": S, "n_frames_train": T, "steps": int(hist1.steps),
-            "dynamics_steps": int(hist2.steps), "consistency": gamma, "decoder": decoder,
+            "dynamics_steps": int(hist2.steps), "consistency": gamma,
+            "consistency_target": consistency_target, "smoothness": smooth_w, "decoder": decoder,
             "training_period": f"{tvals[0]} .. {tvals[-1]}",
             "final_reconstruction_loss": float(np.mean(hist1.logs.get("reconstruction", [np.nan])[-20:])),
             "final_consistency_loss": float(np.mean(hist1.logs.get("consistency", [np.nan])[-20:])),
