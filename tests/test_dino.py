@@ -587,3 +587,30 @@ def test_model_without_residual_covariance(heat_data):
         fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=1, residual_rank=-1, **TINY)
     with pytest.raises(ValueError, match="grad_clip"):
         fit_dynamics(train.isel(time=slice(0, 3)), "u", space=("y", "x"), steps=1, grad_clip=0.0, **TINY)
+
+
+def test_fixed_step_end_that_rounds_onto_the_last_time_in_float32():
+    # t = 0 .. 0.9 in float32 (0.89999998): the step grid's end, 0.9, rounds onto t[-1]
+    t = torch.linspace(0, 0.9, 19)
+    lin = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[-1.0, 0.0], [0.0, -2.0]]))
+
+    class F(torch.nn.Module):
+        def forward(self, s, z):
+            return lin(z)
+
+    z = integrate_latent(F(), torch.ones(1, 2), t, method="rk4", step=0.05)
+    expected = torch.exp(-t[:, None] * torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(z[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_model_whatever_the_global_generator(heat_data):
+    train, _ = heat_data
+    data = train.isel(time=slice(0, 3))
+    torch.manual_seed(123)
+    a = fit_dynamics(data, "u", space=("y", "x"), steps=2, seed=5, **TINY)
+    torch.manual_seed(456)
+    b = fit_dynamics(data, "u", space=("y", "x"), steps=2, seed=5, **TINY)
+    for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, msg=k)

@@ -352,8 +352,10 @@ def integrate_latent(
         # instead so that every output is interpolated from the same steps
         span = float(t[-1] - t[0])
         end = math.ceil(span / step - 1e-9) * step
-        if end > span + 1e-12 * max(1.0, span):
-            t = torch.cat([t, t.new_tensor([float(t[0]) + end])])
+        extra = t.new_tensor([float(t[0]) + end])
+        # in float32 an end a hair past t[-1] can round onto it: append only if it is later
+        if end > span + 1e-12 * max(1.0, span) and float(extra) > float(t[-1]):
+            t = torch.cat([t, extra])
     else:
         kwargs.update(rtol=float(rtol), atol=float(atol))
     if adjoint:
@@ -1762,6 +1764,9 @@ def fit_dynamics(
     C = len(variables)
     if input_scale is None:
         input_scale = _input_scale_default({n: v[pidx] for n, v in vals.items()})
+    from .._utils import seed_everything
+
+    seed_everything(seed)  # the networks' initial weights come from the seed too
     decoder = build_network("mfn", in_features=feats.shape[1], out_features=C, width=width,
                             depth=depth, input_scale=input_scale, code_dim=int(latent_dim))
     dynamics = LatentDynamics(int(latent_dim), width=dynamics_width, depth=dynamics_depth,
