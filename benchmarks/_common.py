@@ -45,6 +45,7 @@ __all__ = [
     "baseline_rss_mb",
     "print_table",
     "ratio",
+    "relative_mse",
     "run_isolated",
 ]
 
@@ -169,6 +170,22 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
     <BLANKLINE>
     """
     print(format_table(rows, title, columns, floatfmt) + "\n", flush=True)
+
+
+def relative_mse(pred: Any, truth: Any, space: Sequence[str] = ("y", "x")) -> float:
+    """``Σ (pred − truth)² / Σ (truth − its mean over space)²`` of two xarray objects.
+
+    The honest score of decaying fields: a zero forecast scores 1 whatever the amplitude.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> t = xr.DataArray([[1.0, -1.0]], dims=("y", "x"))
+    >>> relative_mse(0 * t, t), relative_mse(t, t)
+    (1.0, 0.0)
+    """
+    den = ((truth - truth.mean(tuple(space))) ** 2).sum()
+    return float(((pred - truth) ** 2).sum() / den)
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-from _common import make_parser, print_table
+from _common import make_parser, print_table, relative_mse
 
 import xsciml
 from xsciml.datasets import heat, heat_solve, sample_points
@@ -54,11 +54,6 @@ from xsciml.models.dino import fit_dynamics
 BAR_OUT_T = 1e-2
 BAR_SPARSE = 3.0
 N_FRAMES, N_TRAIN_FRAMES = 20, 10
-
-
-def _rel(pred: xr.DataArray, truth: xr.DataArray) -> float:
-    den = ((truth - truth.mean(("y", "x"))) ** 2).sum()
-    return float(((pred - truth) ** 2).sum() / den)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         err = (pred - u) ** 2
         rows.append({"case": name, "MSE In-t": float(err.isel(time=into).mean()),
                      "MSE Out-t": float(err.isel(time=out).mean()),
-                     "rel In-t": _rel(pred.isel(time=into), u.isel(time=into)),
-                     "rel Out-t": _rel(pred.isel(time=out), u.isel(time=out))})
+                     "rel In-t": relative_mse(pred.isel(time=into), u.isel(time=into)),
+                     "rel Out-t": relative_mse(pred.isel(time=out), u.isel(time=out))})
     print_table(rows, title=f"DINo on the heat equation: {n_test} unseen trajectories, "
                             f"forecast from frame 0 to {N_FRAMES - 1}", floatfmt=".3g")
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-from _common import BENCH_DIR, make_parser, print_table, ratio
+from _common import BENCH_DIR, make_parser, print_table, ratio, relative_mse
 
 from xsciml.datasets import navier_stokes, navier_stokes_solve, sample_points
 from xsciml.models.dino import fit_dynamics
@@ -65,11 +65,6 @@ def _data(n: int, resolution: int, seed: int, n_frames: int, step: float, cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_netcdf(path)
     return ds
-
-
-def _rel(pred: xr.DataArray, truth: xr.DataArray) -> float:
-    den = ((truth - truth.mean(("y", "x"))) ** 2).sum()
-    return float(((pred - truth) ** 2).sum() / den)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         row = {"method": "DINo (xsciml)", "observed": f"{frac:.0%}",
                "MSE all": float(err.mean()), "MSE In-t": float(err.isel(time=into).mean()),
                "MSE Out-t": float(err.isel(time=out).mean()) if n_frames > n_in else float("nan"),
-               "rel all": _rel(fc, u)}
+               "rel all": relative_mse(fc, u)}
         rows.append(row)
         ours.append(row["MSE all"])
         print(f"  {frac:.0%} observed: MSE {row['MSE all']:.3g}", flush=True)
     zero = float((u**2).mean())
-    rows.append({"method": "baseline: zero", "observed": "-", "MSE all": zero, "rel all": _rel(0 * u, u)})
+    rows.append({"method": "baseline: zero", "observed": "-", "MSE all": zero, "rel all": relative_mse(0 * u, u)})
     pers = u.isel(time=0).broadcast_like(u)
     rows.append({"method": "baseline: persistence", "observed": "100%", "MSE all": float(((pers - u) ** 2).mean()),
-                 "rel all": _rel(pers, u)})
+                 "rel all": relative_mse(pers, u)})
     for name, vals in PUBLISHED.items():
         for frac, v in zip(FRACTIONS, vals, strict=True):
             rows.append({"method": name, "observed": f"{frac:.0%}", "MSE all": v})
