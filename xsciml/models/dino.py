@@ -872,7 +872,7 @@ class DINo(Estimator):
         self._check_domain(feats, role)
         return sdims, vals, feats, idx
 
-    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 300, lr: float = 5e-2,
+    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 100, lr: float = 0.1,
                init: str = "nearest", reg: float = 1e-2, noise: str = "auto",
                shrinkage: float = 0.1, device: Any = "auto",
                seed: int | None = 0, progress: bool | None = None,
@@ -1196,7 +1196,7 @@ class DINo(Estimator):
         return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 encode_steps: int = 300, encode_lr: float = 5e-2, encode_init: str = "nearest",
+                 encode_steps: int = 100, encode_lr: float = 0.1, encode_init: str = "nearest",
                  encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
                  device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
@@ -1366,8 +1366,8 @@ class DINo(Estimator):
         return xr.DataArray(hit.reshape(shape), dims=tuple(sdims), coords=coords, name="observed")
 
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
-                 observed: xr.DataArray | None = None, encode_steps: int = 300,
-                 encode_lr: float = 5e-2, encode_init: str = "nearest", encode_reg: float = 1e-2,
+                 observed: xr.DataArray | None = None, encode_steps: int = 100,
+                 encode_lr: float = 0.1, encode_init: str = "nearest", encode_reg: float = 1e-2,
                  encode_noise: str = "auto", device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
         """The DINo table: MSE In-t / Out-t × In-s / Out-s, and relative MSE.
