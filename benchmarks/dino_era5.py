@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=24, help="frames per training window")
     parser.add_argument("--points", type=int, default=256, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300)
+    parser.add_argument("--encode-lr", type=float, default=0.05, help="auto-decoding learning rate")
     parser.add_argument("--periods", default="1D",
                         help="known forcing periods, comma-separated ('' for autonomous dynamics)")
     parser.add_argument("--threads", type=int, default=1)
@@ -109,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         model.save(args.save)
     init = era.sel(time=starts).to_dataset(name="t2m")  # states along time: their start dates
     t0 = time.perf_counter()
-    fc = model.forecast(init, lead=leads, encode_steps=enc, device=args.device, progress=False)
+    fc = model.forecast(init, lead=leads, encode_steps=enc, encode_lr=args.encode_lr, device=args.device,
+                        progress=False)
     fc = fc.rename(time="start")
     fc_s = time.perf_counter() - t0
-    fc_res = model.forecast(init, lead=leads, encode_steps=enc, device=args.device, progress=False,
+    fc_res = model.forecast(init, lead=leads, encode_steps=enc, encode_lr=args.encode_lr,
+                            device=args.device, progress=False,
                             residual="persist").rename(time="start")
 
     ours_rows = {"DINo (xsciml)": rmse_per_lead(fc, truth),

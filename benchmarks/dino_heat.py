@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoder frequency scale (default: from the grid, 32 here)")
     parser.add_argument("--points", type=int, default=128, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300, help="auto-decoding steps")
+    parser.add_argument("--encode-lr", type=float, default=0.05, help="auto-decoding learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--threads", type=int, default=1,
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, truth, observed, noise in cases:
         t0 = time.perf_counter()
         ev = model.evaluate(truth, n_frames_train=N_TRAIN_FRAMES, observed=observed,
-                            encode_steps=encode_steps, encode_noise=noise, device=args.device,
+                            encode_steps=encode_steps, encode_lr=args.encode_lr, encode_noise=noise,
+                            device=args.device,
                             progress=False)
         wall = time.perf_counter() - t0
         row = {"case": name,
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     init = test.isel(time=0)
     lead = test["time"].values
     t0 = time.perf_counter()
-    model.encode(init, steps=encode_steps, device=args.device)
+    model.encode(init, steps=encode_steps, lr=args.encode_lr, device=args.device)
     enc_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.forecast(init, lead=lead, encode_steps=encode_steps, device=args.device, progress=False)
+    model.forecast(init, lead=lead, encode_steps=encode_steps, encode_lr=args.encode_lr, device=args.device,
+                   progress=False)
     fc_s = time.perf_counter() - t0
     nfe = model.last_nfe
     u0 = init["u"].values.astype(np.float64)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=None, help="decoder width (CPU 64, paper 128)")
     parser.add_argument("--points", type=int, default=None, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300, help="auto-decoding steps")
+    parser.add_argument("--encode-lr", type=float, default=0.05, help="auto-decoding learning rate")
     parser.add_argument("--speed-trajectories", type=int, default=None,
                         help="trajectories in the speed comparison (CPU 8, paper 64)")
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         obs = (xr.ones_like(u.isel(trajectory=0, time=0), dtype=bool).drop_vars("time") if frac == 1
                else sample_points(test, frac, seed=2, dims=("y", "x")))
         fc = model.forecast(init.where(obs), lead=lead, target=init["vorticity"], encode_steps=enc_steps,
-                            device=args.device, progress=False)
+                            encode_lr=args.encode_lr, device=args.device, progress=False)
         fc = fc.rename(lead="time").assign_coords(time=u["time"]).transpose(*u.dims)
         err = (fc - u) ** 2
         into, out = slice(0, n_in), slice(n_in, None)
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     model.forecast(init_s.isel(trajectory=slice(0, 1)), lead=times[:2], encode_steps=2,
                    device=args.device, progress=False)  # warm-up
     t0 = time.perf_counter()
-    model.forecast(init_s, lead=times, encode_steps=enc_steps, device=args.device, progress=False)
+    model.forecast(init_s, lead=times, encode_steps=enc_steps, encode_lr=args.encode_lr, device=args.device,
+                   progress=False)
     fc_s = time.perf_counter() - t0
     nfe = model.last_nfe
     speed = [{"what": f"pseudo-spectral solver (64^2, step {step:g})", "seconds": solver_s},
