@@ -704,6 +704,46 @@ def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Te
 
 
 # =========================================================================== estimator
+def _set_forecaster_state(obj: Any, module: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
+                          variables: Sequence[str], *, sample_dim: Hashable | None, time: str,
+                          clock: _Clock, ode: dict[str, Any], coord_units: dict[str, str] | None,
+                          var_attrs: dict | None, info: dict | None) -> None:
+    """The state DINo and the smooth-dynamics model share (their constructors' common part)."""
+    obj.module = module
+    obj.encoder = encoder
+    obj.scaler = scaler
+    obj.variables = list(variables)
+    obj.sample_dim = sample_dim
+    obj.time = time
+    obj.clock = clock
+    obj.ode = dict(ode)
+    obj.coord_units = dict(coord_units or {})
+    obj.var_attrs = var_attrs or {}
+    obj.info = info or {}
+    obj.history = None
+    obj.last_nfe = None
+
+
+def _forecaster_config(obj: Any) -> dict[str, Any]:
+    """The JSON config entries of :func:`_set_forecaster_state`'s state plus the networks'."""
+    m = obj.module
+    return {
+        "variables": obj.variables,
+        "sample_dim": None if obj.sample_dim is None else str(obj.sample_dim),
+        "time": obj.time,
+        "decoder": m.decoder.config(),
+        "dynamics": m.dynamics.config(),
+        "encoder": obj.encoder.to_dict(),
+        "scaler": obj.scaler.to_dict(),
+        "clock": obj.clock.to_dict(),
+        "ode": obj.ode,
+        "coord_units": obj.coord_units,
+        "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
+                          for k, a in at.items()} for v, at in obj.var_attrs.items()},
+        "info": obj.info,
+    }
+
+
 @register_estimator
 class DINo(Estimator):
     """A fitted DINo forecaster (decoder, latent dynamics, normalisers).
@@ -719,21 +759,11 @@ class DINo(Estimator):
                  train_observed: np.ndarray, coord_units: dict[str, str] | None = None,
                  var_attrs: dict | None = None, info: dict | None = None,
                  residual_factor: Tensor | None = None, residual_var: float = 1.0) -> None:
-        self.module = module
-        self.encoder = encoder
-        self.scaler = scaler
-        self.variables = list(variables)
-        self.sample_dim = sample_dim
-        self.time = time
-        self.clock = clock
-        self.ode = dict(ode)
+        _set_forecaster_state(self, module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
+                              clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs,
+                              info=info)
         self.train_points = np.asarray(train_points, dtype=np.float64)
         self.train_observed = np.asarray(train_observed, dtype=bool)
-        self.coord_units = dict(coord_units or {})
-        self.var_attrs = var_attrs or {}
-        self.info = info or {}
-        self.history = None
-        self.last_nfe: int | None = None
         #: low-rank factor ``[k, P*C]`` of the covariance of the decoder's residuals on the
         #: training points (see :func:`residual_covariance_factor`), or None
         self.residual_factor = residual_factor
@@ -760,25 +790,8 @@ class DINo(Estimator):
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
         m = self.module
-        return {
-            "variables": self.variables,
-            "space": list(self.space),
-            "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
-            "time": self.time,
-            "latent_dim": self.latent_dim,
-            "decoder": m.decoder.config(),
-            "dynamics": m.dynamics.config(),
-            "shape": [int(s) for s in m.codes.shape[:2]],
-            "encoder": self.encoder.to_dict(),
-            "scaler": self.scaler.to_dict(),
-            "clock": self.clock.to_dict(),
-            "ode": self.ode,
-            "coord_units": self.coord_units,
-            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                              for k, a in at.items()} for v, at in self.var_attrs.items()},
-            "info": self.info,
-            "residual_var": self.residual_var,
-        }
+        return {**_forecaster_config(self), "space": list(self.space), "latent_dim": self.latent_dim,
+                "shape": [int(s) for s in m.codes.shape[:2]], "residual_var": self.residual_var}
 
     def _get_tensors(self) -> dict[str, Tensor]:
         out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
@@ -968,7 +981,10 @@ class DINo(Estimator):
         pts = np.stack([np.asarray(vals[n], dtype=np.float64)[idx] for n in self.space], -1)
         ref = self.train_points
         span = np.maximum(np.ptp(ref, axis=0), 1e-300) if len(ref) else np.ones(ref.shape[1])
-        key = lambda a: pd.MultiIndex.from_arrays(list(np.round(a / span * 1e9).astype(np.int64).T))  # noqa: E731
+
+        def key(a: np.ndarray) -> pd.MultiIndex:  # coordinates rounded relative to the span
+            return pd.MultiIndex.from_arrays(list(np.round(a / span * 1e9).astype(np.int64).T))
+
         return key(ref).get_indexer(key(pts))
 
     def _gls_setup(self, noise: str, shrinkage: float, vals, idx, keep) -> Tensor | None:

@@ -99,9 +99,11 @@ from .dino import (
     _codes_tensor,
     _coord_units,
     _dynamics_loss,
+    _forecaster_config,
     _is_dask,
     _ode_settings,
     _OffsetTable,
+    _set_forecaster_state,
     _space_dims,
     _teacher_forcing_schedule,
     _trajectory_data,
@@ -422,21 +424,11 @@ class SmoothDynamics(Estimator):
                  ode: dict[str, Any], grid: list[np.ndarray], periods: list[float],
                  coord_units: dict[str, str] | None = None, var_attrs: dict | None = None,
                  info: dict | None = None) -> None:
-        self.module = module
-        self.encoder = encoder
-        self.scaler = scaler
-        self.variables = list(variables)
-        self.sample_dim = sample_dim
-        self.time = time
-        self.clock = clock
-        self.ode = dict(ode)
+        _set_forecaster_state(self, module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
+                              clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs,
+                              info=info)
         self.grid = [np.asarray(g, dtype=np.float64) for g in grid]
         self.periods = [float(p) for p in periods]
-        self.coord_units = dict(coord_units or {})
-        self.var_attrs = var_attrs or {}
-        self.info = info or {}
-        self.history = None
-        self.last_nfe: int | None = None
         mesh = np.meshgrid(*self.grid, indexing="ij")
         self.train_points = np.stack([m.ravel() for m in mesh], -1)
         self.train_observed = np.ones(len(self.train_points), dtype=bool)
@@ -468,24 +460,8 @@ class SmoothDynamics(Estimator):
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
-        m = self.module
-        return {
-            "variables": self.variables,
-            "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
-            "time": self.time,
-            "encoder_net": m.encoder.config(),
-            "decoder": m.decoder.config(),
-            "dynamics": m.dynamics.config(),
-            "encoder": self.encoder.to_dict(),
-            "scaler": self.scaler.to_dict(),
-            "clock": self.clock.to_dict(),
-            "ode": self.ode,
-            "periods": self.periods,
-            "coord_units": self.coord_units,
-            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                              for k, a in at.items()} for v, at in self.var_attrs.items()},
-            "info": self.info,
-        }
+        return {**_forecaster_config(self), "encoder_net": self.module.encoder.config(),
+                "periods": self.periods}
 
     def _get_tensors(self) -> dict[str, Tensor]:
         out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
