@@ -554,6 +554,10 @@ def test_gls_encoding_on_training_points_only(fitted, heat_data, tmp_path):
     np.testing.assert_array_equal(auto.values, corr.values)
     assert np.abs(corr.values - white.values).max() > 1e-4
     np.testing.assert_allclose(back.encode(sparse, steps=30).values, auto.values, rtol=1e-6, atol=1e-7)
+    # the covariance follows the points, not their order: a reversed grid gives the same codes
+    flipped = fitted.encode(sparse.isel(x=slice(None, None, -1), y=slice(None, None, -1)), steps=30,
+                            noise="correlated")
+    np.testing.assert_allclose(flipped.values, corr.values, rtol=1e-4, atol=1e-5)
     # shrinkage 1 is white noise
     np.testing.assert_allclose(fitted.encode(sparse, steps=30, noise="correlated", shrinkage=1.0).values,
                                white.values, rtol=1e-5, atol=1e-6)
