@@ -517,6 +517,12 @@ def test_gls_quadratic_equals_the_dense_formula():
                                (e**2).sum(1).numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="floor"):
         gls_factors(F, torch.as_tensor(masks), 0.0)
+    with pytest.raises(ValueError, match="mask"):
+        gls_factors(F, torch.ones(2, n + 1, dtype=torch.float64), a)
+    with pytest.raises(ValueError, match="do not match"):
+        gls_quadratic(e[:, :-1], F, gls_factors(F, torch.as_tensor(masks), a))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        residual_covariance_factor(torch.full((2, 3, 1), float("nan")), torch.ones(2, 3, 1))
 
 
 def test_residual_covariance_factor_is_the_frame_normalised_sample_covariance():

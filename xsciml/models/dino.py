@@ -246,6 +246,8 @@ def residual_covariance_factor(residuals: Tensor, mask: Tensor, rank: int = 128
     if residuals.shape != mask.shape or residuals.ndim != 3:
         raise ValueError(f"residuals and mask must both be [N, P, C], got {tuple(residuals.shape)} "
                          f"and {tuple(mask.shape)}")
+    if not torch.isfinite(residuals).all():
+        raise ValueError("residuals contain NaN or inf; put 0 there and 0 in the mask")
     r = residuals.double() * mask
     cnt = mask.sum(1, keepdim=True).clamp_min(1.0)
     rms = (r.pow(2).sum(1, keepdim=True) / cnt).sqrt()
@@ -280,6 +282,9 @@ def gls_factors(factor: Tensor, mask: Tensor, floor: float) -> Tensor:
     """
     if not floor > 0:
         raise ValueError(f"the white-noise floor must be > 0, got {floor!r}")
+    if factor.ndim != 2 or mask.ndim != 2 or mask.shape[1] != factor.shape[1]:
+        raise ValueError(f"factor must be [k, n] and mask [B, n], got {tuple(factor.shape)} and "
+                         f"{tuple(mask.shape)}")
     uniq, inv = torch.unique(mask, dim=0, return_inverse=True)
     f = factor.double()
     gram = torch.einsum("kn,bn,ln->bkl", f, uniq.double(), f)
@@ -300,6 +305,9 @@ def gls_quadratic(e: Tensor, factor: Tensor, chol: Tensor) -> Tensor:
     >>> gls_quadratic(e, F, gls_factors(F, m, 1.0))
     tensor([5.])
     """
+    if e.ndim != 2 or e.shape[1] != factor.shape[1] or chol.shape != (len(e), len(factor), len(factor)):
+        raise ValueError(f"e [B, n], factor [k, n] and chol [B, k, k] do not match: {tuple(e.shape)}, "
+                         f"{tuple(factor.shape)}, {tuple(chol.shape)}")
     g = e @ factor.T  # [B, k]
     h = torch.linalg.solve_triangular(chol, g.unsqueeze(-1), upper=False).squeeze(-1)
     return e.pow(2).sum(-1) - h.pow(2).sum(-1)
