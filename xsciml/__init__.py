@@ -23,7 +23,7 @@ except Exception:  # pragma: no cover - not installed
 
 _LAZY_SUBMODULES = {
     "datasets", "training", "io", "base", "nn", "likelihoods", "plot", "inverse",
-    "metrics", "models", "parallel", "jobs", "cli", "downscale", "samplers", "pde1d",
+    "metrics", "baselines", "models", "parallel", "jobs", "cli", "downscale", "samplers", "pde1d",
 }
 
 
