@@ -149,6 +149,8 @@ def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="no data for hour"):  # 6 hours of history lack hour 20
         bl.climatology(obs, obs.time.values[[3]], np.array([17], "timedelta64[h]"),
                        history=obs.isel(time=slice(0, 6)))
+    with pytest.raises(ValueError, match="all NaN"):
+        bl.climatology(obs, obs.time.values[[3]], leads, history=obs * np.nan)
     fc = bl.persistence(obs, obs.time.values[:2], leads)
     w = bl.fit_blend({"a": fc, "b": fc + 1}, fc)
     with pytest.raises(ValueError, match="weights are for forecasts"):
@@ -157,3 +159,15 @@ def test_bad_input_is_refused_with_a_clear_message():
         bl.fit_blend({"a": fc, "b": fc}, fc * np.nan)
     with pytest.raises(ValueError, match="at least two"):
         bl.fit_blend({"a": fc}, fc)
+
+
+def test_dask_backed_observations_stay_lazy_and_match():
+    obs = _obs(10)
+    lazy = obs.chunk(time=48)
+    inits, leads = obs.time.values[24 * 8::6], np.array([1, 24], "timedelta64[h]")
+    hist = slice(0, 24 * 7)
+    for fn in (lambda o: bl.anomaly_persistence(o, inits, leads, history=o.isel(time=hist)),
+               lambda o: bl.verification(o, bl.persistence(obs, inits, leads))):
+        out_lazy, out = fn(lazy), fn(obs)
+        assert out_lazy.chunks is not None  # nothing computed yet
+        np.testing.assert_allclose(out_lazy.values, out.values, rtol=1e-12)

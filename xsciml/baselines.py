@@ -150,7 +150,7 @@ def verification(obs: xr.DataArray, forecast: xr.DataArray, *, time: str = "time
     flat = np.asarray(vt.values).reshape(-1)
     picked = obs.reindex({time: flat})
     picked = picked.transpose(time, ...)
-    arr = np.asarray(picked.values).reshape(*vt.shape, *picked.shape[1:])
+    arr = picked.data.reshape(*vt.shape, *picked.shape[1:])  # stays lazy for dask-backed obs
     rest = [d for d in picked.dims if d != time]
     out = xr.DataArray(arr, dims=(*vt.dims, *rest),
                        coords={**{k: v.variable for k, v in vt.coords.items()},
@@ -205,7 +205,7 @@ def _group_key(times: Any, by: str) -> np.ndarray:
 def _climatology_table(history: xr.DataArray, time: str, by: str) -> xr.DataArray:
     key = _group_key(history[time].values, by)
     table = history.assign_coords(_key=(time, key)).groupby("_key").mean(time)
-    if bool(table.isnull().all().item()):
+    if bool(table.isnull().all()):  # one small reduction, also for dask-backed history
         raise ValueError("the climatology history is all NaN")
     return table
 
@@ -257,7 +257,7 @@ def climatology(obs: xr.DataArray, init: Any, lead: Any, *, history: xr.DataArra
     table = _climatology_table(history, time, by)
     vt = _valid_times(inits, leads, time)
     vals = _climatology_at(table, vt.values.reshape(-1), by, "valid times")
-    arr = np.asarray(vals.transpose("_t", ...).values)
+    arr = vals.transpose("_t", ...).data  # lazy for a dask-backed history
     rest = [d for d in vals.dims if d != "_t"]
     out = xr.DataArray(arr.reshape(*vt.shape, *arr.shape[1:]), dims=(time, "lead", *rest),
                        coords={k: c.variable for k, c in table.coords.items() if k in rest})
