@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dynamics-width", type=int, default=64, help="width of the dynamics MLP")
     parser.add_argument("--grad-clip", type=float, default=1.0,
                         help="gradient-norm clipping (0: none; without it some seeds diverge)")
+    parser.add_argument("--rollout-weight", type=float, default=0.0,
+                        help="weight of the decoded-rollout loss (fit_dynamics rollout_weight)")
     parser.add_argument("--window", type=int, default=24, help="frames per training window")
     parser.add_argument("--points", type=int, default=256, help="points per frame per step")
     parser.add_argument("--encode-steps", type=int, default=300)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(latent_dim=args.latent, width=args.width, depth=3, window=args.window,
                     n_points=args.points, steps=steps, time_units="hours", loss="mse",
                     periods=periods, dynamics_width=args.dynamics_width,
-                    grad_clip=args.grad_clip or None)
+                    grad_clip=args.grad_clip or None, rollout_weight=args.rollout_weight)
     print(f"ERA5 UK t2m {era.sizes['latitude']}x{era.sizes['longitude']}, train < {SPLIT} ({int((era.time < SPLIT).sum())} hourly frames), "
           f"{len(starts)} initial times; DINo {settings}; {torch.get_num_threads()} thread(s)", flush=True)
     fc_kw = dict(lead=leads, encode_steps=enc, encode_lr=args.encode_lr, device=args.device,

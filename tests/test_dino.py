@@ -624,3 +624,16 @@ def test_same_seed_same_model_whatever_the_global_generator(heat_data):
     b = fit_dynamics(data, "u", space=("y", "x"), steps=2, seed=5, **TINY)
     for (k, va), vb in zip(a.module.state_dict().items(), b.module.state_dict().values(), strict=True):
         torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_rollout_weight_adds_a_decoded_rollout_loss_that_training_reduces(heat_data):
+    train, _ = heat_data
+    data = train.isel(time=slice(0, 5))
+    model = fit_dynamics(data, "u", space=("y", "x"), steps=80, seed=0, rollout_weight=1.0, **TINY)
+    roll = np.asarray(model.history.logs["rollout"])
+    assert roll.shape == (80,) and np.isfinite(roll).all()
+    assert roll[-10:].mean() < 0.5 * roll[:10].mean()
+    plain = fit_dynamics(data, "u", space=("y", "x"), steps=2, seed=0, **TINY)
+    assert "rollout" not in plain.history.logs
+    with pytest.raises(ValueError, match="rollout_weight"):
+        fit_dynamics(data, "u", space=("y", "x"), steps=2, rollout_weight=-1.0, **TINY)

@@ -685,7 +685,8 @@ class _OffsetTable:
 
 
 def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Tensor,
-                   ode: dict[str, Any], phase: Tensor | None = None) -> Tensor:
+                   ode: dict[str, Any], phase: Tensor | None = None,
+                   return_pred: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Teacher-forced latent rollout loss on normalised codes ``z [B, w, d]``.
 
     ``u [B, w]`` are uniform draws: the step into frame ``j`` restarts from the true code
@@ -693,6 +694,7 @@ def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Te
     predicted trajectory. Every frame's prediction is the ODE solution from its latest
     restart, so all of them come from one batched solve over the distinct (trajectory,
     restart) pairs, integrated only as far as the longest segment between restarts.
+    With ``return_pred``, also the predicted codes ``[B, w - 1, d]`` of frames 1..w-1.
     """
     B, w, d = z.shape
     steps = torch.arange(w - 1, device=z.device)
@@ -708,7 +710,8 @@ def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Te
     n_t = int(ti.max()) + 1
     sol = integrate_latent(m.dynamics, z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d(+phases)]
     pred = sol[ti, pair_of][..., :d]
-    return (pred - z[:, 1:]).pow(2).mean()
+    loss = (pred - z[:, 1:]).pow(2).mean()
+    return (loss, pred) if return_pred else loss
 
 
 # =========================================================================== estimator
@@ -1566,6 +1569,7 @@ def fit_dynamics(
     dynamics_lr: float = 3e-3,
     scheduler: Any = "cosine",
     grad_clip: float | None = None,
+    rollout_weight: float = 0.0,
     time_units: str = "days",
     sphere: bool | str = "auto",
     residual_rank: int = 128,
@@ -1657,6 +1661,11 @@ def fit_dynamics(
         Clip the global gradient norm of every step to this value (None: no clipping).
         Long rollouts of an unstable latent flow can produce huge gradients; clipping
         (e.g. 1.0) keeps one bad step from wrecking the training.
+    rollout_weight
+        Weight of a second dynamics loss: the predicted codes of the teacher-forced
+        rollout are decoded and compared with the frames (the reconstruction loss on the
+        rollout), so that the dynamics is fitted where it matters for the field, not only
+        in code space. 0 (default): DINo's latent loss only.
     time_units
         Float unit of datetime/cftime time (leads given as numbers are in this unit).
     sphere
@@ -1743,6 +1752,8 @@ def fit_dynamics(
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if loss not in ("mse", "relative"):
         raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
+    if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
+        raise ValueError(f"rollout_weight must be a finite number >= 0, got {rollout_weight!r}")
 
     # ---- time
     clock = _Clock.fit(ds[time].values, time_units)
@@ -1848,11 +1859,18 @@ def fit_dynamics(
         m.update_statistics()
         # as in DINo, the dynamics fits the codes and the codes fit the data: the
         # dynamics loss does not move the codes (no collapse towards static codes)
-        dyn = _dynamics_loss(m, m.normalise(codes.detach()), batch["u"], batch["t_out"],
-                             batch["where"], ode_kw, batch["phase"])
+        dyn, zpred = _dynamics_loss(m, m.normalise(codes.detach()), batch["u"], batch["t_out"],
+                                    batch["where"], ode_kw, batch["phase"], return_pred=True)
         loss = dec + dyn  # separate parameters: the sum just steps both at once
-        return loss, {"decoder": float(dec.detach()), "dynamics": float(dyn.detach()),
-                      "teacher_forcing": float(m.teacher_forcing)}
+        logs = {"decoder": float(dec.detach()), "dynamics": float(dyn.detach()),
+                "teacher_forcing": float(m.teacher_forcing)}
+        if rollout_weight > 0:  # the rollout scored on the field, through the decoder
+            fpred = decode_codes(m.decoder, batch["feats"], m.denormalise(zpred))
+            roll = ((fpred - batch["y"][:, 1:]) ** 2 * mb[:, 1:]).sum() \
+                / (mb[:, 1:] > 0).sum().clamp_min(1)
+            loss = loss + rollout_weight * roll
+            logs["rollout"] = float(roll.detach())
+        return loss, logs
 
     def on_step(state) -> None:
         state.model.teacher_forcing = float(schedule(state.step))
