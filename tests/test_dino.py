@@ -637,3 +637,59 @@ def test_rollout_weight_adds_a_decoded_rollout_loss_that_training_reduces(heat_d
     assert "rollout" not in plain.history.logs
     with pytest.raises(ValueError, match="rollout_weight"):
         fit_dynamics(data, "u", space=("y", "x"), steps=2, rollout_weight=-1.0, **TINY)
+
+
+@pytest.mark.parametrize("noise", ["white", "correlated"])
+def test_gauss_newton_encoding_reaches_the_adam_optimum(fitted, heat_data, noise):
+    _, test = heat_data
+    init = test.isel(time=0)
+    # a different random 30 % of the points in every state: one normal matrix per mask
+    rng = np.random.default_rng(4)
+    keep = xr.DataArray(rng.random((init.sizes["trajectory"], 16, 16)) < 0.3,
+                        dims=("trajectory", "y", "x"))
+    sparse = init.where(keep)
+    gn = fitted.encode(sparse, noise=noise)  # the default: 5 Gauss-Newton steps
+    adam = fitted.encode(sparse, noise=noise, optimizer="adam", steps=1500, lr=0.02)
+    spread = float(fitted.codes.std())
+    assert np.abs(gn.values - adam.values).max() < 0.02 * spread
+    far = fitted.encode(sparse, noise=noise, optimizer="adam", steps=3, lr=0.02)
+    assert np.abs(far.values - adam.values).max() > 0.1 * spread  # the check can fail
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        fitted.encode(sparse, optimizer="lbfgs")
+
+
+def test_gauss_newton_steps_never_increase_the_objective():
+    from torch import nn
+
+    from xsciml.models.dino import gauss_newton_codes
+    from xsciml.nn import FourierNet
+
+    class Cosine(nn.Module):  # u = cos(3 a.x + b): flat in the code at the linearisation point 0,
+        # so the shared Jacobian is ~0 and undamped steps from a0 = 0.3 would explode
+        def forward(self, f, z):
+            return torch.cos(3.0 * (z[..., :2] * f).sum(-1, keepdim=True) + z[..., 2:3])
+
+    torch.manual_seed(0)
+    x = torch.rand(120, 2) * 2 - 1
+    zero, one = torch.zeros(3), torch.ones(3)
+    for net, scale, start, converges in (
+            (Cosine(), 0.7, 0.3, False),
+            (FourierNet(2, 1, width=16, depth=3, input_scale=6.0, code_dim=3), 3.0, 0.0, True)):
+        with torch.no_grad():
+            y = decode_codes(net, x, torch.randn(4, 3) * scale)
+        mask = (torch.rand(4, 120, 1) < 0.7).float()
+        y = y * mask
+
+        def objective(a, net=net, y=y, mask=mask):
+            e = (decode_codes(net, x, a) - y) * mask
+            return (e.pow(2).sum((1, 2)) / mask.sum((1, 2)) + 1e-4 / 3 * a.pow(2).sum(1)).detach()
+
+        a0 = torch.full((4, 3), start)
+        prev = objective(a0)
+        for k in (1, 2, 4, 8, 16):
+            a = gauss_newton_codes(net, x, y, mask, a0, steps=k, reg=1e-4, code_mean=zero, code_std=one)
+            f = objective(a)
+            assert (f <= prev + 1e-7).all(), (type(net).__name__, k)
+            prev = f
+        if converges:
+            assert (prev < 0.5 * objective(a0)).all()

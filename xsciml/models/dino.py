@@ -82,6 +82,7 @@ __all__ = [
     "decode_codes",
     "fit_dynamics",
     "forecast",
+    "gauss_newton_codes",
     "gls_factors",
     "gls_quadratic",
     "integrate_latent",
@@ -93,6 +94,15 @@ FIXED_STEP_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_ad
                       "implicit_adams")
 #: torchdiffeq solvers with error control (``rtol``/``atol``).
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+#: Optimisers of the test-time auto-decoding (:meth:`DINo.encode`).
+ENCODE_OPTIMIZERS = ("gauss-newton", "adam")
+_DEFAULT_ENCODE_STEPS = {"gauss-newton": 5, "adam": 100}
+
+
+def _encode_steps(steps: int | None, optimizer: str) -> int:
+    return _DEFAULT_ENCODE_STEPS[optimizer] if steps is None else steps
+
 
 _UNIT_SECONDS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
 
@@ -311,6 +321,143 @@ def gls_quadratic(e: Tensor, factor: Tensor, chol: Tensor) -> Tensor:
     g = e @ factor.T  # [B, k]
     h = torch.linalg.solve_triangular(chol, g.unsqueeze(-1), upper=False).squeeze(-1)
     return e.pow(2).sum(-1) - h.pow(2).sum(-1)
+
+
+def _gls_apply(x: Tensor, factor: Tensor, chol: Tensor) -> Tensor:
+    r"""``a K^{-1} x`` for masked columns ``x [B, n, q]`` (the matrix of :func:`gls_quadratic`).
+
+    :math:`x - F^\top L^{-\top} L^{-1} F x`, so that :math:`e^\top (\cdot\,e)` is
+    ``gls_quadratic(e)``.
+    """
+    g = torch.einsum("kn,bnq->bkq", factor, x)
+    h = torch.linalg.solve_triangular(chol, g, upper=False)
+    h = torch.linalg.solve_triangular(chol.transpose(-1, -2), h, upper=True)
+    return x - torch.einsum("kn,bkq->bnq", factor, h)
+
+
+def _decoder_jacobian(decoder: nn.Module, features: Tensor, alpha: Tensor, step: Tensor) -> Tensor:
+    """Jacobian ``[P*C, d]`` of the decoded field at ``alpha [d]`` by central differences.
+
+    ``step [d]`` is the difference step of each code entry (a small fraction of its
+    spread over the training codes). Two batched decodings of ``d`` codes.
+    """
+    d = alpha.shape[-1]
+    with torch.no_grad():
+        e = torch.diag(step)
+        plus = decode_codes(decoder, features, alpha + e).reshape(d, -1)
+        minus = decode_codes(decoder, features, alpha - e).reshape(d, -1)
+    return ((plus - minus) / (2.0 * step[:, None])).T
+
+
+def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor,
+                       alpha0: Tensor, *, steps: int, reg: float, code_mean: Tensor,
+                       code_std: Tensor, gls: Tensor | None = None, chol: Tensor | None = None
+                       ) -> Tensor:
+    r"""Auto-decoding by Gauss–Newton steps preconditioned at the mean code (batched).
+
+    Minimises, for every state independently, the objective of :meth:`DINo.encode`:
+    :math:`\ell(\alpha) = \frac{1}{n}\, e^\top W e + \frac{\rho}{d}\lVert(\alpha-\mu)/\sigma\rVert^2`
+    with :math:`e = m \odot (D(\alpha) - y)` on the observed points, ``W`` the identity
+    (white noise) or the Woodbury GLS matrix (``gls``, ``chol`` from :func:`gls_factors`).
+    The decoder's Jacobian ``J`` is computed once, at the mean training code :math:`\mu`,
+    by central differences; every step solves
+    :math:`(2 J^\top W J / n + 2\rho/d\,\mathrm{diag}\,\sigma^{-2})\,\delta = \nabla\ell(\alpha)`
+    with the *exact* gradient (autograd), so the iteration stops where plain gradient
+    descent would — at a stationary point of :math:`\ell` — whatever the Jacobian's
+    error; the shared Jacobian only makes each step cost one forward and one backward
+    pass. DINo's shift-modulated decoders are close to linear in the code, so a few
+    steps match hundreds of Adam steps. A step that increases a state's objective is
+    halved for that state (backtracking, per state).
+
+    Parameters
+    ----------
+    decoder
+        Code-conditioned coordinate network (frozen).
+    features
+        Encoded points ``[P, F]``.
+    y, mask
+        Standardised values and observation mask ``[B, P, C]`` (``y`` 0 where unobserved).
+    alpha0
+        Starting codes ``[B, d]``.
+    steps
+        Gauss–Newton steps.
+    reg
+        Weight of the Gaussian prior on the normalised code.
+    code_mean, code_std
+        :math:`\mu`, :math:`\sigma` of the training codes ``[d]``.
+    gls, chol
+        Optional GLS factor ``[k, P*C]`` (restricted to the points) and its Cholesky
+        factors ``[B, k, k]``.
+
+    Returns
+    -------
+    Codes ``[B, d]``.
+
+    Examples
+    --------
+    >>> from xsciml.nn import FourierNet
+    >>> net = FourierNet(2, 1, width=16, depth=2, input_scale=4.0, code_dim=3)
+    >>> x, true = torch.rand(50, 2) * 2 - 1, torch.randn(4, 3) * 0.1
+    >>> with torch.no_grad():
+    ...     y = decode_codes(net, x, true)
+    >>> a = gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(4, 3), steps=10,
+    ...                        reg=0.0, code_mean=torch.zeros(3), code_std=torch.ones(3))
+    >>> bool((a - true).abs().max() < 1e-3)
+    True
+    """
+    B, d = alpha0.shape
+    n_obs = mask.sum((1, 2)).clamp_min(1.0)
+    mu, sd = code_mean.reshape(-1).to(alpha0), code_std.reshape(-1).to(alpha0)
+    J = _decoder_jacobian(decoder, features, mu, 1e-2 * sd).double()  # [P*C, d]
+    m = mask.reshape(B, -1)
+    uniq, inv = torch.unique(m, dim=0, return_inverse=True)  # one normal matrix per mask
+    Jm = uniq.double()[:, :, None] * J  # [U, n, d]
+    if gls is not None:
+        if chol is None:
+            raise ValueError("GLS encoding needs chol (gls_factors of the factor and the mask)")
+        WJ = _gls_apply(Jm, gls.double(), chol.double()[_first_of_each(inv, len(uniq))])
+    else:
+        WJ = Jm
+    prior = (2.0 * reg / d) / sd.double() ** 2
+    H = 2.0 * Jm.transpose(1, 2) @ WJ  # [U, d, d], divided by n_obs per state below
+    H = H[inv] / n_obs.double()[:, None, None] + torch.diag_embed(prior.expand(B, -1))
+    jitter = 1e-8 * H.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    H = H + jitter[:, None, None] * torch.eye(d, dtype=H.dtype, device=H.device)
+    L = torch.linalg.cholesky(H)
+
+    def objective(a: Tensor) -> Tensor:  # [B]
+        e = (decode_codes(decoder, features, a) - y) * mask
+        if gls is None:
+            fit = e.pow(2).sum((1, 2))
+        else:
+            fit = gls_quadratic(e.reshape(B, -1), gls, chol)
+        return fit / n_obs + (reg / d) * ((a - mu) / sd).pow(2).sum(1)
+
+    alpha = alpha0.detach().clone()
+    scale = torch.ones(B, 1, dtype=alpha.dtype, device=alpha.device)
+    with torch.enable_grad():
+        a = alpha.requires_grad_(True)
+        f = objective(a)
+        (g,) = torch.autograd.grad(f.sum(), a)
+    f = f.detach()
+    for _ in range(int(steps)):
+        delta = torch.cholesky_solve(g.double().unsqueeze(-1), L).squeeze(-1).to(alpha)
+        trial = (alpha - scale * delta).requires_grad_(True)
+        with torch.enable_grad():
+            ft = objective(trial)
+            (gt,) = torch.autograd.grad(ft.sum(), trial)
+        better = (ft.detach() <= f)[:, None]
+        alpha = torch.where(better, trial.detach(), alpha)
+        g = torch.where(better, gt, g)
+        f = torch.where(better[:, 0], ft.detach(), f)
+        scale = torch.where(better, torch.clamp(scale * 2.0, max=1.0), scale * 0.5)
+    return alpha.detach()
+
+
+def _first_of_each(inv: Tensor, n: int) -> Tensor:
+    """Index of the first occurrence of every value 0..n-1 in ``inv``."""
+    first = torch.full((n,), len(inv), dtype=torch.long, device=inv.device)
+    return first.scatter_reduce(0, inv, torch.arange(len(inv), device=inv.device), reduce="amin")
 
 
 def integrate_latent(
@@ -896,7 +1043,8 @@ class DINo(Estimator):
         self._check_domain(feats, role)
         return sdims, vals, feats, idx
 
-    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 100, lr: float = 0.1,
+    def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int | None = None,
+               optimizer: str = "gauss-newton", lr: float = 0.1,
                init: str = "nearest", reg: float = 1e-2, noise: str = "auto",
                shrinkage: float = 0.1, device: Any = "auto",
                seed: int | None = 0, progress: bool | None = None,
@@ -904,20 +1052,29 @@ class DINo(Estimator):
         """Infer the codes α of states by auto-decoding (decoder frozen, batched).
 
         Every state along the non-space dimensions of ``ds_init`` gets its own code,
-        optimised by Adam (cosine-decayed learning rate) on the mean squared error of its
-        decoded field at its finite points (standardised values) plus ``reg`` times the
-        mean square of its normalised code — a Gaussian prior fitted to the training
-        codes, which keeps the code where the dynamics was trained — all states at once.
-        States are independent: the result does not depend on how many are encoded
-        together.
+        minimising the mean squared error of its decoded field at its finite points
+        (standardised values) plus ``reg`` times the mean square of its normalised code — a
+        Gaussian prior fitted to the training codes, which keeps the code where the
+        dynamics was trained — all states at once. States are independent: the result
+        does not depend on how many are encoded together.
+
+        The default optimiser takes Gauss–Newton steps preconditioned by the decoder's
+        Jacobian at the mean training code (:func:`gauss_newton_codes`): DINo's decoders
+        are close to linear in the code, and 5 such steps reach what 100–300 Adam steps
+        reach, at a few percent of the cost. ``optimizer="adam"`` is DINo's
+        auto-decoding (Adam with a cosine-decayed learning rate).
 
         Parameters
         ----------
         ds_init
             States on any grid or scattered points with the model's space coordinates,
             NaN where unobserved.
-        steps, lr
-            Adam steps and initial learning rate.
+        steps
+            Optimiser steps (default 5 Gauss–Newton steps, or 100 Adam steps).
+        optimizer
+            ``"gauss-newton"`` (default) or ``"adam"``.
+        lr
+            Initial learning rate of Adam.
         init
             Starting codes: ``"nearest"`` (default) starts every state from the training
             code whose decoded field is closest to it on its observed points (a
@@ -953,7 +1110,8 @@ class DINo(Estimator):
         >>> z = model.encode(ds.isel(time=0), steps=100)  # doctest: +SKIP
         """
         ds = self._init_dataset(ds_init, "initial state")
-        alpha, bdims, bshape, bcoords = self._encode_tensor(ds, steps=steps, lr=lr, device=device,
+        alpha, bdims, bshape, bcoords = self._encode_tensor(ds, steps=steps, optimizer=optimizer,
+                                                            lr=lr, device=device,
                                                             seed=seed, progress=progress,
                                                             max_points=max_points, init=init,
                                                             reg=reg, noise=noise,
@@ -1023,12 +1181,15 @@ class DINo(Estimator):
         cols = (torch.as_tensor(where)[:, None] * C + torch.arange(C)).reshape(-1)
         return self.residual_factor[:, cols] * float(np.sqrt(1.0 - shrinkage))
 
-    def _encode_tensor(self, ds: xr.Dataset, *, steps: int, lr: float, device: Any,
+    def _encode_tensor(self, ds: xr.Dataset, *, steps: int | None, lr: float, device: Any,
                        seed: int | None, progress: bool | None, max_points: int,
                        init: str = "nearest", reg: float = 0.0, noise: str = "white",
-                       shrinkage: float = 0.1):
+                       shrinkage: float = 0.1, optimizer: str = "gauss-newton"):
         from .._utils import progress_bar, resolve_device, seed_everything
 
+        if optimizer not in ENCODE_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {ENCODE_OPTIMIZERS}, got {optimizer!r}")
+        steps = _encode_steps(steps, optimizer)
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
         if not (lr > 0 and reg >= 0):
@@ -1085,6 +1246,11 @@ class DINo(Estimator):
                         alpha0 = self._nearest_codes(cand, yt, mt)
                     else:
                         alpha0 = m.code_mean.detach().expand(len(yt), -1)
+                    if optimizer == "gauss-newton":
+                        out[a:a + per] = gauss_newton_codes(
+                            dec, f, yt, mt, alpha0, steps=steps, reg=reg, code_mean=m.code_mean,
+                            code_std=m.code_std, gls=gls, chol=chol).cpu()
+                        continue
                     alpha = alpha0.clone().requires_grad_(True)
                     opt = torch.optim.Adam([alpha], lr=lr)
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
@@ -1223,7 +1389,8 @@ class DINo(Estimator):
         return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 encode_steps: int = 100, encode_lr: float = 0.1, encode_init: str = "nearest",
+                 encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
+                 encode_lr: float = 0.1, encode_init: str = "nearest",
                  encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
                  device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
@@ -1245,9 +1412,9 @@ class DINo(Estimator):
             Where to decode: default the grid/points of ``ds_init``; or a Dataset /
             DataArray (its space coordinates), a dict of 1-D coordinates (a new grid),
             or a DataFrame of scattered points.
-        encode_steps, encode_lr, encode_init, encode_reg, encode_noise
-            Auto-decoding of the initial codes (``steps``, ``lr``, ``init``, ``reg``,
-            ``noise`` of :meth:`encode`).
+        encode_steps, encode_optimizer, encode_lr, encode_init, encode_reg, encode_noise
+            Auto-decoding of the initial codes (``steps``, ``optimizer``, ``lr``, ``init``,
+            ``reg``, ``noise`` of :meth:`encode`).
         residual
             ``None`` (default): the forecast is the decoded latent trajectory. ``"persist"``:
             add the initial state's reconstruction residual ``y0 - D(α0)`` (0 where
@@ -1279,13 +1446,15 @@ class DINo(Estimator):
                              "points: leave target=None")
         if any(_is_dask(ds[v]) for v in self.variables):
             return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
+                                       encode_optimizer=encode_optimizer,
                                        encode_lr=encode_lr, encode_init=encode_init,
                                        encode_reg=encode_reg, encode_noise=encode_noise,
                                        residual=residual, device=device,
                                        seed=seed, batch_size=batch_size)
         alpha0, bdims, bshape, bcoords = self._encode_tensor(
-            ds, steps=encode_steps, lr=encode_lr, device=device, seed=seed, progress=progress,
-            max_points=batch_size, init=encode_init, reg=encode_reg, noise=encode_noise)
+            ds, steps=encode_steps, optimizer=encode_optimizer, lr=encode_lr, device=device,
+            seed=seed, progress=progress, max_points=batch_size, init=encode_init, reg=encode_reg,
+            noise=encode_noise)
         alpha = self._integrate(alpha0, offsets, device, self._initial_times(ds, bdims))  # [N, K, d]
         if target is None:
             target = ds
@@ -1298,7 +1467,8 @@ class DINo(Estimator):
             t0 = ds[self.time].transpose(*[d for d in bdims if d in ds[self.time].dims])
             valid = self.clock.add(t0.values, offsets)
             coords["valid_time"] = ((*t0.dims, "lead"), valid)
-        extra = {"xsciml_encode_steps": str(encode_steps), "xsciml_ode_nfe": str(self.last_nfe)}
+        extra = {"xsciml_encode_steps": str(_encode_steps(encode_steps, encode_optimizer)),
+                 "xsciml_encode_optimizer": encode_optimizer, "xsciml_ode_nfe": str(self.last_nfe)}
         out = self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
         if residual == "persist":
             rec = self._decode_tensor(alpha0, tp, device, batch_size)
@@ -1352,7 +1522,9 @@ class DINo(Estimator):
                     "forecast_kw": kw},
         )
         outs = list(out) if isinstance(out, tuple) else [out]
-        extra = {"xsciml_encode_steps": str(kw.get("encode_steps"))}
+        opt = kw.get("encode_optimizer", "gauss-newton")
+        extra = {"xsciml_encode_steps": str(_encode_steps(kw.get("encode_steps"), opt)),
+                 "xsciml_encode_optimizer": opt}
         res = xr.Dataset()
         for name, da in zip(self.variables, outs, strict=True):
             da = da.assign_coords(lead=("lead", lead_coord))
@@ -1393,7 +1565,8 @@ class DINo(Estimator):
         return xr.DataArray(hit.reshape(shape), dims=tuple(sdims), coords=coords, name="observed")
 
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
-                 observed: xr.DataArray | None = None, encode_steps: int = 100,
+                 observed: xr.DataArray | None = None, encode_steps: int | None = None,
+                 encode_optimizer: str = "gauss-newton",
                  encode_lr: float = 0.1, encode_init: str = "nearest", encode_reg: float = 1e-2,
                  encode_noise: str = "auto", device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
@@ -1413,7 +1586,9 @@ class DINo(Estimator):
         observed
             Boolean mask over the space dims of the observed points; default the points
             observed in training (:meth:`observed_mask`).
-        encode_steps, encode_lr, encode_init, encode_reg, encode_noise, device, seed, progress
+        encode_steps, encode_optimizer, encode_lr, encode_init, encode_reg, encode_noise
+            As in :meth:`forecast`.
+        device, seed, progress
             As in :meth:`forecast`.
 
         Returns
@@ -1446,7 +1621,10 @@ class DINo(Estimator):
             off = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
             lead = off
         init = ds[self.variables].isel({self.time: 0}).where(observed)
-        fc = self.forecast(init, lead=lead, target=ds, encode_steps=encode_steps, encode_lr=encode_lr,
+        # the smooth model borrows this method; its encoder network has no optimiser choice
+        opt_kw = {"encode_optimizer": encode_optimizer} if isinstance(self, DINo) else {}
+        fc = self.forecast(init, lead=lead, target=ds, encode_steps=encode_steps, **opt_kw,
+                           encode_lr=encode_lr,
                            encode_init=encode_init, encode_reg=encode_reg, encode_noise=encode_noise,
                            device=device, seed=seed,
                            progress=progress)
@@ -1488,7 +1666,9 @@ class DINo(Estimator):
         out["mse"].attrs = {"long_name": "mean squared error"}
         out["rel_mse"].attrs = {"long_name": "relative MSE: sum err^2 / sum (truth - spatial mean)^2"}
         out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
-                     "observed_fraction": float(observed.mean()), "encode_steps": int(encode_steps)}
+                     "observed_fraction": float(observed.mean()),
+                     "encode_steps": int(_encode_steps(encode_steps, encode_optimizer)),
+                     "encode_optimizer": opt_kw.get("encode_optimizer", "encoder network")}
         return out
 
     def __repr__(self) -> str:
