@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the decoded-rollout loss (fit_dynamics rollout_weight)")
     parser.add_argument("--window", type=int, default=24, help="frames per training window")
     parser.add_argument("--points", type=int, default=256, help="points per frame per step")
-    parser.add_argument("--encode-steps", type=int, default=300)
-    parser.add_argument("--encode-lr", type=float, default=0.05, help="auto-decoding learning rate")
+    parser.add_argument("--encode-optimizer", default="gauss-newton", choices=("gauss-newton", "adam"),
+                        help="auto-decoding optimiser (the library default: Gauss-Newton)")
+    parser.add_argument("--encode-steps", type=int, default=None,
+                        help="auto-decoding steps (default: the library's, 5 Gauss-Newton / 100 Adam)")
+    parser.add_argument("--encode-lr", type=float, default=0.05, help="Adam's auto-decoding learning rate")
     parser.add_argument("--periods", default="1D",
                         help="known forcing periods, comma-separated ('' for autonomous dynamics)")
     parser.add_argument("--validation-days", type=int, default=5,
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
     steps = args.steps or (30 if args.quick else 4000)
-    enc = 10 if args.quick else args.encode_steps
+    enc = 10 if args.quick and args.encode_optimizer == "adam" else args.encode_steps
 
     era = xr.open_dataset(DATA_DIR / FILE).t2m.load()
     leads = np.array(LEADS_H, dtype="timedelta64[h]").astype("timedelta64[ns]")
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                     grad_clip=args.grad_clip or None, rollout_weight=args.rollout_weight)
     print(f"ERA5 UK t2m {era.sizes['latitude']}x{era.sizes['longitude']}, train < {SPLIT} ({int((era.time < SPLIT).sum())} hourly frames), "
           f"{len(starts)} initial times; DINo {settings}; {torch.get_num_threads()} thread(s)", flush=True)
-    fc_kw = dict(lead=leads, encode_steps=enc, encode_lr=args.encode_lr, device=args.device,
+    fc_kw = dict(lead=leads, encode_steps=enc, encode_optimizer=args.encode_optimizer,
+                 encode_lr=args.encode_lr, device=args.device,
                  progress=False)
 
     def fit_and_forecast(split: np.datetime64, inits: np.ndarray):
