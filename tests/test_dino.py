@@ -299,7 +299,8 @@ def test_dask_initial_state_gives_a_lazy_equal_forecast(fitted, heat_data):
     eager = fitted.forecast(init, lead=[0.0, 1.0], encode_steps=20)
     lazy = fitted.forecast(init.chunk({"trajectory": 2}), lead=[0.0, 1.0], encode_steps=20)
     assert lazy.chunks is not None
-    np.testing.assert_allclose(lazy.compute().values, eager.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lazy.compute().values, eager.values, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(eager.values).max()))
     with pytest.raises(ValueError, match="rechunk"):
         fitted.forecast(init.chunk({"x": 8}), lead=[0.0], encode_steps=1)
 
@@ -388,9 +389,12 @@ def test_encode_nearest_start_and_independent_states(fitted, heat_data):
     mean = fitted.encode(frames, steps=0, init="mean").values
     np.testing.assert_allclose(mean, np.broadcast_to(fitted.module.code_mean.numpy(), mean.shape))
     # states are encoded independently: alone or together, the same codes
-    both = fitted.encode(frames, steps=20)
-    one = fitted.encode(frames.isel(trajectory=[1]), steps=20)
-    np.testing.assert_allclose(one.values, both.isel(trajectory=[1]).values, rtol=1e-5, atol=1e-6)
+    # (to float rounding, which batched BLAS calls round differently)
+    tol = 1e-3 * float(fitted.codes.std())
+    for opt in ("gauss-newton", "adam"):
+        both = fitted.encode(frames, steps=20, optimizer=opt)
+        one = fitted.encode(frames.isel(trajectory=[1]), steps=20, optimizer=opt)
+        np.testing.assert_allclose(one.values, both.isel(trajectory=[1]).values, rtol=0, atol=tol)
     with pytest.raises(ValueError, match="init"):
         fitted.encode(frames, steps=1, init="random")
     with pytest.raises(ValueError, match="reg"):
@@ -563,7 +567,8 @@ def test_gls_encoding_on_training_points_only(fitted, heat_data, tmp_path):
     # the covariance follows the points, not their order: a reversed grid gives the same codes
     flipped = fitted.encode(sparse.isel(x=slice(None, None, -1), y=slice(None, None, -1)), steps=30,
                             noise="correlated")
-    np.testing.assert_allclose(flipped.values, corr.values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flipped.values, corr.values, rtol=0,
+                               atol=1e-3 * float(fitted.codes.std()))
     # shrinkage 1 is white noise
     np.testing.assert_allclose(fitted.encode(sparse, steps=30, noise="correlated", shrinkage=1.0).values,
                                white.values, rtol=1e-5, atol=1e-6)

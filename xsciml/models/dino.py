@@ -1045,7 +1045,7 @@ class DINo(Estimator):
 
     def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int | None = None,
                optimizer: str = "gauss-newton", lr: float = 0.1,
-               init: str = "nearest", reg: float = 1e-2, noise: str = "auto",
+               init: str = "auto", reg: float = 1e-2, noise: str = "auto",
                shrinkage: float = 0.1, device: Any = "auto",
                seed: int | None = 0, progress: bool | None = None,
                max_points: int = 2**18) -> xr.DataArray:
@@ -1076,10 +1076,12 @@ class DINo(Estimator):
         lr
             Initial learning rate of Adam.
         init
-            Starting codes: ``"nearest"`` (default) starts every state from the training
-            code whose decoded field is closest to it on its observed points (a
-            nearest-neighbour warm start, one batched decoding of up to 512 training
-            codes); ``"mean"`` from the mean training code.
+            Starting codes: ``"nearest"`` starts every state from the training code whose
+            decoded field is closest to it on its observed points (a nearest-neighbour
+            warm start, one batched decoding of up to 512 training codes); ``"mean"`` from
+            the mean training code. ``"auto"`` (default): the mean for Gauss–Newton (which
+            converges from there, and the warm start would be most of its cost), the
+            nearest code for Adam.
         reg
             Weight of the prior term (0: plain least squares).
         noise
@@ -1183,7 +1185,7 @@ class DINo(Estimator):
 
     def _encode_tensor(self, ds: xr.Dataset, *, steps: int | None, lr: float, device: Any,
                        seed: int | None, progress: bool | None, max_points: int,
-                       init: str = "nearest", reg: float = 0.0, noise: str = "white",
+                       init: str = "auto", reg: float = 0.0, noise: str = "white",
                        shrinkage: float = 0.1, optimizer: str = "gauss-newton"):
         from .._utils import progress_bar, resolve_device, seed_everything
 
@@ -1231,10 +1233,12 @@ class DINo(Estimator):
         f = torch.as_tensor(feats, dtype=torch.float32, device=dev)
         out = torch.empty(N, self.latent_dim)
         per = max(1, int(max_points) // max(1, len(feats)))
+        if init == "auto":  # Gauss-Newton converges from the mean; Adam needs a warm start
+            init = "mean" if optimizer == "gauss-newton" else "nearest"
         if init == "nearest":
             cand = self._candidate_fields(f, max_points)
         elif init != "mean":
-            raise ValueError(f"init must be 'nearest' or 'mean', got {init!r}")
+            raise ValueError(f"init must be 'auto', 'nearest' or 'mean', got {init!r}")
         try:
             with torch.enable_grad():
                 for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
@@ -1390,7 +1394,7 @@ class DINo(Estimator):
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
-                 encode_lr: float = 0.1, encode_init: str = "nearest",
+                 encode_lr: float = 0.1, encode_init: str = "auto",
                  encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
                  device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
@@ -1567,7 +1571,7 @@ class DINo(Estimator):
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int | None = None,
                  encode_optimizer: str = "gauss-newton",
-                 encode_lr: float = 0.1, encode_init: str = "nearest", encode_reg: float = 1e-2,
+                 encode_lr: float = 0.1, encode_init: str = "auto", encode_reg: float = 1e-2,
                  encode_noise: str = "auto", device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
         """The DINo table: MSE In-t / Out-t × In-s / Out-s, and relative MSE.
