@@ -12,10 +12,15 @@ Reported, in the same run, same device (CPU), same threads (1 by default):
 
 * the learned forecast: relative L2 error ``sqrt(sum err^2 / sum truth^2)`` over all
   test frames and points, wall-clock of ``model.forecast`` (encode + ODE + decode +
-  xarray output, best of 3), NFE, the autoencoder's reconstruction error of the test
-  frames (``decode(encode(truth))``: the part of the error the dynamics cannot remove)
-  and the roughness of the encoded training trajectories (mean squared second
-  difference in time of the standardised latents);
+  xarray output, best of 3), NFE, and the split of the error: the autoencoder's
+  reconstruction error of the test frames (``decode(encode(truth))``: the part the
+  dynamics cannot remove) and the "dynamics" error (the forecast against
+  ``decode(encode(truth))``); NFE and error again at a tight tolerance
+  (``--tight-rtol``, where the step count depends more on how smooth the latent path
+  is); the roughness of the encoded training trajectories (mean squared second
+  difference in time of the standardised latents). ``--init-seeds`` refits the main
+  gamma and gamma = 0 with other model seeds on the same data, to tell a gamma effect
+  from seed-to-seed spread;
 * the spectral solver on the same initial states, same resolution and output times, at
   the data step and at every coarser step of a sweep; "solver @ same accuracy" is the
   coarsest step whose error against the data is at most the learned model's error (its
@@ -34,9 +39,10 @@ NFE(gamma = 0) at equal or better accuracy (error at most 5 % above the gamma = 
 
 Usage::
 
-    python benchmarks/smooth_dynamics.py           # full run (~20 min on 1 thread)
+    python benchmarks/smooth_dynamics.py           # full run (~15 min on 1 thread)
     python benchmarks/smooth_dynamics.py --quick   # smoke run (< 1-2 min, bars not assessed)
     python benchmarks/smooth_dynamics.py --save    # also write benchmarks/results/smooth_dynamics.json
+    python benchmarks/smooth_dynamics.py --gamma-sweep 0.1,10 --init-seeds 1 --save  # + NFE vs gamma (~40 min)
 """
 
 from __future__ import annotations
@@ -110,11 +116,11 @@ def _matched(rows: list[dict], target: float) -> dict:
     return max(ok, key=lambda s: s["dt"]) if ok else min(rows, key=lambda s: s["dt"])
 
 
-def _latent_report(model, test, truth: np.ndarray) -> float:
-    """Relative L2 of ``decode(encode(truth))`` over the test frames."""
+def _reconstruction(model, test, truth: np.ndarray) -> tuple[np.ndarray, float]:
+    """``decode(encode(truth))`` over the test frames and its relative L2 error."""
     theta = model.encode(test.astype("float32"), device="cpu", progress=False)
-    rec = model.decode(theta, {"x": test["x"].values}, device="cpu")
-    return _rel_l2(rec.transpose(*test["u"].dims).values, truth)
+    rec = model.decode(theta, {"x": test["x"].values}, device="cpu").transpose(*test["u"].dims).values
+    return rec, _rel_l2(rec, truth)
 
 
 def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
@@ -134,29 +140,40 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
     rows: list[dict] = []
     res: dict[str, Any] = {"problem": spec["title"], "points": npts, "frames": len(t), "horizon": float(t[-1]),
                            "dt_data": dt_data}
-    learned, models = {}, {}
+    learned, models, repeats = {}, {}, []
     init = test.isel(time=0).astype("float32")
-    for gamma in dict.fromkeys([args.gamma, 0.0, *args.gamma_sweep]):
+    fits = [(gamma, args.seed) for gamma in dict.fromkeys([args.gamma, 0.0, *args.gamma_sweep])]
+    fits += [(gamma, s) for s in args.init_seeds if s != args.seed for gamma in dict.fromkeys([args.gamma, 0.0])]
+    for gamma, seed in fits:
         t0 = time.perf_counter()
-        model = fit_smooth_dynamics(train, "u", consistency=gamma, device="cpu", seed=args.seed,
+        model = fit_smooth_dynamics(train, "u", consistency=gamma, device="cpu", seed=seed,
                                     progress=False, **fit_kw)
         fit_s = time.perf_counter() - t0
         model.forecast(init, lead=t, progress=False)  # warm-up
         wall, fc = _best_of(lambda m=model: m.forecast(init, lead=t, progress=False))
-        err = _rel_l2(fc.values, truth)
-        rec = _latent_report(model, test, truth)
-        learned[gamma] = {"error": err, "wall_s": wall, "nfe": int(model.nfe), "fit_s": fit_s,
-                          "latent_dim": model.latent_dim, "reconstruction_test": rec,
-                          "reconstruction_train_loss": model.info["final_reconstruction_loss"],
-                          "consistency_loss": model.info["final_consistency_loss"],
-                          "dynamics_loss": model.info["final_dynamics_loss"],
-                          "latent_roughness": model.info["latent_roughness"]}
+        err, nfe = _rel_l2(fc.values, truth), int(model.nfe)
+        rec, rec_err = _reconstruction(model, test, truth)
+        tight = model.forecast(init, lead=t, rtol=args.tight_rtol, atol=args.tight_rtol / 10, progress=False)
+        entry = {"error": err, "wall_s": wall, "nfe": nfe, "fit_s": fit_s, "seed": seed,
+                 "latent_dim": model.latent_dim, "reconstruction_test": rec_err,
+                 "dynamics_error": _rel_l2(fc.values, rec),
+                 "error_tight": _rel_l2(tight.values, truth), "nfe_tight": int(model.nfe),
+                 "reconstruction_train_loss": model.info["final_reconstruction_loss"],
+                 "consistency_loss": model.info["final_consistency_loss"],
+                 "dynamics_loss": model.info["final_dynamics_loss"],
+                 "latent_roughness": model.info["latent_roughness"]}
+        print(f"  gamma={gamma:g} seed={seed}: trained in {fit_s:.0f} s; rel L2 {err:.3g} (reconstruction "
+              f"{rec_err:.3g}, dynamics {entry['dynamics_error']:.3g}), NFE {nfe} ({entry['nfe_tight']} at "
+              f"rtol {args.tight_rtol:g}), {wall * 1e3:.1f} ms, latent roughness "
+              f"{model.info['latent_roughness']:.3g}", flush=True)
+        if seed != args.seed:
+            repeats.append({"gamma": gamma, **entry})
+            continue
+        learned[gamma] = entry
         models[gamma] = model
-        print(f"  gamma={gamma:g}: trained in {fit_s:.0f} s; rel L2 {err:.3g} (reconstruction {rec:.3g}), "
-              f"NFE {model.nfe}, {wall * 1e3:.1f} ms, latent roughness {model.info['latent_roughness']:.3g}",
-              flush=True)
         rows.append({"problem": name, "method": f"learned, gamma={gamma:g} (dopri5)", "dt": None,
-                     "rel L2": err, "recon. L2": rec, "NFE": int(model.nfe), "wall ms": wall * 1e3})
+                     "rel L2": err, "recon. L2": rec_err, "dyn. L2": entry["dynamics_error"], "NFE": nfe,
+                     "wall ms": wall * 1e3})
 
     # the solver: data step, then a sweep of coarser steps (at least one step per frame)
     solver = _solver_sweep(spec, u0, t, truth, list({dt_data, *[frame / m for m in (1, 2, 4, 8, 16, 32, 64)]}))
@@ -187,13 +204,14 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
 
     g, z = learned[args.gamma], learned[0.0]
     faster = [r["batch"] for r in sweep if r["solver_wall_s"] is not None and r["learned_wall_s"] < r["solver_wall_s"]]
-    res.update(learned={str(k): v for k, v in learned.items()}, solver_sweep=solver,
+    res.update(learned={str(k): v for k, v in learned.items()}, seed_repeats=repeats, solver_sweep=solver,
                solver_matched=matched, solver_data=at_data, batch_sweep=sweep,
                learned_faster_from_batch=min(faster) if faster else None)
     res["ratios"] = {
         "learned_vs_solver_same_accuracy_time": ratio(g["wall_s"], matched["wall_s"]),
         "learned_vs_solver_data_dt_time": ratio(g["wall_s"], at_data["wall_s"]),
         "nfe_gamma_vs_gamma0": ratio(g["nfe"], z["nfe"]),
+        "nfe_tight_gamma_vs_gamma0": ratio(g["nfe_tight"], z["nfe_tight"]),
         "error_gamma_vs_gamma0": ratio(g["error"], z["error"]),
     }
     res["bars"] = {
@@ -211,11 +229,12 @@ def _floats(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--problems", default="kdv,ks", help="comma-separated: kdv, ks")
-    parser.add_argument("--train", type=int, default=None, help="training trajectories (default 256)")
+    parser.add_argument("--train", type=int, default=None, help="training trajectories (default 1024)")
     parser.add_argument("--test", type=int, default=None, help="test trajectories (default 64)")
     parser.add_argument("--points", type=int, default=None, help="grid points (default 128)")
     parser.add_argument("--steps", type=int, default=None, help="autoencoder steps (default 1500)")
     parser.add_argument("--dynamics-steps", type=int, default=None, help="latent ODE steps (default 2000)")
+    parser.add_argument("--waves", type=int, default=6, help="waves J of the Fourier ansatz (default 6)")
     parser.add_argument("--gamma", type=float, default=1.0, help="consistency weight of the main model")
     parser.add_argument("--gamma-sweep", type=_floats, default=[],
                         help="extra consistency weights to fit and report (NFE vs gamma), e.g. 0.1,10")
@@ -226,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the latent time-smoothness penalty of stage 1 (not in the paper)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",") if v.strip()],
                         default=None, help="batch-size sweep of the timing (default 16,256,1024)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the models")
+    parser.add_argument("--init-seeds", type=lambda s: [int(v) for v in s.split(",") if v.strip()], default=[],
+                        help="extra model seeds (same data) at which the main gamma and gamma=0 are refit, "
+                             "to measure the seed-to-seed spread, e.g. 1,2")
+    parser.add_argument("--tight-rtol", type=float, default=1e-5,
+                        help="second forecast tolerance (atol = rtol / 10) at which NFE is also reported")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (both methods)")
     parser.add_argument("--save", action="store_true",
                         help="write benchmarks/results/smooth_dynamics.json")
     args = parser.parse_args(argv)
-    args.train = args.train or (8 if args.quick else 256)
+    args.train = args.train or (8 if args.quick else 1024)
     args.test = args.test or (4 if args.quick else 64)
     args.points = args.points or (64 if args.quick else 128)
     args.batch_sizes = args.batch_sizes or ([4, 32] if args.quick else [16, 256, 1024])
@@ -239,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     dsteps = args.dynamics_steps or (20 if args.quick else 2000)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
-    fit_kw = dict(modes=4, waves=4, encoder_width=32, steps=steps, dynamics_steps=dsteps, window=10,
+    fit_kw = dict(modes=4, waves=args.waves, encoder_width=32, steps=steps, dynamics_steps=dsteps, window=10,
                   dynamics_batch_size=64, batch_size=64, lr=2e-3, dynamics_lr=3e-3, solver="dopri5",
                   rtol=1e-3, atol=1e-4, consistency_target=args.consistency_target,
                   smoothness=args.smoothness)
@@ -259,10 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, title="Forecast over the test horizon (rel L2 = sqrt(sum err^2 / sum truth^2); "
                             "recon. L2 = decode(encode(truth)))", floatfmt=".3g")
     problems = {k: v for k, v in results.items() if k != "settings"}
-    gamma_rows = [{"problem": name, "gamma": float(gm), "rel L2": r["error"], "NFE": r["nfe"],
+    gamma_rows = [{"problem": name, "gamma": float(gm), "seed": r["seed"], "rel L2": r["error"], "NFE": r["nfe"],
+                   f"rel L2 @ rtol {args.tight_rtol:g}": r["error_tight"],
+                   f"NFE @ rtol {args.tight_rtol:g}": r["nfe_tight"],
                    "latent roughness": r["latent_roughness"], "consistency loss": r["consistency_loss"],
-                   "recon. L2": r["reconstruction_test"]}
-                  for name, res in problems.items() for gm, r in sorted(res["learned"].items(), key=lambda kv: float(kv[0]))]
+                   "recon. L2": r["reconstruction_test"], "dyn. L2": r["dynamics_error"]}
+                  for name, res in problems.items()
+                  for gm, r in sorted([*res["learned"].items(), *((q["gamma"], q) for q in res["seed_repeats"])],
+                                      key=lambda kv: (float(kv[0]), kv[1]["seed"]))]
     print_table(gamma_rows, title="NFE and accuracy vs the consistency weight gamma", floatfmt=".3g")
     sweep_rows = [{"problem": name, "batch": s["batch"], "learned ms": s["learned_wall_s"] * 1e3,
                    "learned rel L2": s["learned_error"], "NFE": s["learned_nfe"], "solver dt": s["solver_dt"],
@@ -278,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                            "time learned / solver@same acc.": q["learned_vs_solver_same_accuracy_time"],
                            "time learned / solver@data dt": q["learned_vs_solver_data_dt_time"],
                            "NFE gamma / gamma=0": q["nfe_gamma_vs_gamma0"],
+                           f"NFE @ rtol {args.tight_rtol:g}, gamma / gamma=0": q["nfe_tight_gamma_vs_gamma0"],
                            "error gamma / gamma=0": q["error_gamma_vs_gamma0"],
                            **{f"bar: {k}": ("PASS" if v else "FAIL") for k, v in res["bars"].items()}})
     print_table(ratio_rows, title="Ratios and bars (main gamma, --test trajectories)"
