@@ -254,7 +254,12 @@ def climatology(obs: xr.DataArray, init: Any, lead: Any, *, history: xr.DataArra
     obs = _check_obs(obs, time)
     history = obs if history is None else _check_obs(history, time, "history")
     inits, leads = _init_index(init, obs, time), _lead_index(lead)
-    table = _climatology_table(history, time, by)
+    return _climatology_forecast(obs, _climatology_table(history, time, by), inits, leads, time, by)
+
+
+def _climatology_forecast(obs: xr.DataArray, table: xr.DataArray, inits: pd.Index,
+                          leads: pd.TimedeltaIndex, time: str, by: str) -> xr.DataArray:
+    """:func:`climatology` from an already grouped history ``table``."""
     vt = _valid_times(inits, leads, time)
     vals = _climatology_at(table, vt.values.reshape(-1), by, "valid times")
     arr = vals.transpose("_t", ...).data  # lazy for a dask-backed history
@@ -296,8 +301,13 @@ def anomaly_lag_correlation(history: xr.DataArray, lead: Any, *, time: str = "ti
     [-1.0]
     """
     history = _check_obs(history, time, "history")
-    leads = _lead_index(lead)
-    table = _climatology_table(history, time, by)
+    return _lag_correlation(history, _climatology_table(history, time, by), _lead_index(lead),
+                            time, by)
+
+
+def _lag_correlation(history: xr.DataArray, table: xr.DataArray, leads: pd.TimedeltaIndex,
+                     time: str, by: str) -> xr.DataArray:
+    """:func:`anomaly_lag_correlation` from an already grouped history ``table``."""
     anom = history - _climatology_at(table, history[time].values, by, "history").rename(
         _t=time).assign_coords({time: history[time]})
     out = []
@@ -343,14 +353,14 @@ def anomaly_persistence(obs: xr.DataArray, init: Any, lead: Any, *,
     obs = _check_obs(obs, time)
     history = obs if history is None else _check_obs(history, time, "history")
     inits, leads = _init_index(init, obs, time), _lead_index(lead)
-    clim = climatology(obs, inits, leads, history=history, time=time, by=by)
-    table = _climatology_table(history, time, by)
+    table = _climatology_table(history, time, by)  # grouped once for all three uses
+    clim = _climatology_forecast(obs, table, inits, leads, time, by)
     c0 = _climatology_at(table, np.asarray(inits), by, "initial times").rename(_t=time)
     anom0 = obs.sel({time: inits}) - c0.assign_coords({time: obs.sel({time: inits})[time]})
     if isinstance(damping, str):
         if damping != "fit":
             raise ValueError(f"damping must be a number, a DataArray over 'lead' or 'fit', got {damping!r}")
-        rho = anomaly_lag_correlation(history, leads, time=time, by=by)
+        rho = _lag_correlation(history, table, leads, time, by)
     elif isinstance(damping, xr.DataArray):
         if set(damping.dims) != {"lead"}:
             raise ValueError(f"a damping DataArray must have the single dim 'lead', got {damping.dims}")
