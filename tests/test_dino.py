@@ -698,3 +698,22 @@ def test_gauss_newton_steps_never_increase_the_objective():
             prev = f
         if converges:
             assert (prev < 0.5 * objective(a0)).all()
+
+
+def test_gauss_newton_codes_refuses_bad_input():
+    from xsciml.models.dino import gauss_newton_codes
+    from xsciml.nn import FourierNet
+
+    net = FourierNet(2, 1, width=8, depth=2, input_scale=4.0, code_dim=3)
+    x, y = torch.rand(10, 2), torch.zeros(2, 10, 1)
+    kw = dict(steps=2, reg=0.0, code_mean=torch.zeros(3), code_std=torch.ones(3))
+    with pytest.raises(ValueError, match="y and mask"):
+        gauss_newton_codes(net, x, y, torch.ones(2, 10), torch.zeros(2, 3), **kw)
+    with pytest.raises(ValueError, match="codes must be"):
+        gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(3, 3), **kw)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        gauss_newton_codes(net, x, y * np.nan, torch.ones_like(y), torch.zeros(2, 3), **kw)
+    with pytest.raises(ValueError, match="both the factor"):
+        gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), gls=torch.zeros(1, 10), **kw)
+    with pytest.raises(ValueError, match="steps"):
+        gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), **{**kw, "steps": -1})

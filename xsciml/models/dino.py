@@ -80,6 +80,7 @@ __all__ = [
     "DINoModule",
     "LatentDynamics",
     "decode_codes",
+    "encode_objective",
     "fit_dynamics",
     "forecast",
     "gauss_newton_codes",
@@ -349,6 +350,49 @@ def _decoder_jacobian(decoder: nn.Module, features: Tensor, alpha: Tensor, step:
     return ((plus - minus) / (2.0 * step[:, None])).T
 
 
+def _check_encode_inputs(y: Tensor, mask: Tensor, alpha: Tensor, gls: Tensor | None,
+                         chol: Tensor | None) -> None:
+    if y.ndim != 3 or y.shape != mask.shape:
+        raise ValueError(f"y and mask must both be [B, P, C], got {tuple(y.shape)} and {tuple(mask.shape)}")
+    if alpha.ndim != 2 or len(alpha) != len(y):
+        raise ValueError(f"codes must be [B, d] with B = {len(y)} states, got {tuple(alpha.shape)}")
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or inf; put 0 at unobserved points and 0 in the mask")
+    if (gls is None) != (chol is None):
+        raise ValueError("GLS encoding needs both the factor (gls) and its Cholesky factors (chol)")
+
+
+def encode_objective(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor, alpha: Tensor, *,
+                     reg: float, code_mean: Tensor, code_std: Tensor, gls: Tensor | None = None,
+                     chol: Tensor | None = None) -> Tensor:
+    r"""The auto-decoding objective of every state ``[B]`` (what :meth:`DINo.encode` minimises).
+
+    :math:`\ell(\alpha) = \frac{1}{n}\, e^\top W e + \frac{\rho}{d}\lVert(\alpha-\mu)/\sigma\rVert^2`
+    with :math:`e = m \odot (D(\alpha) - y)`, ``n`` the observed entries of the state and
+    ``W`` the identity, or the GLS matrix of :func:`gls_quadratic` when ``gls`` and
+    ``chol`` are given. Both optimisers (Adam and :func:`gauss_newton_codes`) use it.
+
+    Examples
+    --------
+    >>> from xsciml.nn import FourierNet
+    >>> net = FourierNet(2, 1, width=8, depth=2, input_scale=4.0, code_dim=3)
+    >>> x, a = torch.rand(20, 2), torch.zeros(2, 3)
+    >>> with torch.no_grad():
+    ...     y = decode_codes(net, x, a)
+    >>> encode_objective(net, x, y, torch.ones_like(y), a, reg=1.0, code_mean=torch.zeros(3),
+    ...                  code_std=torch.ones(3)).tolist()
+    [0.0, 0.0]
+    """
+    e = (decode_codes(decoder, features, alpha) - y) * mask
+    if gls is None:
+        fit = e.pow(2).sum((1, 2))
+    else:  # generalised least squares: correlated residuals discounted
+        fit = gls_quadratic(e.reshape(len(e), -1), gls, chol)
+    mu, sd = code_mean.reshape(-1), code_std.reshape(-1)
+    prior = ((alpha - mu) / sd).pow(2).mean(1)  # Gaussian prior fitted to the training codes
+    return fit / mask.sum((1, 2)).clamp_min(1.0) + reg * prior
+
+
 def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor,
                        alpha0: Tensor, *, steps: int, reg: float, code_mean: Tensor,
                        code_std: Tensor, gls: Tensor | None = None, chol: Tensor | None = None
@@ -405,6 +449,9 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     >>> bool((a - true).abs().max() < 1e-3)
     True
     """
+    _check_encode_inputs(y, mask, alpha0, gls, chol)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     B, d = alpha0.shape
     n_obs = mask.sum((1, 2)).clamp_min(1.0)
     mu, sd = code_mean.reshape(-1).to(alpha0), code_std.reshape(-1).to(alpha0)
@@ -413,8 +460,6 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     uniq, inv = torch.unique(m, dim=0, return_inverse=True)  # one normal matrix per mask
     Jm = uniq.double()[:, :, None] * J  # [U, n, d]
     if gls is not None:
-        if chol is None:
-            raise ValueError("GLS encoding needs chol (gls_factors of the factor and the mask)")
         WJ = _gls_apply(Jm, gls.double(), chol.double()[_first_of_each(inv, len(uniq))])
     else:
         WJ = Jm
@@ -426,12 +471,8 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     L = torch.linalg.cholesky(H)
 
     def objective(a: Tensor) -> Tensor:  # [B]
-        e = (decode_codes(decoder, features, a) - y) * mask
-        if gls is None:
-            fit = e.pow(2).sum((1, 2))
-        else:
-            fit = gls_quadratic(e.reshape(B, -1), gls, chol)
-        return fit / n_obs + (reg / d) * ((a - mu) / sd).pow(2).sum(1)
+        return encode_objective(decoder, features, y, mask, a, reg=reg, code_mean=mu, code_std=sd,
+                                gls=gls, chol=chol)
 
     alpha = alpha0.detach().clone()
     scale = torch.ones(B, 1, dtype=alpha.dtype, device=alpha.device)
@@ -1244,7 +1285,6 @@ class DINo(Estimator):
                 for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
                     yt = torch.as_tensor(ys[a:a + per], dtype=torch.float32, device=dev)
                     mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
-                    cnt = mt.sum((1, 2)).clamp_min(1.0)
                     chol = None if gls is None else gls_factors(gls, mt.reshape(len(mt), -1), floor)
                     if init == "nearest":
                         alpha0 = self._nearest_codes(cand, yt, mt)
@@ -1259,14 +1299,8 @@ class DINo(Estimator):
                     opt = torch.optim.Adam([alpha], lr=lr)
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
                     for _ in range(steps):
-                        pred = decode_codes(dec, f, alpha)
-                        if chol is None:
-                            loss = (((pred - yt) ** 2 * mt).sum((1, 2)) / cnt).sum()
-                        else:  # generalised least squares: correlated residuals discounted
-                            e = ((pred - yt) * mt).reshape(len(mt), -1)
-                            loss = (gls_quadratic(e, gls, chol) / cnt).sum()
-                        if reg > 0:  # Gaussian prior fitted to the training codes
-                            loss = loss + reg * m.normalise(alpha).pow(2).mean(1).sum()
+                        loss = encode_objective(dec, f, yt, mt, alpha, reg=reg, code_mean=m.code_mean,
+                                                code_std=m.code_std, gls=gls, chol=chol).sum()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -2039,7 +2073,11 @@ def fit_dynamics(
         codes = m.codes[batch["traj"]][:, j0:j0 + w]  # [B, w, d]
         pred = decode_codes(m.decoder, batch["feats"], codes)
         mb = batch["m"]
-        dec = ((pred - batch["y"]) ** 2 * mb).sum() / (mb > 0).sum().clamp_min(1)
+
+        def weighted_mse(p: Tensor, y: Tensor, w: Tensor) -> Tensor:  # over observed entries
+            return ((p - y) ** 2 * w).sum() / (w > 0).sum().clamp_min(1)
+
+        dec = weighted_mse(pred, batch["y"], mb)
         m.update_statistics()
         # as in DINo, the dynamics fits the codes and the codes fit the data: the
         # dynamics loss does not move the codes (no collapse towards static codes)
@@ -2050,8 +2088,7 @@ def fit_dynamics(
                 "teacher_forcing": float(m.teacher_forcing)}
         if rollout_weight > 0:  # the rollout scored on the field, through the decoder
             fpred = decode_codes(m.decoder, batch["feats"], m.denormalise(zpred))
-            roll = ((fpred - batch["y"][:, 1:]) ** 2 * mb[:, 1:]).sum() \
-                / (mb[:, 1:] > 0).sum().clamp_min(1)
+            roll = weighted_mse(fpred, batch["y"][:, 1:], mb[:, 1:])
             loss = loss + rollout_weight * roll
             logs["rollout"] = float(roll.detach())
         return loss, logs
