@@ -248,6 +248,10 @@ def test_dask_initial_state_gives_lazy_identical_forecast(model, waves):
     lazy = model.forecast(init.chunk({"trajectory": 2}), lead=[0.0, 0.5], solver="rk4")
     assert lazy.chunks is not None
     np.testing.assert_allclose(lazy.compute().values, eager.values, atol=1e-5)
+    # the lazy result records the smooth model's options, not DINo's encoder
+    assert lazy.attrs["xsciml_ode_solver"] == eager.attrs["xsciml_ode_solver"] == "rk4"
+    assert lazy.attrs["xsciml_encode_steps"] == eager.attrs["xsciml_encode_steps"] == "0"
+    assert "xsciml_encode_optimizer" not in lazy.attrs
 
 
 def test_mlp_decoder_on_2d_heat():

@@ -903,130 +903,81 @@ def _dynamics_loss(m: DINoModule, z: Tensor, u: Tensor, t_out: Tensor, where: Te
 
 
 # =========================================================================== estimator
-def _set_forecaster_state(obj: Any, module: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
-                          variables: Sequence[str], *, sample_dim: Hashable | None, time: str,
-                          clock: _Clock, ode: dict[str, Any], coord_units: dict[str, str] | None,
-                          var_attrs: dict | None, info: dict | None) -> None:
-    """The state DINo and the smooth-dynamics model share (their constructors' common part)."""
-    obj.module = module
-    obj.encoder = encoder
-    obj.scaler = scaler
-    obj.variables = list(variables)
-    obj.sample_dim = sample_dim
-    obj.time = time
-    obj.clock = clock
-    obj.ode = dict(ode)
-    obj.coord_units = dict(coord_units or {})
-    obj.var_attrs = var_attrs or {}
-    obj.info = info or {}
-    obj.history = None
-    obj.last_nfe = None
+class LatentForecaster(Estimator):
+    """What the latent-dynamics forecasters share (DINo and the smooth model).
 
-
-def _forecaster_config(obj: Any) -> dict[str, Any]:
-    """The JSON config entries of :func:`_set_forecaster_state`'s state plus the networks'."""
-    m = obj.module
-    return {
-        "variables": obj.variables,
-        "sample_dim": None if obj.sample_dim is None else str(obj.sample_dim),
-        "time": obj.time,
-        "decoder": m.decoder.config(),
-        "dynamics": m.dynamics.config(),
-        "encoder": obj.encoder.to_dict(),
-        "scaler": obj.scaler.to_dict(),
-        "clock": obj.clock.to_dict(),
-        "ode": obj.ode,
-        "coord_units": obj.coord_units,
-        "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                          for k, a in at.items()} for v, at in obj.var_attrs.items()},
-        "info": obj.info,
-    }
-
-
-@register_estimator
-class DINo(Estimator):
-    """A fitted DINo forecaster (decoder, latent dynamics, normalisers).
-
-    Built by :func:`fit_dynamics` (``ds.sciml.fit_dynamics``). Forecast with
-    :meth:`forecast` (``ds_init.sciml.forecast(model, ...)``), score with
-    :meth:`evaluate`, save with :meth:`save` and reload with :func:`xsciml.load`.
+    The common state (networks, coordinate encoder, scaler, clock, ODE options), input
+    checks, decoding targets, labelled outputs, the lazy per-chunk forecast, the In-s
+    mask and the In-t / Out-t × In-s / Out-s table. Subclasses provide ``forecast``,
+    ``encode``, ``decode``, ``evaluate`` (their own encoding options, passed on to
+    :meth:`_score`), ``_lazy_attrs`` and persistence.
     """
 
-    def __init__(self, module: DINoModule, encoder: CoordinateEncoder, scaler: Scaler,
-                 variables: list[str], *, sample_dim: Hashable | None, time: str,
-                 clock: _Clock, ode: dict[str, Any], train_points: np.ndarray,
-                 train_observed: np.ndarray, coord_units: dict[str, str] | None = None,
-                 var_attrs: dict | None = None, info: dict | None = None,
-                 residual_factor: Tensor | None = None, residual_var: float = 1.0) -> None:
-        _set_forecaster_state(self, module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
-                              clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs,
-                              info=info)
-        self.train_points = np.asarray(train_points, dtype=np.float64)
-        self.train_observed = np.asarray(train_observed, dtype=bool)
-        #: low-rank factor ``[k, P*C]`` of the covariance of the decoder's residuals on the
-        #: training points (see :func:`residual_covariance_factor`), or None
-        self.residual_factor = residual_factor
-        self.residual_var = float(residual_var)
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def latent_dim(self) -> int:
-        """Size of the codes."""
-        return int(self.module.codes.shape[-1])
+    def __init__(self, module: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
+                 variables: Sequence[str], *, sample_dim: Hashable | None, time: str,
+                 clock: _Clock, ode: dict[str, Any], coord_units: dict[str, str] | None = None,
+                 var_attrs: dict | None = None, info: dict | None = None) -> None:
+        self.module = module
+        self.encoder = encoder
+        self.scaler = scaler
+        self.variables = list(variables)
+        self.sample_dim = sample_dim
+        self.time = time
+        self.clock = clock
+        self.ode = dict(ode)
+        self.coord_units = dict(coord_units or {})
+        self.var_attrs = var_attrs or {}
+        self.info = info or {}
+        self.history = None
+        self.last_nfe = None
 
     @property
     def space(self) -> tuple[str, ...]:
         """Names of the space coordinates the decoder takes."""
         return tuple(self.encoder.space)
 
-    @property
-    def codes(self) -> xr.DataArray:
-        """Codes of the training frames ``(sample_dim, time, latent)``."""
-        c = self.module.codes.detach().cpu().numpy()
-        dims = (str(self.sample_dim or "trajectory"), self.time, "latent")
-        return xr.DataArray(c, dims=dims, name="codes")
-
-    # ------------------------------------------------------------------ persistence
-    def _get_config(self) -> dict[str, Any]:
+    def _common_config(self) -> dict[str, Any]:
+        """The JSON config entries of the shared state plus the networks'."""
         m = self.module
-        return {**_forecaster_config(self), "space": list(self.space), "latent_dim": self.latent_dim,
-                "shape": [int(s) for s in m.codes.shape[:2]], "residual_var": self.residual_var}
+        return {
+            "variables": self.variables,
+            "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
+            "time": self.time,
+            "decoder": m.decoder.config(),
+            "dynamics": m.dynamics.config(),
+            "encoder": self.encoder.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "clock": self.clock.to_dict(),
+            "ode": self.ode,
+            "coord_units": self.coord_units,
+            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
+                              for k, a in at.items()} for v, at in self.var_attrs.items()},
+            "info": self.info,
+        }
 
-    def _get_tensors(self) -> dict[str, Tensor]:
-        out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
-        out["train_points"] = torch.as_tensor(self.train_points)
-        out["train_observed"] = torch.as_tensor(self.train_observed.astype(np.uint8))
-        if self.residual_factor is not None:
-            out["residual_factor"] = self.residual_factor.detach().cpu().contiguous()
-        return out
-
-    @classmethod
-    def _from_state(cls, config: dict, tensors: dict[str, Tensor]) -> DINo:
-        from ..nn import build_network
-
-        decoder = build_network(config["decoder"])
-        dyn = LatentDynamics(**config["dynamics"])
-        S, T = config["shape"]
-        module = DINoModule(decoder, dyn, S, T)
-        module.load_state_dict({k[len("module."):]: v.cpu() for k, v in tensors.items()
-                                if k.startswith("module.")})
-        module.eval()
-        return cls(module, CoordinateEncoder.from_dict(config["encoder"]),
-                   Scaler.from_dict(config["scaler"]), config["variables"],
-                   sample_dim=config["sample_dim"], time=config["time"],
-                   clock=_Clock(**config["clock"]), ode=config["ode"],
-                   train_points=tensors["train_points"].cpu().numpy(),
-                   train_observed=tensors["train_observed"].cpu().numpy().astype(bool),
-                   coord_units=config.get("coord_units"), var_attrs=config.get("var_attrs"),
-                   info=config.get("info"), residual_factor=tensors.get("residual_factor"),
-                   residual_var=config.get("residual_var", 1.0))
-
-    def _provenance_extra(self) -> dict[str, Any]:
-        return {"xsciml_latent_dim": self.latent_dim,
-                "xsciml_training_period": self.info.get("training_period", ""),
-                "xsciml_ode_method": self.ode.get("method", "")}
+    def _lazy_attrs(self, forecast_kw: dict[str, Any]) -> dict[str, str]:
+        """Attrs a lazy forecast records of its options (the eager path's, less the NFE)."""
+        return {}
 
     # ------------------------------------------------------------------ input checks
+    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
+        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
+        if not self.module.dynamics.periods:
+            return None
+        if self.time not in ds.coords or not set(ds[self.time].dims) <= set(bdims):
+            raise ValueError(
+                f"the model's dynamics are forced with periods {self.forcing_periods}: the initial "
+                f"state needs its time coordinate {self.time!r} (one value per state, along "
+                f"{list(bdims)}) to know the phase of each forcing")
+        t = ds[self.time]
+        t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+        return self.clock.to_float(np.asarray(t.values).reshape(-1))
+
+    @property
+    def forcing_periods(self) -> list[float]:
+        """Periods of the known forcings the dynamics receive, in the model's time units."""
+        return [p * self.clock.scale for p in self.module.dynamics.periods]
+
     def _init_dataset(self, obj: Any, role: str) -> xr.Dataset:
         if isinstance(obj, xr.DataArray):
             name = obj.name
@@ -1067,6 +1018,264 @@ class DINo(Estimator):
             raise ValueError(
                 f"{100 * outside:.0f}% of the {role}'s points lie far outside the training domain "
                 f"{rng}; are its coordinates in other units than the training data?")
+
+    def _target(self, target: Any):
+        if isinstance(target, (xr.Dataset, xr.DataArray)):
+            ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
+                name=target.name if target.name is not None else "_target")
+            missing = [n for n in self.space if n not in ds.variables]
+            if missing:
+                raise KeyError(f"target lacks space coordinate(s) {missing}; the model was trained "
+                               f"on space={list(self.space)}")
+            self._check_units(ds, "target")
+            sdims = _space_dims(ds, self.space, [])
+            target = xr.Dataset(coords={n: ds[n].variable for n in self.space})
+            target = target.transpose(*sdims)
+        elif isinstance(target, Mapping):
+            for n in self.space:
+                v = target.get(n)
+                u = getattr(v, "attrs", {}).get("units") if v is not None else None
+                if u is not None and self.coord_units.get(n) not in (None, str(u)):
+                    raise ValueError(f"target coordinate {n!r} is in {u!r} but the model was "
+                                     f"trained in {self.coord_units[n]!r}")
+        tp = target_points(self.encoder, target)
+        self._check_domain(tp.features.numpy(), "target")
+        return tp
+
+    def _to_xarray(self, vals: Tensor, tp, lead_dims, lead_coords, extra_attrs=None):
+        das = {}
+        for j, v in enumerate(self.variables):
+            attrs = {**self.var_attrs.get(v, {}), **self._provenance(), **(extra_attrs or {})}
+            das[v] = tp.to_dataarray(vals[..., j], name=v, attrs=attrs, leading_dims=tuple(lead_dims),
+                                     leading_coords=lead_coords)
+        if len(das) == 1:
+            return next(iter(das.values()))
+        return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
+
+    def _forecast_lazy(self, ds: xr.Dataset, offsets, lead_coord, target, **kw):
+        """Per-chunk forecast of a dask-backed initial state (chunks along state dims only).
+
+        Runs through :func:`xsciml.parallel.apply_model`: the model enters the graph once
+        and is cached per worker; one task per chunk of the state dims.
+        """
+        from ..parallel import apply_model, check_core_chunks
+
+        v0 = ds[self.variables[0]]
+        sdims = _space_dims(ds, self.space, v0.dims)
+        if target is not None:
+            raise ValueError("a dask-backed initial state is forecast on its own grid; call "
+                             ".compute() first to decode on another target")
+        das = [check_core_chunks(ds[v], sdims, argname=f"initial-state variable {v!r}")
+               for v in self.variables]
+        bdims = [d for d in v0.dims if d not in sdims]
+        space_coords = {n: (tuple(ds[n].dims), np.asarray(ds[n].values)) for n in self.space}
+        nlead = len(offsets)
+        device = kw.pop("device", "auto")
+        inputs = [d.transpose(*bdims, *sdims) for d in das]
+        core = [list(sdims)] * len(das)
+        with_time = bool(self.module.dynamics.periods)
+        if with_time:  # forced dynamics: each state's initial time travels with its chunk
+            self._initial_times(ds, bdims)  # clear error here, not in a task
+            t = ds[self.time]
+            t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+            inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})
+                          if das[0].chunks is not None else t)
+            core.append([])
+        out = apply_model(
+            _forecast_kernel, self, *inputs,
+            input_core_dims=core,
+            output_core_dims=[["lead", *sdims]] * len(das),
+            output_dtypes=[np.float32] * len(das), output_sizes={"lead": nlead}, device=device,
+            kwargs={"names": list(self.variables), "sdims": list(sdims), "time": self.time,
+                    "with_time": with_time, "space_coords": space_coords, "lead": lead_coord,
+                    "forecast_kw": kw},
+        )
+        outs = list(out) if isinstance(out, tuple) else [out]
+        extra = self._lazy_attrs(kw)
+        res = xr.Dataset()
+        for name, da in zip(self.variables, outs, strict=True):
+            da = da.assign_coords(lead=("lead", lead_coord))
+            da.attrs = {**self.var_attrs.get(name, {}), **self._provenance(), **extra}
+            res[name] = da.transpose(*bdims, "lead", *sdims)
+        res = res.assign_coords({k: c for k, c in ds.coords.items()
+                                 if c.dims and set(c.dims) <= set(bdims) | set(sdims)
+                                 and k not in res.coords})
+        if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
+            t0 = ds[self.time].compute()
+            res = res.assign_coords(valid_time=((*t0.dims, "lead"), self.clock.add(t0.values, offsets)))
+        return res[self.variables[0]] if len(self.variables) == 1 else res
+
+    # ------------------------------------------------------------------ evaluation
+    def observed_mask(self, target: xr.Dataset | xr.DataArray) -> xr.DataArray:
+        """Boolean mask of the points of ``target`` observed during training ("In-s").
+
+        A point is In-s when it coincides (to 1e-6 of the domain size) with a training
+        point that was observed at least once.
+        """
+        from scipy.spatial import cKDTree
+
+        ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
+            name=target.name if target.name is not None else "_t")
+        sdims = _space_dims(ds, self.space, [])
+        vals = _space_values(ds, self.space, sdims)
+        pts = np.stack([vals[n] for n in self.space], -1)
+        ref = self.train_points[self.train_observed]
+        span = np.ptp(self.train_points, axis=0) if len(self.train_points) else np.ones(len(self.space))
+        scale = np.where(span > 0, span, 1.0)
+        hit = np.zeros(len(pts), dtype=bool)
+        if len(ref):
+            ok = np.all(np.isfinite(pts), axis=1)
+            d, _ = cKDTree(ref / scale).query(pts[ok] / scale, k=1)
+            hit[ok] = d < 1e-6
+        shape = [ds.sizes[d] for d in sdims]
+        coords = {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(sdims)}
+        return xr.DataArray(hit.reshape(shape), dims=tuple(sdims), coords=coords, name="observed")
+
+    def _score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None,
+               observed: xr.DataArray | None, forecast_kw: dict[str, Any], *, device: Any,
+               seed: int | None, progress: bool | None, attrs: dict[str, Any]) -> xr.Dataset:
+        """The In-t / Out-t × In-s / Out-s table of ``evaluate`` (``forecast_kw``: the
+        subclass's encoding options; ``attrs``: what the table records of them)."""
+        ds = self._init_dataset(ds_truth, "truth")
+        if self.time not in ds.dims:
+            raise ValueError(f"the truth must have a {self.time!r} dimension (whole trajectories)")
+        nt = int(ds.sizes[self.time])
+        if n_frames_train is None:
+            n_frames_train = int(self.info.get("n_frames_train", nt))
+        if not 0 < int(n_frames_train) <= nt:
+            raise ValueError(f"n_frames_train must be in [1, {nt}], got {n_frames_train}")
+        n_frames_train = int(n_frames_train)
+        if observed is None:
+            observed = self.observed_mask(ds)
+        observed = observed.astype(bool)
+        t = ds[self.time].values
+        if self.clock.kind == "numeric":
+            lead = t.astype(np.float64) - float(t[0])
+        else:
+            off = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
+            lead = off
+        init = ds[self.variables].isel({self.time: 0}).where(observed)
+        fc = self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device, seed=seed,
+                           progress=progress)
+        fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
+        fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
+        fc = fc.assign_coords({self.time: ds[self.time].values})
+        sdims = list(observed.dims)
+        horizon = xr.DataArray(np.arange(nt) < n_frames_train, dims=self.time)
+        rows = []
+        for v in self.variables:
+            truth = ds[v].astype(np.float64)
+            pred = fc[v].transpose(*truth.dims)
+            err = (pred - truth) ** 2
+            den = (truth - truth.mean(sdims)) ** 2
+            valid = truth.notnull()
+            table_mse = np.full((2, 3), np.nan)
+            table_rel = np.full((2, 3), np.nan)
+            for i, hmask in enumerate((horizon, ~horizon)):
+                for j, smask in enumerate((observed, ~observed, xr.ones_like(observed))):
+                    sel = valid & hmask & smask
+                    n = int(sel.sum())
+                    if n == 0:
+                        continue
+                    e = float(err.where(sel).sum())
+                    table_mse[i, j] = e / n
+                    dsum = float(den.where(sel).sum())
+                    table_rel[i, j] = e / dsum if dsum > 0 else np.nan
+            rows.append((table_mse, table_rel))
+        coords = {"horizon": ["In-t", "Out-t"], "grid": ["In-s", "Out-s", "all"]}
+        if len(self.variables) == 1:
+            mse, rel = rows[0]
+            out = xr.Dataset({"mse": (("horizon", "grid"), mse), "rel_mse": (("horizon", "grid"), rel)},
+                             coords=coords)
+        else:
+            coords["variable"] = self.variables
+            out = xr.Dataset({"mse": (("variable", "horizon", "grid"), np.stack([r[0] for r in rows])),
+                              "rel_mse": (("variable", "horizon", "grid"), np.stack([r[1] for r in rows]))},
+                             coords=coords)
+        out["mse"].attrs = {"long_name": "mean squared error"}
+        out["rel_mse"].attrs = {"long_name": "relative MSE: sum err^2 / sum (truth - spatial mean)^2"}
+        out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
+                     "observed_fraction": float(observed.mean()), **attrs}
+        return out
+
+
+
+@register_estimator
+class DINo(LatentForecaster):
+    """A fitted DINo forecaster (decoder, latent dynamics, normalisers).
+
+    Built by :func:`fit_dynamics` (``ds.sciml.fit_dynamics``). Forecast with
+    :meth:`forecast` (``ds_init.sciml.forecast(model, ...)``), score with
+    :meth:`evaluate`, save with :meth:`save` and reload with :func:`xsciml.load`.
+    """
+
+    def __init__(self, module: DINoModule, encoder: CoordinateEncoder, scaler: Scaler,
+                 variables: list[str], *, sample_dim: Hashable | None, time: str,
+                 clock: _Clock, ode: dict[str, Any], train_points: np.ndarray,
+                 train_observed: np.ndarray, coord_units: dict[str, str] | None = None,
+                 var_attrs: dict | None = None, info: dict | None = None,
+                 residual_factor: Tensor | None = None, residual_var: float = 1.0) -> None:
+        super().__init__(module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
+                         clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs, info=info)
+        self.train_points = np.asarray(train_points, dtype=np.float64)
+        self.train_observed = np.asarray(train_observed, dtype=bool)
+        #: low-rank factor ``[k, P*C]`` of the covariance of the decoder's residuals on the
+        #: training points (see :func:`residual_covariance_factor`), or None
+        self.residual_factor = residual_factor
+        self.residual_var = float(residual_var)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def latent_dim(self) -> int:
+        """Size of the codes."""
+        return int(self.module.codes.shape[-1])
+
+    @property
+    def codes(self) -> xr.DataArray:
+        """Codes of the training frames ``(sample_dim, time, latent)``."""
+        c = self.module.codes.detach().cpu().numpy()
+        dims = (str(self.sample_dim or "trajectory"), self.time, "latent")
+        return xr.DataArray(c, dims=dims, name="codes")
+
+    # ------------------------------------------------------------------ persistence
+    def _get_config(self) -> dict[str, Any]:
+        m = self.module
+        return {**self._common_config(), "space": list(self.space), "latent_dim": self.latent_dim,
+                "shape": [int(s) for s in m.codes.shape[:2]], "residual_var": self.residual_var}
+
+    def _get_tensors(self) -> dict[str, Tensor]:
+        out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
+        out["train_points"] = torch.as_tensor(self.train_points)
+        out["train_observed"] = torch.as_tensor(self.train_observed.astype(np.uint8))
+        if self.residual_factor is not None:
+            out["residual_factor"] = self.residual_factor.detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def _from_state(cls, config: dict, tensors: dict[str, Tensor]) -> DINo:
+        from ..nn import build_network
+
+        decoder = build_network(config["decoder"])
+        dyn = LatentDynamics(**config["dynamics"])
+        S, T = config["shape"]
+        module = DINoModule(decoder, dyn, S, T)
+        module.load_state_dict({k[len("module."):]: v.cpu() for k, v in tensors.items()
+                                if k.startswith("module.")})
+        module.eval()
+        return cls(module, CoordinateEncoder.from_dict(config["encoder"]),
+                   Scaler.from_dict(config["scaler"]), config["variables"],
+                   sample_dim=config["sample_dim"], time=config["time"],
+                   clock=_Clock(**config["clock"]), ode=config["ode"],
+                   train_points=tensors["train_points"].cpu().numpy(),
+                   train_observed=tensors["train_observed"].cpu().numpy().astype(bool),
+                   coord_units=config.get("coord_units"), var_attrs=config.get("var_attrs"),
+                   info=config.get("info"), residual_factor=tensors.get("residual_factor"),
+                   residual_var=config.get("residual_var", 1.0))
+
+    def _provenance_extra(self) -> dict[str, Any]:
+        return {"xsciml_latent_dim": self.latent_dim,
+                "xsciml_training_period": self.info.get("training_period", ""),
+                "xsciml_ode_method": self.ode.get("method", "")}
 
     # ------------------------------------------------------------------ encoding
     def _points(self, ds: xr.Dataset, role: str):
@@ -1314,24 +1523,6 @@ class DINo(Estimator):
         return out, bdims, bshape, bcoords
 
     # ------------------------------------------------------------------ forecasting
-    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
-        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
-        if not self.module.dynamics.periods:
-            return None
-        if self.time not in ds.coords or not set(ds[self.time].dims) <= set(bdims):
-            raise ValueError(
-                f"the model's dynamics are forced with periods {self.forcing_periods}: the initial "
-                f"state needs its time coordinate {self.time!r} (one value per state, along "
-                f"{list(bdims)}) to know the phase of each forcing")
-        t = ds[self.time]
-        t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
-        return self.clock.to_float(np.asarray(t.values).reshape(-1))
-
-    @property
-    def forcing_periods(self) -> list[float]:
-        """Periods of the known forcings the dynamics receive, in the model's time units."""
-        return [p * self.clock.scale for p in self.module.dynamics.periods]
-
     def _integrate(self, alpha0: Tensor, offsets: np.ndarray, device: Any,
                    t0: np.ndarray | None = None) -> Tensor:
         """Codes ``[N, K, d]`` at float time offsets (time units) from codes ``alpha0 [N, d]``.
@@ -1378,29 +1569,6 @@ class DINo(Estimator):
         vals = vals.reshape(*a.shape[:-1], *vals.shape[1:])
         return self._to_xarray(vals, tp, lead_dims, coords)
 
-    def _target(self, target: Any):
-        if isinstance(target, (xr.Dataset, xr.DataArray)):
-            ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
-                name=target.name if target.name is not None else "_target")
-            missing = [n for n in self.space if n not in ds.variables]
-            if missing:
-                raise KeyError(f"target lacks space coordinate(s) {missing}; the model was trained "
-                               f"on space={list(self.space)}")
-            self._check_units(ds, "target")
-            sdims = _space_dims(ds, self.space, [])
-            target = xr.Dataset(coords={n: ds[n].variable for n in self.space})
-            target = target.transpose(*sdims)
-        elif isinstance(target, Mapping):
-            for n in self.space:
-                v = target.get(n)
-                u = getattr(v, "attrs", {}).get("units") if v is not None else None
-                if u is not None and self.coord_units.get(n) not in (None, str(u)):
-                    raise ValueError(f"target coordinate {n!r} is in {u!r} but the model was "
-                                     f"trained in {self.coord_units[n]!r}")
-        tp = target_points(self.encoder, target)
-        self._check_domain(tp.features.numpy(), "target")
-        return tp
-
     def _decode_tensor(self, alpha: Tensor, tp, device: Any, batch_size: int) -> Tensor:
         """``alpha [M, d]`` → physical values ``[M, P, C]`` at the target's points."""
         from .._utils import resolve_device
@@ -1415,16 +1583,6 @@ class DINo(Estimator):
             for i in range(0, M, per):
                 out[i:i + per] = decode_codes(m.decoder, feats, alpha[i:i + per].to(dev)).float().cpu()
         return self.scaler.inverse(out)
-
-    def _to_xarray(self, vals: Tensor, tp, lead_dims, lead_coords, extra_attrs=None):
-        das = {}
-        for j, v in enumerate(self.variables):
-            attrs = {**self.var_attrs.get(v, {}), **self._provenance(), **(extra_attrs or {})}
-            das[v] = tp.to_dataarray(vals[..., j], name=v, attrs=attrs, leading_dims=tuple(lead_dims),
-                                     leading_coords=lead_coords)
-        if len(das) == 1:
-            return next(iter(das.values()))
-        return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
@@ -1521,87 +1679,12 @@ class DINo(Estimator):
             out.attrs["xsciml_residual"] = "persist"
         return out
 
-    def _forecast_lazy(self, ds: xr.Dataset, offsets, lead_coord, target, **kw):
-        """Per-chunk forecast of a dask-backed initial state (chunks along state dims only).
-
-        Runs through :func:`xsciml.parallel.apply_model`: the model enters the graph once
-        and is cached per worker; one task per chunk of the state dims.
-        """
-        from ..parallel import apply_model, check_core_chunks
-
-        v0 = ds[self.variables[0]]
-        sdims = _space_dims(ds, self.space, v0.dims)
-        if target is not None:
-            raise ValueError("a dask-backed initial state is forecast on its own grid; call "
-                             ".compute() first to decode on another target")
-        das = [check_core_chunks(ds[v], sdims, argname=f"initial-state variable {v!r}")
-               for v in self.variables]
-        bdims = [d for d in v0.dims if d not in sdims]
-        space_coords = {n: (tuple(ds[n].dims), np.asarray(ds[n].values)) for n in self.space}
-        nlead = len(offsets)
-        device = kw.pop("device", "auto")
-        inputs = [d.transpose(*bdims, *sdims) for d in das]
-        core = [list(sdims)] * len(das)
-        with_time = bool(self.module.dynamics.periods)
-        if with_time:  # forced dynamics: each state's initial time travels with its chunk
-            self._initial_times(ds, bdims)  # clear error here, not in a task
-            t = ds[self.time]
-            t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
-            inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})
-                          if das[0].chunks is not None else t)
-            core.append([])
-        out = apply_model(
-            _forecast_kernel, self, *inputs,
-            input_core_dims=core,
-            output_core_dims=[["lead", *sdims]] * len(das),
-            output_dtypes=[np.float32] * len(das), output_sizes={"lead": nlead}, device=device,
-            kwargs={"names": list(self.variables), "sdims": list(sdims), "time": self.time,
-                    "with_time": with_time, "space_coords": space_coords, "lead": lead_coord,
-                    "forecast_kw": kw},
-        )
-        outs = list(out) if isinstance(out, tuple) else [out]
-        opt = kw.get("encode_optimizer", "gauss-newton")
-        extra = {"xsciml_encode_steps": str(_encode_steps(kw.get("encode_steps"), opt)),
-                 "xsciml_encode_optimizer": opt}
-        res = xr.Dataset()
-        for name, da in zip(self.variables, outs, strict=True):
-            da = da.assign_coords(lead=("lead", lead_coord))
-            da.attrs = {**self.var_attrs.get(name, {}), **self._provenance(), **extra}
-            res[name] = da.transpose(*bdims, "lead", *sdims)
-        res = res.assign_coords({k: c for k, c in ds.coords.items()
-                                 if c.dims and set(c.dims) <= set(bdims) | set(sdims)
-                                 and k not in res.coords})
-        if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
-            t0 = ds[self.time].compute()
-            res = res.assign_coords(valid_time=((*t0.dims, "lead"), self.clock.add(t0.values, offsets)))
-        return res[self.variables[0]] if len(self.variables) == 1 else res
+    def _lazy_attrs(self, forecast_kw: dict[str, Any]) -> dict[str, str]:
+        opt = forecast_kw.get("encode_optimizer", "gauss-newton")
+        return {"xsciml_encode_steps": str(_encode_steps(forecast_kw.get("encode_steps"), opt)),
+                "xsciml_encode_optimizer": opt}
 
     # ------------------------------------------------------------------ evaluation
-    def observed_mask(self, target: xr.Dataset | xr.DataArray) -> xr.DataArray:
-        """Boolean mask of the points of ``target`` observed during training ("In-s").
-
-        A point is In-s when it coincides (to 1e-6 of the domain size) with a training
-        point that was observed at least once.
-        """
-        from scipy.spatial import cKDTree
-
-        ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
-            name=target.name if target.name is not None else "_t")
-        sdims = _space_dims(ds, self.space, [])
-        vals = _space_values(ds, self.space, sdims)
-        pts = np.stack([vals[n] for n in self.space], -1)
-        ref = self.train_points[self.train_observed]
-        span = np.ptp(self.train_points, axis=0) if len(self.train_points) else np.ones(len(self.space))
-        scale = np.where(span > 0, span, 1.0)
-        hit = np.zeros(len(pts), dtype=bool)
-        if len(ref):
-            ok = np.all(np.isfinite(pts), axis=1)
-            d, _ = cKDTree(ref / scale).query(pts[ok] / scale, k=1)
-            hit[ok] = d < 1e-6
-        shape = [ds.sizes[d] for d in sdims]
-        coords = {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(sdims)}
-        return xr.DataArray(hit.reshape(shape), dims=tuple(sdims), coords=coords, name="observed")
-
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int | None = None,
                  encode_optimizer: str = "gauss-newton",
@@ -1640,74 +1723,12 @@ class DINo(Estimator):
         --------
         >>> model.evaluate(test, n_frames_train=10)["rel_mse"]  # doctest: +SKIP
         """
-        ds = self._init_dataset(ds_truth, "truth")
-        if self.time not in ds.dims:
-            raise ValueError(f"the truth must have a {self.time!r} dimension (whole trajectories)")
-        nt = int(ds.sizes[self.time])
-        if n_frames_train is None:
-            n_frames_train = int(self.info.get("n_frames_train", nt))
-        if not 0 < int(n_frames_train) <= nt:
-            raise ValueError(f"n_frames_train must be in [1, {nt}], got {n_frames_train}")
-        n_frames_train = int(n_frames_train)
-        if observed is None:
-            observed = self.observed_mask(ds)
-        observed = observed.astype(bool)
-        t = ds[self.time].values
-        if self.clock.kind == "numeric":
-            lead = t.astype(np.float64) - float(t[0])
-        else:
-            off = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
-            lead = off
-        init = ds[self.variables].isel({self.time: 0}).where(observed)
-        # the smooth model borrows this method; its encoder network has no optimiser choice
-        opt_kw = {"encode_optimizer": encode_optimizer} if isinstance(self, DINo) else {}
-        fc = self.forecast(init, lead=lead, target=ds, encode_steps=encode_steps, **opt_kw,
-                           encode_lr=encode_lr,
-                           encode_init=encode_init, encode_reg=encode_reg, encode_noise=encode_noise,
-                           device=device, seed=seed,
-                           progress=progress)
-        fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
-        fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
-        fc = fc.assign_coords({self.time: ds[self.time].values})
-        sdims = list(observed.dims)
-        horizon = xr.DataArray(np.arange(nt) < n_frames_train, dims=self.time)
-        rows = []
-        for v in self.variables:
-            truth = ds[v].astype(np.float64)
-            pred = fc[v].transpose(*truth.dims)
-            err = (pred - truth) ** 2
-            den = (truth - truth.mean(sdims)) ** 2
-            valid = truth.notnull()
-            table_mse = np.full((2, 3), np.nan)
-            table_rel = np.full((2, 3), np.nan)
-            for i, hmask in enumerate((horizon, ~horizon)):
-                for j, smask in enumerate((observed, ~observed, xr.ones_like(observed))):
-                    sel = valid & hmask & smask
-                    n = int(sel.sum())
-                    if n == 0:
-                        continue
-                    e = float(err.where(sel).sum())
-                    table_mse[i, j] = e / n
-                    dsum = float(den.where(sel).sum())
-                    table_rel[i, j] = e / dsum if dsum > 0 else np.nan
-            rows.append((table_mse, table_rel))
-        coords = {"horizon": ["In-t", "Out-t"], "grid": ["In-s", "Out-s", "all"]}
-        if len(self.variables) == 1:
-            mse, rel = rows[0]
-            out = xr.Dataset({"mse": (("horizon", "grid"), mse), "rel_mse": (("horizon", "grid"), rel)},
-                             coords=coords)
-        else:
-            coords["variable"] = self.variables
-            out = xr.Dataset({"mse": (("variable", "horizon", "grid"), np.stack([r[0] for r in rows])),
-                              "rel_mse": (("variable", "horizon", "grid"), np.stack([r[1] for r in rows]))},
-                             coords=coords)
-        out["mse"].attrs = {"long_name": "mean squared error"}
-        out["rel_mse"].attrs = {"long_name": "relative MSE: sum err^2 / sum (truth - spatial mean)^2"}
-        out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
-                     "observed_fraction": float(observed.mean()),
-                     "encode_steps": int(_encode_steps(encode_steps, encode_optimizer)),
-                     "encode_optimizer": opt_kw.get("encode_optimizer", "encoder network")}
-        return out
+        fc_kw = {"encode_steps": encode_steps, "encode_optimizer": encode_optimizer, "encode_lr": encode_lr,
+                 "encode_init": encode_init, "encode_reg": encode_reg, "encode_noise": encode_noise}
+        return self._score(ds_truth, n_frames_train, observed, fc_kw, device=device, seed=seed,
+                           progress=progress,
+                           attrs={"encode_steps": int(_encode_steps(encode_steps, encode_optimizer)),
+                                  "encode_optimizer": encode_optimizer})
 
     def __repr__(self) -> str:
         S, T = (int(s) for s in self.module.codes.shape[:2])

@@ -87,23 +87,21 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from ..base import Estimator, register_estimator
+from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, decode_variable
 from .dino import (
     ADAPTIVE_METHODS,
     FIXED_STEP_METHODS,
-    DINo,
     LatentDynamics,
+    LatentForecaster,
     _Clock,
     _codes_tensor,
     _coord_units,
     _dynamics_loss,
-    _forecaster_config,
     _is_dask,
     _ode_settings,
     _OffsetTable,
-    _set_forecaster_state,
     _space_dims,
     _teacher_forcing_schedule,
     _trajectory_data,
@@ -409,7 +407,7 @@ def _periodic_interp(da: xr.DataArray, dim: str, new: np.ndarray, period: float)
 
 # =========================================================================== estimator
 @register_estimator
-class SmoothDynamics(Estimator):
+class SmoothDynamics(LatentForecaster):
     """A fitted smooth-latent-dynamics forecaster (encoder, decoder ansatz, latent ODE).
 
     Built by :func:`fit_smooth_dynamics`. Same interface as
@@ -424,23 +422,13 @@ class SmoothDynamics(Estimator):
                  ode: dict[str, Any], grid: list[np.ndarray], periods: list[float],
                  coord_units: dict[str, str] | None = None, var_attrs: dict | None = None,
                  info: dict | None = None) -> None:
-        _set_forecaster_state(self, module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
-                              clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs,
-                              info=info)
+        super().__init__(module, encoder, scaler, variables, sample_dim=sample_dim, time=time,
+                         clock=clock, ode=ode, coord_units=coord_units, var_attrs=var_attrs, info=info)
         self.grid = [np.asarray(g, dtype=np.float64) for g in grid]
         self.periods = [float(p) for p in periods]
         mesh = np.meshgrid(*self.grid, indexing="ij")
         self.train_points = np.stack([m.ravel() for m in mesh], -1)
         self.train_observed = np.ones(len(self.train_points), dtype=bool)
-
-    # borrowed from DINo: same input checks, target handling, outputs, lazy path, masks
-    _init_dataset = DINo._init_dataset
-    _check_units = DINo._check_units
-    _check_domain = DINo._check_domain
-    _target = DINo._target
-    _to_xarray = DINo._to_xarray
-    _forecast_lazy = DINo._forecast_lazy
-    observed_mask = DINo.observed_mask
 
     # ------------------------------------------------------------------ properties
     @property
@@ -449,18 +437,13 @@ class SmoothDynamics(Estimator):
         return int(self.module.dynamics.latent_dim)
 
     @property
-    def space(self) -> tuple[str, ...]:
-        """Names of the space coordinates (the grid axes)."""
-        return tuple(self.encoder.space)
-
-    @property
     def nfe(self) -> int | None:
         """ODE function evaluations of the last :meth:`forecast` (``None`` before any)."""
         return self.last_nfe
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
-        return {**_forecaster_config(self), "encoder_net": self.module.encoder.config(),
+        return {**self._common_config(), "encoder_net": self.module.encoder.config(),
                 "periods": self.periods}
 
     def _get_tensors(self) -> dict[str, Tensor]:
@@ -751,6 +734,10 @@ class SmoothDynamics(Estimator):
                  "xsciml_ode_solver": solver}
         return self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
 
+    def _lazy_attrs(self, forecast_kw: dict[str, Any]) -> dict[str, str]:
+        return {"xsciml_encode_steps": str(forecast_kw.get("encode_steps", 0)),
+                "xsciml_ode_solver": str(forecast_kw.get("solver") or self.ode["method"])}
+
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 0, encode_lr: float = 1e-2,
                  encode_reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
@@ -766,9 +753,10 @@ class SmoothDynamics(Estimator):
         --------
         >>> model.evaluate(test, n_frames_train=21)["rel_mse"]  # doctest: +SKIP
         """
-        return DINo.evaluate(self, ds_truth, n_frames_train, observed=observed,
-                             encode_steps=encode_steps, encode_lr=encode_lr, encode_init="encoder",
-                             encode_reg=encode_reg, device=device, seed=seed, progress=progress)
+        fc_kw = {"encode_steps": encode_steps, "encode_lr": encode_lr, "encode_reg": encode_reg}
+        return self._score(ds_truth, n_frames_train, observed, fc_kw, device=device, seed=seed,
+                           progress=progress, attrs={"encode_steps": int(encode_steps),
+                                                     "encode_optimizer": "encoder network"})
 
     def __repr__(self) -> str:
         kind = self.module.decoder.config()["kind"]
