@@ -79,6 +79,7 @@ __all__ = [
     "DINo",
     "DINoModule",
     "LatentDynamics",
+    "LatentForecaster",
     "decode_codes",
     "encode_objective",
     "fit_dynamics",
