@@ -123,6 +123,15 @@ def _reconstruction(model, test, truth: np.ndarray) -> tuple[np.ndarray, float]:
     return rec, _rel_l2(rec, truth)
 
 
+def _inconsistency(model, test, rec: np.ndarray) -> float:
+    """``mean (Λ(Ψ(θ)) − θ)² / mean θ²`` over the test frames, θ = Λ(u): how far the encoder is
+    from a left inverse of the decoder (what the consistency term penalises), for any gamma."""
+    theta = model.encode(test.astype("float32"), device="cpu", progress=False).values
+    again = test.copy(data={"u": rec.astype("float32")})
+    theta2 = model.encode(again[["u"]].astype("float32"), device="cpu", progress=False).values
+    return float(((theta2 - theta) ** 2).mean() / (theta**2).mean())
+
+
 def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
     spec = PROBLEMS[name]
     n_train, n_test, npts = args.train, args.test, args.points
@@ -153,6 +162,7 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
         wall, fc = _best_of(lambda m=model: m.forecast(init, lead=t, progress=False))
         err, nfe = _rel_l2(fc.values, truth), int(model.nfe)
         rec, rec_err = _reconstruction(model, test, truth)
+        incons = _inconsistency(model, test, rec)
         tight = model.forecast(init, lead=t, rtol=args.tight_rtol, atol=args.tight_rtol / 10, progress=False)
         entry = {"error": err, "wall_s": wall, "nfe": nfe, "fit_s": fit_s, "seed": seed,
                  "latent_dim": model.latent_dim, "reconstruction_test": rec_err,
@@ -161,11 +171,11 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
                  "reconstruction_train_loss": model.info["final_reconstruction_loss"],
                  "consistency_loss": model.info["final_consistency_loss"],
                  "dynamics_loss": model.info["final_dynamics_loss"],
-                 "latent_roughness": model.info["latent_roughness"]}
+                 "latent_roughness": model.info["latent_roughness"], "inconsistency_test": incons}
         print(f"  gamma={gamma:g} seed={seed}: trained in {fit_s:.0f} s; rel L2 {err:.3g} (reconstruction "
               f"{rec_err:.3g}, dynamics {entry['dynamics_error']:.3g}), NFE {nfe} ({entry['nfe_tight']} at "
               f"rtol {args.tight_rtol:g}), {wall * 1e3:.1f} ms, latent roughness "
-              f"{model.info['latent_roughness']:.3g}", flush=True)
+              f"{model.info['latent_roughness']:.3g}, inconsistency {incons:.3g}", flush=True)
         if seed != args.seed:
             repeats.append({"gamma": gamma, **entry})
             continue
@@ -235,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="autoencoder steps (default 1500)")
     parser.add_argument("--dynamics-steps", type=int, default=None, help="latent ODE steps (default 2000)")
     parser.add_argument("--waves", type=int, default=6, help="waves J of the Fourier ansatz (default 6)")
+    parser.add_argument("--dynamics-width", type=int, default=128,
+                        help="hidden width of the latent ODE's MLP (default 128; it sets the cost per NFE)")
     parser.add_argument("--gamma", type=float, default=1.0, help="consistency weight of the main model")
     parser.add_argument("--gamma-sweep", type=_floats, default=[],
                         help="extra consistency weights to fit and report (NFE vs gamma), e.g. 0.1,10")
@@ -263,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     dsteps = args.dynamics_steps or (20 if args.quick else 2000)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
-    fit_kw = dict(modes=4, waves=args.waves, encoder_width=32, steps=steps, dynamics_steps=dsteps, window=10,
+    fit_kw = dict(modes=4, waves=args.waves, encoder_width=32, dynamics_width=args.dynamics_width, steps=steps, dynamics_steps=dsteps, window=10,
                   dynamics_batch_size=64, batch_size=64, lr=2e-3, dynamics_lr=3e-3, solver="dopri5",
                   rtol=1e-3, atol=1e-4, consistency_target=args.consistency_target,
                   smoothness=args.smoothness)
@@ -287,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"rel L2 @ rtol {args.tight_rtol:g}": r["error_tight"],
                    f"NFE @ rtol {args.tight_rtol:g}": r["nfe_tight"],
                    "latent roughness": r["latent_roughness"], "consistency loss": r["consistency_loss"],
+                   "inconsistency (test)": r.get("inconsistency_test"),
                    "recon. L2": r["reconstruction_test"], "dyn. L2": r["dynamics_error"]}
                   for name, res in problems.items()
                   for gm, r in sorted([*res["learned"].items(), *((q["gamma"], q) for q in res["seed_repeats"])],
