@@ -55,13 +55,15 @@ PUBLISHED = {"DINo (published)": (1.11e-2, 3.74e-2, 3.94e-2),
 FRACTIONS = (1.0, 0.5, 0.05)
 
 
-def _data(n: int, resolution: int, seed: int, n_frames: int, step: float, cache: bool) -> xr.Dataset:
+def _data(n: int, resolution: int, seed: int, n_frames: int, step: float, cache: bool,
+          device: str = "cpu") -> xr.Dataset:
     """Navier-Stokes trajectories, cached as netCDF under benchmarks/results/."""
     path = BENCH_DIR / "results" / f"ns_{n}x{n_frames}_r{resolution}_s{seed}_dt{step:g}.nc"
     if cache and path.exists():
         return xr.load_dataset(path)
     t0 = time.perf_counter()
-    ds = navier_stokes(n, 64, n_frames=n_frames, dt=1.0, resolution=resolution, step=step, seed=seed)
+    ds = navier_stokes(n, 64, n_frames=n_frames, dt=1.0, resolution=resolution, step=step, seed=seed,
+                       device=device)
     print(f"  generated {n} trajectories x {n_frames} frames ({resolution}^2 solver) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     if cache:
@@ -118,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DINo Navier-Stokes: 64x64 torus, nu=1e-3, frames every 1, {n_frames} frames ({n_in} for "
           f"training), solver {resolution}^2 step {step:g}; {n_train} train / {n_test} test "
           f"trajectories; device {args.device}, {torch.get_num_threads()} thread(s)", flush=True)
-    ds_train = _data(n_train, resolution, args.seed, n_frames, step, cache)
-    test = _data(n_test, resolution, 10_000 + args.seed, n_frames, step, cache)
+    ds_train = _data(n_train, resolution, args.seed, n_frames, step, cache, args.device)
+    test = _data(n_test, resolution, 10_000 + args.seed, n_frames, step, cache, args.device)
     train = ds_train.isel(time=slice(0, n_in))
     settings = dict(latent_dim=latent, width=width, depth=3, dynamics_width=256 if p else 128,
                     dynamics_depth=3, solver="rk4", steps=steps, n_points=points, loss="relative",
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     gy, gx = np.meshgrid(grid, grid, indexing="ij")
     forcing = 0.1 * (np.sin(2 * np.pi * (gx + gy)) + np.cos(2 * np.pi * (gx + gy)))
     t0 = time.perf_counter()
-    ref = navier_stokes_solve(w0, times, viscosity=1e-3, forcing=forcing, length=1.0, step=step)
+    ref = navier_stokes_solve(w0, times, viscosity=1e-3, forcing=forcing, length=1.0, step=step,
+                              device=args.device)
     solver_s = time.perf_counter() - t0
     init_s = xr.Dataset({"vorticity": (("trajectory", "y", "x"), w0.astype(np.float32))},
                         coords={"y": test["y"], "x": test["x"]})
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in (step * 5, step * 10, step * 20, step * 50, step * 100):
         t0 = time.perf_counter()
         with np.errstate(all="ignore"):
-            w = navier_stokes_solve(w0, times, viscosity=1e-3, forcing=forcing, length=1.0, step=s)
+            w = navier_stokes_solve(w0, times, viscosity=1e-3, forcing=forcing, length=1.0, step=s,
+                                    device=args.device)
         secs = time.perf_counter() - t0
         err = _rel(w, ref) if np.all(np.isfinite(w)) else float("inf")
         coarse.append({"step": s, "seconds": secs, "rel_mse": err})

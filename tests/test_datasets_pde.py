@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from xsciml.datasets import navier_stokes, navier_stokes_solve, wave
 
@@ -65,6 +66,17 @@ def test_navier_stokes_converges_in_the_step_and_keeps_zero_mean():
     e1, e2 = np.abs(a - c).max(), np.abs(b - c).max()
     assert e2 < e1 / 3  # second order in time: halving the step cuts the error ~4x
     np.testing.assert_allclose(c.mean((-2, -1)), 0.0, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_navier_stokes_solver_on_the_gpu_matches_the_cpu():
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(3, 32, 32))
+    forcing = np.sin(2 * np.pi * np.arange(32) / 32)[None, :] * np.ones((32, 1))
+    cpu = navier_stokes_solve(w0, [0.0, 0.3, 0.6], viscosity=1e-2, forcing=forcing, step=1e-2)
+    gpu = navier_stokes_solve(w0, [0.0, 0.3, 0.6], viscosity=1e-2, forcing=forcing, step=1e-2, device="cuda")
+    assert isinstance(gpu, np.ndarray) and gpu.shape == cpu.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-10)
 
 
 def test_navier_stokes_dataset_setting_and_errors():

@@ -687,6 +687,7 @@ def navier_stokes_solve(
     forcing: np.ndarray | None = None,
     length: float = 1.0,
     step: float = 1e-3,
+    device: Any = "cpu",
 ) -> np.ndarray:
     r"""Pseudo-spectral solver of 2-D incompressible Navier--Stokes in vorticity form.
 
@@ -716,6 +717,10 @@ def navier_stokes_solve(
         Side of the periodic square.
     step
         Time step; the last step before each output time is shortened to land on it.
+    device
+        Where the FFTs run (``torch.fft`` in float64): ``"cpu"`` (default), ``"cuda"``,
+        or ``"auto"`` (a GPU when there is one). Timings against a learned model should
+        use the model's device.
 
     Returns
     -------
@@ -740,42 +745,56 @@ def navier_stokes_solve(
     _check_positive(viscosity=viscosity, length=length, step=step)
     if not np.all(np.isfinite(w0)):
         raise ValueError("w0 contains NaN or inf; the spectral solver needs a complete field.")
+    import torch
+
+    from ._utils import resolve_device
+
+    dev = resolve_device(device)
     n = w0.shape[-1]
+    if forcing is not None and np.shape(forcing) != (n, n):
+        raise ValueError(f"forcing must have shape ({n}, {n}), got {np.shape(forcing)}.")
     k = 2.0 * np.pi * np.fft.fftfreq(n, d=length / n)
     kr = 2.0 * np.pi * np.fft.rfftfreq(n, d=length / n)
     ky, kx = np.meshgrid(k, kr, indexing="ij")  # (n, n//2+1)
     k2 = kx**2 + ky**2
     inv_k2 = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0)
     cut = (2.0 / 3.0) * np.max(np.abs(k))
-    dealias = (np.abs(kx) <= cut) & (np.abs(ky) <= cut)
-    if forcing is not None and np.shape(forcing) != (n, n):
-        raise ValueError(f"forcing must have shape ({n}, {n}), got {np.shape(forcing)}.")
-    f_hat = 0.0 if forcing is None else np.fft.rfft2(np.asarray(forcing, dtype=np.float64))
+    dealias = ((np.abs(kx) <= cut) & (np.abs(ky) <= cut)).astype(np.float64)
 
-    def advection(w_hat: np.ndarray) -> np.ndarray:
-        psi = w_hat * inv_k2
-        u = np.fft.irfft2(1j * ky * psi, s=(n, n))
-        v = np.fft.irfft2(-1j * kx * psi, s=(n, n))
-        wx = np.fft.irfft2(1j * kx * w_hat, s=(n, n))
-        wy = np.fft.irfft2(1j * ky * w_hat, s=(n, n))
-        return np.fft.rfft2(u * wx + v * wy) * dealias
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), device=dev)
 
-    w_hat = np.fft.rfft2(w0)
+    k2_t, dealias_t = tensor(k2), tensor(dealias)
+    iky, ikx = tensor(1j * ky), tensor(1j * kx)
+    psi_y, psi_x = tensor(1j * ky * inv_k2), tensor(-1j * kx * inv_k2)  # velocity from vorticity
+    f_hat = (torch.zeros((), dtype=torch.complex128, device=dev) if forcing is None
+             else torch.fft.rfft2(tensor(np.asarray(forcing, dtype=np.float64))))
+    shape = (n, n)
+
+    def advection(w_hat: torch.Tensor) -> torch.Tensor:
+        u = torch.fft.irfft2(psi_y * w_hat, s=shape)
+        v = torch.fft.irfft2(psi_x * w_hat, s=shape)
+        wx = torch.fft.irfft2(ikx * w_hat, s=shape)
+        wy = torch.fft.irfft2(iky * w_hat, s=shape)
+        return torch.fft.rfft2(u * wx + v * wy) * dealias_t
+
+    w_hat = torch.fft.rfft2(tensor(w0))
     w_hat[..., 0, 0] = 0.0
     out = np.empty(w0.shape[:-2] + (len(t_out), n, n))
     t = 0.0
-    for j, target in enumerate(t_out):
-        while t < target - 1e-12:
-            h = min(step, target - t)
-            lhs = 1.0 + 0.5 * h * viscosity * k2
-            rhs_lin = (1.0 - 0.5 * h * viscosity * k2) * w_hat
-            n0 = f_hat - advection(w_hat)
-            pred = (rhs_lin + h * n0) / lhs
-            n1 = f_hat - advection(pred)
-            w_hat = (rhs_lin + 0.5 * h * (n0 + n1)) / lhs
-            w_hat[..., 0, 0] = 0.0
-            t += h
-        out[..., j, :, :] = np.fft.irfft2(w_hat, s=(n, n))
+    with torch.no_grad():
+        for j, target in enumerate(t_out):
+            while t < target - 1e-12:
+                h = min(step, target - t)
+                lhs = 1.0 + 0.5 * h * viscosity * k2_t
+                rhs_lin = (1.0 - 0.5 * h * viscosity * k2_t) * w_hat
+                n0 = f_hat - advection(w_hat)
+                pred = (rhs_lin + h * n0) / lhs
+                n1 = f_hat - advection(pred)
+                w_hat = (rhs_lin + 0.5 * h * (n0 + n1)) / lhs
+                w_hat[..., 0, 0] = 0.0
+                t += h
+            out[..., j, :, :] = torch.fft.irfft2(w_hat, s=shape).cpu().numpy()
     return out
 
 
@@ -793,6 +812,7 @@ def navier_stokes(
     tau: float = 7.0,
     seed: int | None = 0,
     dtype: Any = "float32",
+    device: Any = "cpu",
 ) -> xr.Dataset:
     r"""2-D incompressible Navier--Stokes vorticity on the unit torus (the DINo setting).
 
@@ -823,6 +843,8 @@ def navier_stokes(
         Seed for :func:`numpy.random.default_rng`.
     dtype
         dtype of ``vorticity``.
+    device
+        Where the solver's FFTs run (see :func:`navier_stokes_solve`).
 
     Returns
     -------
@@ -852,7 +874,8 @@ def navier_stokes(
     gy, gx = np.meshgrid(grid, grid, indexing="ij")
     forcing = 0.1 * (np.sin(2 * np.pi * (gx + gy)) + np.cos(2 * np.pi * (gx + gy)))
     times = t_start + dt * np.arange(int(n_frames), dtype=np.float64)
-    w = navier_stokes_solve(w0, times, viscosity=viscosity, forcing=forcing, length=1.0, step=step)
+    w = navier_stokes_solve(w0, times, viscosity=viscosity, forcing=forcing, length=1.0, step=step,
+                            device=device)
     sub = res // size
     w = w[..., ::sub, ::sub]
     coords = {"trajectory": np.arange(int(n_trajectories)),
