@@ -666,7 +666,7 @@ def test_gauss_newton_encoding_reaches_the_adam_optimum(fitted, heat_data, noise
 def test_gauss_newton_steps_never_increase_the_objective():
     from torch import nn
 
-    from xsciml.models.dino import gauss_newton_codes
+    from xsciml.models.dino import encode_objective, gauss_newton_codes
     from xsciml.nn import FourierNet
 
     class Cosine(nn.Module):  # u = cos(3 a.x + b): flat in the code at the linearisation point 0,
@@ -686,8 +686,7 @@ def test_gauss_newton_steps_never_increase_the_objective():
         y = y * mask
 
         def objective(a, net=net, y=y, mask=mask):
-            e = (decode_codes(net, x, a) - y) * mask
-            return (e.pow(2).sum((1, 2)) / mask.sum((1, 2)) + 1e-4 / 3 * a.pow(2).sum(1)).detach()
+            return encode_objective(net, x, y, mask, a, reg=1e-4, code_mean=zero, code_std=one).detach()
 
         a0 = torch.full((4, 3), start)
         prev = objective(a0)
@@ -701,7 +700,7 @@ def test_gauss_newton_steps_never_increase_the_objective():
 
 
 def test_gauss_newton_codes_refuses_bad_input():
-    from xsciml.models.dino import gauss_newton_codes
+    from xsciml.models.dino import encode_objective, gauss_newton_codes
     from xsciml.nn import FourierNet
 
     net = FourierNet(2, 1, width=8, depth=2, input_scale=4.0, code_dim=3)
@@ -717,3 +716,39 @@ def test_gauss_newton_codes_refuses_bad_input():
         gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), gls=torch.zeros(1, 10), **kw)
     with pytest.raises(ValueError, match="steps"):
         gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), **{**kw, "steps": -1})
+    with pytest.raises(ValueError, match="features must be"):
+        gauss_newton_codes(net, x[:7], y, torch.ones_like(y), torch.zeros(2, 3), **kw)
+    with pytest.raises(ValueError, match="code_mean and code_std"):
+        gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), **{**kw, "code_std": torch.ones(4)})
+    with pytest.raises(ValueError, match="jacobian must be"):
+        gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(2, 3), jacobian=torch.zeros(10, 2), **kw)
+    # the public objective checks its input the same way
+    obj_kw = dict(reg=0.0, code_mean=torch.zeros(3), code_std=torch.ones(3))
+    with pytest.raises(ValueError, match="codes must be"):
+        encode_objective(net, x, y, torch.ones_like(y), torch.zeros(3, 3), **obj_kw)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        encode_objective(net, x, y * np.inf, torch.ones_like(y), torch.zeros(2, 3), **obj_kw)
+
+
+def test_encoding_in_chunks_computes_the_jacobian_once(fitted, heat_data, monkeypatch):
+    import xsciml.models.dino as dino_mod
+
+    _, test = heat_data
+    init = test.isel(time=0)
+    whole = fitted.encode(init)
+    calls = []
+    real = dino_mod.decoder_jacobian
+    monkeypatch.setattr(dino_mod, "decoder_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    chunked = fitted.encode(init, max_points=256)  # one 16 x 16 state per chunk
+    assert init.sizes["trajectory"] > 1 and len(calls) == 1
+    np.testing.assert_allclose(chunked.values, whole.values, rtol=0, atol=1e-3 * float(fitted.codes.std()))
+    # a Jacobian passed in is the one computed inside
+    dec, f = fitted.module.decoder, torch.rand(30, 2) * 2 - 1
+    with torch.no_grad():
+        y = decode_codes(dec, f, fitted.module.code_mean[None] + 0.1 * fitted.module.code_std[None])
+    kw = dict(steps=3, reg=0.01, code_mean=fitted.module.code_mean, code_std=fitted.module.code_std)
+    a0 = fitted.module.code_mean.detach()[None].clone()
+    jac = real(dec, f, fitted.module.code_mean, fitted.module.code_std)
+    np.testing.assert_array_equal(
+        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, jacobian=jac, **kw).numpy(),
+        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, **kw).numpy())

@@ -81,6 +81,7 @@ __all__ = [
     "LatentDynamics",
     "LatentForecaster",
     "decode_codes",
+    "decoder_jacobian",
     "encode_objective",
     "fit_dynamics",
     "forecast",
@@ -337,26 +338,56 @@ def _gls_apply(x: Tensor, factor: Tensor, chol: Tensor) -> Tensor:
     return x - torch.einsum("kn,bkq->bnq", factor, h)
 
 
-def _decoder_jacobian(decoder: nn.Module, features: Tensor, alpha: Tensor, step: Tensor) -> Tensor:
-    """Jacobian ``[P*C, d]`` of the decoded field at ``alpha [d]`` by central differences.
+def decoder_jacobian(decoder: nn.Module, features: Tensor, code_mean: Tensor, code_std: Tensor) -> Tensor:
+    """Jacobian ``[P*C, d]`` (float64) of the decoded field at ``code_mean [d]`` by central differences.
 
-    ``step [d]`` is the difference step of each code entry (a small fraction of its
-    spread over the training codes). Two batched decodings of ``d`` codes.
+    The difference step of each code entry is 1 % of its spread ``code_std`` over the
+    training codes: two batched decodings of ``d`` codes. What :func:`gauss_newton_codes`
+    preconditions with.
+
+    Parameters
+    ----------
+    decoder
+        Code-conditioned coordinate network.
+    features
+        Encoded points ``[P, F]``.
+    code_mean, code_std
+        Mean and spread of the training codes ``[d]``.
+
+    Returns
+    -------
+    Tensor ``[P*C, d]``, float64.
+
+    Examples
+    --------
+    >>> from xsciml.nn import FourierNet
+    >>> net = FourierNet(2, 1, width=8, depth=2, input_scale=4.0, code_dim=3)
+    >>> decoder_jacobian(net, torch.rand(20, 2), torch.zeros(3), torch.ones(3)).shape
+    torch.Size([20, 3])
     """
-    d = alpha.shape[-1]
+    mu, sd = code_mean.reshape(-1), code_std.reshape(-1)
+    d = mu.shape[0]
+    step = 1e-2 * sd
     with torch.no_grad():
         e = torch.diag(step)
-        plus = decode_codes(decoder, features, alpha + e).reshape(d, -1)
-        minus = decode_codes(decoder, features, alpha - e).reshape(d, -1)
-    return ((plus - minus) / (2.0 * step[:, None])).T
+        plus = decode_codes(decoder, features, mu + e).reshape(d, -1)
+        minus = decode_codes(decoder, features, mu - e).reshape(d, -1)
+    return ((plus - minus) / (2.0 * step[:, None])).T.double()
 
 
-def _check_encode_inputs(y: Tensor, mask: Tensor, alpha: Tensor, gls: Tensor | None,
-                         chol: Tensor | None) -> None:
+def _check_encode_inputs(features: Tensor, y: Tensor, mask: Tensor, alpha: Tensor, code_mean: Tensor,
+                         code_std: Tensor, gls: Tensor | None, chol: Tensor | None) -> None:
     if y.ndim != 3 or y.shape != mask.shape:
         raise ValueError(f"y and mask must both be [B, P, C], got {tuple(y.shape)} and {tuple(mask.shape)}")
+    if features.ndim != 2 or len(features) != y.shape[1]:
+        raise ValueError(f"features must be [P, F] with P = {y.shape[1]} points (those of y), got "
+                         f"{tuple(features.shape)}")
     if alpha.ndim != 2 or len(alpha) != len(y):
         raise ValueError(f"codes must be [B, d] with B = {len(y)} states, got {tuple(alpha.shape)}")
+    d = alpha.shape[1]
+    if code_mean.numel() != d or code_std.numel() != d:
+        raise ValueError(f"code_mean and code_std must hold d = {d} entries (one per code entry), got "
+                         f"{code_mean.numel()} and {code_std.numel()}")
     if not torch.isfinite(y).all():
         raise ValueError("y contains NaN or inf; put 0 at unobserved points and 0 in the mask")
     if (gls is None) != (chol is None):
@@ -384,6 +415,15 @@ def encode_objective(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tens
     ...                  code_std=torch.ones(3)).tolist()
     [0.0, 0.0]
     """
+    _check_encode_inputs(features, y, mask, alpha, code_mean, code_std, gls, chol)
+    return _encode_objective(decoder, features, y, mask, alpha, reg=reg, code_mean=code_mean,
+                             code_std=code_std, gls=gls, chol=chol)
+
+
+def _encode_objective(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor, alpha: Tensor, *,
+                      reg: float, code_mean: Tensor, code_std: Tensor, gls: Tensor | None = None,
+                      chol: Tensor | None = None) -> Tensor:
+    """:func:`encode_objective` without the input checks (inside the optimisers' loops)."""
     e = (decode_codes(decoder, features, alpha) - y) * mask
     if gls is None:
         fit = e.pow(2).sum((1, 2))
@@ -396,8 +436,8 @@ def encode_objective(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tens
 
 def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor,
                        alpha0: Tensor, *, steps: int, reg: float, code_mean: Tensor,
-                       code_std: Tensor, gls: Tensor | None = None, chol: Tensor | None = None
-                       ) -> Tensor:
+                       code_std: Tensor, gls: Tensor | None = None, chol: Tensor | None = None,
+                       jacobian: Tensor | None = None) -> Tensor:
     r"""Auto-decoding by Gauss–Newton steps preconditioned at the mean code (batched).
 
     Minimises, for every state independently, the objective of :meth:`DINo.encode`:
@@ -433,6 +473,10 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     gls, chol
         Optional GLS factor ``[k, P*C]`` (restricted to the points) and its Cholesky
         factors ``[B, k, k]``.
+    jacobian
+        The decoder's Jacobian ``[P*C, d]`` at ``code_mean`` on these points (float64),
+        from :func:`decoder_jacobian`; computed here when None. Pass it when encoding
+        states in several batches on the same points.
 
     Returns
     -------
@@ -450,13 +494,21 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     >>> bool((a - true).abs().max() < 1e-3)
     True
     """
-    _check_encode_inputs(y, mask, alpha0, gls, chol)
+    _check_encode_inputs(features, y, mask, alpha0, code_mean, code_std, gls, chol)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if steps == 0:
+        return alpha0.detach().clone()
     B, d = alpha0.shape
     n_obs = mask.sum((1, 2)).clamp_min(1.0)
     mu, sd = code_mean.reshape(-1).to(alpha0), code_std.reshape(-1).to(alpha0)
-    J = _decoder_jacobian(decoder, features, mu, 1e-2 * sd).double()  # [P*C, d]
+    if jacobian is None:
+        J = decoder_jacobian(decoder, features, mu, sd)
+    elif tuple(jacobian.shape) != (y.shape[1] * y.shape[2], d):
+        raise ValueError(f"jacobian must be [P*C, d] = [{y.shape[1] * y.shape[2]}, {d}], got "
+                         f"{tuple(jacobian.shape)}")
+    else:
+        J = jacobian.to(device=alpha0.device, dtype=torch.float64)
     m = mask.reshape(B, -1)
     uniq, inv = torch.unique(m, dim=0, return_inverse=True)  # one normal matrix per mask
     Jm = uniq.double()[:, :, None] * J  # [U, n, d]
@@ -472,7 +524,7 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     L = torch.linalg.cholesky(H)
 
     def objective(a: Tensor) -> Tensor:  # [B]
-        return encode_objective(decoder, features, y, mask, a, reg=reg, code_mean=mu, code_std=sd,
+        return _encode_objective(decoder, features, y, mask, a, reg=reg, code_mean=mu, code_std=sd,
                                 gls=gls, chol=chol)
 
     alpha = alpha0.detach().clone()
@@ -1153,8 +1205,7 @@ class LatentForecaster(Estimator):
         if self.clock.kind == "numeric":
             lead = t.astype(np.float64) - float(t[0])
         else:
-            off = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
-            lead = off
+            lead = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
         init = ds[self.variables].isel({self.time: 0}).where(observed)
         fc = self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device, seed=seed,
                            progress=progress)
@@ -1198,7 +1249,6 @@ class LatentForecaster(Estimator):
         out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
                      "observed_fraction": float(observed.mean()), **attrs}
         return out
-
 
 
 @register_estimator
@@ -1486,6 +1536,8 @@ class DINo(LatentForecaster):
         per = max(1, int(max_points) // max(1, len(feats)))
         if init == "auto":  # Gauss-Newton converges from the mean; Adam needs a warm start
             init = "mean" if optimizer == "gauss-newton" else "nearest"
+        jac = (decoder_jacobian(dec, f, m.code_mean.detach(), m.code_std.detach())
+               if optimizer == "gauss-newton" and steps > 0 else None)  # shared by every chunk
         if init == "nearest":
             cand = self._candidate_fields(f, max_points)
         elif init != "mean":
@@ -1503,13 +1555,13 @@ class DINo(LatentForecaster):
                     if optimizer == "gauss-newton":
                         out[a:a + per] = gauss_newton_codes(
                             dec, f, yt, mt, alpha0, steps=steps, reg=reg, code_mean=m.code_mean,
-                            code_std=m.code_std, gls=gls, chol=chol).cpu()
+                            code_std=m.code_std, gls=gls, chol=chol, jacobian=jac).cpu()
                         continue
                     alpha = alpha0.clone().requires_grad_(True)
                     opt = torch.optim.Adam([alpha], lr=lr)
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
                     for _ in range(steps):
-                        loss = encode_objective(dec, f, yt, mt, alpha, reg=reg, code_mean=m.code_mean,
+                        loss = _encode_objective(dec, f, yt, mt, alpha, reg=reg, code_mean=m.code_mean,
                                                 code_std=m.code_std, gls=gls, chol=chol).sum()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
