@@ -72,12 +72,6 @@ def _data(n: int, resolution: int, seed: int, n_frames: int, step: float, cache:
     return ds
 
 
-def _rel(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Relative MSE of ``(..., y, x)`` arrays: Σ err² / Σ (truth − its spatial mean)²."""
-    den = ((truth - truth.mean((-2, -1), keepdims=True)) ** 2).sum()
-    return float(((pred - truth) ** 2).sum() / den)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--train", type=int, default=None, help="training trajectories (CPU 32, paper 256)")
@@ -187,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                         progress=False)
     fc_s = time.perf_counter() - t0
     nfe = model.last_nfe
-    fc_rel = _rel(fc.transpose("trajectory", "lead", "y", "x").values, ref)
+    fc = fc.transpose("trajectory", "lead", "y", "x")
+    ref = xr.DataArray(ref, dims=fc.dims)
+    fc_rel = relative_mse(fc, ref)
     # the solver at coarser steps (the data step is far below its stability and accuracy
     # limits at 64^2): the coarsest step whose error against the data step is at most DINo's
     coarse = []
@@ -197,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             w = navier_stokes_solve(w0, times, viscosity=1e-3, forcing=forcing, length=1.0, step=s,
                                     device=args.device)
         secs = time.perf_counter() - t0
-        err = _rel(w, ref) if np.all(np.isfinite(w)) else float("inf")
+        err = relative_mse(xr.DataArray(w, dims=ref.dims), ref) if np.all(np.isfinite(w)) else float("inf")
         coarse.append({"step": s, "seconds": secs, "rel_mse": err})
         print(f"  solver at step {s:g}: {secs:.2f} s, relative MSE against step {step:g}: {err:.3g}", flush=True)
     ok = [c for c in coarse if c["rel_mse"] <= fc_rel]

@@ -116,20 +116,16 @@ def _matched(rows: list[dict], target: float) -> dict:
     return max(ok, key=lambda s: s["dt"]) if ok else min(rows, key=lambda s: s["dt"])
 
 
-def _reconstruction(model, test, truth: np.ndarray) -> tuple[np.ndarray, float]:
-    """``decode(encode(truth))`` over the test frames and its relative L2 error."""
+def _reconstruction(model, test, truth: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``decode(encode(truth))`` over the test frames, its relative L2 error, and the encoder's
+    inconsistency ``mean (Λ(Ψ(θ)) − θ)² / mean θ²`` with θ = Λ(u): how far the encoder is from
+    a left inverse of the decoder (what the consistency term penalises), for any gamma."""
     theta = model.encode(test.astype("float32"), device="cpu", progress=False)
     rec = model.decode(theta, {"x": test["x"].values}, device="cpu").transpose(*test["u"].dims).values
-    return rec, _rel_l2(rec, truth)
-
-
-def _inconsistency(model, test, rec: np.ndarray) -> float:
-    """``mean (Λ(Ψ(θ)) − θ)² / mean θ²`` over the test frames, θ = Λ(u): how far the encoder is
-    from a left inverse of the decoder (what the consistency term penalises), for any gamma."""
-    theta = model.encode(test.astype("float32"), device="cpu", progress=False).values
-    again = test.copy(data={"u": rec.astype("float32")})
-    theta2 = model.encode(again[["u"]].astype("float32"), device="cpu", progress=False).values
-    return float(((theta2 - theta) ** 2).mean() / (theta**2).mean())
+    again = test[["u"]].copy(data={"u": rec.astype("float32")})
+    theta2 = model.encode(again, device="cpu", progress=False).values
+    incons = float(((theta2 - theta.values) ** 2).mean() / (theta.values**2).mean())
+    return rec, _rel_l2(rec, truth), incons
 
 
 def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
@@ -161,8 +157,7 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
         model.forecast(init, lead=t, progress=False)  # warm-up
         wall, fc = _best_of(lambda m=model: m.forecast(init, lead=t, progress=False))
         err, nfe = _rel_l2(fc.values, truth), int(model.nfe)
-        rec, rec_err = _reconstruction(model, test, truth)
-        incons = _inconsistency(model, test, rec)
+        rec, rec_err, incons = _reconstruction(model, test, truth)
         tight = model.forecast(init, lead=t, rtol=args.tight_rtol, atol=args.tight_rtol / 10, progress=False)
         entry = {"error": err, "wall_s": wall, "nfe": nfe, "fit_s": fit_s, "seed": seed,
                  "latent_dim": model.latent_dim, "reconstruction_test": rec_err,
