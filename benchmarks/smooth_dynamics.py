@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="autoencoder steps (default 1500)")
     parser.add_argument("--dynamics-steps", type=int, default=None, help="latent ODE steps (default 2000)")
     parser.add_argument("--waves", type=int, default=6, help="waves J of the Fourier ansatz (default 6)")
+    parser.add_argument("--decoder", choices=("fourier", "mlp"), default="fourier",
+                        help="decoder: the nonlinear Fourier ansatz (default) or the hypernetwork MLP")
+    parser.add_argument("--latent-dim", type=int, default=32,
+                        help="size of theta for --decoder mlp (the Fourier ansatz sets its own)")
     parser.add_argument("--dynamics-width", type=int, default=128,
                         help="hidden width of the latent ODE's MLP (default 128; it sets the cost per NFE)")
     parser.add_argument("--gamma", type=float, default=1.0, help="consistency weight of the main model")
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     dsteps = args.dynamics_steps or (20 if args.quick else 2000)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
-    fit_kw = dict(modes=4, waves=args.waves, encoder_width=32, dynamics_width=args.dynamics_width, steps=steps, dynamics_steps=dsteps, window=10,
+    fit_kw = dict(decoder=args.decoder, modes=4, waves=args.waves, latent_dim=args.latent_dim, encoder_width=32,
+                  dynamics_width=args.dynamics_width, steps=steps, dynamics_steps=dsteps, window=10,
                   dynamics_batch_size=64, batch_size=64, lr=2e-3, dynamics_lr=3e-3, solver="dopri5",
                   rtol=1e-3, atol=1e-4, consistency_target=args.consistency_target,
                   smoothness=args.smoothness)
