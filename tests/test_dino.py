@@ -341,6 +341,14 @@ def test_bad_input_errors(fitted, heat_data):
     try:
         with pytest.raises(ValueError, match="'km'"):
             fitted.forecast(tagged, lead=[0.0])
+        # a target in other units: as a Dataset, and as a dict of coordinates
+        in_m = init.assign_coords(x=init["x"].assign_attrs(units="m"))
+        ok = fitted.forecast(in_m, lead=[0.0], target={"x": in_m["x"], "y": in_m["y"].values})
+        assert ok.sizes["x"] == in_m.sizes["x"] and np.isfinite(ok.values).all()
+        with pytest.raises(ValueError, match="target is in 'km'"):
+            fitted.forecast(in_m, lead=[0.0], target=tagged)
+        with pytest.raises(ValueError, match="target is in 'km'"):
+            fitted.forecast(in_m, lead=[0.0], target={"x": tagged["x"], "y": tagged["y"].values})
     finally:
         fitted.coord_units.pop("x")
     with pytest.raises(TypeError, match="fitted dynamics model"):

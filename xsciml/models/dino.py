@@ -1053,9 +1053,15 @@ class LatentForecaster(Estimator):
         self._check_units(obj, role)
         return obj
 
-    def _check_units(self, ds: xr.Dataset, role: str) -> None:
+    def _check_units(self, coords: Mapping[str, Any], role: str) -> None:
+        """Refuse space coordinates whose ``units`` attribute differs from training's.
+
+        ``coords`` maps names to coordinates (a Dataset, or a target dict whose values may
+        be plain arrays without attrs); coordinates without units pass.
+        """
         for n in self.space:
-            units = ds[n].attrs.get("units")
+            v = coords[n] if n in coords else None
+            units = getattr(v, "attrs", {}).get("units") if v is not None else None
             trained = self.coord_units.get(n)
             if units is not None and trained is not None and str(units) != trained:
                 raise ValueError(f"space coordinate {n!r} of the {role} is in {units!r} but the model "
@@ -1085,12 +1091,7 @@ class LatentForecaster(Estimator):
             target = xr.Dataset(coords={n: ds[n].variable for n in self.space})
             target = target.transpose(*sdims)
         elif isinstance(target, Mapping):
-            for n in self.space:
-                v = target.get(n)
-                u = getattr(v, "attrs", {}).get("units") if v is not None else None
-                if u is not None and self.coord_units.get(n) not in (None, str(u)):
-                    raise ValueError(f"target coordinate {n!r} is in {u!r} but the model was "
-                                     f"trained in {self.coord_units[n]!r}")
+            self._check_units(target, "target")
         tp = target_points(self.encoder, target)
         self._check_domain(tp.features.numpy(), "target")
         return tp
