@@ -592,7 +592,7 @@ class DiffusionPrior(Estimator):
 
     @classmethod
     def _from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> DiffusionPrior:
-        from ..models.amortized import _Grid
+        from .._grid import Grid
 
         c = dict(config["net"])
         static = tensors["net.static"]
@@ -601,7 +601,7 @@ class DiffusionPrior(Estimator):
                           padding_mode=c["padding_mode"])
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         net.to(static.device).eval()
-        grid = _Grid.from_state(config["grid"], tensors)
+        grid = Grid.from_state(config["grid"], tensors)
         return cls(net, grid, tensors["mean"].cpu().numpy(), config["scale"],
                    sample_dim=config["sample_dim"], info=config.get("info"))
 
@@ -729,7 +729,7 @@ def fit_diffusion(
     >>> prior.sample(2, steps=3, progress=False).sizes["sample"]
     2
     """
-    from ..models.amortized import _Grid, _sample_info
+    from .._grid import Grid, sample_info
     from ..training import fit
 
     ds, name, space_dims = _training_array(obj, variable, sample_dim, space)
@@ -792,8 +792,8 @@ def fit_diffusion(
                   seed=seed, progress=progress, desc="fit_diffusion[EDM]", callbacks=callbacks)
     final = copy.deepcopy(averaged.module) if averaged is not None else net
     final = final.cpu().eval()
-    grid = _Grid.from_data(ds, [name], sample_dim)
-    _, info = _sample_info(ds, sample_dim)
+    grid = Grid.from_data(ds, [name], sample_dim)
+    _, info = sample_info(ds, sample_dim)
     info.update(steps=int(history.steps), ema=float(ema), P_mean=float(P_mean), P_std=float(P_std))
     prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info)
     prior.history = history

@@ -86,9 +86,9 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .._grid import Grid, as_dataset, sample_info
 from .._utils import progress_bar, resolve_device
 from ..base import Estimator, register_estimator
-from ..models.amortized import _as_dataset, _Grid, _sample_info
 
 __all__ = ["fit_debias", "Debias", "sinkhorn_potentials", "entropic_map", "DEBIAS_METHODS"]
 
@@ -632,7 +632,7 @@ def _as_variable(obj: Any, variable: str | None, argname: str) -> tuple[xr.DataA
     if not isinstance(obj, xr.Dataset):
         raise TypeError(f"{argname} must be an xarray DataArray or Dataset, got {type(obj).__name__}")
     try:
-        ds, names = _as_dataset(obj, variable, argname)
+        ds, names = as_dataset(obj, variable, argname)
     except ValueError:
         raise ValueError(
             f"{argname} has several data variables {list(obj.data_vars)}; name the one to "
@@ -641,7 +641,7 @@ def _as_variable(obj: Any, variable: str | None, argname: str) -> tuple[xr.DataA
     return ds[names[0]], names[0]
 
 
-def _matrix(da: xr.DataArray, grid: _Grid, sample_dim: str, what: str) -> np.ndarray:
+def _matrix(da: xr.DataArray, grid: Grid, sample_dim: str, what: str) -> np.ndarray:
     """Snapshots ``[n, P]`` (float64), checked for inf."""
     if da.dtype.kind not in "biuf":
         raise TypeError(f"{what} has non-numeric dtype {da.dtype}")
@@ -652,7 +652,7 @@ def _matrix(da: xr.DataArray, grid: _Grid, sample_dim: str, what: str) -> np.nda
     return arr
 
 
-def _valid_points(arr: np.ndarray, grid: _Grid, what: str, sample_dim: str) -> np.ndarray:
+def _valid_points(arr: np.ndarray, grid: Grid, what: str, sample_dim: str) -> np.ndarray:
     nan = np.isnan(arr)
     masked = nan.all(0)
     partial = nan.any(0) & ~masked
@@ -695,7 +695,7 @@ class Debias(Estimator):
     """
 
 
-    def __init__(self, *, method: str, variable: str, sample_dim: str, grid: _Grid,
+    def __init__(self, *, method: str, variable: str, sample_dim: str, grid: Grid,
                  valid: np.ndarray, mean: np.ndarray, scale: np.ndarray, group: str | None,
                  maps: Mapping[str, _Map], units: str | None, model_units: str | None,
                  params: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> None:
@@ -896,7 +896,7 @@ class Debias(Estimator):
             maps[entry["label"]] = _Map(entry["kind"], t, eps=float(entry["eps"]),
                                         residual=bool(entry["residual"]), info=dict(entry["info"]))
         return cls(method=config["method"], variable=config["variable"],
-                   sample_dim=config["sample_dim"], grid=_Grid.from_state(config["grid"], tensors),
+                   sample_dim=config["sample_dim"], grid=Grid.from_state(config["grid"], tensors),
                    valid=tensors["valid"].cpu().numpy().astype(bool),
                    mean=tensors["mean"].cpu().numpy(), scale=tensors["scale"].cpu().numpy(),
                    group=config["group"], maps=maps, units=config["units"],
@@ -1044,7 +1044,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
 
     mod_da, ref_da = decode_variable(mod_da), decode_variable(ref_da)
     mod_ds, ref_ds = mod_da.to_dataset(), ref_da.to_dataset()
-    grid = _Grid.from_data(mod_ds, [name], sample_dim)
+    grid = Grid.from_data(mod_ds, [name], sample_dim)
     if set(ref_da.dims) - {sample_dim} != set(grid.space_dims):
         raise ValueError(
             f"model and reference {name!r} have different space dims: {grid.space_dims} vs "
@@ -1119,7 +1119,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     info: dict[str, Any] = {"n_model": int(len(X_all)), "n_reference": int(len(Y_all)),
                             "n_points": int(vm.sum()), "group_sizes": sizes}
     for key, ds in (("model_period", mod_ds), ("reference_period", ref_ds)):
-        _, si = _sample_info(ds, sample_dim)
+        _, si = sample_info(ds, sample_dim)
         if "training_period" in si:
             info[key] = si["training_period"]
     params = {"reg": float(reg), "reg_cov": float(reg_cov), "max_iter": int(max_iter),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
+from .._grid import Grid, as_dataset, sample_info, variable_from_state, variable_state
 from .._utils import seed_everything, to_numpy
 from ..base import Estimator, register_estimator
 from ..likelihoods import DiagonalGaussian
@@ -259,62 +259,6 @@ def _posterior(params: torch.Tensor) -> DiagonalGaussian:
 
 
 # =========================================================================== labeled helpers
-def _json_value(v: Any) -> Any:
-    if isinstance(v, (str, bool, int, float)) or v is None:
-        return v
-    if isinstance(v, np.generic) and v.dtype.kind in "biuf":
-        return v.item()
-    if isinstance(v, (list, tuple, np.ndarray)) and np.asarray(v).dtype.kind in "biufU":
-        return np.asarray(v).tolist()
-    return str(v)
-
-
-def _json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
-    return {str(k): _json_value(v) for k, v in attrs.items()}
-
-
-def _variable_state(var: xr.Variable, key: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """A coordinate as (JSON entry, tensors); ``None`` for values we cannot store."""
-    from ..coords import time_calendar, time_kind, time_to_float
-
-    vals = np.asarray(var.values)
-    entry: dict[str, Any] = {"dims": [str(d) for d in var.dims], "attrs": _json_attrs(var.attrs)}
-    tensors: dict[str, torch.Tensor] = {}
-    if vals.dtype.kind in "biuf":
-        entry.update(kind="numeric", dtype=str(vals.dtype))
-        store = vals.astype(np.int64) if vals.dtype.kind == "u" else vals
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(store).copy())
-    elif vals.dtype.kind in "mM":
-        entry.update(kind="datetime", dtype=str(vals.dtype))
-        tensors[key] = torch.from_numpy(vals.view(np.int64).copy())
-    elif vals.dtype.kind == "U":
-        entry.update(kind="str", values=vals.tolist())
-    elif vals.dtype.kind == "O" and vals.size and time_kind(vals) == "cftime":
-        entry.update(kind="cftime", calendar=time_calendar(vals))
-        tensors[key] = torch.from_numpy(time_to_float(vals, "days", "1970-01-01"))
-    else:
-        return None
-    return entry, tensors
-
-
-def _variable_from_state(entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                         key: str) -> xr.Variable:
-    from ..coords import float_to_time
-
-    kind = entry["kind"]
-    if kind == "str":
-        vals = np.asarray(entry["values"])
-    else:
-        raw = tensors[key].cpu().numpy()
-        if kind == "numeric":
-            vals = raw.astype(entry["dtype"])
-        elif kind == "datetime":
-            vals = raw.astype(np.int64).view(entry["dtype"])
-        else:  # cftime
-            vals = float_to_time(raw, "days", "1970-01-01", entry["calendar"])
-    return xr.Variable(tuple(entry["dims"]), vals, attrs=dict(entry["attrs"]))
-
-
 def _call_kernel(model: Any, *arrays: np.ndarray, device: torch.device, method: str,
                  **kwargs: Any) -> Any:
     """Dask task body: ``model.<method>(*arrays, device=device, **kwargs)`` on NumPy blocks.
@@ -338,128 +282,6 @@ def _refuse_empty_snapshots(observed: np.ndarray) -> None:
 
 def _is_dask(da: xr.DataArray) -> bool:
     return da.chunks is not None
-
-
-def _as_dataset(obj: Any, variables: Any, argname: str = "obj") -> tuple[xr.Dataset, list[str]]:
-    from ..tensors import _prepare
-
-    obj, variables = _prepare(obj, variables, argname)
-    missing = [v for v in variables if v not in obj.data_vars]
-    if missing:
-        raise KeyError(f"variable(s) {missing} not found; available data variables: {list(obj.data_vars)}")
-    return obj, variables
-
-
-@dataclass
-class _Grid:
-    """The training grid: variables, space dims and sizes, coordinates, attrs."""
-
-    variables: list[str]
-    space_dims: tuple[str, ...]
-    shape: tuple[int, ...]
-    coords: dict[str, xr.Variable]
-    var_attrs: dict[str, dict[str, Any]]
-
-    @property
-    def n_points(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.variables) * self.n_points
-
-    @classmethod
-    def from_data(cls, ds: xr.Dataset, variables: list[str], sample_dim: Hashable) -> _Grid:
-        first = ds[variables[0]]
-        if sample_dim not in first.dims:
-            raise KeyError(
-                f"sample_dim {sample_dim!r} is not a dimension of {variables[0]!r}; its dims are "
-                f"{first.dims}. Pass the dimension that indexes snapshots (time steps, members...)"
-            )
-        space = tuple(str(d) for d in first.dims if d != sample_dim)
-        if not space:
-            raise ValueError(f"{variables[0]!r} has no dimension besides sample_dim {sample_dim!r}")
-        for v in variables[1:]:
-            da = ds[v]
-            if set(da.dims) != set(first.dims) or any(da.sizes[d] != first.sizes[d] for d in first.dims):
-                raise ValueError(
-                    f"variables {variables[0]!r} {dict(first.sizes)} and {v!r} {dict(da.sizes)} are on "
-                    "different grids; model them separately or regrid first"
-                )
-        coords = {str(k): c.variable for k, c in ds.coords.items()
-                  if c.ndim > 0 and set(c.dims) <= set(space)}
-        for k, c in list(coords.items()):
-            if c.chunks is not None:
-                coords[k] = c.compute()
-        return cls(list(variables), space, tuple(int(first.sizes[d]) for d in space), coords,
-                   {v: _json_attrs(ds[v].attrs) for v in variables})
-
-    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        entries, tensors = {}, {}
-        for name, var in self.coords.items():
-            state = _variable_state(var, f"grid.{name}")
-            if state is not None:
-                entries[name] = state[0]
-                tensors.update(state[1])
-        cfg = {"variables": self.variables, "space_dims": list(self.space_dims),
-               "shape": list(self.shape), "coords": entries, "var_attrs": self.var_attrs}
-        return cfg, tensors
-
-    @classmethod
-    def from_state(cls, cfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> _Grid:
-        coords = {name: _variable_from_state(e, tensors, f"grid.{name}")
-                  for name, e in cfg["coords"].items()}
-        return cls(list(cfg["variables"]), tuple(cfg["space_dims"]), tuple(cfg["shape"]), coords,
-                   {k: dict(v) for k, v in cfg["var_attrs"].items()})
-
-    def dataset(self, valid: np.ndarray | None = None) -> xr.Dataset:
-        """Coordinates of the grid, with ``<var>_valid`` masks when ``valid [C, *space]`` given."""
-        out = xr.Dataset(coords=dict(self.coords))
-        if valid is not None:
-            for j, v in enumerate(self.variables):
-                out[f"{v}_valid"] = (self.space_dims, np.asarray(valid[j], dtype=bool))
-        return out
-
-    def check(self, ds: xr.Dataset) -> list[xr.DataArray]:
-        """Each variable of ``ds`` decoded and transposed to ``(..., *space_dims)``; clear
-        errors for missing variables or snapshots on another grid."""
-        missing = [v for v in self.variables if v not in ds.data_vars]
-        if missing:
-            raise KeyError(f"the data lack {missing}; the model was fitted on {self.variables}")
-        out = []
-        for v in self.variables:
-            da = decode_variable(ds[v])
-            if da.dtype.kind not in "biuf":
-                raise TypeError(f"variable {v!r} has non-numeric dtype {da.dtype}")
-            lacking = [d for d in self.space_dims if d not in da.dims]
-            if lacking:
-                raise ValueError(
-                    f"snapshots of {v!r} with dims {da.dims} are on a different grid: the model's "
-                    f"space dims are {self.space_dims} (sizes {self.shape}); {lacking} missing"
-                )
-            for d, n in zip(self.space_dims, self.shape, strict=True):
-                if da.sizes[d] != n:
-                    raise ValueError(
-                        f"snapshots of {v!r} are on a different grid: {d!r} has {da.sizes[d]} points, "
-                        f"the model's grid has {n}; interpolate first, e.g. "
-                        "obj.interp_like(model.grid_coords) or obj.reindex_like(model.grid_coords)"
-                    )
-            for name, ref in self.coords.items():
-                if name not in da.coords or set(da[name].dims) != set(ref.dims):
-                    continue
-                new = da[name].transpose(*ref.dims).values
-                old = ref.values
-                same = (np.allclose(new, old, rtol=1e-6, atol=1e-9, equal_nan=True)
-                        if old.dtype.kind in "biuf" and new.dtype.kind in "biuf"
-                        else np.array_equal(new, old))
-                if not same:
-                    raise ValueError(
-                        f"snapshots of {v!r} are on a different grid: coordinate {name!r} differs from "
-                        "the training grid's (values or order, e.g. ascending vs descending); use "
-                        "obj.reindex_like(model.grid_coords) or obj.interp_like(model.grid_coords)"
-                    )
-            out.append(da.transpose(..., *self.space_dims))
-        return out
 
 
 def _check_space_chunks(das: Sequence[xr.DataArray], core: Sequence[str]) -> None:
@@ -506,7 +328,7 @@ def _latent_input(z: Any, latent_dim: int, sample_dim: Hashable) -> xr.DataArray
 class _GridModel(Estimator):
     """Shared labeled plumbing of PCA and AutoEncoder (encode/decode through apply_ufunc)."""
 
-    grid: _Grid
+    grid: Grid
     sample_dim: str
     latent_dim: int
     info: dict[str, Any]
@@ -519,7 +341,7 @@ class _GridModel(Estimator):
     def _inputs(self, obj: Any) -> list[xr.DataArray]:
         if isinstance(obj, xr.DataArray) and len(self.variables) == 1:
             obj = obj.to_dataset(name=self.variables[0])
-        ds, _ = _as_dataset(obj, self.variables)
+        ds, _ = as_dataset(obj, self.variables)
         das = self.grid.check(ds)
         _check_space_chunks(das, self.grid.space_dims)
         return das
@@ -606,21 +428,8 @@ class _GridModel(Estimator):
         return extra
 
 
-def _sample_info(ds: xr.Dataset, sample_dim: str) -> tuple[xr.Variable | None, dict[str, Any]]:
-    info: dict[str, Any] = {"n_samples": int(ds.sizes[sample_dim])}
-    if sample_dim not in ds.coords:
-        return None, info
-    coord = ds[sample_dim].variable
-    if coord.chunks is not None:
-        coord = coord.compute()
-    vals = coord.values
-    if vals.size and vals.dtype.kind in "MO":  # datetime64 or cftime snapshots
-        info["training_period"] = f"{vals.min()} .. {vals.max()}"
-    return coord, info
-
-
 # =========================================================================== weights
-def _area_weights(weights: Any, grid: _Grid, ds: xr.Dataset) -> np.ndarray | None:
+def _area_weights(weights: Any, grid: Grid, ds: xr.Dataset) -> np.ndarray | None:
     """Area weights ``w [n_points]`` (not yet normalised), or ``None``."""
     from ..coords import is_latitude
 
@@ -716,7 +525,7 @@ class PCA(_GridModel):
     True
     """
 
-    def __init__(self, grid: _Grid, sample_dim: str, *, basis: np.ndarray, mean: np.ndarray,
+    def __init__(self, grid: Grid, sample_dim: str, *, basis: np.ndarray, mean: np.ndarray,
                  scales: np.ndarray, sqrt_weights: np.ndarray, components: np.ndarray,
                  patterns: np.ndarray, explained_variance: np.ndarray, total_variance: float,
                  noise_var: float, principal_components: np.ndarray,
@@ -750,7 +559,7 @@ class PCA(_GridModel):
                                "weights": self.weights, "total_variance": self.total_variance,
                                "noise_var": self.noise_var, "info": self.info, "sample_coord": None}
         if self._sample_coord is not None:
-            state = _variable_state(self._sample_coord, "sample_coord")
+            state = variable_state(self._sample_coord, "sample_coord")
             cfg["sample_coord"] = None if state is None else state[0]
         return cfg
 
@@ -762,7 +571,7 @@ class PCA(_GridModel):
                   "principal_components": self._pcs}
         tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
         if self._sample_coord is not None:
-            state = _variable_state(self._sample_coord, "sample_coord")
+            state = variable_state(self._sample_coord, "sample_coord")
             if state is not None:
                 tensors.update(state[1])
         return tensors
@@ -771,8 +580,8 @@ class PCA(_GridModel):
     def _from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PCA:
         t = {k: v.cpu().numpy() for k, v in tensors.items() if not k.startswith("grid.")}
         sc = config.get("sample_coord")
-        sample_coord = _variable_from_state(sc, tensors, "sample_coord") if sc else None
-        return cls(_Grid.from_state(config["grid"], tensors), config["sample_dim"],
+        sample_coord = variable_from_state(sc, tensors, "sample_coord") if sc else None
+        return cls(Grid.from_state(config["grid"], tensors), config["sample_dim"],
                    basis=t["basis"], mean=t["mean"], scales=t["scales"],
                    sqrt_weights=t["sqrt_weights"], components=t["components"],
                    patterns=t["patterns"], explained_variance=t["explained_variance"],
@@ -1028,7 +837,7 @@ def _stack_snapshots(das: Sequence[xr.DataArray], sample_dim: str) -> Any:
     return np.concatenate([np.asarray(a, dtype=np.float64).reshape(S, -1) for a in arrays], axis=1)
 
 
-def _fit_pca(ds: xr.Dataset, grid: _Grid, sample_dim: str, latent_dim: int, weights: Any,
+def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weights: Any,
              center: bool, noise_var: float | None, svd: str, n_power_iter: int,
              n_oversamples: int, seed: int | None) -> PCA:
     das = [decode_variable(ds[v]).transpose(sample_dim, *grid.space_dims) for v in grid.variables]
@@ -1142,7 +951,7 @@ def _fit_pca(ds: xr.Dataset, grid: _Grid, sample_dim: str, latent_dim: int, weig
         noise = float(noise_var)
         if not (math.isfinite(noise) and noise > 0):
             raise ValueError(f"noise_var must be a positive number, got {noise_var!r}")
-    sample_coord, info = _sample_info(ds, sample_dim)
+    sample_coord, info = sample_info(ds, sample_dim)
     info.update(kind="pca", svd=method, n_points=int(basis.size))
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
     return PCA(grid, sample_dim, basis=basis, mean=mean, scales=scales, sqrt_weights=sqrt_w,
@@ -1176,7 +985,7 @@ class AutoEncoder(_GridModel):
         Training history (``None`` after loading).
     """
 
-    def __init__(self, network: nn.Module, grid: _Grid, sample_dim: str, *, mean: np.ndarray,
+    def __init__(self, network: nn.Module, grid: Grid, sample_dim: str, *, mean: np.ndarray,
                  scales: np.ndarray, valid: np.ndarray, log_sigma: np.ndarray,
                  center: bool, weights: str, info: dict[str, Any] | None = None) -> None:
         self.network = network
@@ -1214,7 +1023,7 @@ class AutoEncoder(_GridModel):
         net = _build_network(config["network"])
         net.load_state_dict({k[len("network."):]: v.cpu() for k, v in tensors.items()
                              if k.startswith("network.")})
-        return cls(net, _Grid.from_state(config["grid"], tensors), config["sample_dim"],
+        return cls(net, Grid.from_state(config["grid"], tensors), config["sample_dim"],
                    mean=tensors["mean"].cpu().numpy(), scales=tensors["scales"].cpu().numpy(),
                    valid=tensors["valid"].cpu().numpy(), log_sigma=tensors["log_sigma"].cpu().numpy(),
                    center=config["center"], weights=config["weights"], info=config.get("info"))
@@ -1352,7 +1161,7 @@ class AutoEncoder(_GridModel):
                 f"stochastic={self.stochastic})")
 
 
-def _fit_network(ds: xr.Dataset, grid: _Grid, sample_dim: str, kind: str, latent_dim: int,
+def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_dim: int,
                  stochastic: bool, weights: Any, center: bool, model_kwargs: Mapping[str, Any],
                  beta: float, input_dropout: float, steps: int, batch_size: int, lr: float,
                  weight_decay: float, scheduler: Any, val_fraction: float,
@@ -1475,7 +1284,7 @@ def _fit_network(ds: xr.Dataset, grid: _Grid, sample_dim: str, kind: str, latent
             nv += wb.sum(dim=per_var).double().cpu()
     log_sigma = 0.5 * torch.log((se / nv.clamp_min(1.0)).clamp_min(1e-12))
     net = net.cpu()
-    _, info = _sample_info(ds, sample_dim)
+    _, info = sample_info(ds, sample_dim)
     info.update(kind=kind, steps=int(history.steps), beta=float(beta),
                 input_dropout=float(input_dropout))
     ae = AutoEncoder(net, grid, sample_dim, mean=mean.astype(np.float32),
@@ -1600,14 +1409,14 @@ def fit_autoencoder(
     >>> bool(pca.explained_variance_ratio.sum() < 1)
     True
     """
-    ds, variables = _as_dataset(obj, variables)
+    ds, variables = as_dataset(obj, variables)
     if not isinstance(kind, str) or kind.lower() not in AUTOENCODER_KINDS:
         raise ValueError(f"kind must be one of {list(AUTOENCODER_KINDS)}, got {kind!r}")
     kind = kind.lower()
     latent_dim = _check_positive_int(latent_dim, "latent_dim")
     if not isinstance(sample_dim, str):
         raise TypeError(f"sample_dim must be a dimension name (str), got {sample_dim!r}")
-    grid = _Grid.from_data(ds, variables, sample_dim)
+    grid = Grid.from_data(ds, variables, sample_dim)
     if kind == "pca":
         if stochastic:
             raise ValueError(
