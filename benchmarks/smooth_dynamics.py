@@ -44,6 +44,8 @@ Usage::
     python benchmarks/smooth_dynamics.py --quick   # smoke run (< 1-2 min, bars not assessed)
     python benchmarks/smooth_dynamics.py --save    # also write benchmarks/results/smooth_dynamics.json
     python benchmarks/smooth_dynamics.py --gamma-sweep 0.1,10 --init-seeds 1 --save  # + NFE vs gamma (~40 min)
+    python benchmarks/smooth_dynamics.py --decoder mlp --problems ks   # the hypernetwork MLP decoder
+    python benchmarks/smooth_dynamics.py --device cuda                 # both methods on a GPU
 """
 
 from __future__ import annotations
