@@ -760,3 +760,31 @@ def test_encoding_in_chunks_computes_the_jacobian_once(fitted, heat_data, monkey
     np.testing.assert_array_equal(
         dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, jacobian=jac, **kw).numpy(),
         dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, **kw).numpy())
+
+
+def test_decoder_jacobian_matches_the_analytic_derivative_and_refuses_bad_input():
+    from torch import nn
+
+    from xsciml.models.dino import decoder_jacobian
+
+    class Sine(nn.Module):  # u(x; a) = sin(a . x) + a_2^2: du/da_i = x_i cos(a . x) (+ 2 a_2)
+        def forward(self, f, z):
+            return torch.sin((z[..., :2] * f).sum(-1, keepdim=True)) + z[..., 2:3] ** 2
+
+    torch.manual_seed(0)
+    x = torch.rand(25, 2) * 2 - 1
+    mu, sd = torch.tensor([0.4, -0.7, 0.3]), torch.tensor([0.5, 2.0, 1.0])
+    jac = decoder_jacobian(Sine(), x, mu, sd)
+    c = torch.cos(x @ mu[:2]).double()
+    exact = torch.stack([x[:, 0].double() * c, x[:, 1].double() * c,
+                         torch.full((25,), 2 * 0.3, dtype=torch.float64)], -1)
+    assert jac.dtype == torch.float64 and jac.shape == (25, 3)
+    np.testing.assert_allclose(jac.numpy(), exact.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="features must be"):
+        decoder_jacobian(Sine(), x[None], mu, sd)
+    with pytest.raises(ValueError, match="same number of entries"):
+        decoder_jacobian(Sine(), x, mu, sd[:2])
+    with pytest.raises(ValueError, match="> 0"):
+        decoder_jacobian(Sine(), x, mu, torch.tensor([0.5, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="finite"):
+        decoder_jacobian(Sine(), x, torch.tensor([0.4, np.nan, 0.3]), sd)

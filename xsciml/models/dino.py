@@ -367,6 +367,14 @@ def decoder_jacobian(decoder: nn.Module, features: Tensor, code_mean: Tensor, co
     """
     mu, sd = code_mean.reshape(-1), code_std.reshape(-1)
     d = mu.shape[0]
+    if features.ndim != 2:
+        raise ValueError(f"features must be [P, F] (encoded points), got shape {tuple(features.shape)}")
+    if sd.shape[0] != d:
+        raise ValueError(f"code_mean and code_std must hold the same number of entries (one per code "
+                         f"entry), got {d} and {sd.shape[0]}")
+    if not bool(torch.isfinite(mu).all()) or not bool((torch.isfinite(sd) & (sd > 0)).all()):
+        raise ValueError("code_mean must be finite and code_std finite and > 0 (the difference step "
+                         "of each code entry is 1 % of its spread); a zero spread gives no Jacobian")
     step = 1e-2 * sd
     with torch.no_grad():
         e = torch.diag(step)
@@ -1013,18 +1021,22 @@ class LatentForecaster(Estimator):
         return {}
 
     # ------------------------------------------------------------------ input checks
-    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
-        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
-        if not self.module.dynamics.periods:
-            return None
+    def _state_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> xr.DataArray:
+        """The initial time of every state, ``(*bdims)`` (broadcast), with a clear error when
+        the forced dynamics need it and ``ds`` has none per state."""
         if self.time not in ds.coords or not set(ds[self.time].dims) <= set(bdims):
             raise ValueError(
                 f"the model's dynamics are forced with periods {self.forcing_periods}: the initial "
                 f"state needs its time coordinate {self.time!r} (one value per state, along "
                 f"{list(bdims)}) to know the phase of each forcing")
         t = ds[self.time]
-        t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
-        return self.clock.to_float(np.asarray(t.values).reshape(-1))
+        return t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+
+    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
+        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
+        if not self.module.dynamics.periods:
+            return None
+        return self.clock.to_float(np.asarray(self._state_times(ds, bdims).values).reshape(-1))
 
     @property
     def forcing_periods(self) -> list[float]:
@@ -1129,9 +1141,7 @@ class LatentForecaster(Estimator):
         core = [list(sdims)] * len(das)
         with_time = bool(self.module.dynamics.periods)
         if with_time:  # forced dynamics: each state's initial time travels with its chunk
-            self._initial_times(ds, bdims)  # clear error here, not in a task
-            t = ds[self.time]
-            t = t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+            t = self._state_times(ds, bdims)  # a clear error here, not in a task
             inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})
                           if das[0].chunks is not None else t)
             core.append([])
