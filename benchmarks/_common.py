@@ -43,6 +43,7 @@ __all__ = [
     "make_parser",
     "peak_rss_mb",
     "baseline_rss_mb",
+    "coarsest_within",
     "print_table",
     "ratio",
     "relative_mse",
@@ -186,6 +187,21 @@ def relative_mse(pred: Any, truth: Any, space: Sequence[str] = ("y", "x")) -> fl
     """
     den = ((truth - truth.mean(tuple(space))) ** 2).sum()
     return float(((pred - truth) ** 2).sum() / den)
+
+
+def coarsest_within(rows: Sequence[Mapping[str, Any]], target: float, *, step: str = "dt",
+                    error: str = "error") -> Mapping[str, Any] | None:
+    """The row of a solver step sweep with the largest ``step`` whose ``error`` is at most
+    ``target`` (a solver's cheapest run at that accuracy), or ``None`` when none is.
+
+    Examples
+    --------
+    >>> rows = [{"dt": 0.1, "error": 0.2}, {"dt": 0.05, "error": 0.04}, {"dt": 0.01, "error": 0.001}]
+    >>> coarsest_within(rows, 0.05)["dt"], coarsest_within(rows, 1e-4)
+    (0.05, None)
+    """
+    ok = [r for r in rows if r[error] <= target]
+    return max(ok, key=lambda r: r[step]) if ok else None
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-from _common import BENCH_DIR, make_parser, print_table, ratio, relative_mse
+from _common import BENCH_DIR, coarsest_within, make_parser, print_table, ratio, relative_mse
 
 from xsciml.datasets import navier_stokes, navier_stokes_solve, sample_points
 from xsciml.models.dino import fit_dynamics
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         err = relative_mse(xr.DataArray(w, dims=ref.dims), ref) if np.all(np.isfinite(w)) else float("inf")
         coarse.append({"step": s, "seconds": secs, "rel_mse": err})
         print(f"  solver at step {s:g}: {secs:.2f} s, relative MSE against step {step:g}: {err:.3g}", flush=True)
-    ok = [c for c in coarse if c["rel_mse"] <= fc_rel]
-    matched = max(ok, key=lambda c: c["step"]) if ok else None
+    matched = coarsest_within(coarse, fc_rel, step="step", error="rel_mse")
     speed = [{"what": f"pseudo-spectral solver (64^2, step {step:g}, the data step)", "seconds": solver_s,
               "rel. MSE": 0.0},
              {"what": f"DINo forecast ({enc_steps or 'default'} {args.encode_optimizer} encode steps + rk4 ODE + decode)",

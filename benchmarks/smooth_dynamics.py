@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import BENCH_DIR, make_parser, print_table, ratio
+from _common import BENCH_DIR, coarsest_within, make_parser, print_table, ratio
 
 from xsciml import pde1d
 from xsciml._utils import resolve_device
@@ -121,8 +121,7 @@ def _solver_sweep(spec: dict, u0: np.ndarray, t: np.ndarray, truth: np.ndarray,
 
 def _matched(rows: list[dict], target: float) -> dict:
     """The coarsest step with error <= ``target`` (else the finest step)."""
-    ok = [s for s in rows if s["error"] <= target]
-    return max(ok, key=lambda s: s["dt"]) if ok else min(rows, key=lambda s: s["dt"])
+    return coarsest_within(rows, target) or min(rows, key=lambda s: s["dt"])
 
 
 def _reconstruction(model, test, truth: np.ndarray, device: torch.device) -> tuple[np.ndarray, float, float]:
