@@ -95,5 +95,7 @@ def test_navier_stokes_dataset_setting_and_errors():
         navier_stokes_solve(np.zeros((4, 8)), [1.0])
     with pytest.raises(ValueError, match="increasing"):
         navier_stokes_solve(np.zeros((8, 8)), [1.0, 0.5])
+    with pytest.raises(ValueError, match="forcing contains NaN"):
+        navier_stokes_solve(np.zeros((8, 8)), [1.0], forcing=np.full((8, 8), np.nan))
     with pytest.raises(ValueError, match="device='tpu' is not understood"):
         navier_stokes_solve(np.zeros((8, 8)), [1.0], device="tpu")

@@ -753,6 +753,8 @@ def navier_stokes_solve(
     n = w0.shape[-1]
     if forcing is not None and np.shape(forcing) != (n, n):
         raise ValueError(f"forcing must have shape ({n}, {n}), got {np.shape(forcing)}.")
+    if forcing is not None and not np.all(np.isfinite(forcing)):
+        raise ValueError("forcing contains NaN or inf; it must be a complete field.")
     k = 2.0 * np.pi * np.fft.fftfreq(n, d=length / n)
     kr = 2.0 * np.pi * np.fft.rfftfreq(n, d=length / n)
     ky, kx = np.meshgrid(k, kr, indexing="ij")  # (n, n//2+1)
