@@ -395,7 +395,7 @@ def test_encode_nearest_start_and_independent_states(fitted, heat_data):
     expected = fitted.codes.isel(trajectory=[2, 5], time=[1, 3]).values
     np.testing.assert_allclose(z0.values, expected, rtol=1e-6)
     mean = fitted.encode(frames, steps=0, init="mean").values
-    np.testing.assert_allclose(mean, np.broadcast_to(fitted.module.code_mean.numpy(), mean.shape))
+    np.testing.assert_allclose(mean, np.broadcast_to(fitted.module.code_mean.cpu().numpy(), mean.shape))
     # states are encoded independently: alone or together, the same codes
     # (to float rounding, which batched BLAS calls round differently)
     tol = 1e-3 * float(fitted.codes.std())
@@ -751,15 +751,16 @@ def test_encoding_in_chunks_computes_the_jacobian_once(fitted, heat_data, monkey
     assert init.sizes["trajectory"] > 1 and len(calls) == 1
     np.testing.assert_allclose(chunked.values, whole.values, rtol=0, atol=1e-3 * float(fitted.codes.std()))
     # a Jacobian passed in is the one computed inside
-    dec, f = fitted.module.decoder, torch.rand(30, 2) * 2 - 1
+    dec = fitted.module.decoder  # on the device of the last encode (a GPU where one is visible)
+    f = (torch.rand(30, 2) * 2 - 1).to(fitted.module.code_mean.device)
     with torch.no_grad():
         y = decode_codes(dec, f, fitted.module.code_mean[None] + 0.1 * fitted.module.code_std[None])
     kw = dict(steps=3, reg=0.01, code_mean=fitted.module.code_mean, code_std=fitted.module.code_std)
     a0 = fitted.module.code_mean.detach()[None].clone()
     jac = real(dec, f, fitted.module.code_mean, fitted.module.code_std)
     np.testing.assert_array_equal(
-        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, jacobian=jac, **kw).numpy(),
-        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, **kw).numpy())
+        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, jacobian=jac, **kw).cpu().numpy(),
+        dino_mod.gauss_newton_codes(dec, f, y, torch.ones_like(y), a0, **kw).cpu().numpy())
 
 
 def test_decoder_jacobian_matches_the_analytic_derivative_and_refuses_bad_input():

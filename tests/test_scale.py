@@ -101,11 +101,12 @@ def test_lazy_encode_decode_send_the_model_once_and_equal_eager(kind, dask_clien
     keys = [k for k in dict(z_lazy.__dask_graph__()) if str(k).startswith("xsciml-model-")]
     assert len(keys) == 1
     z = dask_client.compute(z_lazy).result()
-    np.testing.assert_allclose(z.values, z_eager.values, rtol=1e-6, atol=1e-8)
+    # float32 (on a GPU the batches of 8 and of 24 take different matmul kernels: ~1e-7 apart)
+    np.testing.assert_allclose(z.values, z_eager.values, rtol=1e-6, atol=1e-6)
     rec_lazy = model.decode(z_lazy)
     assert rec_lazy.chunks is not None
     np.testing.assert_allclose(dask_client.compute(rec_lazy).result().values,
-                               model.decode(z_eager).values, rtol=1e-6, atol=1e-8)
+                               model.decode(z_eager).values, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="chunk"):
         model.encode(part.chunk({"x": 4}))
 
