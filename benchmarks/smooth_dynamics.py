@@ -46,20 +46,25 @@ Usage::
     python benchmarks/smooth_dynamics.py --gamma-sweep 0.1,10 --init-seeds 1 --save  # + NFE vs gamma (~40 min)
     python benchmarks/smooth_dynamics.py --decoder mlp --problems ks   # the hypernetwork MLP decoder
     python benchmarks/smooth_dynamics.py --device cuda                 # both methods on a GPU
+    python benchmarks/smooth_dynamics.py --models benchmarks/results/models   # keep the fitted models;
+        # a second run (say --device cuda on a GPU machine) loads them and only times the forecasts
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _common import BENCH_DIR, coarsest_within, make_parser, print_table, ratio
 
+import xsciml
 from xsciml import pde1d
 from xsciml._utils import resolve_device
 from xsciml.models.smooth import fit_smooth_dynamics
@@ -124,6 +129,18 @@ def _matched(rows: list[dict], target: float) -> dict:
     return coarsest_within(rows, target) or min(rows, key=lambda s: s["dt"])
 
 
+def _model_path(folder: Path | None, name: str, gamma: float, seed: int, fit_kw: dict[str, Any],
+                args) -> Path | None:
+    """Where ``--models`` keeps the fitted model of one (problem, gamma, seed): the file name
+    carries a digest of every setting that shapes the fit, so a changed setting refits."""
+    if folder is None:
+        return None
+    key = json.dumps({**fit_kw, "train": args.train, "points": args.points, "data_seed": args.seed,
+                      "gamma": gamma, "seed": seed, "problem": name}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return folder / f"smooth_{name}_g{gamma:g}_s{seed}_{digest}.xsciml"
+
+
 def _reconstruction(model, test, truth: np.ndarray, device: torch.device) -> tuple[np.ndarray, float, float]:
     """``decode(encode(truth))`` over the test frames, its relative L2 error, and the encoder's
     inconsistency ``mean (Λ(Ψ(θ)) − θ)² / mean θ²`` with θ = Λ(u): how far the encoder is from
@@ -159,10 +176,18 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
     fits = [(gamma, args.seed) for gamma in dict.fromkeys([args.gamma, 0.0, *args.gamma_sweep])]
     fits += [(gamma, s) for s in args.init_seeds if s != args.seed for gamma in dict.fromkeys([args.gamma, 0.0])]
     for gamma, seed in fits:
-        t0 = time.perf_counter()
-        model = fit_smooth_dynamics(train, "u", consistency=gamma, device=dev, seed=seed,
-                                    progress=False, **fit_kw)
-        fit_s = time.perf_counter() - t0
+        path = _model_path(args.models, name, gamma, seed, fit_kw, args)
+        if path is not None and path.exists():
+            model, fit_s = xsciml.load(path), None
+            print(f"  gamma={gamma:g} seed={seed}: loaded {path}", flush=True)
+        else:
+            t0 = time.perf_counter()
+            model = fit_smooth_dynamics(train, "u", consistency=gamma, device=dev, seed=seed,
+                                        progress=False, **fit_kw)
+            fit_s = time.perf_counter() - t0
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                model.save(path)
         model.forecast(init, lead=t, device=dev, progress=False)  # warm-up
         wall, fc = _best_of(lambda m=model: m.forecast(init, lead=t, device=dev, progress=False))
         err, nfe = _rel_l2(fc.values, truth), int(model.nfe)
@@ -177,7 +202,7 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
                  "consistency_loss": model.info["final_consistency_loss"],
                  "dynamics_loss": model.info["final_dynamics_loss"],
                  "latent_roughness": model.info["latent_roughness"], "inconsistency_test": incons}
-        print(f"  gamma={gamma:g} seed={seed}: trained in {fit_s:.0f} s; rel L2 {err:.3g} (reconstruction "
+        print(f"  gamma={gamma:g} seed={seed}: {'loaded' if fit_s is None else f'trained in {fit_s:.0f} s'}; rel L2 {err:.3g} (reconstruction "
               f"{rec_err:.3g}, dynamics {entry['dynamics_error']:.3g}), NFE {nfe} ({entry['nfe_tight']} at "
               f"rtol {args.tight_rtol:g}), {wall * 1e3:.1f} ms, latent roughness "
               f"{model.info['latent_roughness']:.3g}, inconsistency {incons:.3g}", flush=True)
@@ -278,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto",
                         help="'auto' (a GPU when one is visible), 'cpu' or 'cuda': both the learned "
                              "model (training and forecast) and the spectral solver run there")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="folder of fitted models: a model found there (same settings) is loaded "
+                             "instead of fitted, one fitted is saved there -- to train once and time "
+                             "the forecasts on another device")
     parser.add_argument("--save", action="store_true",
                         help="write benchmarks/results/smooth_dynamics.json")
     args = parser.parse_args(argv)
