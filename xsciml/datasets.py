@@ -784,12 +784,18 @@ def navier_stokes_solve(
     w_hat[..., 0, 0] = 0.0
     out = np.empty(w0.shape[:-2] + (len(t_out), n, n))
     t = 0.0
+
+    def cn_factors(h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # Crank--Nicolson's implicit and explicit factors of the viscous term for step h
+        return 1.0 + 0.5 * h * viscosity * k2_t, 1.0 - 0.5 * h * viscosity * k2_t
+
+    full = cn_factors(step)  # every step but the shortened ones before an output time
     with torch.no_grad():
         for j, target in enumerate(t_out):
             while t < target - 1e-12:
                 h = min(step, target - t)
-                lhs = 1.0 + 0.5 * h * viscosity * k2_t
-                rhs_lin = (1.0 - 0.5 * h * viscosity * k2_t) * w_hat
+                lhs, rhs_fac = full if h == step else cn_factors(h)
+                rhs_lin = rhs_fac * w_hat
                 n0 = f_hat - advection(w_hat)
                 pred = (rhs_lin + h * n0) / lhs
                 n1 = f_hat - advection(pred)
