@@ -50,6 +50,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._grid import Grid, sample_info
 from .._utils import progress_bar, resolve_device, seed_everything
 from ..base import Estimator, register_estimator
 from ..nn import UNet
@@ -592,8 +593,6 @@ class DiffusionPrior(Estimator):
 
     @classmethod
     def _from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> DiffusionPrior:
-        from .._grid import Grid
-
         c = dict(config["net"])
         static = tensors["net.static"]
         net = EDMDenoiser(c["shape"], c["sigma_data"], static=static.cpu(), base_channels=c["base_channels"],
@@ -729,7 +728,6 @@ def fit_diffusion(
     >>> prior.sample(2, steps=3, progress=False).sizes["sample"]
     2
     """
-    from .._grid import Grid, sample_info
     from ..training import fit
 
     ds, name, space_dims = _training_array(obj, variable, sample_dim, space)
