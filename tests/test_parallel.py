@@ -259,10 +259,12 @@ def test_predict_on_dask_zarr_equals_eager_on_cluster(field, dask_client, tmp_pa
     xr.testing.assert_allclose(result, eager, atol=1e-6)
     # each worker built the model at most once, whatever the number of its tasks
     # (the workers resolve device="auto" themselves: the key names the GPU where they see one)
+    digest = _digest(field)
+
     def loads_here():
         from xsciml._utils import resolve_device
 
-        return parallel.model_cache_info()["loads"].get(f"{_digest(field)}@{resolve_device('auto')}", 0)
+        return parallel.model_cache_info()["loads"].get(f"{digest}@{resolve_device('auto')}", 0)
 
     loads = dask_client.run(loads_here)
     assert set(loads.values()) <= {0, 1} and sum(loads.values()) >= 1
