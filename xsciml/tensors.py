@@ -733,14 +733,20 @@ class CoordinateData(_PointSet):
         """Random ``(features, y)`` train/validation split of the valid points."""
         import torch
 
+        ti, vi = self.split_indices(fraction, seed)
+        return (self.features[ti], self.y[ti]), (self.features[vi], self.y[vi])
+
+    def split_indices(self, fraction: float = 0.1, seed: int = 0):
+        """Indices ``(train, validation)`` of the random split of :meth:`split`."""
+        import torch
+
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         n = len(self)
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)
         n_val = max(1, int(round(fraction * n)))
-        vi, ti = perm[:n_val], perm[n_val:]
-        return (self.features[ti], self.y[ti]), (self.features[vi], self.y[vi])
+        return perm[n_val:], perm[:n_val]
 
     # -- back to labeled data ---------------------------------------------------------
     def to_dataarray(self, values, variable: str | None = None, name: str | None = None,

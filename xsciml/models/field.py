@@ -20,6 +20,7 @@ from torch import nn
 
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
+from ..interpolation import LocalKriging, fit_kriging, frame_rbf
 from ..tensors import CoordinateData, Scaler, TargetPoints, target_points, to_tensors
 
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
@@ -100,6 +101,31 @@ def _default_network_kwargs(kind: str, data: CoordinateData) -> dict[str, Any]:
     return {}
 
 
+def _kriging_layout(encoder: CoordinateEncoder) -> tuple[list[int], list[list[int]], int | None]:
+    """Feature columns the residual kriging uses (space, then the encoded time), their
+    length-scale groups (a unit-sphere embedding shares one length: chordal
+    distance) and the index of the time column among them."""
+    names = encoder.feature_names
+    space = list(range(encoder.feature_slices["space"].start, encoder.feature_slices["space"].stop))
+    groups: list[list[int]] = []
+    sphere = [i for i, c in enumerate(space) if names[c] in ("sphere_x", "sphere_y", "sphere_z")]
+    if sphere:
+        groups.append(sphere)
+    groups += [[i] for i in range(len(space)) if i not in sphere]
+    columns = list(space)
+    time_col = None
+    if encoder.time:
+        columns.append(encoder.feature_slices["time"].start)
+        time_col = len(columns) - 1
+        groups.append([time_col])
+    return columns, groups, time_col
+
+
+def _kriging_coordinates(encoder: CoordinateEncoder, features: torch.Tensor) -> np.ndarray:
+    columns, _, _ = _kriging_layout(encoder)
+    return features[:, columns].double().numpy()
+
+
 @register_estimator
 class NeuralField(Estimator):
     r"""A fitted neural field :math:`y_n \sim \mathcal N(f_\theta(x_n, t_n), \sigma^2)`.
@@ -121,8 +147,13 @@ class NeuralField(Estimator):
     def __init__(self, module: FieldModule, encoder: CoordinateEncoder, scaler: Scaler,
                  variables: list[str], *, condition: Sequence[str] = (),
                  condition_scaler: Scaler | None = None, var_attrs: dict | None = None,
-                 std_scale: torch.Tensor | None = None, info: dict | None = None) -> None:
+                 std_scale: torch.Tensor | None = None, info: dict | None = None,
+                 kriging: Sequence[LocalKriging] | None = None, trend: str = "field") -> None:
+        if trend not in ("field", "constant"):
+            raise ValueError(f"trend must be 'field' or 'constant', got {trend!r}")
         self.module = module
+        self.kriging = list(kriging) if kriging else None
+        self.trend = trend
         self.encoder = encoder
         self.scaler = scaler
         self.variables = list(variables)
@@ -147,6 +178,8 @@ class NeuralField(Estimator):
             "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
                               for k, a in attrs.items()} for v, attrs in self.var_attrs.items()},
             "info": self.info,
+            "kriging": [k.config() for k in self.kriging] if self.kriging else None,
+            "trend": self.trend,
         }
 
     def _get_tensors(self) -> dict[str, torch.Tensor]:
@@ -155,6 +188,8 @@ class NeuralField(Estimator):
                             "has no config() to rebuild it from. Save its state_dict yourself.")
         out = {f"module.{k}": v for k, v in self.module.state_dict().items()}
         out["std_scale"] = self.std_scale
+        for j, k in enumerate(self.kriging or []):
+            out.update({f"kriging.{j}.{name}": t for name, t in k.tensors().items()})
         return out
 
     @classmethod
@@ -166,11 +201,17 @@ class NeuralField(Estimator):
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         module.load_state_dict(state)
         cs = config.get("condition_scaler")
+        kriging = None
+        if config.get("kriging"):
+            kriging = [LocalKriging.from_state(kc, {"points": tensors[f"kriging.{j}.points"],
+                                                    "values": tensors[f"kriging.{j}.values"]})
+                       for j, kc in enumerate(config["kriging"])]
         return cls(module, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
                    config["variables"], condition=config.get("condition", []),
                    condition_scaler=Scaler.from_dict(cs) if cs else None,
                    var_attrs=config.get("var_attrs", {}), std_scale=tensors["std_scale"],
-                   info=config.get("info", {}))
+                   info=config.get("info", {}), kriging=kriging,
+                   trend=config.get("trend", "field"))
 
     def _provenance_extra(self) -> dict[str, Any]:
         return {"xsciml_network": self.info.get("network", ""),
@@ -197,20 +238,39 @@ class NeuralField(Estimator):
             return torch.zeros(0, self.module.likelihood.n_params)
         return torch.cat(outs)
 
-    def _moments(self, net_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictive mean and std in physical units, ``[N, Dy]`` each."""
+    def _moments(self, net_out: torch.Tensor, features: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive mean and std in physical units, ``[N, Dy]`` each (the residual
+        kriging added where the field has one; it needs the ``features``)."""
         lik = self.module.likelihood.cpu()
         with torch.inference_mode():
-            dist = lik.distribution(net_out)
-            mean = self.scaler.inverse(dist.mean)
-            std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
+            dist = lik.distribution(net_out.cpu())
+            mean_z, std_z = dist.mean, dist.stddev
+            if self.kriging:
+                if features is None:
+                    raise ValueError("this field interpolates its residuals by kriging: its "
+                                     "moments need the target features")
+                mean_z, std_z = self._kriged(mean_z, features)
+            mean = self.scaler.inverse(mean_z)
+            std = self.scaler.inverse_std(std_z * self.std_scale.to(std_z))
         return mean, std
+
+    def _kriged(self, mean_z: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised mean and std of trend + kriged residual at ``features``."""
+        z = _kriging_coordinates(self.encoder, features)
+        means, stds = [], []
+        for j, kr in enumerate(self.kriging or []):
+            m, v = kr.predict(z)
+            trend = mean_z[:, j].double() if self.trend == "field" else torch.zeros(len(z), dtype=torch.float64)
+            means.append(trend + torch.as_tensor(m))
+            stds.append(torch.as_tensor(v).sqrt())
+        return torch.stack(means, 1).to(mean_z.dtype), torch.stack(stds, 1).to(mean_z.dtype)
 
     def distribution(self, target: Any, *, time: Any = None, batch_size: int | None = None,
                      device: Any = "auto") -> tuple[torch.distributions.Normal, TargetPoints]:
         """Predictive ``torch.distributions.Normal`` (physical units) at the target points."""
         tp = target if isinstance(target, TargetPoints) else self.target(target, time)
-        mean, std = self._moments(self._net_out(tp.features, batch_size, device))
+        mean, std = self._moments(self._net_out(tp.features, batch_size, device), tp.features)
         return torch.distributions.Normal(mean, std), tp
 
     # ------------------------------------------------------------------ outputs
@@ -271,6 +331,8 @@ class NeuralField(Estimator):
         """Predictive mean and std (physical units, on the CPU) of one minibatch, computed
         on ``device`` with the modules already there (the worker-side cached model)."""
         net_out = self.module(features.to(device, non_blocking=True)).float()
+        if self.kriging:
+            return self._moments(net_out, features.cpu())
         dist = self.module.likelihood.distribution(net_out)
         mean = self.scaler.inverse(dist.mean)
         std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
@@ -423,6 +485,42 @@ class NeuralField(Estimator):
                     "n_points": float(len(y))})
         return out
 
+    def summary(self) -> str:
+        """What was fitted and how it did on the held-out validation points.
+
+        The validation nRMSE (RMSE / std, standardised units) of each predictor that
+        was scored -- the field alone, the field plus kriging of its residuals,
+        kriging alone -- the one kept, its 90 % interval coverage there, and the
+        per-frame thin-plate RBF's nRMSE on the same points for reference.
+
+        Examples
+        --------
+        >>> print(field.summary())  # doctest: +SKIP
+        NeuralField(variables=['u'], ...)
+        predictor: field+kriging
+        validation (902 held-out points)   nRMSE
+          field                            0.0501
+          ...
+        """
+        lines = [repr(self), f"predictor: {self.info.get('predictor', 'field')}"]
+        if self.info.get("predictor_note"):
+            lines.append(f"  ({self.info['predictor_note']})")
+        val = self.info.get("validation")
+        if val:
+            lines.append(f"validation ({val['n_points']} held-out points)   nRMSE")
+            for name in ("field", "field+kriging", "kriging"):
+                if f"nrmse_{name}" in val:
+                    mark = "  <- kept" if name == self.info.get("predictor") else ""
+                    lines.append(f"  {name:<32s} {val[f'nrmse_{name}']:.4g}{mark}")
+            if "nrmse_rbf" in val:
+                lines.append(f"  {'reference: ' + val.get('reference', 'RBF'):<32s} {val['nrmse_rbf']:.4g}")
+            elif "reference" in val:
+                lines.append(f"  reference: {val['reference']}")
+            lines.append(f"  90 % interval coverage           {val['coverage90']:.3f}")
+        for kr in self.kriging or []:
+            lines.append(f"kriging: {kr!r}")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         return (f"NeuralField(variables={self.variables}, network={self.info.get('network')!r}, "
                 f"likelihood={self.info.get('likelihood')!r}, space={self.encoder.space}, "
@@ -490,6 +588,8 @@ def fit_field(
     val_every: int = 100,
     early_stopping: int | None = None,
     calibrate: bool = True,
+    residual: str = "auto",
+    reference: bool = True,
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
@@ -540,6 +640,26 @@ def fit_field(
         ``"grid"``.
     calibrate
         Rescale σ on the held-out points (see above).
+    residual
+        How the small scales the network misses are filled in:
+
+        * ``"auto"`` (default): three predictors are scored on the held-out points --
+          the field alone, the field plus local kriging of its residuals
+          (regression kriging; :mod:`xsciml.interpolation`) and kriging of the data
+          alone -- and the best is kept. Whichever wins, the kriging's covariance
+          (Matérn family, lengths in space and time, nugget) is fitted to the
+          training points, so frames that are independent in time are interpolated
+          one by one and correlated ones jointly. The kriging σ grows away from the
+          observations.
+        * ``"kriging"``: always the field plus kriging of its residuals;
+        * ``"none"``: the field alone.
+
+        Kriging needs the training points in memory and no ``condition``; otherwise
+        the field is used alone (``info["predictor"]`` says which was used, and why).
+    reference
+        Also score a per-frame thin-plate RBF (:func:`xsciml.interpolation.frame_rbf`)
+        on the same held-out points, report both in :meth:`NeuralField.summary` and
+        warn when the fitted predictor is worse.
 
     Returns
     -------
@@ -554,6 +674,8 @@ def fit_field(
     >>> pred = field.predict(ds)
     >>> sorted(pred.data_vars)
     ['u_mean', 'u_std']
+    >>> field.info["predictor"] in ("field", "field+kriging", "kriging")
+    True
     """
     from .._utils import seed_everything
     from ..likelihoods import build_likelihood
@@ -604,11 +726,19 @@ def fit_field(
             return nll + reg_w * reg, {"nll": float(nll.detach())}
         return nll
 
+    if residual not in ("auto", "kriging", "none"):
+        raise ValueError(f"residual must be 'auto', 'kriging' or 'none', got {residual!r}")
+    split = None
     if data.is_lazy:
         train, val = data, None
         vf = 0.0
     else:
-        train, val = data.split(val_fraction, seed=seed or 0) if val_fraction > 0 else ((data.features, data.y), None)
+        if val_fraction > 0:
+            split = data.split_indices(val_fraction, seed=seed or 0)
+            ti, vi = split
+            train, val = (data.features[ti], data.y[ti]), (data.features[vi], data.y[vi])
+        else:
+            train, val = (data.features, data.y), None
         vf = 0.0
     history = fit(module, loss_fn, train, val_data=val, val_fraction=vf,
                   steps=steps or (1000 if kind == "grid" else 3000),
@@ -631,10 +761,132 @@ def fit_field(
                         condition_scaler=data.condition_scaler,
                         var_attrs={v: dict(data.var_attrs.get(v, {})) for v in data.variables},
                         info=info)
-    if calibrate and val is not None:
+    field.info["predictor"] = "field"
+    if split is not None:
+        _choose_predictor(field, data, split, residual=residual, reference=reference,
+                          calibrate=calibrate, device=device, seed=seed or 0)
+    elif residual != "none":
+        field.info["predictor_note"] = ("the field alone: kriging of its residuals needs the "
+                                        "training points in memory and val_fraction > 0")
+    if calibrate and val is not None and not field.kriging:
         f_val, y_val = val
         dist, _ = field.distribution(TargetPoints(data.encoder, None, f_val, None), device=device)  # type: ignore[arg-type]
         z2 = ((y_val.to(dist.mean) - dist.mean) / dist.stddev).pow(2).mean(0)
         field.std_scale = z2.sqrt().clamp_min(1e-3).float()
     field.history = history
     return field
+
+
+#: Fewest training points for which residual kriging and the references are fitted.
+_MIN_KRIGING_POINTS = 20
+
+
+def _nrmse(pred: np.ndarray, truth: np.ndarray) -> float:
+    """RMSE / std of the truth, averaged over the variable columns."""
+    err = np.sqrt(np.mean((pred - truth) ** 2, axis=0))
+    sd = np.std(truth, axis=0)
+    return float(np.mean(err / np.where(sd > 0, sd, 1.0)))
+
+
+def _reference_rbf(data: CoordinateData, z: np.ndarray, ti: np.ndarray, vi: np.ndarray,
+                   zc: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Per-frame thin-plate RBF of each standardised variable at the validation points."""
+    enc = data.encoder
+    columns, _, time_col = _kriging_layout(enc)
+    n_space = len(columns) - (1 if time_col is not None else 0)
+    if enc.sphere:
+        pts = zc[:, :n_space]  # unit-sphere embedding: RBF on the sphere (chordal distance)
+    else:
+        raw = data.raw_coords
+        pts = np.column_stack([np.asarray(raw[n], dtype=np.float64) for n in enc.space])
+    frames = zc[:, time_col] if time_col is not None else None
+    f_train = None if frames is None else frames[ti]
+    f_val = None if frames is None else frames[vi]
+    cols, how = [], ""
+    try:
+        for j in range(z.shape[1]):
+            values, how = frame_rbf(pts[ti], z[ti, j], f_train, pts[vi], f_val)
+            cols.append(values)
+    except Exception as err:  # a degenerate frame (collinear points...): reported, not fatal
+        return None, f"not available ({type(err).__name__}: {err})"
+    out = np.column_stack(cols)
+    return out, f"thin-plate RBF ({how})"
+
+
+def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *, residual: str,
+                      reference: bool, calibrate: bool, device: Any, seed: int) -> None:
+    """Score field / field + residual kriging / kriging on the held-out points, keep the
+    best (``residual="auto"``), calibrate its σ there and condition its kriging on every
+    observation. Records the scores in ``field.info`` and warns when a per-frame RBF
+    does better."""
+    import warnings
+
+    ti, vi = (np.asarray(i) for i in split)
+    enc = data.encoder
+    z = field.scaler.transform(data.y.double().numpy())
+    z = np.asarray(z, dtype=np.float64)
+    with torch.no_grad():
+        dist = field.module.likelihood.cpu().distribution(field._net_out(data.features, None, device))
+        mean_z = dist.mean.double().numpy()
+        std_z = dist.stddev.double().numpy()
+    zc = _kriging_coordinates(enc, data.features)
+    _, groups, time_col = _kriging_layout(enc)
+    zv = z[vi]
+    scores: dict[str, float] = {"field": _nrmse(mean_z[vi], zv)}
+    preds: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "field": (mean_z[vi], std_z[vi] * field.std_scale.double().numpy())}
+    krigs: dict[str, list[LocalKriging]] = {}
+    note = None
+    if residual == "none":
+        note = "the field alone (residual='none')"
+    elif data.condition:
+        note = "the field alone: kriging does not take condition variables"
+    elif len(ti) < _MIN_KRIGING_POINTS:
+        note = f"the field alone: {len(ti)} training points are too few to fit a kriging covariance"
+    if note is None:
+        candidates = {"field+kriging": (z - mean_z, mean_z)}
+        if residual == "auto":
+            candidates["kriging"] = (z, np.zeros_like(z))
+        for name, (target, trend) in candidates.items():
+            krs, means, stds = [], [], []
+            for j in range(z.shape[1]):
+                kr = fit_kriging(zc[ti], target[ti, j], groups=groups, time_column=time_col, seed=seed)
+                m, v = kr.predict(zc[vi])
+                krs.append(kr)
+                means.append(trend[vi, j] + m)
+                stds.append(np.sqrt(v))
+            krigs[name] = krs
+            preds[name] = (np.column_stack(means), np.column_stack(stds))
+            scores[name] = _nrmse(preds[name][0], zv)
+    choice = "field+kriging" if residual == "kriging" and note is None else min(scores, key=scores.get)
+    validation: dict[str, Any] = {f"nrmse_{k}": v for k, v in scores.items()}
+    validation["n_points"] = int(len(vi))
+    mean_v, std_v = preds[choice]
+    if choice != "field" and calibrate:
+        z2 = (((zv - mean_v) / std_v) ** 2).mean(0)
+        field.std_scale = torch.as_tensor(np.sqrt(z2)).clamp_min(1e-3).float()
+        std_v = std_v * np.sqrt(z2)
+    level_z = 1.6448536269514722  # 90 % central interval
+    validation["coverage90"] = float((np.abs(zv - mean_v) <= level_z * std_v).mean())
+    validation["nrmse"] = scores[choice]
+    if choice != "field":
+        target_all = z - mean_z if choice == "field+kriging" else z
+        field.kriging = [kr.with_data(zc, target_all[:, j]) for j, kr in enumerate(krigs[choice])]
+        field.trend = "field" if choice == "field+kriging" else "constant"
+        validation["kriging"] = [repr(kr) for kr in krigs[choice]]
+    if reference and len(ti) >= _MIN_KRIGING_POINTS:
+        ref, how = _reference_rbf(data, z, ti, vi, zc)
+        validation["reference"] = how
+        if ref is not None:
+            validation["nrmse_rbf"] = _nrmse(ref, zv)
+            if validation["nrmse"] > validation["nrmse_rbf"]:
+                warnings.warn(
+                    f"fit_field: the fitted {choice} predictor's validation nRMSE "
+                    f"{validation['nrmse']:.4g} is above that of a per-frame thin-plate RBF "
+                    f"({validation['nrmse_rbf']:.4g}) on the same {len(vi)} held-out points; "
+                    "scipy.interpolate.RBFInterpolator may serve these data better",
+                    UserWarning, stacklevel=3)
+    field.info["predictor"] = choice
+    if note:
+        field.info["predictor_note"] = note
+    field.info["validation"] = validation
