@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["WATER_DENSITY", "check_units", "conversion", "convert", "same_units", "units_of"]
+__all__ = ["WATER_DENSITY", "check_dataset_units", "check_units", "conversion", "convert", "same_units", "units_of"]
 
 #: Density of liquid water (kg m-3) used to convert mass fluxes and amounts
 #: (``kg m-2 s-1``, ``kg m-2``) to depths (``mm s-1``, ``mm``) and back.
@@ -75,7 +76,7 @@ def units_of(obj: Any) -> str | None:
     >>> units_of(xr.DataArray([1.0], attrs={"units": "K"})), units_of(xr.DataArray([1.0]))
     ('K', None)
     """
-    attrs = obj if isinstance(obj, dict) else getattr(obj, "attrs", {})
+    attrs = obj if isinstance(obj, Mapping) else getattr(obj, "attrs", {})
     u = attrs.get("units")
     return None if u is None else str(u)
 
@@ -279,3 +280,42 @@ def check_units(data: Any, units: str | None, *, variable: Any, role: str = "inp
     if scale == 1.0 and offset == 0.0:
         return data
     return convert(data, have, units, variable=variable)
+
+
+def check_dataset_units(ds: Any, var_attrs: Mapping[str, Mapping[str, Any]],
+                        variables: Sequence[str], *, role: str = "input",
+                        model: str = "the model") -> Any:
+    """:func:`check_units` for each of ``variables`` of a Dataset.
+
+    Parameters
+    ----------
+    ds
+        The Dataset entering the model.
+    var_attrs
+        The model's training attrs per variable (their ``"units"`` are used).
+    variables
+        Variables to check; those absent from ``ds`` are skipped (the caller reports them).
+    role, model
+        For messages, as in :func:`check_units`.
+
+    Returns
+    -------
+    Dataset
+        ``ds`` with the variables in the model's units (``ds`` itself when unchanged).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> ds = xr.Dataset({"tas": ("x", [0.0], {"units": "degC"})})
+    >>> check_dataset_units(ds, {"tas": {"units": "K"}}, ["tas"])["tas"].values.tolist()
+    [273.15]
+    """
+    new = {}
+    for v in variables:
+        if v not in ds.data_vars:
+            continue
+        orig = ds[v]
+        da = check_units(orig, units_of(var_attrs.get(v, {})), variable=v, role=role, model=model)
+        if da is not orig:
+            new[v] = da
+    return ds.assign(new) if new else ds

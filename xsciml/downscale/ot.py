@@ -826,6 +826,11 @@ class Debias(Estimator):
             return out.rename(model_new.name)
         return model_new.assign({self.variable: out})
 
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        notes = self.info.get("warnings") or []
+        return text + (f"  [{len(notes)} warning(s) at fit time: see .info['warnings']]" if notes else "")
+
     def _codes(self, da: xr.DataArray) -> xr.DataArray | None:
         prop = _parse_group(self.group, self.sample_dim)
         if prop is None:
@@ -1068,6 +1073,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
                       "they get no map.", UserWarning, stacklevel=2)
     maps: dict[str, _Map] = {}
     sizes: dict[str, list[int]] = {}
+    notes: list[str] = []
     for lab in progress_bar(common, desc="debias groups", progress=progress if len(common) > 1 else False):
         X, Y = Xs[lab_m == lab], Ys[lab_r == lab]
         if len(X) < 2 or len(Y) < 2:
@@ -1076,6 +1082,10 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
                 "are needed."
             )
         if method == "gaussian":
+            note = _undersampled(lab, len(X), len(Y), X.shape[1], name)
+            if note:
+                notes.append(note)
+                warnings.warn(note, UserWarning, stacklevel=2)
             mp = _fit_linear(X, Y, float(reg_cov))
         elif method == "entropic":
             mp = _fit_entropic(X, Y, float(reg), int(max_iter), float(tol))
@@ -1089,6 +1099,8 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
 
     info: dict[str, Any] = {"n_model": int(len(X_all)), "n_reference": int(len(Y_all)),
                             "n_points": int(vm.sum()), "group_sizes": sizes}
+    if notes:
+        info["warnings"] = notes
     for key, ds in (("model_period", mod_ds), ("reference_period", ref_ds)):
         _, si = sample_info(ds, sample_dim)
         if "training_period" in si:
@@ -1099,6 +1111,21 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     return Debias(method=method, variable=name, sample_dim=sample_dim, grid=grid, valid=vm,
                   mean=mean, scale=scale, group=group, maps=maps, units=ru, model_units=mu,
                   params=params, info=info)
+
+
+def _undersampled(label: str, n_model: int, n_ref: int, d: int, name: str) -> str | None:
+    """A warning when a sample covariance of the Gaussian map is singular (n - 1 < d)."""
+    n = min(n_model, n_ref)
+    if n - 1 >= d:
+        return None
+    which = "model" if n_model <= n_ref else "reference"
+    where = "" if label == "all" else f" in group {label!r}"
+    return (
+        f"{n} {which} snapshot(s) of {name!r}{where} for a dimension of {d} grid points: the "
+        f"sample covariance has rank at most {n - 1}, so {d - n + 1} of its {d} directions come "
+        "from the reg_cov shrinkage alone and the map's spread is unreliable. Use more "
+        "snapshots than grid points (or fewer grid points, e.g. a coarser grid or a region)."
+    )
 
 
 def _group_order(prop: str | None) -> list[str]:

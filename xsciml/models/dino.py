@@ -1063,7 +1063,9 @@ class LatentForecaster(Estimator):
             raise KeyError(f"the {role} lacks space coordinate(s) {missing_c}; the model was trained "
                            f"on space={list(self.space)}")
         self._check_units(obj, role)
-        return obj
+        from ..units import check_dataset_units
+
+        return check_dataset_units(obj, self.var_attrs, self.variables, role=role)
 
     def _check_units(self, coords: Mapping[str, Any], role: str) -> None:
         """Refuse space coordinates whose ``units`` attribute differs from training's.

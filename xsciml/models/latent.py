@@ -276,6 +276,9 @@ class LatentInterpolator(Estimator):
 
         ds_in = obj if isinstance(obj, xr.Dataset) else obj.to_dataset(
             name=obj.name if obj.name is not None else self.variables[0])
+        from ..units import check_dataset_units
+
+        obj = ds_in = check_dataset_units(ds_in, self.var_attrs, self.variables)
         if any(v in ds_in and ds_in[v].chunks is not None for v in self.variables):
             return self._encode_lazy(ds_in, steps=steps, lr=lr, device=device, seed=seed)
 
