@@ -80,3 +80,118 @@ def test_sdba_files_units_convert_into_each_other() -> None:
     out = convert(pr, ahc["pr"], can["pr"], variable="pr")
     np.testing.assert_allclose(out.values, pr.values / 86400.0, rtol=1e-6)  # float32 data
     assert out.attrs["units"] == "kg m-2 s-1"
+
+
+# ------------------------------------------------------------------ estimators
+def _kelvin(ds: xr.Dataset, var: str = "u") -> xr.Dataset:
+    """``var`` as temperatures around 280 K (the synthetic data are dimensionless)."""
+    return ds.assign({var: (280.0 + 5.0 * ds[var]).assign_attrs(ds[var].attrs, units="K")})
+
+
+def _celsius(ds: xr.Dataset, var: str = "u") -> xr.Dataset:
+    return ds.assign({var: (ds[var] - 273.15).assign_attrs(ds[var].attrs, units="degC")})
+
+
+def _with_units(ds: xr.Dataset, units: str | None, var: str = "u") -> xr.Dataset:
+    da = ds[var].copy()
+    da.attrs = {k: a for k, a in da.attrs.items() if k != "units"}
+    if units is not None:
+        da.attrs["units"] = units
+    return ds.assign({var: da})
+
+
+def _assert_refused_and_warned(call, ds: xr.Dataset, role: str, var: str = "u") -> None:
+    with pytest.raises(ValueError, match=rf"{role} '{var}' is in 'kg m-2 s-1', which cannot be "
+                                         r"converted to 'K'"):
+        call(_with_units(ds, "kg m-2 s-1", var))
+    with pytest.warns(UserWarning, match=rf"{role} '{var}' has no 'units' attribute; assuming it "
+                                         r"is in 'K'"):
+        call(_with_units(ds, None, var))
+
+
+@pytest.fixture(scope="module")
+def heat_k() -> xr.Dataset:
+    import xsciml
+
+    return _kelvin(xsciml.datasets.heat(2, 8, seed=0, n_frames=4, alpha=4.0, tau=3.0))
+
+
+def test_dino_forecast_converts_the_initial_state(heat_k):
+    from xsciml.models.dino import fit_dynamics
+
+    model = fit_dynamics(heat_k, "u", steps=5, seed=0, latent_dim=4, width=8, depth=1,
+                         dynamics_width=8, dynamics_depth=1, n_points=32, progress=False)
+    init = heat_k.isel(time=0)
+
+    def fc(ds):
+        return model.forecast(ds, lead=[0.0, 0.5], encode_steps=5, device="cpu")
+
+    want = fc(init)
+    got = fc(_celsius(init))
+    assert got.attrs["units"] == "K"
+    np.testing.assert_allclose(got.values, want.values, atol=1e-3)
+    _assert_refused_and_warned(fc, init, "initial state")
+
+
+def test_smooth_forecast_converts_the_initial_state():
+    from xsciml.models.smooth import fit_smooth_dynamics
+
+    from .test_smooth import travelling_waves
+
+    ds = _kelvin(travelling_waves(2, n=8, n_frames=4))
+    model = fit_smooth_dynamics(ds, "u", modes=1, waves=1, steps=3, encoder_width=4,
+                                dynamics_width=8, dynamics_depth=1, device="cpu", progress=False)
+    init = ds.isel(time=0)
+
+    def fc(d):
+        return model.forecast(d, lead=[0.0, 0.25], device="cpu")
+
+    np.testing.assert_allclose(fc(_celsius(init)).values, fc(init).values, atol=1e-3)
+    _assert_refused_and_warned(fc, init, "initial state")
+
+
+@pytest.mark.parametrize("kind", ["pca", "mlp"])
+def test_autoencoder_encode_converts_the_input(kind):
+    import xsciml
+    from xsciml.models.amortized import fit_autoencoder
+
+    ds = _kelvin(xsciml.datasets.gaussian_random_field((8, 8), n=12, seed=0))
+    extra = {} if kind == "pca" else {"steps": 5, "model_kwargs": {"hidden": (8,)}}
+    model = fit_autoencoder(ds, "u", sample_dim="sample", kind=kind, latent_dim=3, device="cpu",
+                            progress=False, **extra)
+
+    def enc(d):
+        return model.encode(d, device="cpu")
+
+    np.testing.assert_allclose(enc(_celsius(ds)).values, enc(ds).values, atol=1e-6)
+    _assert_refused_and_warned(enc, ds, "input")
+
+
+def test_latent_interpolator_encode_converts_the_input():
+    from .test_latent import manifold
+
+    ds = _kelvin(manifold()).isel(time=slice(0, 6))
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2,
+                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+
+    def enc(d):
+        return li.encode(d, steps=5, device="cpu", progress=False)
+
+    got, want = enc(_celsius(ds)), enc(ds)
+    np.testing.assert_allclose(got["z"].values if isinstance(got, xr.Dataset) else got.values,
+                               want["z"].values if isinstance(want, xr.Dataset) else want.values,
+                               atol=1e-4)
+    _assert_refused_and_warned(enc, ds, "input")
+
+
+def test_neural_field_score_and_log_prob_convert_the_observations():
+    from .test_field import smooth_ds
+
+    ds = _kelvin(smooth_ds())
+    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", model="mlp",
+                               model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+    want, got = field.score(ds, device="cpu"), field.score(_celsius(ds), device="cpu")
+    assert got["rmse"] == pytest.approx(want["rmse"], rel=1e-4)
+    np.testing.assert_allclose(field.log_prob(_celsius(ds), device="cpu").values,
+                               field.log_prob(ds, device="cpu").values, rtol=1e-4)
+    _assert_refused_and_warned(lambda d: field.score(d, device="cpu"), ds, "input")
