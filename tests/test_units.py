@@ -195,3 +195,26 @@ def test_neural_field_score_and_log_prob_convert_the_observations():
     np.testing.assert_allclose(field.log_prob(_celsius(ds), device="cpu").values,
                                field.log_prob(ds, device="cpu").values, rtol=1e-4)
     _assert_refused_and_warned(lambda d: field.score(d, device="cpu"), ds, "input")
+
+
+def test_lazy_encode_and_forecast_convert_once_and_do_not_warn(heat_k):
+    import warnings
+
+    from xsciml.models.dino import fit_dynamics
+
+    from .test_latent import manifold
+
+    ds = _kelvin(manifold()).isel(time=slice(0, 6))
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, variational=False,
+                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+    model = fit_dynamics(heat_k, "u", steps=5, seed=0, latent_dim=4, width=8, depth=1,
+                         dynamics_width=8, dynamics_depth=1, n_points=32, progress=False)
+    init = heat_k.isel(time=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the per-chunk tasks see data already in the model's units
+        z = li.encode(_celsius(ds).chunk({"time": 3}), steps=5, device="cpu").compute()
+        fc = model.forecast(_celsius(init).chunk({"trajectory": 1}), lead=[0.0, 0.5],
+                            encode_steps=5, device="cpu").compute()
+    np.testing.assert_allclose(z.values, li.encode(ds, steps=5, device="cpu").values, atol=1e-4)
+    np.testing.assert_allclose(fc.values, model.forecast(init, lead=[0.0, 0.5], encode_steps=5,
+                                                         device="cpu").values, atol=1e-3)

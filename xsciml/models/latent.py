@@ -82,7 +82,10 @@ def _encode_kernel(model: LatentInterpolator, *blocks: np.ndarray, device: Any, 
     """Dask task body of a lazy encode: snapshots ``[S, *core]`` -> codes ``[S, latent]``."""
     times = blocks[-1] if time is not None else None
     blocks = blocks[:-1] if time is not None else blocks
-    ds = xr.Dataset({n: ((sample_dim, *core), np.asarray(b)) for n, b in zip(names, blocks, strict=True)},
+    units = {n: {"units": u} for n in names  # already in these (converted by encode)
+             if (u := model.var_attrs.get(n, {}).get("units")) is not None}
+    ds = xr.Dataset({n: ((sample_dim, *core), np.asarray(b), units.get(n, {}))
+                     for n, b in zip(names, blocks, strict=True)},
                     coords={k: (dims, v) for k, (dims, v) in coords.items()})
     if times is not None:
         ds = ds.assign_coords({time: (sample_dim, np.asarray(times))})
