@@ -127,8 +127,9 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
     True
     >>> coarsen(project(x, y, 2, how="subsample"), 2, how="subsample").tolist()
     [[1.0, 2.0], [3.0, 4.0]]
-    >>> coarsen(project(x, torch.tensor([[1.0, float("nan")]]), 2), 2).tolist()[0][1]
-    0.0
+    >>> gap = torch.tensor([[1.0, float("nan")], [3.0, 4.0]])  # no constraint at the NaN
+    >>> coarsen(project(x, gap, 2), 2).tolist()
+    [[1.0, 0.0], [3.0, 4.0]]
     """
     f = _check_factor(factor)
     _check_how(how)
