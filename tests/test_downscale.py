@@ -180,8 +180,8 @@ def test_downscale_bad_input(prior, coarse):
         downscale(coarse.isel(lat=slice(0, 3), lon=slice(0, 3)), prior, factor=5, **KW)
     with pytest.raises(ValueError, match="prior was trained on 't2m'"):
         downscale(coarse.rename("tas"), prior, **KW)
-    with pytest.raises(ValueError, match="convert the units"):
-        downscale(coarse.assign_attrs(units="degC"), prior, **KW)
+    with pytest.raises(ValueError, match="coarse field 't2m' is in 'm', which cannot be converted to 'K'"):
+        downscale(coarse.assign_attrs(units="m"), prior, **KW)
     with pytest.raises(KeyError, match="no dimension"):
         downscale(coarse.rename(lat="y"), prior, **KW)
     shifted = coarse.assign_coords(lat=coarse["lat"] + 1.0)

@@ -56,8 +56,10 @@ outputs are in physical units.
 
 Snapshots are unpaired: model and reference may have different lengths and calendars
 (only the groups of ``group="time.month"`` / ``"time.season"`` are read from the
-times, with a separate map per group as in xsdba). Units must agree: K, degC and degF
-are converted (the map works in the reference's units), other mismatches are refused.
+times, with a separate map per group as in xsdba). Units are converted with
+:mod:`xsciml.units` (pint): the map works in the reference's units, so e.g. a model in K
+or ``kg m-2 s-1`` and a reference in degC or ``mm day-1`` are fine; units of other
+dimensions are refused.
 Grid points that are NaN in every snapshot (a land mask) are left out of the OT and stay
 NaN; the mask must be the same in both datasets.
 
@@ -89,6 +91,7 @@ import xarray as xr
 from .._grid import Grid, as_dataset, sample_info
 from .._utils import progress_bar, resolve_device
 from ..base import Estimator, register_estimator
+from ..units import units_of as _units_of
 
 __all__ = ["fit_debias", "Debias", "sinkhorn_potentials", "entropic_map", "DEBIAS_METHODS"]
 
@@ -102,56 +105,17 @@ _GPU_BLOCK = 2**26
 
 
 # =========================================================================== units
-_KELVIN = {"k", "kelvin", "kelvins", "degk", "deg_k", "degrees_k", "degree_k"}
-_CELSIUS = {"degc", "deg_c", "°c", "c", "celsius", "degrees_c", "degree_c", "degrees_celsius",
-            "degree_celsius"}
-_FAHRENHEIT = {"degf", "deg_f", "°f", "f", "fahrenheit", "degrees_f", "degree_f",
-               "degrees_fahrenheit", "degree_fahrenheit"}
-# x [unit] -> Kelvin: scale * x + offset
-_TO_KELVIN = {"K": (1.0, 0.0), "degC": (1.0, 273.15), "degF": (5.0 / 9.0, 273.15 - 160.0 / 9.0)}
+def _convert(da: xr.DataArray, src: str | None, dst: str | None, what: str,
+             against: str = "the reference's") -> xr.DataArray:
+    """``da`` from ``src`` to ``dst`` units (see :mod:`xsciml.units`), clear error otherwise."""
+    from ..units import convert
 
-
-def _temperature_unit(units: str) -> str | None:
-    u = units.strip().lower().replace(" ", "_")
-    if u in _KELVIN:
-        return "K"
-    if u in _CELSIUS:
-        return "degC"
-    if u in _FAHRENHEIT:
-        return "degF"
-    return None
-
-
-def _units_of(da: xr.DataArray) -> str | None:
-    u = da.attrs.get("units")
-    return None if u is None else str(u)
-
-
-def _unit_conversion(src: str, dst: str, what: str) -> tuple[float, float]:
-    """``(scale, offset)`` with ``value_dst = scale * value_src + offset``."""
-    if src.strip() == dst.strip():
-        return 1.0, 0.0
-    ts, td = _temperature_unit(src), _temperature_unit(dst)
-    if ts is None or td is None:
-        raise ValueError(
-            f"{what} has units {src!r} but the reference has {dst!r}; only temperature units "
-            "(K, degC, degF) are converted automatically. Convert the data to the same units "
-            "first (and set attrs['units'])."
-        )
-    s1, o1 = _TO_KELVIN[ts]
-    s2, o2 = _TO_KELVIN[td]
-    return s1 / s2, (o1 - o2) / s2
-
-
-def _convert(da: xr.DataArray, src: str | None, dst: str | None, what: str) -> xr.DataArray:
     if src is None or dst is None:
         return da
-    scale, offset = _unit_conversion(src, dst, what)
-    if scale == 1.0 and offset == 0.0:
-        return da
-    out = da * scale + offset if offset else da * scale
-    out.attrs = {**da.attrs, "units": dst}
-    return out
+    try:
+        return convert(da, src, dst, variable=da.name if da.name is not None else what)
+    except ValueError as err:
+        raise ValueError(f"{what} must be in units convertible to {against} ({dst!r}): {err}") from None
 
 
 # =========================================================================== groups
@@ -781,8 +745,8 @@ class Debias(Estimator):
             Snapshots on the training grid (same space dims and coordinates, any order;
             any other dims, e.g. ``time`` or ``member``, are looped over). With grouped
             maps it needs the ``sample_dim`` times. Units are converted to the
-            reference's (K, degC, degF); missing ``units`` attrs are taken to be the
-            training model's. Dask input gives a lazy result, one task per chunk of the
+            reference's (:mod:`xsciml.units`); a missing ``units`` attr is taken to be
+            the training model's, with a warning. Dask input gives a lazy result, one task per chunk of the
             non-space dims (space must be one chunk).
         device : str or torch.device
             ``"auto"``: the GPU when there is one (per Dask worker).
@@ -825,9 +789,16 @@ class Debias(Estimator):
         (da,) = self.grid.check(ds)
         da = check_core_chunks(da, self.grid.space_dims, argname="model_new",
                                why="debiasing maps whole snapshots")
-        src = _units_of(da) or self.model_units
+        src = _units_of(da)
+        if src is None and self.units is not None:
+            warnings.warn(
+                f"model_new {self.variable!r} has no 'units' attribute; assuming "
+                f"{self.model_units or self.units!r}, the units of the model data the map was "
+                "fitted on. Set attrs['units'] to have it checked and converted.",
+                UserWarning, stacklevel=2)
+            src = self.model_units
         if self.units is not None and src is not None:
-            da = _convert(da, src, self.units, "model_new")
+            da = _convert(da, src, self.units, f"model_new {self.variable!r}")
         codes = self._codes(da)
         args = [da]
         core: list[list[Hashable]] = [list(self.grid.space_dims)]
@@ -854,6 +825,11 @@ class Debias(Estimator):
         if is_da:
             return out.rename(model_new.name)
         return model_new.assign({self.variable: out})
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        notes = self.info.get("warnings") or []
+        return text + (f"  [{len(notes)} warning(s) at fit time: see .info['warnings']]" if notes else "")
 
     def _codes(self, da: xr.DataArray) -> xr.DataArray | None:
         prop = _parse_group(self.group, self.sample_dim)
@@ -1059,7 +1035,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
             f"only the {'model' if ru is None else 'reference'} {name!r} has a 'units' attribute "
             f"({mu if ru is None else ru!r}); set attrs['units'] on both so units can be checked."
         )
-    mod_da = _convert(mod_da, mu, ru, "model")
+    mod_da = _convert(mod_da, mu, ru, f"model {name!r}")
 
     X_all = _matrix(mod_da, grid, sample_dim, f"model {name!r}")
     Y_all = _matrix(ref_da, grid, sample_dim, f"reference {name!r}")
@@ -1097,6 +1073,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
                       "they get no map.", UserWarning, stacklevel=2)
     maps: dict[str, _Map] = {}
     sizes: dict[str, list[int]] = {}
+    notes: list[str] = []
     for lab in progress_bar(common, desc="debias groups", progress=progress if len(common) > 1 else False):
         X, Y = Xs[lab_m == lab], Ys[lab_r == lab]
         if len(X) < 2 or len(Y) < 2:
@@ -1105,6 +1082,10 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
                 "are needed."
             )
         if method == "gaussian":
+            note = _undersampled(lab, len(X), len(Y), X.shape[1], name)
+            if note:
+                notes.append(note)
+                warnings.warn(note, UserWarning, stacklevel=2)
             mp = _fit_linear(X, Y, float(reg_cov))
         elif method == "entropic":
             mp = _fit_entropic(X, Y, float(reg), int(max_iter), float(tol))
@@ -1118,6 +1099,8 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
 
     info: dict[str, Any] = {"n_model": int(len(X_all)), "n_reference": int(len(Y_all)),
                             "n_points": int(vm.sum()), "group_sizes": sizes}
+    if notes:
+        info["warnings"] = notes
     for key, ds in (("model_period", mod_ds), ("reference_period", ref_ds)):
         _, si = sample_info(ds, sample_dim)
         if "training_period" in si:
@@ -1128,6 +1111,21 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     return Debias(method=method, variable=name, sample_dim=sample_dim, grid=grid, valid=vm,
                   mean=mean, scale=scale, group=group, maps=maps, units=ru, model_units=mu,
                   params=params, info=info)
+
+
+def _undersampled(label: str, n_model: int, n_ref: int, d: int, name: str) -> str | None:
+    """A warning when a sample covariance of the Gaussian map is singular (n - 1 < d)."""
+    n = min(n_model, n_ref)
+    if n - 1 >= d:
+        return None
+    which = "model" if n_model <= n_ref else "reference"
+    where = "" if label == "all" else f" in group {label!r}"
+    return (
+        f"{n} {which} snapshot(s) of {name!r}{where} for a dimension of {d} grid points: the "
+        f"sample covariance has rank at most {n - 1}, so {d - n + 1} of its {d} directions come "
+        "from the reg_cov shrinkage alone and the map's spread is unreliable. Use more "
+        "snapshots than grid points (or fewer grid points, e.g. a coarser grid or a region)."
+    )
 
 
 def _group_order(prop: str | None) -> list[str]:

@@ -117,7 +117,8 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
 
     For the block mean, the orthogonal projection adds the nearest-upsampled residual
     :math:`U(y - C'x)` (since :math:`C'U = I`); for subsampling it sets the sampled
-    pixels to ``y``.
+    pixels to ``y``. Where ``y`` is NaN (a missing coarse pixel) there is no constraint:
+    that block of ``x`` is left unchanged.
 
     Examples
     --------
@@ -126,17 +127,26 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
     True
     >>> coarsen(project(x, y, 2, how="subsample"), 2, how="subsample").tolist()
     [[1.0, 2.0], [3.0, 4.0]]
+    >>> gap = torch.tensor([[1.0, float("nan")], [3.0, 4.0]])  # no constraint at the NaN
+    >>> coarsen(project(x, gap, 2), 2).tolist()
+    [[1.0, 0.0], [3.0, 4.0]]
     """
     f = _check_factor(factor)
     _check_how(how)
     cx = coarsen(x, f, how)
     if cx.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"y has spatial shape {tuple(y.shape[-2:])}, C'x has {tuple(cx.shape[-2:])}.")
+    y = y.to(x.dtype)
+    observed = torch.isfinite(y)
     if how == "subsample":
         out = x.clone()
-        out[..., ::f, ::f] = y.to(x.dtype).expand_as(out[..., ::f, ::f])
+        sub = out[..., ::f, ::f]
+        out[..., ::f, ::f] = torch.where(observed, y, sub) if not observed.all() else y.expand_as(sub)
         return out
-    return x + upsample(y.to(x.dtype) - cx, f)
+    resid = y - cx
+    if not observed.all():
+        resid = torch.where(observed, resid, torch.zeros((), dtype=x.dtype, device=x.device))
+    return x + upsample(resid, f)
 
 
 class GuidedDenoiser:
@@ -160,6 +170,7 @@ class GuidedDenoiser:
                 xg = x.detach().clone().requires_grad_(True)  # inference tensors cannot join a graph
                 den = self.net(xg, sigma.detach().clone().to(x.dtype))
                 resid = coarsen(den, f, self.how) - self.y
+                resid = torch.where(torch.isfinite(self.y), resid, 0.0)  # no constraint at NaN
                 loss = 0.5 * f * f * resid.square().sum()
                 (grad,) = torch.autograd.grad(loss, xg)
             den = den.detach() - self.guidance * grad
@@ -201,13 +212,18 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
                             sigma_min=lo, sigma_max=hi, rho=rho, churn=churn, device=device,
                             progress=bar.update)
             x = prior.denormalise(z[:, 0].double().cpu())
-            x = project(x, y_phys[rows[sl]], factor, how)  # exact in float64 and physical units
+            yp = y_phys[rows[sl]]
+            x = project(x, yp, factor, how)  # exact in float64 and physical units
+            missing = ~torch.isfinite(yp)
+            if missing.any():  # a missing coarse pixel stays missing (its block only)
+                x = x.masked_fill(upsample(missing, factor), float("nan"))
             out.reshape(total, H, W)[sl] = x.numpy()
     return out.reshape(*lead, samples, H, W)
 
 
 # =========================================================================== labeled level
-def _coarse_dataarray(coarse: xr.Dataset | xr.DataArray, prior: DiffusionPrior) -> xr.DataArray:
+def _coarse_dataarray(coarse: xr.Dataset | xr.DataArray, prior: DiffusionPrior,
+                      units: bool = True) -> xr.DataArray:
     if isinstance(coarse, xr.Dataset):
         if prior.variable not in coarse.data_vars:
             raise KeyError(
@@ -222,14 +238,13 @@ def _coarse_dataarray(coarse: xr.Dataset | xr.DataArray, prior: DiffusionPrior) 
             f"the coarse field is {coarse.name!r} but the prior was trained on {prior.variable!r}; "
             "downscale with a prior of the same variable (or rename if they really are the same)."
         )
-    units, pu = coarse.attrs.get("units"), prior.units
-    if units is not None and pu is not None and str(units) != pu:
-        raise ValueError(
-            f"the coarse field is in {units!r} but the prior was trained in {pu!r}; convert the "
-            "units first (e.g. with pint-xarray or xclim.core.units.convert_units_to)."
-        )
     if coarse.dtype.kind not in "biuf":
         raise TypeError(f"the coarse field has non-numeric dtype {coarse.dtype}.")
+    if units:  # to the prior's units (xsciml.units: converted, or a clear error)
+        from ..units import check_units
+
+        coarse = check_units(coarse, prior.units, variable=prior.variable, role="coarse field",
+                             model="the prior")
     return coarse
 
 
@@ -364,7 +379,7 @@ def downscale(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not guidance >= 0:
         raise ValueError(f"guidance must be >= 0, got {guidance!r}.")
-    da = _coarse_dataarray(coarse, prior)
+    da = _coarse_dataarray(coarse, prior, units=debias is None)  # else: debias converts
     _check_grid(da, prior, f, how)
     space = prior.space_dims
     check_core_chunks(da, space, argname="coarse", why="each snapshot is downscaled whole")
@@ -375,8 +390,8 @@ def downscale(
         da = debias.transform(da)
         if not isinstance(da, xr.DataArray):
             raise TypeError(f"debias.transform returned {type(da).__name__}, expected a DataArray.")
-        da = _coarse_dataarray(da.rename(name) if da.name is None else da, prior)
         da.attrs = {**attrs, **da.attrs}
+        da = _coarse_dataarray(da.rename(name) if da.name is None else da, prior)
         check_core_chunks(da, space, argname="debias.transform(coarse)",
                           why="each snapshot is downscaled whole")
     loop = [d for d in da.dims if d not in space]

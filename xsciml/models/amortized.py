@@ -342,6 +342,9 @@ class _GridModel(Estimator):
         if isinstance(obj, xr.DataArray) and len(self.variables) == 1:
             obj = obj.to_dataset(name=self.variables[0])
         ds, _ = as_dataset(obj, self.variables)
+        from ..units import check_dataset_units
+
+        ds = check_dataset_units(ds, self.grid.var_attrs, self.variables)
         das = self.grid.check(ds)
         _check_space_chunks(das, self.grid.space_dims)
         return das

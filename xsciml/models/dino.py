@@ -1063,7 +1063,9 @@ class LatentForecaster(Estimator):
             raise KeyError(f"the {role} lacks space coordinate(s) {missing_c}; the model was trained "
                            f"on space={list(self.space)}")
         self._check_units(obj, role)
-        return obj
+        from ..units import check_dataset_units
+
+        return check_dataset_units(obj, self.var_attrs, self.variables, role=role)
 
     def _check_units(self, coords: Mapping[str, Any], role: str) -> None:
         """Refuse space coordinates whose ``units`` attribute differs from training's.
@@ -1813,7 +1815,10 @@ def _forecast_kernel(model: DINo, *blocks: np.ndarray, device: Any, names: list[
     nsp = len(sdims)
     loop_shape = blocks[0].shape[: blocks[0].ndim - nsp]
     n = int(np.prod(loop_shape)) if loop_shape else 1
-    flat = {name: (("_state", *sdims), np.asarray(b, dtype=np.float64).reshape(n, *b.shape[-nsp:]))
+    units = {name: {"units": u} for name in names  # already in these (converted by forecast)
+             if (u := model.var_attrs.get(name, {}).get("units")) is not None}
+    flat = {name: (("_state", *sdims), np.asarray(b, dtype=np.float64).reshape(n, *b.shape[-nsp:]),
+                   units.get(name, {}))
             for name, b in zip(names, blocks, strict=True)}
     ds = xr.Dataset(flat, coords={k: (dims, v) for k, (dims, v) in space_coords.items()})
     if times is not None:

@@ -432,6 +432,9 @@ class NeuralField(Estimator):
         if missing:
             raise KeyError(f"the Dataset lacks {missing}; the model predicts {self.variables}"
                            + (f" conditioned on {self.condition}" if self.condition else ""))
+        from ..units import check_dataset_units
+
+        ds = check_dataset_units(ds, self.var_attrs, self.variables)
         return to_tensors(ds, self.variables, condition=self.condition, encoder=self.encoder)
 
     def log_prob(self, ds: xr.Dataset | xr.DataArray, *, batch_size: int | None = None,

@@ -82,7 +82,10 @@ def _encode_kernel(model: LatentInterpolator, *blocks: np.ndarray, device: Any, 
     """Dask task body of a lazy encode: snapshots ``[S, *core]`` -> codes ``[S, latent]``."""
     times = blocks[-1] if time is not None else None
     blocks = blocks[:-1] if time is not None else blocks
-    ds = xr.Dataset({n: ((sample_dim, *core), np.asarray(b)) for n, b in zip(names, blocks, strict=True)},
+    units = {n: {"units": u} for n in names  # already in these (converted by encode)
+             if (u := model.var_attrs.get(n, {}).get("units")) is not None}
+    ds = xr.Dataset({n: ((sample_dim, *core), np.asarray(b), units.get(n, {}))
+                     for n, b in zip(names, blocks, strict=True)},
                     coords={k: (dims, v) for k, (dims, v) in coords.items()})
     if times is not None:
         ds = ds.assign_coords({time: (sample_dim, np.asarray(times))})
@@ -276,6 +279,9 @@ class LatentInterpolator(Estimator):
 
         ds_in = obj if isinstance(obj, xr.Dataset) else obj.to_dataset(
             name=obj.name if obj.name is not None else self.variables[0])
+        from ..units import check_dataset_units
+
+        obj = ds_in = check_dataset_units(ds_in, self.var_attrs, self.variables)
         if any(v in ds_in and ds_in[v].chunks is not None for v in self.variables):
             return self._encode_lazy(ds_in, steps=steps, lr=lr, device=device, seed=seed)
 

@@ -1,0 +1,220 @@
+"""Units of variables: the pint-based conversions and what each estimator does with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xsciml.units import check_units, conversion, convert, same_units
+
+from .conftest import real_data
+
+
+# ------------------------------------------------------------------ the units module
+def test_temperature_offsets_convert_absolute_values_and_deltas() -> None:
+    np.testing.assert_allclose(convert(np.array([0.0, 100.0]), "degC", "K", variable="tas"),
+                               [273.15, 373.15])
+    np.testing.assert_allclose(convert(np.array([32.0, 212.0]), "degF", "degC", variable="tas"),
+                               [0.0, 100.0], atol=1e-12)
+    # a standard deviation or a difference converts without the offset
+    assert convert(2.0, "degC", "K", variable="tas_std", delta=True) == 2.0
+    np.testing.assert_allclose(convert(9.0, "degF", "K", variable="tas_std", delta=True), 5.0)
+    assert conversion("K", "degC", variable="tas") == (1.0, -273.15)
+
+
+def test_water_flux_and_amount_convert_with_the_density_of_water() -> None:
+    assert conversion("kg m-2 s-1", "mm s-1", variable="pr") == (1.0, 0.0)
+    np.testing.assert_allclose(convert(np.array([1e-5]), "kg m-2 s-1", "mm day-1", variable="pr"),
+                               [0.864])
+    np.testing.assert_allclose(convert(0.864, "mm day-1", "kg m-2 s-1", variable="pr"), 1e-5)
+    assert conversion("kg m-2", "mm", variable="prsn") == (1.0, 0.0)
+    assert same_units("kg m-2 s-1", "kg/m2/s") and not same_units("K", "degC")
+
+
+def test_convert_keeps_xarray_attrs_and_dask_laziness() -> None:
+    da = xr.DataArray(np.array([1.0, 2.0]), dims="time", name="pr",
+                      attrs={"units": "mm s-1", "long_name": "precipitation"}).chunk(1)
+    out = convert(da, "mm s-1", "mm day-1", variable="pr")
+    assert out.chunks is not None
+    assert out.attrs == {"units": "mm day-1", "long_name": "precipitation"}
+    np.testing.assert_allclose(out.values, [86400.0, 172800.0])
+    assert convert(da, "mm s-1", "mm/s", variable="pr") is da  # nothing to do
+
+
+def test_incompatible_and_unknown_units_are_refused_with_the_variable_named() -> None:
+    with pytest.raises(ValueError, match=r"variable 'tas' is in 'm', which cannot be converted "
+                                         r"to 'K' \(\[length\] vs \[temperature\]\)"):
+        conversion("m", "K", variable="tas")
+    with pytest.raises(ValueError, match="the units 'apples' of variable 'u' are "
+                                         "not understood.*CF/UDUNITS"):
+        conversion("apples", "m s-1", variable="u")
+    assert conversion("psu", "psu", variable="sss") == (1.0, 0.0)  # same string: no parsing
+
+
+def test_check_units_converts_warns_and_refuses() -> None:
+    da = xr.DataArray([0.0, 10.0], dims="x", name="tas", attrs={"units": "degC"})
+    np.testing.assert_allclose(check_units(da, "K", variable="tas").values, [273.15, 283.15])
+    assert check_units(da, None, variable="tas") is da  # a model without units
+    with pytest.warns(UserWarning, match=r"input 'tas' has no 'units' attribute; assuming it "
+                                         r"is in 'K', the units the model was trained in"):
+        out = check_units(da.drop_attrs(), "K", variable="tas")
+    np.testing.assert_array_equal(out.values, [0.0, 10.0])
+    with pytest.raises(ValueError, match=r"the model was trained with 'tas' in 'K': input 'tas' "
+                                         r"is in 'kg m-2 s-1', which cannot be converted"):
+        check_units(da.assign_attrs(units="kg m-2 s-1"), "K", variable="tas")
+
+
+@pytest.mark.realdata
+def test_sdba_files_units_convert_into_each_other() -> None:
+    units = {}
+    for name in ("CanESM2_1950-2100.nc", "nrcan_1950-2013.nc", "ahccd_1950-2013.nc"):
+        with xr.open_dataset(real_data(f"sdba/{name}"), decode_times=False) as ds:
+            units[name] = {v: ds[v].attrs["units"] for v in ("pr", "tasmax")}
+            pr = ds.pr.isel(time=slice(0, 50)).load()
+    can, nrc, ahc = units.values()
+    assert (can["pr"], nrc["pr"], ahc["pr"]) == ("kg m-2 s-1", "mm s-1", "mm day-1")
+    assert conversion(can["pr"], nrc["pr"], variable="pr") == (1.0, 0.0)
+    assert conversion(can["pr"], ahc["pr"], variable="pr") == (86400.0, 0.0)
+    assert conversion(can["tasmax"], ahc["tasmax"], variable="tasmax") == (1.0, -273.15)
+    out = convert(pr, ahc["pr"], can["pr"], variable="pr")
+    np.testing.assert_allclose(out.values, pr.values / 86400.0, rtol=1e-6)  # float32 data
+    assert out.attrs["units"] == "kg m-2 s-1"
+
+
+# ------------------------------------------------------------------ estimators
+def _kelvin(ds: xr.Dataset, var: str = "u") -> xr.Dataset:
+    """``var`` as temperatures around 280 K (the synthetic data are dimensionless)."""
+    return ds.assign({var: (280.0 + 5.0 * ds[var]).assign_attrs(ds[var].attrs, units="K")})
+
+
+def _celsius(ds: xr.Dataset, var: str = "u") -> xr.Dataset:
+    return ds.assign({var: (ds[var] - 273.15).assign_attrs(ds[var].attrs, units="degC")})
+
+
+def _with_units(ds: xr.Dataset, units: str | None, var: str = "u") -> xr.Dataset:
+    da = ds[var].copy()
+    da.attrs = {k: a for k, a in da.attrs.items() if k != "units"}
+    if units is not None:
+        da.attrs["units"] = units
+    return ds.assign({var: da})
+
+
+def _assert_refused_and_warned(call, ds: xr.Dataset, role: str, var: str = "u") -> None:
+    with pytest.raises(ValueError, match=rf"{role} '{var}' is in 'kg m-2 s-1', which cannot be "
+                                         r"converted to 'K'"):
+        call(_with_units(ds, "kg m-2 s-1", var))
+    with pytest.warns(UserWarning, match=rf"{role} '{var}' has no 'units' attribute; assuming it "
+                                         r"is in 'K'"):
+        call(_with_units(ds, None, var))
+
+
+@pytest.fixture(scope="module")
+def heat_k() -> xr.Dataset:
+    import xsciml
+
+    return _kelvin(xsciml.datasets.heat(2, 8, seed=0, n_frames=4, alpha=4.0, tau=3.0))
+
+
+def test_dino_forecast_converts_the_initial_state(heat_k):
+    from xsciml.models.dino import fit_dynamics
+
+    model = fit_dynamics(heat_k, "u", steps=5, seed=0, latent_dim=4, width=8, depth=1,
+                         dynamics_width=8, dynamics_depth=1, n_points=32, progress=False)
+    init = heat_k.isel(time=0)
+
+    def fc(ds):
+        return model.forecast(ds, lead=[0.0, 0.5], encode_steps=5, device="cpu")
+
+    want = fc(init)
+    got = fc(_celsius(init))
+    assert got.attrs["units"] == "K"
+    np.testing.assert_allclose(got.values, want.values, atol=1e-3)
+    _assert_refused_and_warned(fc, init, "initial state")
+
+
+def test_smooth_forecast_converts_the_initial_state():
+    from xsciml.models.smooth import fit_smooth_dynamics
+
+    from .test_smooth import travelling_waves
+
+    ds = _kelvin(travelling_waves(2, n=8, n_frames=4))
+    model = fit_smooth_dynamics(ds, "u", modes=1, waves=1, steps=3, encoder_width=4,
+                                dynamics_width=8, dynamics_depth=1, device="cpu", progress=False)
+    init = ds.isel(time=0)
+
+    def fc(d):
+        return model.forecast(d, lead=[0.0, 0.25], device="cpu")
+
+    np.testing.assert_allclose(fc(_celsius(init)).values, fc(init).values, atol=1e-3)
+    _assert_refused_and_warned(fc, init, "initial state")
+
+
+@pytest.mark.parametrize("kind", ["pca", "mlp"])
+def test_autoencoder_encode_converts_the_input(kind):
+    import xsciml
+    from xsciml.models.amortized import fit_autoencoder
+
+    ds = _kelvin(xsciml.datasets.gaussian_random_field((8, 8), n=12, seed=0))
+    extra = {} if kind == "pca" else {"steps": 5, "model_kwargs": {"hidden": (8,)}}
+    model = fit_autoencoder(ds, "u", sample_dim="sample", kind=kind, latent_dim=3, device="cpu",
+                            progress=False, **extra)
+
+    def enc(d):
+        return model.encode(d, device="cpu")
+
+    np.testing.assert_allclose(enc(_celsius(ds)).values, enc(ds).values, atol=1e-6)
+    _assert_refused_and_warned(enc, ds, "input")
+
+
+def test_latent_interpolator_encode_converts_the_input():
+    from .test_latent import manifold
+
+    ds = _kelvin(manifold()).isel(time=slice(0, 6))
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2,
+                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+
+    def enc(d):
+        return li.encode(d, steps=5, device="cpu", progress=False)
+
+    got, want = enc(_celsius(ds)), enc(ds)
+    np.testing.assert_allclose(got["z"].values if isinstance(got, xr.Dataset) else got.values,
+                               want["z"].values if isinstance(want, xr.Dataset) else want.values,
+                               atol=1e-4)
+    _assert_refused_and_warned(enc, ds, "input")
+
+
+def test_neural_field_score_and_log_prob_convert_the_observations():
+    from .test_field import smooth_ds
+
+    ds = _kelvin(smooth_ds())
+    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", model="mlp",
+                               model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+    want, got = field.score(ds, device="cpu"), field.score(_celsius(ds), device="cpu")
+    assert got["rmse"] == pytest.approx(want["rmse"], rel=1e-4)
+    np.testing.assert_allclose(field.log_prob(_celsius(ds), device="cpu").values,
+                               field.log_prob(ds, device="cpu").values, rtol=1e-4)
+    _assert_refused_and_warned(lambda d: field.score(d, device="cpu"), ds, "input")
+
+
+def test_lazy_encode_and_forecast_convert_once_and_do_not_warn(heat_k):
+    import warnings
+
+    from xsciml.models.dino import fit_dynamics
+
+    from .test_latent import manifold
+
+    ds = _kelvin(manifold()).isel(time=slice(0, 6))
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, variational=False,
+                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+    model = fit_dynamics(heat_k, "u", steps=5, seed=0, latent_dim=4, width=8, depth=1,
+                         dynamics_width=8, dynamics_depth=1, n_points=32, progress=False)
+    init = heat_k.isel(time=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the per-chunk tasks see data already in the model's units
+        z = li.encode(_celsius(ds).chunk({"time": 3}), steps=5, device="cpu").compute()
+        fc = model.forecast(_celsius(init).chunk({"trajectory": 1}), lead=[0.0, 0.5],
+                            encode_steps=5, device="cpu").compute()
+    np.testing.assert_allclose(z.values, li.encode(ds, steps=5, device="cpu").values, atol=1e-4)
+    np.testing.assert_allclose(fc.values, model.forecast(init, lead=[0.0, 0.5], encode_steps=5,
+                                                         device="cpu").values, atol=1e-3)

@@ -1,0 +1,321 @@
+r"""Units of variables: one place where every estimator checks and converts them.
+
+Units are CF-style strings (``attrs["units"]``: ``"K"``, ``"degC"``, ``"kg m-2 s-1"``,
+``"mm day-1"``, ``"1"``, ``"%"``...) parsed by `pint <https://pint.readthedocs.io>`_
+with the registry of :mod:`cf_xarray.units`, which understands UDUNITS-style powers
+(``m-2``) and the usual CF spellings. Conversions are affine,
+``value_to = scale * value_from + offset``:
+
+* temperatures with an offset (``degC``, ``degF``) convert as absolute values
+  (``0 degC = 273.15 K``), or, with ``delta=True``, as differences (a standard
+  deviation, an error, a trend: ``1 degC`` of spread is ``1 K``);
+* hydrological fluxes and amounts of liquid water also convert between mass and depth,
+  with a water density of :data:`WATER_DENSITY` (1000 kg m-3): ``1 kg m-2 s-1`` is
+  ``1 mm s-1`` (``86400 mm day-1``), ``1 kg m-2`` is ``1 mm``. This is the usual case of
+  climate-model precipitation (``kg m-2 s-1``) against observations (``mm day-1``).
+
+Identical strings always match, even when pint does not know them; other pairs must
+both parse and have compatible dimensions, otherwise a :class:`ValueError` names the
+variable, both units, and what to do.
+
+Examples
+--------
+>>> convert(20.0, "degC", "K", variable="tas")
+293.15
+>>> convert(2.0, "degC", "K", variable="tas_std", delta=True)
+2.0
+>>> round(convert(1e-5, "kg m-2 s-1", "mm day-1", variable="pr"), 6)
+0.864
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WATER_DENSITY", "check_dataset_units", "check_units", "conversion", "convert", "same_units", "units_of"]
+
+#: Density of liquid water (kg m-3) used to convert mass fluxes and amounts
+#: (``kg m-2 s-1``, ``kg m-2``) to depths (``mm s-1``, ``mm``) and back.
+WATER_DENSITY: float = 1000.0
+
+_CONTEXT = "xsciml_liquid_water"
+
+
+@functools.lru_cache(maxsize=1)
+def _registry():
+    """The cf_xarray pint registry, with the liquid-water context added once."""
+    import pint
+    from cf_xarray.units import units as ureg
+
+    rho = ureg.Quantity(WATER_DENSITY, "kg m-3")
+    ctx = pint.Context(_CONTEXT)
+    ctx.add_transformation("[mass] / [length] ** 2 / [time]", "[length] / [time]",
+                           lambda reg, q: q / rho)
+    ctx.add_transformation("[length] / [time]", "[mass] / [length] ** 2 / [time]",
+                           lambda reg, q: q * rho)
+    ctx.add_transformation("[mass] / [length] ** 2", "[length]", lambda reg, q: q / rho)
+    ctx.add_transformation("[length]", "[mass] / [length] ** 2", lambda reg, q: q * rho)
+    try:
+        ureg.add_context(ctx)
+    except (KeyError, ValueError):  # already added to the shared registry
+        pass
+    return ureg
+
+
+def units_of(obj: Any) -> str | None:
+    """The ``units`` attribute of a DataArray (or attrs mapping) as a string, else ``None``.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> units_of(xr.DataArray([1.0], attrs={"units": "K"})), units_of(xr.DataArray([1.0]))
+    ('K', None)
+    """
+    attrs = obj if isinstance(obj, Mapping) else getattr(obj, "attrs", {})
+    u = attrs.get("units")
+    return None if u is None else str(u)
+
+
+def _parse(units: str, variable: Any, role: str):
+    import pint
+
+    ureg = _registry()
+    text = str(units).strip()
+    try:
+        return ureg.Unit(text) if text else ureg.dimensionless
+    except (pint.errors.PintError, AttributeError, TypeError, ValueError, SyntaxError) as err:
+        raise ValueError(
+            f"the units {units!r} of {role} {variable!r} are not understood ({err}); use a "
+            "CF/UDUNITS string such as 'K', 'degC', 'kg m-2 s-1', 'mm day-1' or '1'."
+        ) from None
+
+
+def _delta(ureg, unit):
+    """The unit of a difference of two values in ``unit`` (``delta_degC`` for ``degC``)."""
+    q = ureg.Quantity(1.0, unit)
+    return (q - ureg.Quantity(0.0, unit)).units
+
+
+@functools.lru_cache(maxsize=256)
+def _conversion(src: str, dst: str, delta: bool, variable: Any, role: str) -> tuple[float, float]:
+    import pint
+
+    if src.strip() == dst.strip():
+        return 1.0, 0.0
+    ureg = _registry()
+    us, ud = _parse(src, variable, role), _parse(dst, variable, role)
+    try:
+        offset = 0.0 if delta else float(np.asarray(ureg.Quantity(0.0, us).to(ud, _CONTEXT).magnitude))
+        scale = float(np.asarray(ureg.Quantity(1.0, _delta(ureg, us)).to(_delta(ureg, ud), _CONTEXT).magnitude))
+    except pint.errors.DimensionalityError:
+        raise ValueError(
+            f"{role} {variable!r} is in {src!r}, which cannot be converted to {dst!r} "
+            f"({us.dimensionality} vs {ud.dimensionality}); check that it is the same quantity, "
+            f"convert it to {dst!r} yourself and set attrs['units']."
+        ) from None
+    return scale, offset
+
+
+def conversion(from_units: str, to_units: str, *, variable: Any = "values", delta: bool = False,
+               role: str = "variable") -> tuple[float, float]:
+    """``(scale, offset)`` with ``value_to = scale * value_from + offset``.
+
+    Parameters
+    ----------
+    from_units, to_units
+        CF unit strings.
+    variable
+        Name used in error messages.
+    delta
+        Convert differences (standard deviations, errors): the offset is dropped.
+    role
+        What the values are, for error messages (``"variable"``, ``"input"``...).
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    ValueError
+        Unknown units, or units of different dimensions.
+
+    Examples
+    --------
+    >>> conversion("degC", "K", variable="tas")
+    (1.0, 273.15)
+    >>> conversion("mm s-1", "mm day-1", variable="pr")
+    (86400.0, 0.0)
+    """
+    return _conversion(str(from_units), str(to_units), bool(delta), str(variable), role)
+
+
+def same_units(a: str | None, b: str | None) -> bool:
+    """Whether two unit strings are the same units (identical, or converting by 1 and 0).
+
+    Unknown strings are the same only when identical; ``None`` matches only ``None``.
+
+    Examples
+    --------
+    >>> same_units("kg m-2 s-1", "kg/m2/s"), same_units("K", "degC"), same_units("psu", "psu")
+    (True, False, True)
+    """
+    if a is None or b is None:
+        return a is b
+    if str(a).strip() == str(b).strip():
+        return True
+    try:
+        return conversion(a, b) == (1.0, 0.0)
+    except ValueError:
+        return False
+
+
+def convert(values: Any, from_units: str, to_units: str, *, variable: Any = "values",
+            delta: bool = False) -> Any:
+    """Convert values between units (affine: works on numbers, numpy, dask, torch, xarray).
+
+    Parameters
+    ----------
+    values
+        A number, array, tensor or DataArray. A DataArray's ``units`` attribute is set
+        to ``to_units`` (other attrs are kept); laziness (dask) is kept.
+    from_units, to_units
+        CF unit strings.
+    variable
+        Name used in error messages.
+    delta
+        The values are differences (standard deviation, error, difference of two
+        fields): temperature offsets do not apply.
+
+    Returns
+    -------
+    The converted values, of the same type (the input itself when nothing changes).
+
+    Raises
+    ------
+    ValueError
+        Unknown or incompatible units (the message names the variable and both units).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> convert(np.array([0.0, 100.0]), "degC", "K", variable="tas")
+    array([273.15, 373.15])
+    >>> da = xr.DataArray([1.0, 2.0], dims="time", name="pr", attrs={"units": "kg m-2 s-1"})
+    >>> out = convert(da, "kg m-2 s-1", "mm day-1", variable="pr")
+    >>> out.values.tolist(), out.attrs["units"]
+    ([86400.0, 172800.0], 'mm day-1')
+    """
+    scale, offset = conversion(from_units, to_units, variable=variable, delta=delta)
+    if scale == 1.0 and offset == 0.0:
+        return values
+    out = values * scale
+    if offset:
+        out = out + offset
+    if hasattr(out, "attrs") and hasattr(values, "attrs"):
+        out.attrs = {**values.attrs, "units": str(to_units)}
+    return out
+
+
+def check_units(data: Any, units: str | None, *, variable: Any, role: str = "input",
+                model: str = "the model") -> Any:
+    """Bring data entering a fitted model to the units the model was trained in.
+
+    Parameters
+    ----------
+    data
+        A DataArray (its ``attrs["units"]`` is read).
+    units
+        The model's units for this variable (``None``: trained without units; the data
+        are returned unchanged).
+    variable
+        The variable's name, for messages.
+    role
+        What the data are (``"input"``, ``"initial state"``, ``"coarse field"``...).
+    model
+        Who expects the units, for messages.
+
+    Returns
+    -------
+    DataArray
+        ``data`` converted to ``units`` (with ``attrs["units"] = units``), or unchanged
+        when already in them or when the model has no units.
+
+    Warns
+    -----
+    UserWarning
+        The data have no ``units`` attribute but the model was trained with units: they
+        are assumed to be in the model's units.
+
+    Raises
+    ------
+    ValueError
+        Units that cannot be converted to the model's.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> da = xr.DataArray([0.0, 10.0], dims="x", name="tas", attrs={"units": "degC"})
+    >>> check_units(da, "K", variable="tas").values.tolist()
+    [273.15, 283.15]
+    """
+    if units is None:
+        return data
+    have = units_of(data)
+    if have is None:
+        warnings.warn(
+            f"{role} {variable!r} has no 'units' attribute; assuming it is in {units!r}, the "
+            f"units {model} was trained in. Set attrs['units'] to have it checked and converted.",
+            UserWarning, stacklevel=3)
+        return data
+    try:
+        scale, offset = conversion(have, units, variable=variable, role=role)
+    except ValueError as err:
+        raise ValueError(f"{model} was trained with {variable!r} in {units!r}: {err}") from None
+    if scale == 1.0 and offset == 0.0:
+        return data
+    return convert(data, have, units, variable=variable)
+
+
+def check_dataset_units(ds: Any, var_attrs: Mapping[str, Mapping[str, Any]],
+                        variables: Sequence[str], *, role: str = "input",
+                        model: str = "the model") -> Any:
+    """:func:`check_units` for each of ``variables`` of a Dataset.
+
+    Parameters
+    ----------
+    ds
+        The Dataset entering the model.
+    var_attrs
+        The model's training attrs per variable (their ``"units"`` are used).
+    variables
+        Variables to check; those absent from ``ds`` are skipped (the caller reports them).
+    role, model
+        For messages, as in :func:`check_units`.
+
+    Returns
+    -------
+    Dataset
+        ``ds`` with the variables in the model's units (``ds`` itself when unchanged).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> ds = xr.Dataset({"tas": ("x", [0.0], {"units": "degC"})})
+    >>> check_dataset_units(ds, {"tas": {"units": "K"}}, ["tas"])["tas"].values.tolist()
+    [273.15]
+    """
+    new = {}
+    for v in variables:
+        if v not in ds.data_vars:
+            continue
+        orig = ds[v]
+        da = check_units(orig, units_of(var_attrs.get(v, {})), variable=v, role=role, model=model)
+        if da is not orig:
+            new[v] = da
+    return ds.assign(new) if new else ds
