@@ -14,7 +14,7 @@ recomputed in the same run on the same masks:
 * ``kriging`` -- per-frame Gaussian-process regression (scikit-learn
   ``GaussianProcessRegressor``, Matérn ν = 3/2 with one length per coordinate plus a
   white-noise term, ``normalize_y``), its kernel fitted per frame by maximum marginal
-  likelihood on up to 400 of the frame's observations, then conditioned on up to 4000.
+  likelihood on up to 200 of the frame's observations, then conditioned on up to 4000.
 
 Scattered data (the drifters) have no frames: the RBF and the kriging then work in
 space and time together (time in days).
@@ -53,7 +53,7 @@ import xsciml  # noqa: F401  (registers the .sciml accessor)
 
 NEIGHBORS = 64
 SEED = 0
-KRIG_FIT_POINTS = 400
+KRIG_FIT_POINTS = 200
 KRIG_MAX_POINTS = 4000
 
 
@@ -275,27 +275,33 @@ def baseline_linear(case, frame, plane, interp, vals, obs, held):
 
 
 def baseline_rbf(case, frame, plane, interp, vals, obs, held):
-    from scipy.interpolate import RBFInterpolator
+    """Per-frame thin-plate RBF (:func:`xsciml.interpolation.frame_rbf`: coincident
+    points, e.g. a grid's poles on the sphere, enter once)."""
+    from xsciml.interpolation import frame_rbf
 
-    out = np.full(held.sum(), np.nan)
-    hpos = np.flatnonzero(held)
-    for k in np.unique(frame[held]):
-        o = obs & (frame == k)
-        h = held & (frame == k)
-        rbf = RBFInterpolator(interp[o], vals[o], kernel="thin_plate_spline",
-                              neighbors=min(NEIGHBORS, int(o.sum())))
-        out[np.searchsorted(hpos, np.flatnonzero(h))] = rbf(interp[h])
-    return out
+    if case.scattered:
+        raise ValueError("per-frame RBF needs frames (see space-time RBF)")
+    return frame_rbf(interp[obs], vals[obs], frame[obs], interp[held], frame[held],
+                     neighbors=NEIGHBORS)[0]
+
+
+def _dedupe(p, v):
+    p, inverse = np.unique(p, axis=0, return_inverse=True)
+    return p, np.bincount(inverse.ravel(), weights=v) / np.bincount(inverse.ravel())
 
 
 def baseline_space_time_rbf(case, frame, plane, interp, vals, obs, held):
     from scipy.interpolate import RBFInterpolator
 
-    if case.scattered or len(np.unique(frame)) < 2:
+    if not case.scattered and len(np.unique(frame)) < 2:
         raise ValueError("needs several frames")
     means = {k: vals[obs & (frame == k)].mean() for k in np.unique(frame)}
     anom = vals - np.array([means[k] for k in frame])
-    clim = RBFInterpolator(interp[obs], anom[obs], kernel="thin_plate_spline", smoothing=1.0,
+    if case.scattered:
+        p, v = _dedupe(interp[obs], vals[obs])
+        rbf = RBFInterpolator(p, v, kernel="thin_plate_spline", neighbors=NEIGHBORS)
+        return rbf(interp[held])
+    clim = RBFInterpolator(*_dedupe(interp[obs], anom[obs]), kernel="thin_plate_spline", smoothing=1.0,
                            neighbors=NEIGHBORS)
     out = np.full(held.sum(), np.nan)
     hpos = np.flatnonzero(held)
@@ -303,7 +309,7 @@ def baseline_space_time_rbf(case, frame, plane, interp, vals, obs, held):
         o = obs & (frame == k)
         h = held & (frame == k)
         resid = anom[o] - clim(interp[o])
-        rbf = RBFInterpolator(interp[o], resid, kernel="thin_plate_spline", smoothing=1.0,
+        rbf = RBFInterpolator(*_dedupe(interp[o], resid), kernel="thin_plate_spline", smoothing=1.0,
                               neighbors=min(NEIGHBORS, int(o.sum())))
         out[np.searchsorted(hpos, np.flatnonzero(h))] = means[k] + clim(interp[h]) + rbf(interp[h])
     return out

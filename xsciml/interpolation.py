@@ -523,14 +523,19 @@ def frame_rbf(points: Any, values: Any, frames: Any, query: Any, query_frames: A
     query_frames = np.asarray(query_frames)
     needed = np.unique(query_frames)
     counts = {f: c for f, c in zip(*np.unique(frames, return_counts=True))}
+
+    def rbf(p: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
+        # coincident points (a grid's poles on the unit sphere) would make the system
+        # singular: each is used once, with the mean of its values
+        p, inverse = np.unique(p, axis=0, return_inverse=True)
+        v = np.bincount(inverse.ravel(), weights=v) / np.bincount(inverse.ravel())
+        return RBFInterpolator(p, v, kernel="thin_plate_spline", neighbors=int(min(neighbors, len(p))))(at)
+
     if all(counts.get(f, 0) >= min_points for f in needed):
         for f in needed:
             sel, qsel = frames == f, query_frames == f
-            k = int(min(neighbors, sel.sum()))
-            out[qsel] = RBFInterpolator(pts[sel], vals[sel], kernel="thin_plate_spline",
-                                        neighbors=k)(q[qsel])
+            out[qsel] = rbf(pts[sel], vals[sel], q[qsel])
         return out, "per-frame"
     allp = np.column_stack([pts, frames.astype(np.float64)])
     allq = np.column_stack([q, query_frames.astype(np.float64)])
-    k = int(min(neighbors, len(allp)))
-    return RBFInterpolator(allp, vals, kernel="thin_plate_spline", neighbors=k)(allq), "space-time"
+    return rbf(allp, vals, allq), "space-time"
