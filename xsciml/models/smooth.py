@@ -965,7 +965,7 @@ def fit_smooth_dynamics(
 
     # ---- time
     clock = _Clock.fit(ds[time].values, time_units)
-    tau = (clock.to_float(ds[time].values) - clock.to_float(ds[time].values[:1])[0]) / clock.scale
+    tau = clock.elapsed(ds[time].values) / clock.scale
     ode = {**_ode_settings(clock, solver, rtol, atol, ode_step), "train_method": train_solver}
 
     # ---- data [S, T, C, *grid], standardised per variable

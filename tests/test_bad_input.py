@@ -1,0 +1,55 @@
+"""Bad input and data safety: wrong settings, odd time axes and longitudes, packed
+integers, non-finite values, tampered model files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+import xsciml  # noqa: F401
+from tests.conftest import real_data
+
+
+# ----------------------------------------------------------------------------- hourly time
+def _hourly(n: int = 24) -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2019-03-01", periods=n, freq="h")
+    return xr.Dataset({"t2m": (("time", "lat", "lon"), 280 + rng.normal(size=(n, 3, 4)))},
+                      coords={"time": t, "lat": np.linspace(50, 51, 3), "lon": np.linspace(0, 1, 4)})
+
+
+def test_offset_table_times_strictly_increasing_for_hourly_days():
+    from xsciml.models.dino import _Clock, _OffsetTable
+
+    values = _hourly().time.values
+    clock = _Clock.fit(values, "days")
+    tau = clock.elapsed(values) / clock.scale
+    np.testing.assert_allclose(tau, np.arange(24.0), rtol=0, atol=1e-12)
+    t_out, where = _OffsetTable(tau)(0, 24)
+    assert torch.all(torch.diff(t_out) > 0)
+    np.testing.assert_array_equal(t_out.numpy(), np.arange(24, dtype=np.float32))
+    assert int(where[0, 23]) == 23
+
+
+@pytest.mark.parametrize("units", ["days", "hours", "seconds"])
+def test_fit_dynamics_on_hourly_frames(units):
+    from xsciml.models.dino import fit_dynamics
+
+    ds = _hourly()
+    m = fit_dynamics(ds, "t2m", time="time", sample_dim=None, time_units=units, steps=2,
+                     latent_dim=2, width=8, depth=1, dynamics_width=8, dynamics_depth=1, seed=0)
+    fc = m.forecast(ds.isel(time=0), lead=pd.timedelta_range("0h", "3h", freq="h"))
+    assert np.isfinite(fc.values).all() and fc.sizes["lead"] == 4
+
+
+def test_fit_dynamics_on_real_hourly_era5():
+    from xsciml.models.dino import fit_dynamics
+
+    ds = xr.open_dataset(real_data("era5_t2m_uk_2019-03_hourly.nc"))
+    ds = ds.isel(time=slice(0, 24), latitude=slice(0, 4), longitude=slice(0, 5)).load()
+    m = fit_dynamics(ds, "t2m", time="time", sample_dim=None, steps=2, latent_dim=2, width=8,
+                     depth=1, dynamics_width=8, dynamics_depth=1, seed=0)
+    assert m.clock.units == "days"
