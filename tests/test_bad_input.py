@@ -53,3 +53,32 @@ def test_fit_dynamics_on_real_hourly_era5():
     m = fit_dynamics(ds, "t2m", time="time", sample_dim=None, steps=2, latent_dim=2, width=8,
                      depth=1, dynamics_width=8, dynamics_depth=1, seed=0)
     assert m.clock.units == "days"
+
+
+# ----------------------------------------------------------------------------- packed integers
+def test_unsigned_packed_integers_decode_as_xarray(tmp_path):
+    from xsciml.tensors import decode_variable
+
+    stored = np.array([[40000, 5, 65535]], dtype=np.uint16).view(np.int16)  # unsigned counts
+    ds = xr.Dataset({"t": (("y", "x"), stored, {"scale_factor": 0.01, "_Unsigned": "true",
+                                               "_FillValue": np.int16(-1), "units": "K"})},
+                    coords={"y": [0.0], "x": [0.0, 1.0, 2.0]})
+    path = tmp_path / "packed.nc"
+    ds.to_netcdf(path, encoding={"t": {"dtype": "int16"}})
+    raw = xr.open_dataset(path, mask_and_scale=False)
+    assert raw.t.dtype == np.int16 and raw.t.attrs["_Unsigned"] == "true"
+    out = decode_variable(raw.t)
+    expected = xr.open_dataset(path).t  # xarray's decoding
+    np.testing.assert_array_equal(out.values, expected.values)
+    np.testing.assert_allclose(out.values[0, :2], [400.0, 0.05])
+    assert np.isnan(out.values[0, 2]) and out.attrs["units"] == "K"
+    lazy = decode_variable(xr.open_dataset(path, mask_and_scale=False, chunks={}).t)
+    np.testing.assert_array_equal(lazy.values, expected.values)
+
+
+def test_unsigned_packed_integers_reach_a_model_decoded():
+    stored = np.array([40000, 40100, 40200, 40300], dtype=np.uint16).view(np.int16)
+    da = xr.DataArray(stored, dims="x", coords={"x": np.arange(4.0)}, name="t",
+                      attrs={"scale_factor": 0.01, "_Unsigned": "true"})
+    data = da.to_dataset().sciml.to_tensors("t", space=("x",))
+    np.testing.assert_allclose(data.to_dataarray(data.y).values, [400.0, 401.0, 402.0, 403.0])

@@ -54,33 +54,35 @@ def decode_variable(da: xr.DataArray) -> xr.DataArray:
 
     xarray decodes packed variables on open; this catches arrays opened with
     ``mask_and_scale=False`` (or built by hand) so integers such as int16 never reach a
-    model as raw counts. Already-decoded variables are returned unchanged.
+    model as raw counts. The decoding is xarray's own (:func:`xarray.decode_cf`: masks,
+    ``_Unsigned``, scale and offset, with its dtype rules). Already-decoded variables are
+    returned unchanged.
 
     Examples
     --------
     >>> import numpy as np, xarray as xr
     >>> raw = xr.DataArray(np.array([0, 100, -32767], dtype="int16"), dims="x",
     ...                    attrs={"scale_factor": 0.01, "add_offset": 273.15, "_FillValue": -32767})
-    >>> decode_variable(raw).values.round(2)  # int16 packing decodes to float32, as in xarray
-    array([273.15, 274.15,    nan], dtype=float32)
+    >>> decode_variable(raw).values.round(2)  # decoded by xarray's CF coders
+    array([273.15, 274.15,    nan])
     """
     attrs = dict(da.attrs)
-    packed = any(k in attrs for k in ("scale_factor", "add_offset"))
+    packed = any(k in attrs for k in ("scale_factor", "add_offset", "_Unsigned"))
     fills = [attrs.get(k) for k in ("_FillValue", "missing_value") if k in attrs]
     if not packed and not (fills and np.issubdtype(da.dtype, np.number)):
         return da
-    out = da
-    for fv in fills:
-        for f in np.atleast_1d(fv):
-            out = out.where(out != f)
-    scale = attrs.pop("scale_factor", 1.0)
-    offset = attrs.pop("add_offset", 0.0)
-    for k in ("_FillValue", "missing_value", "valid_range", "valid_min", "valid_max"):
-        attrs.pop(k, None)
-    dtype = np.float64 if np.dtype(da.dtype).itemsize > 2 or isinstance(scale, np.float64) else np.float32
-    out = out.astype(dtype) * dtype(scale) + dtype(offset)
-    out.attrs = attrs
-    out.encoding = dict(da.encoding)
+    # xarray's own CF decoding (mask, _Unsigned, scale/offset), applied to this variable
+    # alone: the coordinates are left as they are
+    name = "__xsciml_decode__"
+    one = xr.Dataset({name: da.variable.copy(deep=False)})
+    decoded = xr.decode_cf(one, concat_characters=False, mask_and_scale=True, decode_times=False,
+                           decode_coords=False, decode_timedelta=False).variables[name]
+    for k in ("valid_range", "valid_min", "valid_max"):
+        decoded.attrs.pop(k, None)
+    if not _is_dask(da):
+        decoded = decoded.load()
+    out = xr.DataArray(decoded, coords=da.coords, name=da.name)
+    out.encoding = {**da.encoding, **decoded.encoding}
     return out
 
 
