@@ -82,3 +82,50 @@ def test_unsigned_packed_integers_reach_a_model_decoded():
                       attrs={"scale_factor": 0.01, "_Unsigned": "true"})
     data = da.to_dataset().sciml.to_tensors("t", space=("x",))
     np.testing.assert_allclose(data.to_dataarray(data.y).values, [400.0, 401.0, 402.0, 403.0])
+
+
+# ----------------------------------------------------------------------------- longitudes
+def _encoder(lat, lon, sphere="auto"):
+    from xsciml.coords import CoordinateEncoder
+
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    return CoordinateEncoder(space=("lat", "lon"), sphere=sphere).fit({"lat": la, "lon": lo})
+
+
+def test_regional_box_across_greenwich_in_0_360_is_regional():
+    lon = np.r_[np.arange(350.0, 360.0, 2.5), np.arange(0.0, 20.1, 2.5)]  # Europe in 0..360
+    enc = _encoder(np.arange(35.0, 60.0, 2.5), lon)
+    assert enc.sphere is False
+    # longitudes unwrapped to one continuous range: 350 -> -1, 20 -> +1, 0 in between
+    x = enc.encode_space({"lat": np.full(4, 45.0), "lon": np.array([350.0, 357.5, 0.0, 20.0])})[:, 1]
+    np.testing.assert_allclose(x, [-1.0, -0.5, -1 / 3, 1.0], atol=1e-12)
+    assert np.all(np.diff(x) > 0)
+    # the same box written in -180..180 encodes identically
+    same = _encoder(np.arange(35.0, 60.0, 2.5), np.where(lon > 180, lon - 360, lon))
+    np.testing.assert_allclose(same.encode_space({"lat": np.full(2, 45.0), "lon": np.array([-10.0, 0.0])}),
+                               enc.encode_space({"lat": np.full(2, 45.0), "lon": np.array([350.0, 0.0])}),
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("lon", [np.arange(0.0, 360.0, 2.5), np.arange(-180.0, 180.0, 2.5),
+                                 np.arange(128) * 360 / 128])
+def test_global_grids_still_global(lon):
+    assert _encoder(np.linspace(-88.0, 88.0, 12), lon).sphere is True
+
+
+def test_regional_box_without_seam_unchanged():
+    enc = _encoder(np.arange(35.0, 60.0, 2.5), np.arange(-10.0, 20.1, 2.5))
+    assert enc.sphere is False and enc.space_min["lon"] == -10.0 and enc.space_max["lon"] == 20.0
+
+
+def test_real_cmip_gaussian_grid_global_and_europe_crop_regional():
+    from xsciml.coords import CoordinateEncoder
+
+    ds = xr.open_dataset(real_data("cmip/tas_Amon_CanESM2_rcp85_r1i1p1_200701-200712.nc"))
+    lat, lon = ds.lat.values, ds.lon.values
+    assert _encoder(lat, lon).sphere is True
+    box = ds.isel(lon=(lon >= 350) | (lon <= 20)).sel(lat=slice(35, 70))
+    la, lo = xr.broadcast(box.lat, box.lon)
+    enc = CoordinateEncoder(space=("lat", "lon"), sphere="auto").fit(
+        {"lat": la.values, "lon": lo.values}, coord_meta={"lat": box.lat, "lon": box.lon})
+    assert enc.sphere is False and -10 < enc.space_min["lon"] < 0 < enc.space_max["lon"] < 21
