@@ -129,3 +129,71 @@ def test_real_cmip_gaussian_grid_global_and_europe_crop_regional():
     enc = CoordinateEncoder(space=("lat", "lon"), sphere="auto").fit(
         {"lat": la.values, "lon": lo.values}, coord_meta={"lat": box.lat, "lon": box.lon})
     assert enc.sphere is False and -10 < enc.space_min["lon"] < 0 < enc.space_max["lon"] < 21
+
+
+# ----------------------------------------------------------------------------- settings
+def test_check_positive_int_one_message_style():
+    from xsciml._utils import check_positive_int, check_positive_number
+
+    assert check_positive_int(np.int32(4), "steps") == 4
+    assert check_positive_int(None, "batch_size", allow_none=True) is None
+    assert check_positive_int(0, "seed", minimum=0) == 0
+    with pytest.raises(ValueError, match=r"^steps must be a positive integer, got 0$"):
+        check_positive_int(0, "steps")
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got -1$"):
+        check_positive_int(-1, "batch_size")
+    for bad in (1.5, True, "abc", None):
+        with pytest.raises(TypeError, match=r"^steps must be a positive integer, got "):
+            check_positive_int(bad, "steps")
+    with pytest.raises(ValueError, match=r"^seed must be a non-negative integer, got -1$"):
+        check_positive_int(-1, "seed", minimum=0)
+    assert check_positive_number(0, "lr", allow_zero=True) == 0.0
+    with pytest.raises(ValueError, match=r"^lr must be a positive number, got nan$"):
+        check_positive_number(float("nan"), "lr")
+
+
+@pytest.fixture(scope="module")
+def small_field():
+    from xsciml.models.field import fit_field
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"u": (("y", "x"), rng.normal(size=(6, 7)))},
+                    coords={"y": np.linspace(0, 1, 6), "x": np.linspace(0, 1, 7)})
+    return ds, fit_field(ds, "u", space=("y", "x"), steps=3, progress=False, seed=0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+    ({"steps": -5}, "steps must be a positive integer, got -5"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+])
+def test_fit_field_refuses_zero_and_negative_settings(small_field, kwargs, message):
+    from xsciml.models.field import fit_field
+
+    ds, _ = small_field
+    with pytest.raises(ValueError, match=message):
+        fit_field(ds, "u", space=("y", "x"), progress=False, **{"steps": 2, **kwargs})
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_predict_refuses_bad_batch_size_eager_and_lazy(small_field, batch_size, lazy):
+    ds, model = small_field
+    target = ds.chunk({"y": 3}) if lazy else ds
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size}"):
+        out = model.predict(target, batch_size=batch_size)
+        out.compute()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"n_points": -1}, "n_points must be a positive integer, got -1"),
+    ({"latent_dim": 0}, "latent_dim must be a positive integer, got 0"),
+])
+def test_fit_dynamics_refuses_bad_settings(kwargs, message):
+    from xsciml.models.dino import fit_dynamics
+
+    with pytest.raises(ValueError, match=message):
+        fit_dynamics(_hourly(6), "t2m", sample_dim=None, **{"steps": 2, **kwargs})

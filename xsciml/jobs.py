@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._utils import check_positive_int
+
 __all__ = ["run_job", "register_task", "registered_tasks", "JobReport", "read_manifest",
            "MANIFEST_NAME"]
 
@@ -389,10 +391,7 @@ def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size
         per = max(1, -(-len(chunks) // DEFAULT_REGIONS))
         region_size = step * per
     else:
-        if isinstance(region_size, bool) or not isinstance(region_size, (int, np.integer)) \
-                or region_size < 1:
-            raise ValueError(f"region_size must be a positive int, got {region_size!r}.")
-        region_size = int(region_size)
+        region_size = check_positive_int(region_size, "region_size")
         if region_size % step and region_size < n:
             raise ValueError(
                 f"region_size={region_size} is not a multiple of the output's chunk size along "

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._utils import check_positive_int
 from .coords import CoordinateEncoder, time_kind
 
 __all__ = [
@@ -646,8 +647,7 @@ class CoordinateData(_PointSet):
         """
         import torch
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(seed)
         if self._features is not None and not self.is_lazy:
             n = len(self)

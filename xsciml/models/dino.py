@@ -65,6 +65,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import (
     CoordinateEncoder,
@@ -2077,10 +2078,10 @@ def fit_dynamics(
         if dims != expected:
             raise ValueError(f"variable {v!r} has dims {ds[v].dims}; expected exactly "
                              f"{(sample_dim_eff, tdim, *sdims)} (sample, time, space)")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-        raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_positive_int(latent_dim, "latent_dim")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    check_positive_int(n_points, "n_points", allow_none=True)
     if loss not in ("mse", "relative"):
         raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
     if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
