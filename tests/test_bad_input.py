@@ -197,3 +197,78 @@ def test_fit_dynamics_refuses_bad_settings(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         fit_dynamics(_hourly(6), "t2m", sample_dim=None, **{"steps": 2, **kwargs})
+
+
+# ----------------------------------------------------------------------------- conditions, weights
+def test_infinite_condition_at_prediction_is_refused():
+    from xsciml.models.field import fit_field
+
+    rng = np.random.default_rng(1)
+    ds = xr.Dataset({"u": (("x",), rng.normal(size=12)), "mu": (("x",), np.linspace(0, 1, 12))},
+                    coords={"x": np.linspace(0, 1, 12)})
+    model = fit_field(ds, "u", space=("x",), condition="mu", steps=2, progress=False, seed=0)
+    target = ds[["mu"]].copy()
+    target["mu"] = target["mu"].where(target.x != target.x[3], np.inf)
+    with pytest.raises(ValueError, match=r"condition variable 'mu' contains 1 infinite value\(s\)"):
+        model.predict(target)
+    nan_target = ds[["mu"]].where(ds.x != ds.x[3])  # NaN still marks a missing condition
+    out = model.predict(nan_target)
+    assert np.isnan(out["u_mean"].values[3]) and np.isfinite(np.delete(out["u_mean"].values, 3)).all()
+
+
+def _resave(path, *, config=None, tensors=None):
+    """Rewrite a model file with an edited config/tensors and a recomputed digest."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from xsciml import io
+
+    with safe_open(path, framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(path) if tensors is None else tensors
+    if config is not None:
+        meta["config"] = json.dumps(config(json.loads(meta["config"])))
+    meta["sha256"] = io._digest(meta["class"], meta["config"], meta.get("complex", "[]"), tensors)
+    save_file(tensors, path, metadata=meta)
+
+
+def test_nan_weights_refused_at_load(small_field, tmp_path):
+    from safetensors.torch import load_file
+
+    from xsciml.io import ModelFileError
+
+    _, model = small_field
+    path = model.save(tmp_path / "f.xsciml")
+    tensors = load_file(path)
+    name = next(k for k, v in tensors.items() if k.startswith("module.") and v.ndim == 2)
+    tensors[name][0, 0] = float("nan")
+    _resave(path, tensors=tensors)
+    with pytest.raises(ModelFileError, match=rf"non-finite value\(s\) \(NaN/inf\) in the weight tensor '{name}'"):
+        xsciml.load(path)
+
+
+# ----------------------------------------------------------------------------- signed model files
+def test_signed_round_trip_tampered_and_wrong_key(small_field, tmp_path):
+    from xsciml.io import ModelFileError
+    from xsciml.models.field import NeuralField
+
+    ds, model = small_field
+    path = model.save(tmp_path / "signed.xsciml", key="s3cret")
+    back = xsciml.load(path, key="s3cret")
+    np.testing.assert_array_equal(back.predict(ds)["u_mean"].values, model.predict(ds)["u_mean"].values)
+    assert isinstance(NeuralField.load(path, key=b"s3cret"), NeuralField)
+    assert isinstance(xsciml.load(path), NeuralField)  # without a key: the digest only
+    with pytest.raises(ModelFileError, match="failed its signature check"):
+        xsciml.load(path, key="wrong")
+    # a deliberate edit that recomputes the digest passes the digest, not the signature
+    _resave(path, config=lambda c: {**c, "variables": ["v"]})
+    xsciml.io.read_metadata(path)  # still a well-formed file
+    with pytest.raises(ModelFileError, match="changed after it was signed, or the key"):
+        xsciml.load(path, key="s3cret")
+    unsigned = model.save(tmp_path / "plain.xsciml")
+    with pytest.raises(ModelFileError, match="is not signed, but a key was given"):
+        xsciml.load(unsigned, key="s3cret")
+    with pytest.raises(TypeError, match="key must be a non-empty str or bytes"):
+        model.save(tmp_path / "x.xsciml", key=123)

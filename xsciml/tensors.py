@@ -975,7 +975,7 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         Condition variables the model takes as inputs: the target Dataset must hold
         them (broadcast against its coordinates); they are standardised with
         ``condition_scaler`` and appended to the features. Points where one is NaN are
-        NaN in the output.
+        NaN in the output; an infinite condition value is refused (``ValueError``).
 
     Examples
     --------
@@ -1075,6 +1075,13 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         _check_numeric(cda, c, "condition variable")
         cds_c = xr.Dataset(coords={c: cda.variable})
         cv = _gather_coord(cds_c, c, dims, sizes, flat).astype(np.float64)
+        n_inf = int(np.count_nonzero(np.isinf(cv)))
+        if n_inf:  # as in training: NaN marks a missing condition, inf is an error
+            raise ValueError(
+                f"condition variable {c!r} contains {n_inf} infinite value(s) at the prediction "
+                f"points; if they mark missing data, replace them first: "
+                f"target[{c!r}] = target[{c!r}].where(np.isfinite(target[{c!r}]))"
+            )
         ok &= np.isfinite(cv)
         cvals.append(cv)
     idx = np.flatnonzero(ok)
