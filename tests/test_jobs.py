@@ -194,3 +194,54 @@ def test_cli_run(model_path, input_store, reference, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "predict", "--model", str(model_path), "--input", str(input_store),
               "--output", str(out), "-k", "not a pair"])
+
+
+# ----------------------------------------------------------------------------------
+# a changed input is refused on resume
+# ----------------------------------------------------------------------------------
+def _interrupted(model_path, src, out, after: int = 1):
+    def stop(i, n):
+        if i == after:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, on_region=stop,
+                device="cpu")
+    assert read_manifest(out)["done"] == list(range(after + 1))
+
+
+def test_resume_refuses_input_with_shifted_coordinates(model_path, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    shifted = _grid(12)
+    shifted = shifted.assign_coords(x=shifted.x + 0.05)  # same shape, other coordinates
+    shifted.chunk({"time": 2}).to_zarr(src, mode="w")
+    with pytest.raises(ValueError, match=r"different job: its input differ.*coordinates.*--overwrite"):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+    report = run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu",
+                     overwrite=True)
+    assert report.skipped == [] and report.computed == list(range(6))
+    np.testing.assert_array_equal(xr.open_zarr(out).x.values, shifted.x.values)
+
+
+def test_resume_refuses_input_whose_finished_regions_changed(model_path, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    changed = _grid(12)
+    changed["mask"][1, 0, 0] = 0  # inside region 0, which is finished: same coords and shapes
+    changed.chunk({"time": 2}).to_zarr(src, mode="w")
+    with pytest.raises(ValueError, match=r"input data read by finished region\(s\) \[0\].*--overwrite"):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+
+
+def test_resume_accepts_input_changed_only_where_not_yet_computed(model_path, reference, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    changed = _grid(12)
+    changed["mask"][-1, 0, 0] = 0  # in region 5, not computed yet
+    changed.chunk({"time": 2}).to_zarr(src, mode="w")
+    report = run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+    assert report.skipped == [0, 1] and report.computed == [2, 3, 4, 5]
