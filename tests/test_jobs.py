@@ -4,6 +4,7 @@ skip finished regions and give identical output; distributed schedulers; refusal
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,3 +246,67 @@ def test_resume_accepts_input_changed_only_where_not_yet_computed(model_path, re
     changed.chunk({"time": 2}).to_zarr(src, mode="w")
     report = run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
     assert report.skipped == [0, 1] and report.computed == [2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------------
+# command-line errors: one line, exit status 2
+# ----------------------------------------------------------------------------------
+def _cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("xsciml run: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--task-placeholder", "hindcast"], r"unknown task 'hindcast'; choose one of .*forecast.*predict"),
+    (["--task-placeholder", "forecast", "-k", "lead=[1]"], r"a NeuralField cannot forecast; choose another task"),
+    (["-k", "batch_size=abc"], r"batch_size must be a positive integer, got 'abc'"),
+    (["-k", "batch_size=0"], r"batch_size must be a positive integer, got 0"),
+    (["--region-dim", "depth"], r"region_dim 'depth' is not a dimension of the output"),
+])
+def test_cli_run_errors_are_one_line(model_path, input_store, tmp_path, capsys, extra, message):
+    task = "predict"
+    if extra[:1] == ["--task-placeholder"]:
+        task, extra = extra[1], extra[2:]
+    err = _cli_error(capsys, ["run", task, "-m", str(model_path), "-i", str(input_store), "-o",
+                              str(tmp_path / "o.zarr"), "-q", "-k", "device=cpu", *extra])
+    assert re.search(message, err), err
+
+
+def test_cli_run_output_that_is_a_file_or_inside_one(model_path, input_store, tmp_path, capsys):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("keep me")
+    base = ["run", "predict", "-m", str(model_path), "-i", str(input_store), "-q", "-k", "device=cpu"]
+    err = _cli_error(capsys, [*base, "-o", str(plain), "--overwrite"])
+    assert "is a regular file, not a zarr store" in err and plain.read_text() == "keep me"
+    err = _cli_error(capsys, [*base, "-o", str(plain / "out.zarr")])
+    assert "--output must be a zarr store path" in err
+
+
+def test_cli_run_wrong_model_and_missing_input(model_path, input_store, tmp_path, capsys):
+    nc = tmp_path / "grid.nc"
+    _grid(4).to_netcdf(nc)
+    err = _cli_error(capsys, ["run", "predict", "-m", str(nc), "-i", str(input_store), "-o",
+                              str(tmp_path / "o.zarr"), "-q"])
+    assert "--model:" in err and "netCDF" in err
+    err = _cli_error(capsys, ["run", "predict", "-m", str(model_path), "-i", str(tmp_path / "nope.zarr"),
+                              "-o", str(tmp_path / "o.zarr"), "-q"])
+    assert "nope.zarr" in err
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    err = _cli_error(capsys, ["run", "predict", "-m", str(model_path), "-i", str(empty), "-o",
+                              str(tmp_path / "o.zarr"), "-q"])
+    assert "is not a zarr store" in err
+
+
+def test_cli_run_accepts_netcdf_input(model_path, reference, tmp_path, capsys):
+    nc = tmp_path / "grid.nc"
+    _grid(12).to_netcdf(nc)
+    out = tmp_path / "from_nc.zarr"
+    assert main(["run", "predict", "-m", str(model_path), "-i", str(nc), "-o", str(out),
+                 "--region-dim", "time", "-q", "-k", "device=cpu"]) == 0
+    result = xr.open_zarr(out).load()
+    xr.testing.assert_allclose(result, reference.transpose(*result.u_mean.dims), atol=1e-6)

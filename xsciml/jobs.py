@@ -371,6 +371,35 @@ def _layout(ds: xr.Dataset) -> dict[str, Any]:
             for k, v in ds.variables.items()}
 
 
+_NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+
+def _open_input(src: str, chunks: Any) -> xr.Dataset:
+    """Open the input lazily: a zarr store with ``open_zarr``, a netCDF file with dask."""
+    chunks = chunks if chunks is not None else {}
+    if not _is_url(src):
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(2, "input not found", src)
+        if path.is_file():
+            with path.open("rb") as fh:
+                head = fh.read(8)
+            if head.startswith(_NETCDF_MAGIC) or path.suffix in (".nc", ".nc4", ".netcdf", ".h5"):
+                return xr.open_dataset(path, chunks=chunks)
+            raise ValueError(f"input {src!r} is a file but neither a netCDF file nor a zarr store; "
+                             "give a zarr store (directory) or a netCDF file.")
+    elif src.endswith((".nc", ".nc4")):
+        raise ValueError(f"input {src!r}: netCDF inputs must be local files; convert it to zarr "
+                         "(xr.open_dataset(...).to_zarr(...)) for a remote job.")
+    try:
+        return xr.open_zarr(src, chunks=chunks)
+    except Exception as err:
+        if type(err).__name__ in ("GroupNotFoundError", "PathNotFoundError", "FileNotFoundError"):
+            raise ValueError(f"input {src!r} is not a zarr store ({type(err).__name__}); give a "
+                             "zarr store or a netCDF file.") from err
+        raise
+
+
 def _fingerprint(**parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -481,7 +510,8 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     model_path
         File written by ``est.save``.
     input_store
-        Zarr store (path or URL) opened with :func:`xarray.open_zarr`, or a Dataset.
+        Zarr store (path or URL) opened with :func:`xarray.open_zarr`, a local netCDF
+        file opened lazily with ``xr.open_dataset(path, chunks={})``, or a Dataset.
     output_store
         Zarr store to write (local or shared-filesystem path, or an fsspec URL).
     scheduler
@@ -500,7 +530,7 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     overwrite
         Replace an output store written by something else or by a different job.
     input_chunks
-        ``chunks`` for :func:`xarray.open_zarr` (default: the store's chunks).
+        ``chunks`` for opening the input (default: the store's or file's chunks).
     on_region
         Called as ``on_region(index, n_regions)`` after each region is written and
         recorded (monitoring; tests use it to interrupt a job).
@@ -539,11 +569,17 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     model_digest = io._read_header(model_path)[0]["sha256"]
     out = _as_store(output_store, "output_store")
 
+    if not _is_url(out) and Path(out).is_file():
+        raise FileExistsError(
+            f"output_store {out!r} is a regular file, not a zarr store; choose another output "
+            "path (a directory name such as 'prediction.zarr'). It is never replaced, even with "
+            "--overwrite (overwrite=True)."
+        )
     if isinstance(input_store, xr.Dataset):
         ds, input_id = input_store, "<Dataset>"
     else:
         src = _as_store(input_store, "input_store")
-        ds = xr.open_zarr(src, chunks=input_chunks if input_chunks is not None else {})
+        ds = _open_input(src, input_chunks)
         input_id = src
     result = _TASKS[task](model, ds, **task_kwargs)
     if isinstance(result, xr.DataArray):
