@@ -310,3 +310,134 @@ def test_cli_run_accepts_netcdf_input(model_path, reference, tmp_path, capsys):
                  "--region-dim", "time", "-q", "-k", "device=cpu"]) == 0
     result = xr.open_zarr(out).load()
     xr.testing.assert_allclose(result, reference.transpose(*result.u_mean.dims), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# every registered task: the job process is killed by PID, resumed, same output
+# ----------------------------------------------------------------------------------
+_HOLD_AFTER = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from xsciml.jobs import run_job
+task, model, src, out, size, after, kwargs = json.loads(sys.argv[1])
+def hold(i, n):
+    if i == after:  # region `after` is written and recorded: wait to be killed
+        time.sleep(600)
+run_job(task, model, src, out, region_size=size, progress=False, on_region=hold, **kwargs)
+"""
+
+
+def _kill_and_resume(task, model, src, out, size, kwargs, after=0):
+    """Run the job in a subprocess, SIGKILL it once regions 0..after are in the manifest,
+    resume it here; returns the resumed output."""
+    import json
+
+    args = json.dumps([task, str(model), str(src), str(out), size, after, kwargs])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XSCIML_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER, args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifest = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+            if manifest and len(manifest["done"]) > after:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = read_manifest(out)["done"]
+    assert done == list(range(after + 1))
+    report = run_job(task, model, src, out, region_size=size, progress=False, **kwargs)
+    assert report.skipped == done and report.computed == list(range(after + 1, report.n_regions))
+    return xr.open_zarr(out).load()
+
+
+def _assert_same(resumed: xr.Dataset, clean: xr.Dataset) -> None:
+    assert set(resumed.data_vars) == set(clean.data_vars)
+    for name in clean.data_vars:
+        assert np.array_equal(resumed[name].values, clean[name].values, equal_nan=True), name
+    for name in clean.coords:
+        np.testing.assert_array_equal(resumed[name].values, clean[name].values)
+
+
+def _clean(task, model, src, out, size, kwargs) -> xr.Dataset:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(task, model, src, out, region_size=size, progress=False, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    return xr.open_zarr(out).load()
+
+
+@pytest.fixture(scope="module")
+def task_setups(model_path, input_store, tmp_path_factory):
+    """(model file, input store, region size, task options) for every registered task."""
+    from tests.test_debias import snapshots
+    from tests.test_downscale import _block_mean, _fine
+    from xsciml.downscale.diffusion import fit_diffusion
+    from xsciml.downscale.ot import fit_debias
+    from xsciml.models.dino import fit_dynamics
+
+    root = tmp_path_factory.mktemp("tasks")
+    setups = {"predict": (model_path, input_store, 2, {"device": "cpu"})}
+
+    traj = xsciml.datasets.heat(6, 8, n_frames=4, seed=0)
+    dino = fit_dynamics(traj, "u", latent_dim=3, width=8, depth=1, dynamics_width=8,
+                        dynamics_depth=1, steps=3, progress=False, seed=0, device="cpu")
+    init = xsciml.datasets.heat(6, 8, n_frames=1, seed=1).isel(time=0)
+    init.chunk({"trajectory": 2}).to_zarr(root / "init.zarr")
+    setups["forecast"] = (dino.save(root / "dino.xsciml"), root / "init.zarr", 2,
+                          {"lead": [0.0, 0.5], "encode_steps": 2, "device": "cpu"})
+
+    ref = snapshots(120, 0)
+    deb = fit_debias(ref * 0.9 + 30.0, ref, method="gaussian", progress=False)
+    (snapshots(40, 3) * 0.9 + 30.0).assign_attrs(units="K").to_dataset(name="tas") \
+        .chunk({"time": 10}).to_zarr(root / "model_output.zarr")
+    setups["transform"] = (deb.save(root / "debias.xsciml"), root / "model_output.zarr", 10,
+                           {"variable": "tas"})
+
+    prior = fit_diffusion(_fine(8), base_channels=4, levels=2, emb_dim=8, steps=3, progress=False,
+                          device="cpu", seed=0)
+    _block_mean(_fine(n=3, seed=1)).to_dataset().chunk({"time": 1}).to_zarr(root / "coarse.zarr")
+    setups["downscale"] = (prior.save(root / "prior.xsciml"), root / "coarse.zarr", 1,
+                           {"variable": "t2m", "samples": 1, "steps": 2, "seed": 0, "device": "cpu"})
+    assert set(setups) == set(registered_tasks())  # a new task needs its crash test here
+    return setups
+
+
+@pytest.mark.parametrize("task", ["predict", "forecast", "transform", "downscale"])
+def test_killed_job_resumes_identically_for_every_task(task, task_setups, tmp_path):
+    model, src, size, kwargs = task_setups[task]
+    clean = _clean(task, model, src, tmp_path / "clean.zarr", size, kwargs)
+    resumed = _kill_and_resume(task, model, src, tmp_path / "resumed.zarr", size, kwargs)
+    _assert_same(resumed, clean)
+
+
+@pytest.mark.slow
+def test_job_survives_a_killed_dask_worker(model_path, input_store, reference, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, memory_limit="2GiB") as cluster, \
+            distributed.Client(cluster) as client:
+        killed = []
+
+        def kill_a_worker(i, n):
+            if i == 0:  # the worker process dies between regions; its nanny restarts it
+                pid = next(iter(client.run(os.getpid).values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        report = run_job("predict", model_path, input_store, tmp_path / "out.zarr", region_size=2,
+                         scheduler=client, progress=False, on_region=kill_a_worker, device="cpu")
+    assert killed and report.computed == list(range(6))
+    xr.testing.assert_allclose(xr.open_zarr(tmp_path / "out.zarr").load(), reference, atol=1e-6)
