@@ -272,3 +272,12 @@ def test_signed_round_trip_tampered_and_wrong_key(small_field, tmp_path):
         xsciml.load(unsigned, key="s3cret")
     with pytest.raises(TypeError, match="key must be a non-empty str or bytes"):
         model.save(tmp_path / "x.xsciml", key=123)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: xsciml.datasets.heat(0, 8), "n_trajectories must be a positive integer, got 0"),
+    (lambda: xsciml.datasets.heat(2, 8, n_frames=-1), "n_frames must be a positive integer, got -1"),
+])
+def test_dataset_counts_use_the_same_check(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
