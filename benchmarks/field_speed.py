@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("XSCIML_PROGRESS", "0")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    if args.batch_size is None:
+    if args.batch_size is None:  # predict's own default: None means its CPU default
         args.batch_size = inspect.signature(NeuralField.predict).parameters["batch_size"].default
+        if args.batch_size is None:
+            from xsciml.models.field import _default_batch_size
+
+            args.batch_size = _default_batch_size(torch.device("cpu"))
     target = target_grid(n_points)
     n_points = int(np.prod([v.size for v in target.values()]))
     rows, stages, sweep = [], [], []
@@ -216,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if sweep:
         print_table(sweep, title="predict and GEMM-chain throughput (points/s) against batch_size")
     required_rows = [r for r in rows if r["pass"] is not None]
+    if args.quick:  # a smoke run: 1 repeat on 1e5 points, the bar is not assessed
+        print("--quick: smoke run, the bar is not assessed (exit status 0)")
+        return 0
     return 0 if all(r["pass"] for r in required_rows) else 1
 
 

@@ -4,6 +4,7 @@ skip finished regions and give identical output; distributed schedulers; refusal
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,3 +195,249 @@ def test_cli_run(model_path, input_store, reference, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "predict", "--model", str(model_path), "--input", str(input_store),
               "--output", str(out), "-k", "not a pair"])
+
+
+# ----------------------------------------------------------------------------------
+# a changed input is refused on resume
+# ----------------------------------------------------------------------------------
+def _interrupted(model_path, src, out, after: int = 1):
+    def stop(i, n):
+        if i == after:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, on_region=stop,
+                device="cpu")
+    assert read_manifest(out)["done"] == list(range(after + 1))
+
+
+def test_resume_refuses_input_with_shifted_coordinates(model_path, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    shifted = _grid(12)
+    shifted = shifted.assign_coords(x=shifted.x + 0.05)  # same shape, other coordinates
+    shifted.chunk({"time": 2}).to_zarr(src, mode="w")
+    with pytest.raises(ValueError, match=r"different job: its input differ.*coordinates.*--overwrite"):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+    report = run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu",
+                     overwrite=True)
+    assert report.skipped == [] and report.computed == list(range(6))
+    np.testing.assert_array_equal(xr.open_zarr(out).x.values, shifted.x.values)
+
+
+def test_resume_refuses_input_whose_finished_regions_changed(model_path, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    changed = _grid(12)
+    changed["mask"][1, 0, 0] = 0  # inside region 0, which is finished: same coords and shapes
+    changed.chunk({"time": 2}).to_zarr(src, mode="w")
+    with pytest.raises(ValueError, match=r"input data read by finished region\(s\) \[0\].*--overwrite"):
+        run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+
+
+def test_resume_accepts_input_changed_only_where_not_yet_computed(model_path, reference, tmp_path):
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _grid(12).chunk({"time": 2}).to_zarr(src)
+    _interrupted(model_path, src, out)
+    changed = _grid(12)
+    changed["mask"][-1, 0, 0] = 0  # in region 5, not computed yet
+    changed.chunk({"time": 2}).to_zarr(src, mode="w")
+    report = run_job("predict", model_path, src, out, region_size=2, progress=False, device="cpu")
+    assert report.skipped == [0, 1] and report.computed == [2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------------
+# command-line errors: one line, exit status 2
+# ----------------------------------------------------------------------------------
+def _cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("xsciml run: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--task-placeholder", "hindcast"], r"unknown task 'hindcast'; choose one of .*forecast.*predict"),
+    (["--task-placeholder", "forecast", "-k", "lead=[1]"], r"a NeuralField cannot forecast; choose another task"),
+    (["-k", "batch_size=abc"], r"batch_size must be a positive integer, got 'abc'"),
+    (["-k", "batch_size=0"], r"batch_size must be a positive integer, got 0"),
+    (["--region-dim", "depth"], r"region_dim 'depth' is not a dimension of the output"),
+])
+def test_cli_run_errors_are_one_line(model_path, input_store, tmp_path, capsys, extra, message):
+    task = "predict"
+    if extra[:1] == ["--task-placeholder"]:
+        task, extra = extra[1], extra[2:]
+    err = _cli_error(capsys, ["run", task, "-m", str(model_path), "-i", str(input_store), "-o",
+                              str(tmp_path / "o.zarr"), "-q", "-k", "device=cpu", *extra])
+    assert re.search(message, err), err
+
+
+def test_cli_run_output_that_is_a_file_or_inside_one(model_path, input_store, tmp_path, capsys):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("keep me")
+    base = ["run", "predict", "-m", str(model_path), "-i", str(input_store), "-q", "-k", "device=cpu"]
+    err = _cli_error(capsys, [*base, "-o", str(plain), "--overwrite"])
+    assert "is a regular file, not a zarr store" in err and plain.read_text() == "keep me"
+    err = _cli_error(capsys, [*base, "-o", str(plain / "out.zarr")])
+    assert "--output must be a zarr store path" in err
+
+
+def test_cli_run_wrong_model_and_missing_input(model_path, input_store, tmp_path, capsys):
+    nc = tmp_path / "grid.nc"
+    _grid(4).to_netcdf(nc)
+    err = _cli_error(capsys, ["run", "predict", "-m", str(nc), "-i", str(input_store), "-o",
+                              str(tmp_path / "o.zarr"), "-q"])
+    assert "--model:" in err and "netCDF" in err
+    err = _cli_error(capsys, ["run", "predict", "-m", str(model_path), "-i", str(tmp_path / "nope.zarr"),
+                              "-o", str(tmp_path / "o.zarr"), "-q"])
+    assert "nope.zarr" in err
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    err = _cli_error(capsys, ["run", "predict", "-m", str(model_path), "-i", str(empty), "-o",
+                              str(tmp_path / "o.zarr"), "-q"])
+    assert "is not a zarr store" in err
+
+
+def test_cli_run_accepts_netcdf_input(model_path, reference, tmp_path, capsys):
+    nc = tmp_path / "grid.nc"
+    _grid(12).to_netcdf(nc)
+    out = tmp_path / "from_nc.zarr"
+    assert main(["run", "predict", "-m", str(model_path), "-i", str(nc), "-o", str(out),
+                 "--region-dim", "time", "-q", "-k", "device=cpu"]) == 0
+    result = xr.open_zarr(out).load()
+    xr.testing.assert_allclose(result, reference.transpose(*result.u_mean.dims), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# every registered task: the job process is killed by PID, resumed, same output
+# ----------------------------------------------------------------------------------
+_HOLD_AFTER = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from xsciml.jobs import run_job
+task, model, src, out, size, after, kwargs = json.loads(sys.argv[1])
+def hold(i, n):
+    if i == after:  # region `after` is written and recorded: wait to be killed
+        time.sleep(600)
+run_job(task, model, src, out, region_size=size, progress=False, on_region=hold, **kwargs)
+"""
+
+
+def _kill_and_resume(task, model, src, out, size, kwargs, after=0):
+    """Run the job in a subprocess, SIGKILL it once regions 0..after are in the manifest,
+    resume it here; returns the resumed output."""
+    import json
+
+    args = json.dumps([task, str(model), str(src), str(out), size, after, kwargs])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XSCIML_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER, args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifest = read_manifest(out) if (out / MANIFEST_NAME).exists() else None
+            if manifest and len(manifest["done"]) > after:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = read_manifest(out)["done"]
+    assert done == list(range(after + 1))
+    report = run_job(task, model, src, out, region_size=size, progress=False, **kwargs)
+    assert report.skipped == done and report.computed == list(range(after + 1, report.n_regions))
+    return xr.open_zarr(out).load()
+
+
+def _assert_same(resumed: xr.Dataset, clean: xr.Dataset) -> None:
+    assert set(resumed.data_vars) == set(clean.data_vars)
+    for name in clean.data_vars:
+        assert np.array_equal(resumed[name].values, clean[name].values, equal_nan=True), name
+    for name in clean.coords:
+        np.testing.assert_array_equal(resumed[name].values, clean[name].values)
+
+
+def _clean(task, model, src, out, size, kwargs) -> xr.Dataset:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(task, model, src, out, region_size=size, progress=False, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    return xr.open_zarr(out).load()
+
+
+@pytest.fixture(scope="module")
+def task_setups(model_path, input_store, tmp_path_factory):
+    """(model file, input store, region size, task options) for every registered task."""
+    from tests.test_debias import snapshots
+    from tests.test_downscale import _block_mean, _fine
+    from xsciml.downscale.diffusion import fit_diffusion
+    from xsciml.downscale.ot import fit_debias
+    from xsciml.models.dino import fit_dynamics
+
+    root = tmp_path_factory.mktemp("tasks")
+    setups = {"predict": (model_path, input_store, 2, {"device": "cpu"})}
+
+    traj = xsciml.datasets.heat(6, 8, n_frames=4, seed=0)
+    dino = fit_dynamics(traj, "u", latent_dim=3, width=8, depth=1, dynamics_width=8,
+                        dynamics_depth=1, steps=3, progress=False, seed=0, device="cpu")
+    init = xsciml.datasets.heat(6, 8, n_frames=1, seed=1).isel(time=0)
+    init.chunk({"trajectory": 2}).to_zarr(root / "init.zarr")
+    setups["forecast"] = (dino.save(root / "dino.xsciml"), root / "init.zarr", 2,
+                          {"lead": [0.0, 0.5], "encode_steps": 2, "device": "cpu"})
+
+    ref = snapshots(120, 0)
+    deb = fit_debias(ref * 0.9 + 30.0, ref, method="gaussian", progress=False)
+    (snapshots(40, 3) * 0.9 + 30.0).assign_attrs(units="K").to_dataset(name="tas") \
+        .chunk({"time": 10}).to_zarr(root / "model_output.zarr")
+    setups["transform"] = (deb.save(root / "debias.xsciml"), root / "model_output.zarr", 10,
+                           {"variable": "tas"})
+
+    prior = fit_diffusion(_fine(8), base_channels=4, levels=2, emb_dim=8, steps=3, progress=False,
+                          device="cpu", seed=0)
+    _block_mean(_fine(n=3, seed=1)).to_dataset().chunk({"time": 1}).to_zarr(root / "coarse.zarr")
+    setups["downscale"] = (prior.save(root / "prior.xsciml"), root / "coarse.zarr", 1,
+                           {"variable": "t2m", "samples": 1, "steps": 2, "seed": 0, "device": "cpu"})
+    assert set(setups) == set(registered_tasks())  # a new task needs its crash test here
+    return setups
+
+
+@pytest.mark.parametrize("task", ["predict", "forecast", "transform", "downscale"])
+def test_killed_job_resumes_identically_for_every_task(task, task_setups, tmp_path):
+    model, src, size, kwargs = task_setups[task]
+    clean = _clean(task, model, src, tmp_path / "clean.zarr", size, kwargs)
+    resumed = _kill_and_resume(task, model, src, tmp_path / "resumed.zarr", size, kwargs)
+    _assert_same(resumed, clean)
+
+
+@pytest.mark.slow
+def test_job_survives_a_killed_dask_worker(model_path, input_store, reference, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, memory_limit="2GiB") as cluster, \
+            distributed.Client(cluster) as client:
+        killed = []
+
+        def kill_a_worker(i, n):
+            if i == 0:  # the worker process dies between regions; its nanny restarts it
+                pid = next(iter(client.run(os.getpid).values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        report = run_job("predict", model_path, input_store, tmp_path / "out.zarr", region_size=2,
+                         scheduler=client, progress=False, on_region=kill_a_worker, device="cpu")
+    assert killed and report.computed == list(range(6))
+    xr.testing.assert_allclose(xr.open_zarr(tmp_path / "out.zarr").load(), reference, atol=1e-6)

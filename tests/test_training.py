@@ -529,11 +529,11 @@ def test_logs_callbacks_and_history_round_trip():
     ("kwargs", "error", "match"),
     [
         ({"steps": 10, "epochs": 2}, ValueError, "either steps= or epochs="),
-        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"steps": 0}, ValueError, "steps must be a positive integer, got 0"),
         ({"optimizer": "adamx"}, ValueError, "optimizer='adamx' is not known"),
         ({"optimizer": 42}, TypeError, "optimizer must be"),
         ({"scheduler": "linear"}, ValueError, "scheduler='linear' is not known"),
-        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer, got 0"),
         ({"val_fraction": 1.5}, ValueError, "val_fraction"),
         ({"early_stopping": 3}, ValueError, "early_stopping needs validation"),
         ({"resume": True}, ValueError, "resume=True needs checkpoint"),

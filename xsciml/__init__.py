@@ -27,8 +27,8 @@ _LAZY_SUBMODULES = {
 }
 
 
-def load(path: Any, *, device: Any = "cpu"):
-    """Load a saved estimator (see :func:`xsciml.io.load`).
+def load(path: Any, *, device: Any = "cpu", key: str | bytes | None = None):
+    """Load a saved estimator (see :func:`xsciml.io.load`); ``key`` checks its signature.
 
     Examples
     --------
@@ -36,7 +36,7 @@ def load(path: Any, *, device: Any = "cpu"):
     """
     from .io import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, key=key)
 
 
 def __getattr__(name: str) -> Any:

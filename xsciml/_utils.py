@@ -2,12 +2,117 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["resolve_device", "seed_everything", "progress_bar", "to_numpy"]
+__all__ = ["resolve_device", "seed_everything", "progress_bar", "to_numpy", "check_positive_int",
+           "check_positive_number"]
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False,
+                       minimum: int = 1) -> int | None:
+    """``value`` as a Python ``int >= minimum``: the one check of integer settings.
+
+    Every integer setting of the public functions (``steps``, ``batch_size``,
+    ``latent_dim``, ...) goes through this helper, so a wrong value gets the same kind
+    of message everywhere, e.g. ``"steps must be a positive integer, got 0"``. NumPy
+    integers are accepted; bools, floats and strings are not.
+
+    Parameters
+    ----------
+    value
+        The setting as given.
+    name
+        Its name, as the user wrote it.
+    allow_none
+        Return ``None`` for ``None`` (the setting's default applies) instead of refusing it.
+    minimum
+        Smallest allowed value (``1``: a positive integer, ``0``: a non-negative one).
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not an integer.
+    ValueError
+        When ``value < minimum``.
+
+    Examples
+    --------
+    >>> check_positive_int(np.int64(3), "steps")
+    3
+    >>> check_positive_int(0, "steps")
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be a positive integer, got 0
+    """
+    if value is None and allow_none:
+        return None
+    kind = ("a positive integer" if minimum == 1 else "a non-negative integer" if minimum == 0
+            else f"an integer >= {minimum}")
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {kind}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be {kind}, got {number}")
+    return int(number)
+
+
+def check_positive_number(value: Any, name: str, *, allow_none: bool = False,
+                          allow_zero: bool = False) -> float | None:
+    """``value`` as a finite ``float > 0`` (``>= 0`` with ``allow_zero``).
+
+    The counterpart of :func:`check_positive_int` for real-valued settings (``lr``,
+    step sizes, scales), with the same message style: ``"lr must be a positive number,
+    got -1"``.
+
+    Parameters
+    ----------
+    value
+        The setting as given.
+    name
+        Its name, as the user wrote it.
+    allow_none
+        Return ``None`` for ``None`` instead of refusing it.
+    allow_zero
+        Accept ``0``.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not a real number.
+    ValueError
+        When it is not finite or out of range.
+
+    Examples
+    --------
+    >>> check_positive_number(0.5, "lr")
+    0.5
+    """
+    if value is None and allow_none:
+        return None
+    kind = "a non-negative number" if allow_zero else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return number
 
 
 def resolve_device(device: Any = "auto"):

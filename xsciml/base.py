@@ -293,7 +293,8 @@ class Estimator:
         return {}
 
     # -- public API -----------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> pathlib.Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True,
+             key: str | bytes | None = None) -> pathlib.Path:
         """Save the fitted estimator to one file (no pickle).
 
         Parameters
@@ -302,6 +303,9 @@ class Estimator:
             Destination file; the suffix ``.xsciml`` is recommended.
         overwrite : bool, default True
             If False, refuse to replace an existing file.
+        key : str or bytes, optional
+            Sign the file with HMAC-SHA256 under this secret key; load it with
+            ``xsciml.load(path, key=key)`` to refuse any edited copy.
 
         Returns
         -------
@@ -319,7 +323,7 @@ class Estimator:
         """
         from . import io
 
-        return io.save(self, path, overwrite=overwrite)
+        return io.save(self, path, overwrite=overwrite, key=key)
 
     @classmethod
     def load(
@@ -327,6 +331,7 @@ class Estimator:
         path: str | os.PathLike[str],
         *,
         device: str | torch.device = "cpu",
+        key: str | bytes | None = None,
     ) -> _EstimatorT:
         """Load an estimator saved with :meth:`save`, checking it is a ``cls``.
 
@@ -336,6 +341,9 @@ class Estimator:
             File written by :meth:`save` / :func:`xsciml.io.save`.
         device : str or torch.device, default "cpu"
             Device the tensors are placed on (``"auto"`` picks CUDA when available).
+        key : str or bytes, optional
+            The key the file was signed with; an unsigned file or a signature that
+            does not match is refused.
 
         Returns
         -------
@@ -353,7 +361,7 @@ class Estimator:
         """
         from . import io
 
-        est = io.load(path, device=device)
+        est = io.load(path, device=device, key=key)
         if not isinstance(est, cls):
             raise io.ModelFileError(
                 f"{os.fspath(path)!r} holds a {type(est).__name__}, not a {cls.__name__}. "

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     "a crash: finished regions are skipped.")
     r.add_argument("task", help="task to run, e.g. predict (see xsciml.jobs.registered_tasks)")
     r.add_argument("--model", "-m", required=True, help="model file written by est.save")
-    r.add_argument("--input", "-i", required=True, help="input zarr store (path or URL)")
+    r.add_argument("--input", "-i", required=True,
+                   help="input zarr store (path or URL) or netCDF file (opened lazily with dask)")
     r.add_argument("--output", "-o", required=True, help="output zarr store (path or URL)")
     r.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (tcp://host:8786) or threads/processes/synchronous; "
@@ -178,13 +179,37 @@ def _task_kwargs(items: list[str], parser: argparse.ArgumentParser) -> dict[str,
     return out
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2 (as for a wrong command line)."""
+    text = " ".join(str(message).split())
+    print(f"xsciml run: error: {text}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def _run_job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .jobs import run_job
+    from .io import ModelFileError
+    from .jobs import registered_tasks, run_job
 
     kwargs = _task_kwargs(args.kwarg, parser)
-    report = run_job(args.task, args.model, args.input, args.output, scheduler=args.scheduler,
-                     region_dim=args.region_dim, region_size=args.region_size,
-                     progress=not args.quiet, overwrite=args.overwrite, **kwargs)
+    if args.task not in registered_tasks():
+        _fail(f"unknown task {args.task!r}; choose one of {', '.join(registered_tasks())}")
+    try:
+        report = run_job(args.task, args.model, args.input, args.output, scheduler=args.scheduler,
+                         region_dim=args.region_dim, region_size=args.region_size,
+                         progress=not args.quiet, overwrite=args.overwrite, **kwargs)
+    except ModelFileError as err:
+        _fail(f"--model: {err}")
+    except (NotADirectoryError, IsADirectoryError) as err:
+        _fail(f"{err.strerror or err}: {err.filename!r}; --output must be a zarr store path "
+              "(a directory that does not exist yet, or an earlier job's output)")
+    except FileNotFoundError as err:
+        _fail(f"{err.strerror or err}: {err.filename!r}; check the --model and --input paths"
+              if err.filename else str(err))
+    except KeyError as err:  # unknown region dim, variable, coordinate...
+        _fail(err.args[0] if err.args else repr(err))
+    except (ValueError, TypeError, FileExistsError, OSError) as err:
+        # what is wrong with the arguments or the data, as the library words it
+        _fail(str(err) or type(err).__name__)
     if not args.quiet:
         print(json.dumps({"output": report.output, "region_dim": report.region_dim,
                           "region_size": report.region_size, "n_regions": report.n_regions,

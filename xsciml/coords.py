@@ -81,6 +81,41 @@ def _wrap_longitude(lon: np.ndarray, center: float) -> np.ndarray:
     return (lon - center + 180.0) % 360.0 - 180.0 + center
 
 
+def longitude_arc(lon: np.ndarray) -> tuple[float | None, float]:
+    """Where longitudes sit on the circle: ``(start, extent)`` in degrees.
+
+    The extent is 360° minus the largest gap between neighbouring longitudes on the
+    circle, so a regional box that crosses the seam of its own numbering (a Europe box
+    in 0..360, 350..360 ∪ 0..20) has a small extent, and a global grid (0..357.5, a
+    Gaussian grid) one close to 360°. ``start`` is the first longitude of the arc when
+    the largest gap lies *inside* ``[min, max]`` (the box crosses the seam of the
+    values' range), given in -180..180, else ``None`` (``min .. max`` already is the arc).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> longitude_arc(np.r_[350.0, 355.0, np.arange(0.0, 25.0, 5.0)])
+    (-10.0, 30.0)
+    >>> longitude_arc(np.arange(0.0, 360.0, 2.5))
+    (None, 357.5)
+    """
+    u = np.unique(np.mod(np.asarray(lon, dtype=np.float64).ravel(), 360.0))
+    if u.size < 2:
+        return None, 0.0
+    inner = np.diff(u)
+    wrap = u[0] + 360.0 - u[-1]  # the gap across 0/360 in the reduced values
+    lo, hi = float(np.min(lon)), float(np.max(lon))
+    k = int(np.argmax(inner))
+    tol = 1e-9 * 360.0
+    if inner[k] > wrap + tol:  # the largest gap is inside 0..360
+        start, extent = float(u[k + 1]), 360.0 - float(inner[k])
+    else:
+        start, extent = float(u[0]), 360.0 - float(wrap)
+    if extent >= (hi - lo) - tol:  # min .. max is the arc (no seam inside the box)
+        return None, extent
+    return float(_wrap_longitude(np.asarray(start), 0.0)), extent  # the start in -180..180
+
+
 # --------------------------------------------------------------------------- time
 def time_kind(values: np.ndarray) -> str:
     """``"datetime64"``, ``"cftime"`` or ``"numeric"`` for an array of time values.
@@ -292,8 +327,10 @@ class CoordinateEncoder:
         Name of the time coordinate, or ``None`` for static fields.
     sphere
         ``True`` to embed latitude/longitude on the unit sphere, ``False`` for affine
-        scaling, ``"auto"`` (default) for the sphere when the longitudes span at least
-        180 degrees (global or hemispheric data) and affine otherwise.
+        scaling, ``"auto"`` (default) for the sphere when the longitudes cover at least
+        180 degrees of the circle (global or hemispheric data; judged by the largest gap
+        between longitudes, so a regional box across 0/360 stays regional, with its
+        longitudes unwrapped to one continuous range) and affine otherwise.
     time_units, time_origin
         The float time is ``time_units since time_origin`` in the data's calendar.
     time_features
@@ -388,15 +425,20 @@ class CoordinateEncoder:
                 )
             self.space_min[name] = float(finite.min())
             self.space_max[name] = float(finite.max())
+        lon_extent = 0.0
         if self.lon_name is not None:
             lo, hi = self.space_min[self.lon_name], self.space_max[self.lon_name]
             self.lon_center = 0.5 * (lo + hi)
+            v = np.asarray(space[self.lon_name], dtype=np.float64)
+            start, lon_extent = longitude_arc(v[np.isfinite(v)])
+            if start is not None:  # a regional domain across the seam of the values' range
+                self.lon_center = start + 0.5 * lon_extent
+                self.space_min[self.lon_name] = start
+                self.space_max[self.lon_name] = start + lon_extent
         if self.sphere == "auto":
-            self.sphere = bool(
-                self.lat_name is not None
-                and self.lon_name is not None
-                and (self.space_max[self.lon_name] - self.space_min[self.lon_name]) >= 180.0
-            )
+            # by the data's own spacing: the longitudes' extent on the circle, not max - min
+            self.sphere = bool(self.lat_name is not None and self.lon_name is not None
+                               and lon_extent >= 180.0)
         elif self.sphere and (self.lat_name is None or self.lon_name is None):
             raise ValueError(
                 f"sphere=True needs a latitude and a longitude among space={self.space}; "

@@ -124,10 +124,10 @@ def _sample_grf(
 
 
 def _check_counts(n_trajectories: int, n_frames: int) -> None:
-    if int(n_trajectories) < 1:
-        raise ValueError(f"n_trajectories must be >= 1, got {n_trajectories!r}.")
-    if int(n_frames) < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames!r}.")
+    from ._utils import check_positive_int
+
+    check_positive_int(n_trajectories, "n_trajectories")
+    check_positive_int(n_frames, "n_frames")
 
 
 def _grf_initial_states(n_trajectories: int, size: Any, domain: Any, alpha: float, tau: float,

@@ -13,8 +13,14 @@ A model file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_
 ``created``         ISO 8601 time stamp (UTC)
 ``config``          the estimator's :meth:`~xsciml.base.Estimator._get_config` as JSON
 ``sha256``          digest of the class name, the config and every tensor's name, dtype,
-                    shape and bytes; checked on load so that a corrupted or edited file
-                    is refused
+                    shape and bytes; checked on load so that a corrupted file (a
+                    truncated copy, flipped bits, an edit that did not update the
+                    digest) is refused. Anyone can recompute it, so it does **not**
+                    prove who wrote the file: a deliberate edit that recomputes it passes
+``hmac_sha256``     (only for files saved with ``key=``) HMAC-SHA256 of the metadata and
+                    every tensor under a secret key; ``load(path, key=...)`` refuses a
+                    file whose signature is missing or does not match, so a file edited
+                    by someone without the key is refused
 ``complex``         (only when needed) JSON list of complex tensors, stored as
                     ``torch.view_as_real`` because safetensors lacks some complex dtypes
 
@@ -24,6 +30,7 @@ Loading parses JSON and raw tensor bytes only; nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import pathlib
@@ -148,6 +155,59 @@ def _tensor_digest(h: Any, name: str, tensor: torch.Tensor) -> None:
     h.update(json.dumps([name, dtype, list(tensor.shape), nbytes]).encode() + b"\n")
     if nbytes:
         h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+#: Tensor name prefixes of the estimators' torch module weights (state_dict entries).
+_WEIGHT_PREFIXES = ("module.", "network.", "net.")
+_SIGNATURE_KEY = "hmac_sha256"
+
+
+def _key_bytes(key: Any) -> bytes:
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray)) or not key:
+        raise TypeError(f"key must be a non-empty str or bytes, got {type(key).__name__}.")
+    return bytes(key)
+
+
+def _signature(key: bytes, metadata: Mapping[str, str], tensors: Mapping) -> str:
+    """HMAC-SHA256 over every metadata entry (but the signature) and every tensor."""
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    meta = {k: v for k, v in metadata.items() if k != _SIGNATURE_KEY}
+    h.update(json.dumps(meta, sort_keys=True).encode() + b"\n")
+    for name in sorted(tensors):
+        _tensor_digest(h, name, tensors[name])
+    return h.hexdigest()
+
+
+def _check_signature(key: Any, metadata: Mapping[str, str], tensors: Mapping, path: Any) -> None:
+    stored = metadata.get(_SIGNATURE_KEY)
+    if not stored:
+        raise ModelFileError(
+            f"{str(path)!r} is not signed, but a key was given: it was saved without key= "
+            "(or its signature was removed). Load only files saved with est.save(path, key=...)."
+        )
+    if not hmac.compare_digest(_signature(_key_bytes(key), metadata, tensors), str(stored)):
+        raise ModelFileError(
+            f"{str(path)!r} failed its signature check (HMAC-SHA256 mismatch): the file was "
+            "changed after it was signed, or the key is not the one it was signed with. Do not "
+            "use it."
+        )
+
+
+def _check_finite_weights(tensors: Mapping[str, torch.Tensor], path: Any) -> None:
+    """Refuse NaN/inf in the torch module weights (they would only fail at predict time)."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if not name.startswith(_WEIGHT_PREFIXES) or not (t.is_floating_point() or t.is_complex()):
+            continue
+        finite = torch.isfinite(torch.view_as_real(t) if t.is_complex() else t)
+        if not bool(finite.all()):
+            raise ModelFileError(
+                f"{str(path)!r} has {int((~finite).sum())} non-finite value(s) (NaN/inf) in the "
+                f"weight tensor {name!r}; the model cannot predict. Save a model from a "
+                "training run that did not diverge."
+            )
 
 
 def _digest(cls_name: str, config_json: str, complex_json: str, tensors: Mapping) -> str:
@@ -312,7 +372,8 @@ def _serialise(estimator: Estimator) -> tuple[dict[str, torch.Tensor], dict[str,
 # public API
 # ----------------------------------------------------------------------------------
 def save(
-    estimator: Estimator, path: str | os.PathLike[str], *, overwrite: bool = True
+    estimator: Estimator, path: str | os.PathLike[str], *, overwrite: bool = True,
+    key: str | bytes | None = None,
 ) -> pathlib.Path:
     """Save a fitted estimator to a single safetensors file.
 
@@ -329,6 +390,11 @@ def save(
         must exist.
     overwrite : bool, default True
         If False, raise :class:`FileExistsError` when ``path`` exists.
+    key : str or bytes, optional
+        Secret key: the file is signed with HMAC-SHA256 (metadata and every tensor), and
+        ``load(path, key=key)`` refuses it if anything was changed. Without a key the
+        file only carries its SHA-256 digest, which detects corruption but not a
+        deliberate edit (anyone can recompute it).
 
     Returns
     -------
@@ -355,6 +421,8 @@ def save(
     'NeuralField'
     """
     tensors, metadata = _serialise(estimator)
+    if key is not None:
+        metadata[_SIGNATURE_KEY] = _signature(_key_bytes(key), metadata, tensors)
     path = _as_path(path)
 
     if path.is_dir():
@@ -381,11 +449,14 @@ def save(
     return path
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Estimator:
+def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+         key: str | bytes | None = None) -> Estimator:
     """Load an estimator saved with :func:`save` (or ``est.save``).
 
     Only JSON and raw tensor bytes are read; nothing is unpickled. The stored digest
-    is checked before the estimator is rebuilt.
+    is checked before the estimator is rebuilt: it catches corruption, not a
+    deliberate edit that recomputes it. To refuse edited files, save with ``key=``
+    and load with the same ``key``. Weights with NaN/inf values are refused.
 
     Parameters
     ----------
@@ -394,6 +465,9 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
     device : str or torch.device, default "cpu"
         Device the tensors are moved to before the estimator is rebuilt; ``"auto"``
         picks CUDA when available.
+    key : str or bytes, optional
+        The key the file was signed with (``save(..., key=...)``): the file must carry
+        a matching HMAC-SHA256 signature.
 
     Returns
     -------
@@ -405,9 +479,10 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
     FileNotFoundError
         If ``path`` does not exist.
     ModelFileError
-        If the file is not an xsciml model file, is truncated, corrupted or tampered
-        with, comes from a newer xsciml, names an unknown class, or its state cannot
-        be rebuilt.
+        If the file is not an xsciml model file, is truncated or corrupted (digest
+        mismatch), has non-finite weights, comes from a newer xsciml, names an
+        unknown class, or its state cannot be rebuilt; with ``key``, also when the
+        file is unsigned or its signature does not match.
 
     Examples
     --------
@@ -427,11 +502,11 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") ->
                 f"{str(path)!r} is truncated or corrupted ({err}); copy or save the model again."
             ) from err
 
-    return _rebuild(metadata, read_tensors, path, target)
+    return _rebuild(metadata, read_tensors, path, target, key=key)
 
 
 def _rebuild(metadata: Mapping[str, str], read_tensors: Any, path: Any,
-             target: torch.device) -> Estimator:
+             target: torch.device, key: str | bytes | None = None) -> Estimator:
     """Check a model's metadata, read its tensors and rebuild the estimator.
 
     Shared by :func:`load` and :func:`load_bytes`; ``path`` only names the source in
@@ -454,9 +529,12 @@ def _rebuild(metadata: Mapping[str, str], read_tensors: Any, path: Any,
     cls_name = metadata["class"]
     if _digest(cls_name, metadata["config"], complex_json, tensors) != metadata["sha256"]:
         raise ModelFileError(
-            f"{str(path)!r} failed its integrity check (sha256 mismatch): the file was "
-            "tampered with or corrupted. Do not use it; save or copy the model again."
+            f"{str(path)!r} failed its integrity check (sha256 mismatch): the file is "
+            "corrupted or was edited. Do not use it; save or copy the model again."
         )
+    if key is not None:
+        _check_signature(key, metadata, tensors, path)
+    _check_finite_weights(tensors, path)
     try:
         cls = get_estimator_class(cls_name)
     except KeyError as err:

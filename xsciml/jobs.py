@@ -10,6 +10,12 @@ is killed and started again with the same arguments skips the recorded regions a
 finishes with the same output as an uninterrupted run; a region that was being written
 when the job died is simply written again.
 
+The job's fingerprint covers the model's digest, the task and its options, the regions,
+the input's layout *and its coordinate values*; the manifest also records a digest of
+the input data each finished region read. A resumed job whose input changed (other
+coordinates, or other values under a finished region) is refused instead of mixing two
+inputs in one output; ``overwrite=True`` (``--overwrite``) starts it over.
+
 Any Dask scheduler runs the regions: the default (threads), ``"processes"``, a
 ``distributed.Client``, or the address of a running scheduler (a ``LocalCluster``, an
 HPC cluster from dask-jobqueue, a cloud cluster).
@@ -39,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from ._utils import check_positive_int
 
 __all__ = ["run_job", "register_task", "registered_tasks", "JobReport", "read_manifest",
            "MANIFEST_NAME"]
@@ -363,9 +371,80 @@ def _layout(ds: xr.Dataset) -> dict[str, Any]:
             for k, v in ds.variables.items()}
 
 
+_NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+
+def _open_input(src: str, chunks: Any) -> xr.Dataset:
+    """Open the input lazily: a zarr store with ``open_zarr``, a netCDF file with dask."""
+    chunks = chunks if chunks is not None else {}
+    if not _is_url(src):
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(2, "input not found", src)
+        if path.is_file():
+            with path.open("rb") as fh:
+                head = fh.read(8)
+            if head.startswith(_NETCDF_MAGIC) or path.suffix in (".nc", ".nc4", ".netcdf", ".h5"):
+                return xr.open_dataset(path, chunks=chunks)
+            raise ValueError(f"input {src!r} is a file but neither a netCDF file nor a zarr store; "
+                             "give a zarr store (directory) or a netCDF file.")
+    elif src.endswith((".nc", ".nc4")):
+        raise ValueError(f"input {src!r}: netCDF inputs must be local files; convert it to zarr "
+                         "(xr.open_dataset(...).to_zarr(...)) for a remote job.")
+    try:
+        return xr.open_zarr(src, chunks=chunks)
+    except Exception as err:
+        if type(err).__name__ in ("GroupNotFoundError", "PathNotFoundError", "FileNotFoundError"):
+            raise ValueError(f"input {src!r} is not a zarr store ({type(err).__name__}); give a "
+                             "zarr store or a netCDF file.") from err
+        raise
+
+
 def _fingerprint(**parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _array_hash(values: Any) -> str:
+    """Digest of an array's dtype, shape and values (object arrays by their text)."""
+    arr = np.asarray(values)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([str(arr.dtype), list(arr.shape)]).encode())
+    if arr.dtype.hasobject:
+        h.update(json.dumps([str(v) for v in arr.ravel()]).encode())
+    else:
+        h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1) if arr.size else b"")
+    return h.hexdigest()
+
+
+def _coords_digest(ds: xr.Dataset) -> dict[str, str]:
+    """Digest of every coordinate's values (they are small, and read here)."""
+    return {str(k): _array_hash(v.values) for k, v in sorted(ds.coords.items(), key=lambda kv: str(kv[0]))}
+
+
+def _content_tasks(ds: xr.Dataset) -> list[Any]:
+    """Delayed digests of every data variable's blocks (run on the job's scheduler)."""
+    import dask
+
+    tasks = []
+    for name in sorted(ds.data_vars, key=str):
+        data = ds[name].data
+        if hasattr(data, "to_delayed"):  # a dask array: one digest per block
+            tasks += [dask.delayed(_array_hash)(b) for b in data.to_delayed().ravel()]
+        else:
+            tasks.append(dask.delayed(_array_hash)(np.asarray(data)))
+    return tasks
+
+
+def _combine(names: list[str], digests: Any) -> str:
+    return _fingerprint(names=names, blocks=list(digests))
+
+
+def _region_input(ds: xr.Dataset, dim: Hashable, sl: slice, n_out: int) -> xr.Dataset:
+    """The part of the input a region reads: the same slice when the output keeps the dim."""
+    if dim in ds.dims and int(ds.sizes[dim]) == n_out:
+        return ds.isel({dim: sl})
+    return ds
 
 
 def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size: int | None
@@ -389,10 +468,7 @@ def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size
         per = max(1, -(-len(chunks) // DEFAULT_REGIONS))
         region_size = step * per
     else:
-        if isinstance(region_size, bool) or not isinstance(region_size, (int, np.integer)) \
-                or region_size < 1:
-            raise ValueError(f"region_size must be a positive int, got {region_size!r}.")
-        region_size = int(region_size)
+        region_size = check_positive_int(region_size, "region_size")
         if region_size % step and region_size < n:
             raise ValueError(
                 f"region_size={region_size} is not a multiple of the output's chunk size along "
@@ -422,7 +498,10 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
 
     Started again with the same arguments after a crash or kill, the job skips the
     recorded regions. Different arguments (model, input, task options, regions) on an
-    existing output are refused unless ``overwrite=True``.
+    existing output are refused unless ``overwrite=True``, and so is an input that
+    changed since the job started: its coordinate values are part of the fingerprint,
+    and the data each finished region read is digested when the region is written and
+    checked again on resume (reading those regions' input once more).
 
     Parameters
     ----------
@@ -431,7 +510,8 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     model_path
         File written by ``est.save``.
     input_store
-        Zarr store (path or URL) opened with :func:`xarray.open_zarr`, or a Dataset.
+        Zarr store (path or URL) opened with :func:`xarray.open_zarr`, a local netCDF
+        file opened lazily with ``xr.open_dataset(path, chunks={})``, or a Dataset.
     output_store
         Zarr store to write (local or shared-filesystem path, or an fsspec URL).
     scheduler
@@ -450,7 +530,7 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     overwrite
         Replace an output store written by something else or by a different job.
     input_chunks
-        ``chunks`` for :func:`xarray.open_zarr` (default: the store's chunks).
+        ``chunks`` for opening the input (default: the store's or file's chunks).
     on_region
         Called as ``on_region(index, n_regions)`` after each region is written and
         recorded (monitoring; tests use it to interrupt a job).
@@ -468,8 +548,9 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     FileExistsError
         When the output store exists, holds no job manifest and ``overwrite=False``.
     ValueError
-        When the output store belongs to a different job and ``overwrite=False``, or
-        ``region_size`` does not cover whole chunks.
+        When the output store belongs to a different job or the input changed under
+        finished regions and ``overwrite=False``, or ``region_size`` does not cover
+        whole chunks.
 
     Examples
     --------
@@ -488,11 +569,17 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     model_digest = io._read_header(model_path)[0]["sha256"]
     out = _as_store(output_store, "output_store")
 
+    if not _is_url(out) and Path(out).is_file():
+        raise FileExistsError(
+            f"output_store {out!r} is a regular file, not a zarr store; choose another output "
+            "path (a directory name such as 'prediction.zarr'). It is never replaced, even with "
+            "--overwrite (overwrite=True)."
+        )
     if isinstance(input_store, xr.Dataset):
         ds, input_id = input_store, "<Dataset>"
     else:
         src = _as_store(input_store, "input_store")
-        ds = xr.open_zarr(src, chunks=input_chunks if input_chunks is not None else {})
+        ds = _open_input(src, input_chunks)
         input_id = src
     result = _TASKS[task](model, ds, **task_kwargs)
     if isinstance(result, xr.DataArray):
@@ -502,17 +589,29 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     result = _clean_encoding(_regular_chunks(result))
     dim, size, n_regions = _choose_regions(result, region_dim, region_size)
 
-    fingerprint = _fingerprint(
-        task=task, model=model_digest, input=input_id,
-        input_layout={str(k): [list(map(str, v.dims)), list(v.shape), str(v.dtype)]
-                      for k, v in ds.variables.items()},
-        kwargs=task_kwargs, region_dim=str(dim), region_size=size, output=_layout(result))
+    parts = {
+        "task": _fingerprint(task=task),
+        "model": model_digest,
+        "input": _fingerprint(
+            input=input_id, coords=_coords_digest(ds),
+            layout={str(k): [list(map(str, v.dims)), list(v.shape), str(v.dtype)]
+                    for k, v in ds.variables.items()}),
+        "task options": _fingerprint(kwargs=task_kwargs),
+        "regions": _fingerprint(region_dim=str(dim), region_size=size, output=_layout(result)),
+    }
+    fingerprint = _fingerprint(**parts)
     manifest = read_manifest(out)
     if manifest is not None and manifest.get("fingerprint") != fingerprint:
         if not overwrite:
+            old = manifest.get("parts") or {}
+            diff = [k for k in parts if old.get(k) != parts[k]] if old else []
+            what = (f"its {', '.join(diff)} differ" if diff
+                    else "model, input, task options or regions differ")
+            hint = (" (the input's coordinates, variables or shapes changed since the job "
+                    "started)" if "input" in diff else "")
             raise ValueError(
-                f"{out!r} holds the output of a different job (model, input, task options or "
-                "regions differ); choose another output path or pass overwrite=True to start over."
+                f"{out!r} holds the output of a different job: {what}{hint}. Choose another "
+                "output path, or pass --overwrite (overwrite=True) to start over."
             )
         manifest = None
     elif (manifest is None and not overwrite and _store_exists(out)
@@ -526,25 +625,53 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
         # metadata, coordinates and the job's fingerprint (attrs); no data is computed
         result.to_zarr(out, mode="w", compute=False)
         manifest = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
-                    "fingerprint": fingerprint, "task": task, "model": str(model_path),
-                    "input": input_id, "region_dim": str(dim), "region_size": size,
-                    "n_regions": n_regions, "done": []}
+                    "fingerprint": fingerprint, "parts": parts, "task": task,
+                    "model": str(model_path), "input": input_id, "region_dim": str(dim),
+                    "region_size": size, "n_regions": n_regions, "done": [], "inputs": {}}
         _write_manifest(out, manifest)
 
     done = set(manifest["done"])
+    inputs: dict[str, str] = dict(manifest.get("inputs") or {})
+    n_out = int(result.sizes[dim])
+    names = sorted(map(str, ds.data_vars))
+
+    def region_slice(i: int) -> slice:
+        return slice(i * size, min((i + 1) * size, n_out))
     report = JobReport(out, str(dim), size, n_regions, skipped=sorted(done))
     static = [k for k, v in result.variables.items() if dim not in v.dims]  # written at init
     with _use_scheduler(scheduler):
+        if done:  # what the finished regions read must still be the input
+            import dask
+
+            checked = sorted(i for i in done if str(i) in inputs)
+            now = dask.compute(*[dask.delayed(_combine)(names, _content_tasks(
+                _region_input(ds, dim, region_slice(i), n_out))) for i in checked])
+            changed = [i for i, d in zip(checked, now, strict=True) if d != inputs[str(i)]]
+            if changed:
+                raise ValueError(
+                    f"the input data read by finished region(s) {changed} of {out!r} changed "
+                    "since they were written (same coordinates and shapes, other values); "
+                    "resuming would mix two inputs in one output. Restore the input, or pass "
+                    "--overwrite (overwrite=True) to compute the whole job again."
+                )
         bar = progress_bar(total=n_regions, desc=f"xsciml {task}", progress=progress, unit="region",
                            initial=len(done))
         with bar:
             for i in range(n_regions):
                 if i in done:
                     continue
-                sl = slice(i * size, min((i + 1) * size, int(result.sizes[dim])))
-                result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl})
+                import dask
+
+                sl = region_slice(i)
+                write = result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl},
+                                                                         compute=False)
+                # the region's input digests are computed in the same graph as the region,
+                # so the input chunks are read once
+                _, *digests = dask.compute(write, *_content_tasks(_region_input(ds, dim, sl, n_out)))
+                inputs[str(i)] = _combine(names, digests)
                 done.add(i)
                 manifest["done"] = sorted(done)
+                manifest["inputs"] = inputs
                 _write_manifest(out, manifest)
                 report.computed.append(i)
                 bar.update(1)

@@ -282,8 +282,9 @@ def subblocks(shape: Sequence[int], max_points: int) -> Iterator[tuple[slice, ..
     2
     """
     shape = tuple(int(n) for n in shape)
-    if max_points < 1:
-        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    from ._utils import check_positive_int
+
+    max_points = check_positive_int(max_points, "max_points")
     if any(n == 0 for n in shape):
         return
     if not shape:

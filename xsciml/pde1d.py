@@ -465,8 +465,9 @@ def kdv(n_trajectories: int = 8, n_points: int = 128, *, n_frames: int = 41, t_m
     ((2, 3, 64), 6.0)
     """
     _check_common(n_trajectories, n_points, n_frames, t_max, dt)
-    if isinstance(n_solitons, bool) or not isinstance(n_solitons, (int, np.integer)) or n_solitons < 1:
-        raise ValueError(f"n_solitons must be an integer >= 1, got {n_solitons!r}")
+    from ._utils import check_positive_int
+
+    check_positive_int(n_solitons, "n_solitons")
     lo, hi = (float(s) for s in speeds)
     if not 0 < lo <= hi:
         raise ValueError(f"speeds must be (low, high) with 0 < low <= high, got {speeds!r}")

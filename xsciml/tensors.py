@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._utils import check_positive_int
 from .coords import CoordinateEncoder, time_kind
 
 __all__ = [
@@ -54,33 +55,35 @@ def decode_variable(da: xr.DataArray) -> xr.DataArray:
 
     xarray decodes packed variables on open; this catches arrays opened with
     ``mask_and_scale=False`` (or built by hand) so integers such as int16 never reach a
-    model as raw counts. Already-decoded variables are returned unchanged.
+    model as raw counts. The decoding is xarray's own (:func:`xarray.decode_cf`: masks,
+    ``_Unsigned``, scale and offset, with its dtype rules). Already-decoded variables are
+    returned unchanged.
 
     Examples
     --------
     >>> import numpy as np, xarray as xr
     >>> raw = xr.DataArray(np.array([0, 100, -32767], dtype="int16"), dims="x",
     ...                    attrs={"scale_factor": 0.01, "add_offset": 273.15, "_FillValue": -32767})
-    >>> decode_variable(raw).values.round(2)  # int16 packing decodes to float32, as in xarray
-    array([273.15, 274.15,    nan], dtype=float32)
+    >>> decode_variable(raw).values.round(2)  # decoded by xarray's CF coders
+    array([273.15, 274.15,    nan])
     """
     attrs = dict(da.attrs)
-    packed = any(k in attrs for k in ("scale_factor", "add_offset"))
+    packed = any(k in attrs for k in ("scale_factor", "add_offset", "_Unsigned"))
     fills = [attrs.get(k) for k in ("_FillValue", "missing_value") if k in attrs]
     if not packed and not (fills and np.issubdtype(da.dtype, np.number)):
         return da
-    out = da
-    for fv in fills:
-        for f in np.atleast_1d(fv):
-            out = out.where(out != f)
-    scale = attrs.pop("scale_factor", 1.0)
-    offset = attrs.pop("add_offset", 0.0)
-    for k in ("_FillValue", "missing_value", "valid_range", "valid_min", "valid_max"):
-        attrs.pop(k, None)
-    dtype = np.float64 if np.dtype(da.dtype).itemsize > 2 or isinstance(scale, np.float64) else np.float32
-    out = out.astype(dtype) * dtype(scale) + dtype(offset)
-    out.attrs = attrs
-    out.encoding = dict(da.encoding)
+    # xarray's own CF decoding (mask, _Unsigned, scale/offset), applied to this variable
+    # alone: the coordinates are left as they are
+    name = "__xsciml_decode__"
+    one = xr.Dataset({name: da.variable.copy(deep=False)})
+    decoded = xr.decode_cf(one, concat_characters=False, mask_and_scale=True, decode_times=False,
+                           decode_coords=False, decode_timedelta=False).variables[name]
+    for k in ("valid_range", "valid_min", "valid_max"):
+        decoded.attrs.pop(k, None)
+    if not _is_dask(da):
+        decoded = decoded.load()
+    out = xr.DataArray(decoded, coords=da.coords, name=da.name)
+    out.encoding = {**da.encoding, **decoded.encoding}
     return out
 
 
@@ -644,8 +647,7 @@ class CoordinateData(_PointSet):
         """
         import torch
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(seed)
         if self._features is not None and not self.is_lazy:
             n = len(self)
@@ -979,7 +981,7 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         Condition variables the model takes as inputs: the target Dataset must hold
         them (broadcast against its coordinates); they are standardised with
         ``condition_scaler`` and appended to the features. Points where one is NaN are
-        NaN in the output.
+        NaN in the output; an infinite condition value is refused (``ValueError``).
 
     Examples
     --------
@@ -1079,6 +1081,13 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         _check_numeric(cda, c, "condition variable")
         cds_c = xr.Dataset(coords={c: cda.variable})
         cv = _gather_coord(cds_c, c, dims, sizes, flat).astype(np.float64)
+        n_inf = int(np.count_nonzero(np.isinf(cv)))
+        if n_inf:  # as in training: NaN marks a missing condition, inf is an error
+            raise ValueError(
+                f"condition variable {c!r} contains {n_inf} infinite value(s) at the prediction "
+                f"points; if they mark missing data, replace them first: "
+                f"target[{c!r}] = target[{c!r}].where(np.isfinite(target[{c!r}]))"
+            )
         ok &= np.isfinite(cv)
         cvals.append(cv)
     idx = np.flatnonzero(ok)

@@ -778,10 +778,9 @@ def _split_loss_output(out: Any, name: str) -> tuple[torch.Tensor, dict[str, flo
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    from ._utils import check_positive_int
+
+    check_positive_int(value, name, minimum=minimum)
 
 
 # --------------------------------------------------------------------------- checkpoints

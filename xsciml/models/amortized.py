@@ -78,9 +78,9 @@ def _activation(name: str) -> type[nn.Module]:
 
 
 def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    from .._utils import check_positive_int
+
+    return check_positive_int(value, name)
 
 
 class MLPAutoEncoder(nn.Module):

@@ -65,6 +65,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import (
     CoordinateEncoder,
@@ -681,7 +682,7 @@ class _Clock:
         t = clock.to_float(values)
         if np.any(~np.isfinite(t)):
             raise ValueError("the time coordinate has missing values (NaT/NaN); drop those frames first")
-        d = np.diff(t)
+        d = np.diff(clock.elapsed(values))
         if np.any(d <= 0):
             raise ValueError("the time coordinate must be strictly increasing; sort it and drop "
                              "duplicates first (ds.sortby('time').drop_duplicates('time'))")
@@ -704,6 +705,23 @@ class _Clock:
             raise ValueError(f"time is in calendar {cal!r} but the model was trained on "
                              f"{self.calendar!r}; convert with ds.convert_calendar first")
         return time_to_float(values, self.units)
+
+    def elapsed(self, values: np.ndarray) -> np.ndarray:
+        """Float64 time since the first of ``values``, in the clock's units.
+
+        Datetime64 axes are differenced in integer nanoseconds before the division, so
+        that e.g. hourly frames stay exact multiples of 1/24 day instead of inheriting
+        the rounding of "days since 1970".
+        """
+        values = np.asarray(values)
+        if values.size == 0:
+            return np.zeros(0)
+        if self.kind == "datetime64" and np.issubdtype(values.dtype, np.datetime64):
+            self.to_float(values[:1])  # kind and calendar checks
+            ns = (values.astype("datetime64[ns]") - values.astype("datetime64[ns]")[0]).astype(np.int64)
+            return ns.astype(np.float64) / (_UNIT_SECONDS[self.units] * 1e9)
+        t = self.to_float(values)
+        return t - t[0]
 
     def parse_lead(self, lead: Any, name: str = "lead") -> tuple[np.ndarray, np.ndarray]:
         """``(float offsets in time units, coordinate values)`` of lead times."""
@@ -914,6 +932,18 @@ def _teacher_forcing_schedule(spec: Any, steps: int) -> Callable[[int], float]:
                     f"callable step -> probability, got {spec!r}")
 
 
+def _unique_solver_times(offsets: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    """Sorted distinct ODE times as a float32 tensor and where each offset finds its time.
+
+    The de-duplication happens on the float32 values the solver sees, so the times are
+    strictly increasing whatever the time unit (offsets closer than float32 resolution
+    share one time instead of giving the solver two equal times).
+    """
+    t32 = np.asarray(offsets, dtype=np.float64).astype(np.float32)
+    uniq, inv = np.unique(t32, return_inverse=True)
+    return torch.from_numpy(uniq), inv.reshape(-1)
+
+
 class _OffsetTable:
     """Unique time offsets between frames of a window, and where each pair finds its offset."""
 
@@ -925,11 +955,10 @@ class _OffsetTable:
         key = (j0, w)
         if key not in self._cache:
             tw = self.tau[j0:j0 + w]
-            delta = np.round(tw[None, :] - tw[:, None], 9)  # [start, target]
+            delta = tw[None, :] - tw[:, None]  # [start, target]
             delta = np.where(delta >= 0, delta, 0.0)
-            uniq, inv = np.unique(delta, return_inverse=True)
-            self._cache[key] = (torch.as_tensor(uniq, dtype=torch.float32),
-                                torch.as_tensor(inv.reshape(w, w), dtype=torch.long))
+            uniq, inv = _unique_solver_times(delta.reshape(-1))
+            self._cache[key] = (uniq, torch.as_tensor(inv.reshape(w, w), dtype=torch.long))
         return self._cache[key]
 
 
@@ -1218,7 +1247,7 @@ class LatentForecaster(Estimator):
         if self.clock.kind == "numeric":
             lead = t.astype(np.float64) - float(t[0])
         else:
-            lead = self.clock.to_float(t) - self.clock.to_float(t[:1])[0]
+            lead = self.clock.elapsed(t)
         init = ds[self.variables].isel({self.time: 0}).where(observed)
         fc = self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device, seed=seed,
                            progress=progress)
@@ -1599,8 +1628,8 @@ class DINo(LatentForecaster):
 
         dev = resolve_device(device)
         m = self.module.to(dev).eval()
-        uniq, inv = np.unique(np.asarray(offsets, dtype=np.float64), return_inverse=True)
-        tau = uniq / self.clock.scale
+        tau, inv = _unique_solver_times(np.asarray(offsets, dtype=np.float64) / self.clock.scale)
+        tau = tau.numpy()
         z0 = m.normalise(alpha0.to(dev))
         d = z0.shape[-1]
         if m.dynamics.periods:
@@ -2054,10 +2083,10 @@ def fit_dynamics(
         if dims != expected:
             raise ValueError(f"variable {v!r} has dims {ds[v].dims}; expected exactly "
                              f"{(sample_dim_eff, tdim, *sdims)} (sample, time, space)")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-        raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_positive_int(latent_dim, "latent_dim")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    check_positive_int(n_points, "n_points", allow_none=True)
     if loss not in ("mse", "relative"):
         raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
     if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
@@ -2067,7 +2096,7 @@ def fit_dynamics(
     clock = _Clock.fit(ds[time].values, time_units)
     ode = _ode_settings(clock, solver, rtol, atol, ode_step)
     t_abs = clock.to_float(ds[time].values)
-    tau = (t_abs - t_abs[0]) / clock.scale
+    tau = clock.elapsed(ds[time].values) / clock.scale
     if isinstance(periods, (str, bytes)) or not isinstance(periods, (Sequence, np.ndarray)):
         periods = [periods]
     if len(periods):

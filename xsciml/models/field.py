@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
 from ..interpolation import LocalKriging, fit_kriging, frame_rbf
@@ -228,7 +229,7 @@ class NeuralField(Estimator):
         from .._utils import resolve_device
 
         dev = resolve_device(device)
-        batch_size = batch_size or _default_batch_size(dev)
+        batch_size = _default_batch_size(dev) if batch_size is None else check_positive_int(batch_size, "batch_size")
         module = self.module.to(dev).eval()
         outs = []
         with torch.inference_mode():
@@ -346,8 +347,7 @@ class NeuralField(Estimator):
             from .._utils import resolve_device
 
             batch_size = _default_batch_size(resolve_device(device))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_positive_int(batch_size, "batch_size")
         n = len(self.variables)
         index = {d: chr(ord("a") + i) for i, d in enumerate(blocks.dims)}
         out_ind = "".join(index[d] for d in blocks.dims)
@@ -744,8 +744,8 @@ def fit_field(
             train, val = (data.features, data.y), None
         vf = 0.0
     history = fit(module, loss_fn, train, val_data=val, val_fraction=vf,
-                  steps=steps or (1000 if kind == "grid" else 3000),
-                  batch_size=batch_size, optimizer="adam", lr=lr or (5e-3 if kind == "grid" else 1e-3),
+                  steps=(1000 if kind == "grid" else 3000) if steps is None else steps,
+                  batch_size=batch_size, optimizer="adam", lr=(5e-3 if kind == "grid" else 1e-3) if lr is None else lr,
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_field[{kind}]", val_every=val_every,
                   early_stopping=early_stopping, restore_best=val is not None,

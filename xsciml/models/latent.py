@@ -37,6 +37,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, target_points, to_tensors
@@ -490,8 +491,7 @@ class LatentInterpolator(Estimator):
                                exclude_dims=(dim,))
         if blocks is None:
             return None  # the eager path raises its clear error
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape [S, {self.latent_dim}], got {tuple(z.shape)}")
         zd = z.rechunk({1: -1}) if z_lazy else dsa.from_array(np.asarray(z), chunks=-1)

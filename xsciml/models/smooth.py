@@ -87,6 +87,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, decode_variable
@@ -955,9 +956,8 @@ def fit_smooth_dynamics(
         if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)) \
                 or not (val >= 0 and math.isfinite(val)):
             raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
-    for name, val in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
     if train_solver not in FIXED_STEP_METHODS:
         raise ValueError(f"train_solver must be a fixed-step solver {FIXED_STEP_METHODS}, got "
                          f"{train_solver!r}")
@@ -965,7 +965,7 @@ def fit_smooth_dynamics(
 
     # ---- time
     clock = _Clock.fit(ds[time].values, time_units)
-    tau = (clock.to_float(ds[time].values) - clock.to_float(ds[time].values[:1])[0]) / clock.scale
+    tau = clock.elapsed(ds[time].values) / clock.scale
     ode = {**_ode_settings(clock, solver, rtol, atol, ode_step), "train_method": train_solver}
 
     # ---- data [S, T, C, *grid], standardised per variable

@@ -67,15 +67,9 @@ def get_activation(name: str) -> nn.Module:
 
 def _check_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an ``int >= minimum`` (NumPy integers accepted; bools and floats refused)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}.") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return value
+    from .._utils import check_positive_int
+
+    return check_positive_int(value, name, minimum=minimum)
 
 
 def _check_scale(scale: float | Sequence[float], n: int, name: str) -> float | list[float]:
