@@ -28,7 +28,7 @@ torch threads (``--threads``, default 1).
 Usage::
 
     python benchmarks/suite.py                 # every case
-    python benchmarks/suite.py --quick         # few frames, a smoke run
+    python benchmarks/suite.py --quick         # 2 frames, coarser grids, 100 steps: a smoke run
     python benchmarks/suite.py --cases nrcan10 grf_indep_short
     python benchmarks/suite.py --json results.json
 """
@@ -122,8 +122,16 @@ def _open(name: str, **kw: Any) -> xr.Dataset:
     return xr.open_dataset(DATA_DIR / name, **kw)
 
 
+#: With ``--quick``: at most this many grid points per frame (every n-th row and column)
+QUICK_POINTS = 1500
+
+
 def _grid_case(name: str, description: str, da: xr.DataArray, masks: Callable, space: tuple[str, ...],
-               sphere: bool = False) -> Case:
+               sphere: bool = False, quick: bool = False) -> Case:
+    if quick:
+        dims = [d for d in da.dims if d != "time"]
+        stride = max(1, math.ceil(math.sqrt(math.prod(da.sizes[d] for d in dims) / QUICK_POINTS)))
+        da = da.isel({d: slice(None, None, stride) for d in dims})
     da = da.load().astype(np.float64)
     obs, held = masks(da.values)
     return Case(name, description, da, obs, held, space, "time", sphere)
@@ -151,24 +159,27 @@ def build_cases(quick: bool) -> list[Callable[[], Case]]:
     nt = (lambda full, short: short if quick else full)
     cases: list[Callable[[], Case]] = []
 
+    def grid(*args: Any, **kw: Any) -> Case:
+        return _grid_case(*args, quick=quick, **kw)
+
     def nrcan(frac):
         def make():
-            da = _open("NRCAN_SECan_1981-2010.nc")["tg_mean"].isel(time=slice(0, nt(30, 4)))
-            return _grid_case(f"nrcan{int(frac * 100)}", f"NRCAN tg_mean, yearly, {frac:.0%} random",
+            da = _open("NRCAN_SECan_1981-2010.nc")["tg_mean"].isel(time=slice(0, nt(30, 2)))
+            return grid(f"nrcan{int(frac * 100)}", f"NRCAN tg_mean, yearly, {frac:.0%} random",
                               da, lambda v: random_masks(v, frac), ("lat", "lon"))
         return make
 
     def era5(frac):
         def make():
-            da = _open("era5_t2m_uk_2019-03_hourly.nc")["t2m"].isel(time=slice(-nt(168, 24), None))
-            return _grid_case(f"era5_{int(frac * 100)}", f"ERA5 UK t2m, hourly (last {da.sizes['time']} h), "
+            da = _open("era5_t2m_uk_2019-03_hourly.nc")["t2m"].isel(time=slice(-nt(168, 4), None))
+            return grid(f"era5_{int(frac * 100)}", f"ERA5 UK t2m, hourly (last {da.sizes['time']} h), "
                               f"{frac:.0%} random", da, lambda v: random_masks(v, frac),
                               ("latitude", "longitude"))
         return make
 
     def tcw():
-        da = _open("tcw_pyinterp_grid3d.nc")["tcw"].isel(time=slice(0, nt(31, 4)))
-        return _grid_case("tcw10", "tcw global 2.5 deg daily, 10 % random", da,
+        da = _open("tcw_pyinterp_grid3d.nc")["tcw"].isel(time=slice(0, nt(31, 2)))
+        return grid("tcw10", "tcw global 2.5 deg daily, 10 % random", da,
                           lambda v: random_masks(v, 0.10), ("latitude", "longitude"), sphere=True)
 
     def sic(kind):
@@ -177,29 +188,29 @@ def build_cases(quick: bool) -> list[Callable[[], Case]]:
             da = da.isel(time=slice(0, nt(12, 2)))
             masks = (lambda v: random_masks(v, 0.10)) if kind == "random" else (lambda v: blob_masks(v, 0.30))
             desc = "10 % random" if kind == "random" else "cloud-like gaps, 30 % observed in patches"
-            return _grid_case(f"siconc_{kind}", f"CMIP6 sea-ice conc., tripolar curvilinear, {desc}",
+            return grid(f"siconc_{kind}", f"CMIP6 sea-ice conc., tripolar curvilinear, {desc}",
                               da, masks, ("latitude", "longitude"), sphere=True)
         return make
 
     def tas():
         da = _open("cmip/tas_Amon_CanESM2_rcp85_r1i1p1_200701-200712.nc")["tas"]
-        da = da.isel(time=slice(0, nt(12, 3)))
-        return _grid_case("tas10", "CMIP5 tas, global Gaussian grid, monthly, 10 % random", da,
+        da = da.isel(time=slice(0, nt(12, 2)))
+        return grid("tas10", "CMIP5 tas, global Gaussian grid, monthly, 10 % random", da,
                           lambda v: random_masks(v, 0.10), ("lat", "lon"), sphere=True)
 
     def tasmax(kind):
         def make():
             da = _open("cmip/tasmax_day_CanESM2_rcp85_r1i1p1_na10kgrid_qm-moving-50bins-detrend_2095.nc",
-                       use_cftime=True)["tasmax"].isel(time=slice(0, nt(60, 8)))
+                       decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))["tasmax"].isel(time=slice(0, nt(60, 3)))
             masks = (lambda v: random_masks(v, 0.10)) if kind == "random" else swath_masks
             desc = "10 % random" if kind == "random" else "satellite swaths, 25 % observed"
-            return _grid_case(f"tasmax_{kind}", f"CanESM2 tasmax 10 km, daily (noleap), {desc}",
+            return grid(f"tasmax_{kind}", f"CanESM2 tasmax 10 km, daily (noleap), {desc}",
                               da, masks, ("lat", "lon"))
         return make
 
     def drifters():
         ds = _open("aoml_drifters_pyinterp.nc")
-        n = nt(17775, 3000)
+        n = nt(17775, 1500)
         ds = ds.isel(obs=slice(0, n)).reset_index("obs", drop=True)
         ds = ds.set_coords(["lon", "lat", "time"])
         da = ds["ud"].load().astype(np.float64)
@@ -213,7 +224,7 @@ def build_cases(quick: bool) -> list[Callable[[], Case]]:
 
     def grf(rho, tau, label):
         def make():
-            da = grf_frames(nt(8, 3), tau, rho)
+            da = grf_frames(nt(8, 2), tau, rho, size=nt(48, 24))
             obs, held = random_masks(da.values, 0.10)
             return Case(f"grf_{label}", f"Matérn-3/2 random fields, {'independent frames' if rho == 0 else f'AR(1) rho={rho}'}, "
                         f"length {1 / tau:.2f} of [-1, 1], 10 % random", da, obs, held, ("y", "x"), "time",
@@ -349,6 +360,11 @@ BASELINES = {"linear": baseline_linear, "RBF": baseline_rbf, "space-time RBF": b
 
 
 # --------------------------------------------------------------------------- xsciml
+#: ``fit_field`` settings for every case: none (the defaults); ``--quick`` only shortens
+#: training, for all cases alike.
+FIT_SETTINGS: dict[str, Any] = {}
+
+
 def fit_xsciml(case: Case) -> dict[str, Any]:
     """The default ``fit_field`` on the observed points, scored on the withheld ones."""
     ds = case.data.to_dataset(name=case.data.name)
@@ -357,7 +373,8 @@ def fit_xsciml(case: Case) -> dict[str, Any]:
     var = str(case.data.name)
     with Timer() as t, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        field = ds.where(obs).sciml.fit_field(var, space=case.space, time=case.time, progress=False)
+        field = ds.where(obs).sciml.fit_field(var, space=case.space, time=case.time, progress=False,
+                                              **FIT_SETTINGS)
     with Timer() as tp:
         score = field.score(ds.where(held))
     val = field.info.get("validation", {})
@@ -411,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
+    if args.quick:
+        global KRIG_FIT_POINTS
+        KRIG_FIT_POINTS = 100
+        FIT_SETTINGS["steps"] = 100
     rows, details = [], {}
     needs = {"nrcan": "NRCAN_SECan_1981-2010.nc", "era5": "era5_t2m_uk_2019-03_hourly.nc",
              "tcw": "tcw_pyinterp_grid3d.nc", "siconc": "cmip/sic_SImon_CCCma-CanESM5_ssp245_r13i1p2f1_2020.nc",
