@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         details[case.name] = out["detail"]
         print_table([out["row"]], title=case.description)
         sys.stdout.flush()
+        _write(args.json, rows, details, None)  # after every case: a long run keeps what it did
     if not rows:
         print("no case ran")
         return 0
@@ -473,12 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
     }
     print(json.dumps(summary, indent=1))
-    path = os.path.abspath(args.json)
+    print(f"wrote {_write(args.json, rows, details, summary)}")
+    return 0
+
+
+def _write(path: str, rows: list, details: dict, summary: dict | None) -> str:
+    path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         json.dump({"rows": rows, "cases": details, "summary": summary}, fh, indent=1, default=str)
-    print(f"wrote {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":

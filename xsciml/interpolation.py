@@ -367,7 +367,8 @@ def _initial_lengths(points: np.ndarray, groups: Sequence[Sequence[int]], time_c
 def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
                 time_column: int | None = None, kernels: Sequence[str] = KERNELS,
                 static: bool | None = None, neighbors: int = 32, fit_neighbors: int = 32,
-                n_fit: int = 768, max_iter: int = 40, seed: int = 0) -> LocalKriging:
+                n_fit: int = 768, max_iter: int = 40, seed: int = 0,
+                validation: tuple[Any, Any] | None = None) -> LocalKriging:
     """Fit the covariance of :class:`LocalKriging` to observations.
 
     Parameters
@@ -397,6 +398,12 @@ def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
         L-BFGS iterations per round (two rounds, the neighbours recomputed between).
     seed
         Seed of the subset.
+    validation
+        ``(points, values)`` of held-out observations: the covariance is then fitted
+        to predict them from the observations (instead of each observation from the
+        others). For the residuals of a model fitted to the observations, which are
+        smaller there than elsewhere, this is the honest criterion: it learns how the
+        error grows away from the data.
 
     Returns
     -------
@@ -430,8 +437,20 @@ def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
     pt = torch.as_tensor(pts)
     vt = torch.as_tensor(vals - offset)
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(n, size=min(n_fit, n), replace=False))
-    kf = min(fit_neighbors, n - 1)
+    if validation is None:
+        idx = np.sort(rng.choice(n, size=min(n_fit, n), replace=False))
+        q_pts, q_vals, exclude = pt[torch.as_tensor(idx)], vt[torch.as_tensor(idx)], idx
+        kf = min(fit_neighbors, n - 1)
+    else:
+        vp = np.asarray(validation[0], dtype=np.float64)
+        vv = np.asarray(validation[1], dtype=np.float64).reshape(-1)
+        if vp.ndim != 2 or vp.shape[1] != pts.shape[1] or len(vp) != len(vv) or len(vv) < 4:
+            raise ValueError(f"validation must be ([M, {pts.shape[1]}] points, [M] values) with M >= 4")
+        if not (np.isfinite(vp).all() and np.isfinite(vv).all()):
+            raise ValueError("kriging validation points and values must be finite")
+        sub = np.sort(rng.choice(len(vv), size=min(n_fit, len(vv)), replace=False))
+        q_pts, q_vals, exclude = torch.as_tensor(vp[sub]), torch.as_tensor(vv[sub] - offset), None
+        kf = min(fit_neighbors, n)
     col_group = _column_groups(groups, pts.shape[1])
     n_groups = len(groups)
     starts = _initial_lengths(pts, groups, time_column)
@@ -449,13 +468,13 @@ def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
 
     def neighbours(theta: torch.Tensor):
         comps, _, _ = unpack(theta.detach())
-        scaled = [(pt * inv.sqrt()).numpy() for _, inv in comps]
-        nb = torch.as_tensor(_union_neighbours([cKDTree(s) for s in scaled], [s[idx] for s in scaled],
-                                               kf, exclude=idx))
-        d2_nn, d2_qn = _sq_differences(pt, pt[torch.as_tensor(idx)], nb)
+        trees = [cKDTree((pt * inv.sqrt()).numpy()) for _, inv in comps]
+        nb = torch.as_tensor(_union_neighbours(trees, [(q_pts * inv.sqrt()).numpy() for _, inv in comps],
+                                               kf, exclude=exclude))
+        d2_nn, d2_qn = _sq_differences(pt, q_pts, nb)
         return d2_nn, d2_qn, vt[nb]
 
-    target = vt[torch.as_tensor(idx)]
+    target = q_vals
 
     def loo(theta, nb, kernel):
         comps, ln, lm = unpack(theta)

@@ -853,7 +853,11 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
         for name, (target, trend) in candidates.items():
             krs, means, stds = [], [], []
             for j in range(z.shape[1]):
-                kr = fit_kriging(zc[ti], target[ti, j], groups=groups, time_column=time_col, seed=seed)
+                # the field's residuals are smaller at its training points than elsewhere:
+                # their covariance is fitted to predict the held-out residuals
+                honest = (zc[vi], target[vi, j]) if name == "field+kriging" else None
+                kr = fit_kriging(zc[ti], target[ti, j], groups=groups, time_column=time_col, seed=seed,
+                                 validation=honest)
                 m, v = kr.predict(zc[vi])
                 krs.append(kr)
                 means.append(trend[vi, j] + m)
