@@ -38,6 +38,7 @@ from .heat import (
 from .sip import (
     METHODS,
     InversionNet,
+    InversionResult,
     LearnedInversion,
     fit_inversion,
     invert,
@@ -52,6 +53,7 @@ __all__ = [
     "FourierOperator",
     "HeatOperator",
     "InversionNet",
+    "InversionResult",
     "LearnedInversion",
     "RandomRectangles",
     "damped_inverse",
