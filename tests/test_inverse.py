@@ -372,7 +372,7 @@ def tiny_inversion() -> LearnedInversion:
 def test_fit_inversion_records_history_and_config(tiny_inversion):
     inv = tiny_inversion
     assert inv.method == "sip" and inv.history.steps == 3
-    assert set(inv.history.logs) == {"x_l2", "y_l2", "x_l2_physics"}
+    assert set(inv.history.logs) == {"x_l2", "y_l2", "x_l2_physics", "x_l2_physics_bounded"}
     cfg = inv._get_config()
     assert cfg["operator"]["kind"] == "heat" and cfg["operator"]["amount"] == 1.0
     assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4
@@ -559,6 +559,7 @@ def test_residual_network_starts_exactly_at_the_physics_inverse():
     # the logged training error at step 1 is the physics inverse's on the same batch
     logs = inv.history.logs
     assert math.isclose(logs["x_l2"][0], logs["x_l2_physics"][0], rel_tol=1e-5)
+    assert logs["x_l2_physics_bounded"] == logs["x_l2_physics"]  # unbounded
 
 
 def test_bounds_auto_from_the_generator_and_clipped_estimates():
