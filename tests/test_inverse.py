@@ -343,19 +343,23 @@ def test_make_heat_dataset():
 # --------------------------------------------------------------------------- training
 def test_sip_trains_better_than_gradient_descent_through_physics():
     op = HeatOperator(2.0)
-    data = RandomRectangles((16, 16), batch_size=8, max_half_size=16 / 6)
+    data = RandomRectangles((32, 32), batch_size=8, max_half_size=5.0)
     x_test = data.sample(64, torch.Generator().manual_seed(99))
     y_test = op(x_test)
     errors = {}
     for method in ("sip", "gd"):
         inv = fit_inversion(op, data, method=method, steps=40, progress=False, device="cpu",
-                            network={"base_channels": 8, "levels": 2}, seed=0)
+                            network={"base_channels": 8, "levels": 3}, seed=0,
+                            calibration_examples=0)
         assert len(inv.history.loss) == 40 and len(inv.history.logs["x_l2"]) == 40
-        errors[method] = source_errors(inv.predict(y_test), x_test)["x_l2"].mean().item()
+        errors[method] = source_errors(inv.predict(y_test).estimate, x_test)["x_l2"].mean().item()
     mean_only = y_test.mean((-1, -2), keepdim=True).expand_as(y_test)  # the observable part
     baseline = source_errors(mean_only, x_test)["x_l2"].mean().item()
+    physics = source_errors(op.inverse(y_test), x_test)["x_l2"].mean().item()
     assert errors["sip"] < 0.9 * errors["gd"]
     assert errors["sip"] < 0.75 * baseline
+    # the default design refines the physics inverse and ends up below it
+    assert errors["sip"] < 0.9 * physics
 
 
 @pytest.fixture(scope="module")
@@ -368,10 +372,12 @@ def tiny_inversion() -> LearnedInversion:
 def test_fit_inversion_records_history_and_config(tiny_inversion):
     inv = tiny_inversion
     assert inv.method == "sip" and inv.history.steps == 3
-    assert set(inv.history.logs) == {"x_l2", "y_l2"}
+    assert set(inv.history.logs) == {"x_l2", "y_l2", "x_l2_physics", "x_l2_physics_bounded"}
     cfg = inv._get_config()
     assert cfg["operator"]["kind"] == "heat" and cfg["operator"]["amount"] == 1.0
     assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4
+    assert cfg["training"]["grid"] == [16, 16] and cfg["training"]["bounds"] == [0.0, None]
+    assert cfg["residual"] is True and inv.grid == (16, 16)
     assert not inv.network.training  # returned in eval mode
 
 
@@ -382,7 +388,7 @@ def test_same_seed_same_network_and_data():
     b = fit_inversion(HeatOperator(1.0), data, **kw)
     assert a.history.loss == b.history.loss
     y = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a.predict(y), b.predict(y))
+    assert torch.equal(a.predict(y).estimate, b.predict(y).estimate)
 
 
 def test_save_load_roundtrip_gives_identical_output(tiny_inversion, tmp_path):
@@ -393,27 +399,37 @@ def test_save_load_roundtrip_gives_identical_output(tiny_inversion, tmp_path):
     assert loaded.operator.get_config() == inv.operator.get_config()
     y = diffuse(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1),
                            dtype=torch.float64), 1.0)
-    out = inv.predict(y)
+    res = inv.predict(y)
+    out = res.estimate
     assert out.dtype == torch.float64 and out.shape == y.shape
-    assert torch.equal(loaded.predict(y), out)
-    # mean correction: the mean of the estimate is the mean of the observation
-    assert torch.allclose(out.mean((-1, -2)), y.mean((-1, -2)), atol=1e-5)
+    assert res.uncertainty.dtype == torch.float64 and res.uncertainty.shape == y.shape
+    again = loaded.predict(y)
+    assert torch.equal(again.estimate, out) and torch.equal(again.uncertainty, res.uncertainty)
+    assert torch.equal(loaded.calibration["std"], inv.calibration["std"])
+    assert bool((out >= 0).all())  # clipped to the sources' range
+    # mean correction of the network output (before clipping): the mean of the observation
+    x0 = inv.operator.inverse(y)
+    raw = inv.network(y, x0)
+    assert torch.allclose(raw.mean((-1, -2)).double(), y.mean((-1, -2)), atol=1e-5)
 
 
 def test_invert_dataarray_keeps_coords_and_adds_provenance(tiny_inversion):
     ds = make_heat_dataset(3, shape=(16, 16), amount=1.0, max_half_size=4.0)
     obs = ds.observation.assign_attrs(units="K")
-    src = obs.sciml.invert(tiny_inversion)
-    assert src.dims == obs.dims and src.shape == obs.shape
+    res = obs.sciml.invert(tiny_inversion)
+    src, unc = res.estimate, res.uncertainty
+    assert res.source == "network"
+    assert src.dims == obs.dims and src.shape == obs.shape and unc.dims == obs.dims
     xr.testing.assert_identical(src.coords.to_dataset(), obs.coords.to_dataset())
     assert src.attrs["xsciml_model"] == "LearnedInversion"
     assert src.attrs["xsciml_method"] == "sip" and src.attrs["units"] == "K"
-    assert src.name == "observation_source"
+    assert src.name == "observation_source" and unc.name == "observation_source_uncertainty"
     expected = tiny_inversion.predict(torch.from_numpy(obs.values))
-    np.testing.assert_allclose(src.values, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(src.values, expected.estimate.numpy(), atol=1e-6)
+    np.testing.assert_allclose(unc.values, expected.uncertainty.numpy(), atol=1e-6)
     # extra leading dims, transposed input
     stacked = xr.concat([obs, obs], dim="member").transpose("sample", "member", "y", "x")
-    out = invert(stacked, tiny_inversion)
+    out = invert(stacked, tiny_inversion).estimate
     np.testing.assert_allclose(out.isel(member=1).values, src.values, atol=1e-6)
 
 
@@ -421,8 +437,11 @@ def test_invert_dask_is_lazy_and_equal(tiny_inversion):
     pytest.importorskip("dask")
     obs = make_heat_dataset(4, shape=(16, 16), amount=1.0, max_half_size=4.0).observation
     lazy = invert(obs.chunk({"sample": 2}), tiny_inversion)
-    assert lazy.chunks is not None
-    np.testing.assert_allclose(lazy.compute().values, invert(obs, tiny_inversion).values, atol=1e-6)
+    assert lazy.estimate.chunks is not None and lazy.uncertainty.chunks is not None
+    eager = invert(obs, tiny_inversion)
+    np.testing.assert_allclose(lazy.estimate.compute().values, eager.estimate.values, atol=1e-6)
+    np.testing.assert_allclose(lazy.uncertainty.compute().values, eager.uncertainty.values,
+                               atol=1e-6)
     with pytest.raises(ValueError, match="rechunk"):
         invert(obs.chunk({"x": 8}), tiny_inversion)
 
@@ -490,13 +509,14 @@ def test_custom_operator_trains_and_roundtrips(tmp_path):
     op = _ScreenedPoisson(2.0, spacing=0.5)
     assert math.isclose(op.mean_gain, 0.25)
     data = RandomRectangles((16, 16), batch_size=2, max_half_size=2.0, spacing=0.5)
-    inv = fit_inversion(op, data, steps=1, network=TINY_NET, progress=False, device="cpu")
+    inv = fit_inversion(op, data, steps=1, network=TINY_NET, progress=False, device="cpu",
+                        bounds=None)
     loaded = xsciml.load(inv.save(tmp_path / "sp.xsciml"))
     assert isinstance(loaded.operator, _ScreenedPoisson) and loaded.operator.kappa == 2.0
     assert loaded.operator.spacing == (0.5, 0.5)
     y = op(data.sample(2, torch.Generator().manual_seed(0)))
-    out = loaded.predict(y)
-    assert torch.equal(out, inv.predict(y))
+    out = loaded.predict(y).estimate
+    assert torch.equal(out, inv.predict(y).estimate)
     # mean corrected to mean(y) / g(0)
     assert torch.allclose(out.mean((-1, -2)), y.mean((-1, -2)) / 0.25, atol=1e-4)
 
@@ -504,5 +524,129 @@ def test_custom_operator_trains_and_roundtrips(tmp_path):
 def test_invert_under_distributed_matches_eager(tiny_inversion, dask_client):
     obs = make_heat_dataset(4, shape=(16, 16), amount=1.0, max_half_size=4.0).observation
     lazy = invert(obs.chunk({"sample": 2}), tiny_inversion)
-    result = lazy.compute()  # runs on the cluster's worker processes
-    np.testing.assert_allclose(result.values, invert(obs, tiny_inversion).values, atol=1e-6)
+    result = lazy.estimate.compute()  # runs on the cluster's worker processes
+    np.testing.assert_allclose(result.values, invert(obs, tiny_inversion).estimate.values, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- default design
+def test_sip_loss_iterations_and_bounds_make_a_projected_solver_target():
+    op = HeatOperator(1.0)
+    g = torch.Generator().manual_seed(4)
+    x_true = RandomRectangles((16, 16), batch_size=2, max_half_size=4.0)(g)
+    y = op(x_true)
+    pred = (0.1 * torch.randn(2, 16, 16, generator=g, dtype=torch.float64)).requires_grad_()
+    sip_loss(pred, y, op.forward, op.inverse, iterations=2, bounds=(0.0, None),
+             reduction="sum").backward()
+    x = pred.detach()
+    for _ in range(2):  # the solver, by hand
+        x = (x + op.inverse(y - op(x))).clamp(min=0.0)
+    assert torch.allclose(-pred.grad, x - pred.detach(), atol=1e-12)
+    with pytest.raises(ValueError, match="iterations"):
+        sip_loss(pred, y, op.forward, op.inverse, iterations=0)
+    with pytest.raises(ValueError, match="low < high"):
+        sip_loss(pred, y, op.forward, op.inverse, bounds=(1.0, 0.0))
+
+
+def test_residual_network_starts_exactly_at_the_physics_inverse():
+    op = HeatOperator(1.0)
+    data = RandomRectangles((16, 16), batch_size=4, max_half_size=4.0)
+    inv = fit_inversion(op, data, steps=1, lr=0.0, bounds=None, network=TINY_NET,
+                        calibration_examples=0, progress=False, device="cpu")
+    y = op(data.sample(3, torch.Generator().manual_seed(5)))
+    res = inv.predict(y)
+    assert res.uncertainty is None  # no calibration asked for
+    assert torch.allclose(res.estimate, op.inverse(y), atol=1e-5)
+    # the logged training error at step 1 is the physics inverse's on the same batch
+    logs = inv.history.logs
+    assert math.isclose(logs["x_l2"][0], logs["x_l2_physics"][0], rel_tol=1e-5)
+    assert logs["x_l2_physics_bounded"] == logs["x_l2_physics"]  # unbounded
+
+
+def test_bounds_auto_from_the_generator_and_clipped_estimates():
+    assert RandomRectangles().bounds == (0.0, None)
+    assert RandomRectangles(strength=(-1.0, -0.5)).bounds == (None, 0.0)
+    assert RandomRectangles(strength=(-1.0, 1.0)).bounds == (None, None)
+    op = HeatOperator(1.0)
+    data = RandomRectangles((16, 16), batch_size=2, max_half_size=4.0)
+    kw = dict(steps=1, network=TINY_NET, calibration_examples=0, progress=False, device="cpu")
+    inv = fit_inversion(op, data, **kw)
+    assert inv.bounds == (0.0, None)
+    y = op(data.sample(2, torch.Generator().manual_seed(0)))
+    assert bool((op.inverse(y) < -1e-3).any())  # the physics inverse rings below zero ...
+    assert bool((inv.predict(y).estimate >= 0).all())  # ... the estimate does not
+    assert fit_inversion(op, data, bounds=None, **kw).bounds == (None, None)
+    assert fit_inversion(op, data, bounds=(None, 2.0), **kw).bounds == (None, 2.0)
+    with pytest.raises(ValueError, match="bounds"):
+        fit_inversion(op, data, bounds="positive", **kw)
+
+
+def test_calibrated_uncertainty_matches_held_out_errors():
+    op = HeatOperator(2.0)
+    data = RandomRectangles((32, 32), batch_size=8, max_half_size=5.0)
+    inv = fit_inversion(op, data, steps=15, network={"base_channels": 8, "levels": 3},
+                        calibration_examples=64, progress=False, device="cpu", seed=1)
+    x = data.sample(64, torch.Generator().manual_seed(2024))
+    res = inv.predict(op(x))
+    z2 = ((res.estimate - x) / res.uncertainty).pow(2)
+    # calibrated on other examples: the squared z-score is ~1 on fresh ones
+    assert 0.7 < z2.mean().item() < 1.4
+    std = inv.calibration["std"]
+    assert std.numel() >= 4 and bool((std > 0).all())
+    # errors concentrate at edges: the sharpest class is far less certain than the flattest
+    assert std[-1] > 3 * std[0]
+    assert inv.training["calibration_examples"] == 64 and inv.training["calibration_rmse"] > 0
+
+
+def test_other_grid_size_is_refused_with_the_trained_size(tiny_inversion):
+    with pytest.raises(ValueError, match=r"32 x 32 grid.*trained on 16 x 16.*regrid or crop"):
+        tiny_inversion.predict(torch.zeros(2, 32, 32))
+    obs = make_heat_dataset(1, shape=(16, 24), amount=1.0, max_half_size=4.0).observation
+    with pytest.raises(ValueError, match=r"'observation' has a 16 x 24 grid along dims \('y', 'x'\)"):
+        obs.sciml.invert(tiny_inversion)
+
+
+def test_nan_in_observations_is_refused(tiny_inversion):
+    y = torch.zeros(3, 16, 16)
+    y[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"1 NaN or inf values \(in 1 of 3 fields\).*fill the gaps"):
+        tiny_inversion.predict(y)
+    obs = make_heat_dataset(2, shape=(16, 16), amount=1.0, max_half_size=4.0).observation
+    obs[0, 4, 4] = np.nan
+    with pytest.raises(ValueError, match=r"'observation' contains 1 NaN.*interpolate_na"):
+        obs.sciml.invert(tiny_inversion)
+    pytest.importorskip("dask")
+    lazy = invert(obs.chunk({"sample": 1}), tiny_inversion)  # checked when computed
+    with pytest.raises(ValueError, match="'observation' contains 1 NaN"):
+        lazy.estimate.compute()
+
+
+def test_noise_outside_the_trained_range_falls_back_to_the_physics_inverse(tiny_inversion):
+    op = tiny_inversion.operator
+    y = op(RandomRectangles((16, 16), max_half_size=4.0).sample(2, torch.Generator().manual_seed(3)))
+    assert tiny_inversion.predict(y, noise=0.0).source == "network"
+    with pytest.warns(UserWarning, match=r"noise std 0\.05, outside .* trained on \(0 to 0\).*"
+                                         r"observation_noise >= 0\.05"):
+        res = tiny_inversion.predict(y, noise=0.05)
+    assert res.source == "physics"
+    expected = op.inverse_with_uncertainty(y, uncertainty=0.05)
+    assert torch.allclose(res.estimate, expected.estimate.float().double(), atol=1e-6)
+    assert torch.allclose(res.uncertainty, expected.uncertainty.float().double(), atol=1e-6)
+    obs = make_heat_dataset(1, shape=(16, 16), amount=1.0, max_half_size=4.0).observation
+    with pytest.warns(UserWarning, match="'observation' have noise std 0.05"):
+        out = obs.sciml.invert(tiny_inversion, noise=0.05)
+    assert out.source == "physics" and out.estimate.attrs["xsciml_estimate_from"] == "physics"
+    with pytest.raises(ValueError, match="noise"):
+        tiny_inversion.predict(y, noise=-1.0)
+
+
+def test_noisy_training_accepts_its_own_noise_level():
+    op = HeatOperator(1.0)
+    data = RandomRectangles((16, 16), batch_size=4, max_half_size=4.0)
+    inv = fit_inversion(op, data, steps=2, observation_noise=0.01, network=TINY_NET,
+                        calibration_examples=8, progress=False, device="cpu")
+    y = op(data.sample(2, torch.Generator().manual_seed(1)))
+    assert inv.observation_noise == 0.01
+    assert inv.predict(y, noise=0.01).source == "network"
+    assert inv.predict(y, noise=0.005).source == "network"
+    with pytest.warns(UserWarning, match=r"0 to 0\.01"):
+        assert inv.predict(y, noise=0.02).source == "physics"

@@ -5,9 +5,10 @@
   inverse (:func:`inverse_diffuse`, :func:`damped_inverse`); subclass
   :class:`FourierOperator` for Poisson, Helmholtz, ...
 * :mod:`~xsciml.inverse.sip` -- scale-invariant physics updates (:func:`sip_loss`),
-  training a U-Net with ``"sip"``, ``"gd"`` or ``"supervised"`` updates through the one
-  training loop (:func:`fit_inversion`), the saveable :class:`LearnedInversion` and
-  :func:`invert` (``obs.sciml.invert(inv)``).
+  training a U-Net that refines the damped physics inverse with ``"sip"``, ``"gd"`` or
+  ``"supervised"`` updates through the one training loop (:func:`fit_inversion`), the
+  saveable :class:`LearnedInversion` and :func:`invert` (``obs.sciml.invert(inv)``),
+  both returning an :class:`InversionResult` (estimate and calibrated uncertainty).
 * :mod:`~xsciml.inverse.data` -- on-the-fly random-rectangle sources
   (:class:`RandomRectangles`) and a labelled example dataset (:func:`make_heat_dataset`).
 
@@ -17,7 +18,8 @@ Examples
 >>> from xsciml.inverse import HeatOperator, RandomRectangles, fit_inversion
 >>> inv = fit_inversion(HeatOperator(8.0), RandomRectangles(batch_size=32),
 ...                     method="sip", steps=150)  # doctest: +SKIP
->>> src = obs.sciml.invert(inv)  # doctest: +SKIP
+>>> res = obs.sciml.invert(inv)  # doctest: +SKIP
+>>> res.estimate, res.uncertainty  # doctest: +SKIP
 """
 
 from .data import RandomRectangles, make_heat_dataset
@@ -38,6 +40,7 @@ from .heat import (
 from .sip import (
     METHODS,
     InversionNet,
+    InversionResult,
     LearnedInversion,
     fit_inversion,
     invert,
@@ -52,6 +55,7 @@ __all__ = [
     "FourierOperator",
     "HeatOperator",
     "InversionNet",
+    "InversionResult",
     "LearnedInversion",
     "RandomRectangles",
     "damped_inverse",

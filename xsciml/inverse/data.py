@@ -95,6 +95,27 @@ class RandomRectangles:
         """Domain length per axis."""
         return tuple(n * h for n, h in zip(self.shape, self.spacing, strict=True))
 
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """Range every drawn source lies in: ``(0, None)`` for non-negative strengths.
+
+        Boxes overlap, so only the sign of the strengths bounds the sum:
+        ``(0, None)`` if ``strength[0] >= 0``, ``(None, 0)`` if ``strength[1] <= 0``,
+        else ``(None, None)``. :func:`~xsciml.inverse.fit_inversion` uses it with
+        ``bounds="auto"``.
+
+        Examples
+        --------
+        >>> RandomRectangles().bounds
+        (0.0, None)
+        """
+        lo, hi = self.strength
+        if lo >= 0:
+            return (0.0, None)
+        if hi <= 0:
+            return (None, 0.0)
+        return (None, None)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` sources, shape ``(n, *shape)``.
 

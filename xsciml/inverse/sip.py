@@ -16,15 +16,23 @@ A network :math:`N` maps an observation :math:`y = P(x^*)` to a source estimate
 ``"supervised"``
     :math:`\tfrac12\|N(y) - x^*\|^2`, a reference that needs the true sources.
 
+By default (:func:`fit_inversion`) the network refines the damped physics inverse,
+:math:`\hat x = P^{-1}y + N(y, P^{-1}y)` with the correction initialised at zero, and
+estimates (and the SIP target) are clipped to the sources' known range. After training,
+the per-cell error is calibrated on held-out examples, so
+:meth:`LearnedInversion.predict` returns an estimate and its uncertainty.
+
 Physics runs in float64, the network in float32. Losses sum over the grid and
 average over examples.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +41,13 @@ from torch import nn
 from .._utils import resolve_device
 from ..base import Estimator, register_estimator
 from ..nn.unet import UNet
-from .heat import FourierOperator, _resolve_dims, _spacing_tuple, operator_from_config
+from .heat import (
+    DampedInverse,
+    FourierOperator,
+    _resolve_dims,
+    _spacing_tuple,
+    operator_from_config,
+)
 
 __all__ = [
     "METHODS",
@@ -41,6 +55,7 @@ __all__ = [
     "physics_loss",
     "source_errors",
     "InversionNet",
+    "InversionResult",
     "LearnedInversion",
     "fit_inversion",
     "invert",
@@ -53,6 +68,18 @@ DEFAULT_NETWORK: dict[str, Any] = {"base_channels": 16, "levels": 4, "norm": "ba
                                    "activation": "relu", "padding_mode": "zeros"}
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_bounds(bounds: Any) -> tuple[float | None, float | None]:
+    """Validate ``(low, high)`` source bounds (either may be ``None``)."""
+    if bounds is None:
+        return None, None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(f"bounds must be a (low, high) pair (either may be None), got {bounds!r}.")
+    low, high = (None if b is None else float(b) for b in bounds)
+    if low is not None and high is not None and not low < high:
+        raise ValueError(f"bounds must have low < high, got {bounds!r}.")
+    return low, high
 
 
 def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -87,6 +114,8 @@ def sip_loss(
     ndim: int = 2,
     reduction: str = "mean",
     physics_dtype: torch.dtype | None = torch.float64,
+    iterations: int = 1,
+    bounds: tuple[float | None, float | None] | None = None,
 ) -> torch.Tensor:
     r"""Scale-invariant physics (SIP) proxy loss.
 
@@ -97,6 +126,16 @@ def sip_loss(
     summed over the grid and reduced over examples. Its gradient with respect to
     :math:`\hat x` is :math:`-\Delta x`: the network is pulled towards the
     inverse-physics correction instead of along the (badly scaled) physics gradient.
+
+    More generally the proxy target :math:`\tilde x` is the output of an inverse
+    solver started at the prediction (Holl et al., 2022, Sec. 3): with
+    ``iterations=n`` the step :math:`x \leftarrow x + P^{-1}(y - P(x))` is repeated
+    ``n`` times, and with ``bounds=(low, high)`` every iterate is clipped to the known
+    range of the sources (a projection onto a convex set, as in the
+    Gerchberg-Papoulis / POCS iterations: Gerchberg 1974, Papoulis 1975, Youla & Webb
+    1982). The projection is what lets physics-only training recover detail the
+    forward operator erased: a non-negative source that is consistent with the
+    observation has far fewer ways to hide ringing than an unconstrained one.
 
     Works for any operator pair: ``forward`` maps sources to observations,
     ``inverse`` maps an observation-space residual to a source-space correction
@@ -118,6 +157,11 @@ def sip_loss(
     physics_dtype
         Dtype of the physics solve (float64 by default); ``None`` keeps the
         prediction's dtype.
+    iterations
+        Inverse-physics steps of the solver that makes the target (1: plain SIP).
+    bounds
+        ``(low, high)`` range of plausible sources (either may be ``None``); every
+        solver iterate is clipped to it. ``None``: no projection.
 
     Returns
     -------
@@ -137,11 +181,18 @@ def sip_loss(
     True
     """
     _check_pair(prediction, observation, "observation", ndim)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}.")
+    low, high = _check_bounds(bounds)
     dtype = prediction.dtype if physics_dtype is None else physics_dtype
     with torch.no_grad():
         x = prediction.detach().to(dtype)
-        dy = observation.to(device=x.device, dtype=dtype) - forward(x)
-        target = (x + inverse(dy)).to(prediction.dtype)
+        y = observation.to(device=x.device, dtype=dtype)
+        for _ in range(iterations):
+            x = x + inverse(y - forward(x))
+            if low is not None or high is not None:
+                x = x.clamp(min=low, max=high)
+        target = x.to(prediction.dtype)
     per_example = 0.5 * (prediction - target).pow(2).sum(dim=tuple(range(-ndim, 0)))
     return _reduce(per_example, reduction)
 
@@ -217,17 +268,27 @@ def source_errors(estimate: torch.Tensor, truth: torch.Tensor, *, ndim: int = 2)
 class InversionNet(nn.Module):
     """A 2-D U-Net mapping observations ``(B, H, W)`` to sources ``(B, H, W)``.
 
-    Runs in float32. If ``mean_gain`` is set (the operator's gain of the mean
-    mode, 1 for heat), the prediction's mean is corrected to ``mean(y) / mean_gain``:
-    the mean is exactly observable, so the network need not learn it.
+    Runs in float32. Two forms:
+
+    * ``residual=True``: the network *refines a physics estimate* ``x0`` (e.g. the
+      damped inverse :math:`P^{-1}y`): it sees ``y`` and ``x0`` as two channels and
+      returns ``x0 + correction``. The output convolution starts at zero, so an
+      untrained network returns ``x0`` exactly.
+    * ``residual=False``: ``N(y)`` directly (the network of the SIP reference).
+
+    If ``mean_gain`` is set (the operator's gain of the mean mode, 1 for heat), the
+    prediction's mean is corrected to ``mean(y) / mean_gain``: the mean is exactly
+    observable, so the network need not learn it.
 
     Parameters
     ----------
     network
         Keyword arguments of :class:`~xsciml.nn.unet.UNet` (``in_channels`` and
-        ``out_channels`` are fixed to 1); defaults to the SIP reference U-Net.
+        ``out_channels`` are fixed); defaults to the SIP reference U-Net.
     mean_gain
         Gain of the :math:`k=0` mode, or ``None`` for no mean correction.
+    residual
+        Refine a physics estimate passed as ``forward(y, x0)``.
 
     Examples
     --------
@@ -236,14 +297,23 @@ class InversionNet(nn.Module):
     >>> x = net(y)
     >>> x.shape, bool(torch.allclose(x.mean((-1, -2)), y.mean((-1, -2)), atol=1e-5))
     (torch.Size([3, 16, 16]), True)
+    >>> ref = InversionNet({"base_channels": 8, "levels": 2}, residual=True)
+    >>> x0 = torch.rand(3, 16, 16)
+    >>> torch.equal(ref(x0, x0), x0)          # untrained: returns the physics estimate
+    True
     """
 
-    def __init__(self, network: dict[str, Any] | None = None, mean_gain: float | None = 1.0) -> None:
+    def __init__(self, network: dict[str, Any] | None = None, mean_gain: float | None = 1.0,
+                 *, residual: bool = False) -> None:
         super().__init__()
         kwargs = {**DEFAULT_NETWORK, **(network or {})}
         for fixed in ("in_channels", "out_channels", "cond_dim"):
             kwargs.pop(fixed, None)
-        self.unet = UNet(1, 1, **kwargs)
+        self.residual = bool(residual)
+        self.unet = UNet(2 if self.residual else 1, 1, **kwargs)
+        if self.residual:  # start exactly at the physics estimate
+            nn.init.zeros_(self.unet.outc.weight)
+            nn.init.zeros_(self.unet.outc.bias)
         self.mean_gain = None if mean_gain is None or mean_gain <= 0 else float(mean_gain)
 
     @property
@@ -252,15 +322,79 @@ class InversionNet(nn.Module):
         return {k: v for k, v in self.unet.config.items()
                 if k not in ("in_channels", "out_channels", "cond_dim")}
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
         if y.ndim != 3:
             raise ValueError(f"InversionNet expects observations of shape (batch, H, W), got {tuple(y.shape)}.")
         y = y.to(torch.float32)
-        x = self.unet(y[:, None])[:, 0]
+        if self.residual:
+            if x0 is None or x0.shape != y.shape:
+                raise ValueError(
+                    "this InversionNet refines a physics estimate (residual=True): pass x0 of the "
+                    f"observations' shape {tuple(y.shape)}, e.g. operator.inverse(y); got "
+                    f"{None if x0 is None else tuple(x0.shape)}."
+                )
+            x0 = x0.to(torch.float32)
+            x = x0 + self.unet(torch.stack([y, x0], dim=1))[:, 0]
+        else:
+            x = self.unet(y[:, None])[:, 0]
         if self.mean_gain is not None:
             x = x + (y.mean(dim=(-2, -1), keepdim=True) / self.mean_gain
                      - x.mean(dim=(-2, -1), keepdim=True))
         return x
+
+
+# --------------------------------------------------------------------------- uncertainty
+#: Number of edge-strength classes of the calibrated uncertainty.
+CALIBRATION_BINS = 8
+
+
+def _edge_strength(x: torch.Tensor) -> torch.Tensor:
+    """Periodic central-difference gradient magnitude of ``(B, H, W)`` fields."""
+    gy = 0.5 * (x.roll(-1, -2) - x.roll(1, -2))
+    gx = 0.5 * (x.roll(-1, -1) - x.roll(1, -1))
+    return torch.sqrt(gy * gy + gx * gx)
+
+
+def _calibrate(estimate: torch.Tensor, truth: torch.Tensor, bins: int = CALIBRATION_BINS
+               ) -> dict[str, torch.Tensor]:
+    """Per-class RMS error of ``estimate``, classes = quantiles of its edge strength."""
+    feat = _edge_strength(estimate.double()).flatten()
+    err2 = (estimate.double() - truth.double()).pow(2).flatten()
+    q = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+    edges = torch.unique(torch.quantile(feat[:: max(1, feat.numel() // 2**20)], q))
+    idx = torch.bucketize(feat, edges)
+    overall = err2.mean().sqrt()
+    std = torch.stack([err2[idx == i].mean().sqrt() if bool((idx == i).any()) else overall
+                       for i in range(edges.numel() + 1)])
+    return {"edges": edges.float(), "std": std.float()}
+
+
+def _calibrated_std(estimate: torch.Tensor, calibration: dict[str, torch.Tensor]) -> torch.Tensor:
+    feat = _edge_strength(estimate.double()).float()
+    idx = torch.bucketize(feat, calibration["edges"].to(feat.device))
+    return calibration["std"].to(feat.device)[idx]
+
+
+class InversionResult(NamedTuple):
+    """Estimate and per-cell uncertainty from :meth:`LearnedInversion.predict`.
+
+    Attributes
+    ----------
+    estimate
+        The estimated source (tensor or DataArray, like the input).
+    uncertainty
+        Per-cell standard deviation of the estimate's error: calibrated on held-out
+        examples for the network (``None`` if fitted with
+        ``calibration_examples=0``), propagated through the damped inverse for the
+        physics fallback.
+    source
+        ``"network"``, or ``"physics"`` when the observations were outside the
+        training range and the damped physics inverse was returned instead.
+    """
+
+    estimate: Any
+    uncertainty: Any
+    source: str
 
 
 # --------------------------------------------------------------------------- estimator
@@ -272,6 +406,12 @@ def _to_tensor(y: Any) -> torch.Tensor:
     raise TypeError(
         f"expected a torch.Tensor, numpy array or xarray.DataArray of observations, got {type(y).__name__}."
     )
+
+
+def _physics_estimate(operator: FourierOperator, y: torch.Tensor, noise: float) -> DampedInverse:
+    """The damped inverse of observations ``y`` (float64) at the stated noise level."""
+    y = y.to(torch.float64)
+    return operator.inverse_with_uncertainty(y, uncertainty=noise if noise > 0 else None)
 
 
 @register_estimator
@@ -287,18 +427,24 @@ class LearnedInversion(Estimator):
     method
         Training method (``"sip"``, ``"gd"`` or ``"supervised"``).
     training
-        JSON-able description of the training run (kept in the saved file).
+        JSON-able description of the training run (kept in the saved file); its
+        ``"grid"`` (trained grid shape), ``"observation_noise"`` and ``"bounds"``
+        entries are checked / applied by :meth:`predict`.
     history
         The training loop's history (not saved).
+    calibration
+        ``{"edges", "std"}`` tensors of the calibrated uncertainty (see
+        :func:`fit_inversion`), or ``None``.
 
     Examples
     --------
     >>> from xsciml.inverse import HeatOperator, RandomRectangles, fit_inversion
     >>> inv = fit_inversion(HeatOperator(2.0), RandomRectangles((16, 16), batch_size=4,
     ...                     max_half_size=4.0), steps=2, network={"base_channels": 4,
-    ...                     "levels": 2}, progress=False, device="cpu")
-    >>> inv.predict(torch.zeros(2, 16, 16)).shape
-    torch.Size([2, 16, 16])
+    ...                     "levels": 2}, calibration_examples=8, progress=False, device="cpu")
+    >>> res = inv.predict(torch.zeros(2, 16, 16))
+    >>> res.estimate.shape, res.uncertainty.shape, res.source
+    (torch.Size([2, 16, 16]), torch.Size([2, 16, 16]), 'network')
     """
 
     def __init__(
@@ -309,6 +455,7 @@ class LearnedInversion(Estimator):
         method: str = "sip",
         training: dict[str, Any] | None = None,
         history: Any = None,
+        calibration: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(operator, FourierOperator):
             raise TypeError(f"operator must be a FourierOperator, got {type(operator).__name__}.")
@@ -321,20 +468,76 @@ class LearnedInversion(Estimator):
         self.method = method
         self.training = dict(training or {})
         self.history = history
+        self.calibration = None if calibration is None else {
+            k: torch.as_tensor(v).detach().cpu().float() for k, v in calibration.items()}
 
-    # -- inference ----------------------------------------------------------
+    # -- properties ---------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def predict(self, y: Any, *, batch_size: int = 64, device: Any = None, **invert_kwargs: Any):
-        """Estimate sources from observations.
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """``(low, high)`` range the estimates are clipped to (``None``: open)."""
+        b = self.training.get("bounds")
+        return _check_bounds(tuple(b) if b is not None else None)
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        """The grid shape the network was trained on."""
+        g = self.training.get("grid")
+        return None if g is None else tuple(int(n) for n in g)
+
+    @property
+    def observation_noise(self) -> float:
+        """Noise std of the training observations (the top of the accepted range)."""
+        return float(self.training.get("observation_noise", 0.0))
+
+    # -- checks -------------------------------------------------------------
+    def _check_grid(self, shape: Sequence[int]) -> None:
+        grid = self.grid
+        if grid is not None and tuple(shape) != grid:
+            got = " x ".join(str(n) for n in shape)
+            want = " x ".join(str(n) for n in grid)
+            raise ValueError(
+                f"the observations have a {got} grid (last two axes), but this inversion was "
+                f"trained on {want} grids: regrid or crop the observations to {want}, or fit a new "
+                f"inversion on {got} examples."
+            )
+
+    def _noise_in_range(self, noise: float | None) -> bool:
+        if noise is None:
+            return True
+        noise = float(noise)
+        if not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise (the observations' per-cell noise std) must be finite and >= 0, got {noise!r}.")
+        return noise <= NOISE_TOLERANCE * self.observation_noise + self.operator.noise_floor
+
+    def _fallback_warning(self, noise: float, what: str = "the observations") -> None:
+        warnings.warn(
+            f"{what} have noise std {noise:g}, outside the range the network was trained on "
+            f"(0 to {self.observation_noise:g}); returning the damped physics inverse at noise "
+            f"{noise:g} (estimate and propagated uncertainty) instead. To use a network, fit "
+            f"with observation_noise >= {noise:g}.",
+            UserWarning, stacklevel=3,
+        )
+
+    # -- inference ----------------------------------------------------------
+    def predict(self, y: Any, *, noise: float | None = None, batch_size: int = 64,
+                device: Any = None, **invert_kwargs: Any) -> InversionResult:
+        """Estimate sources, with a per-cell uncertainty, from observations.
 
         Parameters
         ----------
         y
-            Observations: a tensor/array ``(H, W)`` or ``(B, H, W)``, or a DataArray
-            (forwarded to :func:`invert`).
+            Observations: a tensor/array ``(H, W)`` or ``(B, H, W)`` on the trained
+            grid, or a DataArray (forwarded to :func:`invert`).
+        noise
+            Per-cell noise std of ``y``, if known. Above the training noise level
+            (``training["observation_noise"]``, +10 %) the network is not used: a
+            warning names both numbers and the damped physics inverse at this noise
+            level is returned (``source="physics"``). ``None``: assume the
+            training level.
         batch_size
             Examples per network call.
         device
@@ -344,31 +547,81 @@ class LearnedInversion(Estimator):
 
         Returns
         -------
-        torch.Tensor or xarray.DataArray
-            Same shape as ``y``; tensors keep ``y``'s floating dtype.
+        InversionResult
+            ``estimate`` and ``uncertainty`` (same shape as ``y``; tensors keep
+            ``y``'s floating dtype), and ``source``.
+
+        Raises
+        ------
+        ValueError
+            If the grid differs from the trained one, or ``y`` holds NaN or inf.
+
+        Examples
+        --------
+        >>> res = inv.predict(y)                      # doctest: +SKIP
+        >>> res.estimate, res.uncertainty             # doctest: +SKIP
         """
         from .heat import _is_dataarray
 
         if _is_dataarray(y):
-            return invert(y, self, batch_size=batch_size, device=device, **invert_kwargs)
+            return invert(y, self, noise=noise, batch_size=batch_size, device=device, **invert_kwargs)
         t = _to_tensor(y)
         if t.ndim not in (2, 3):
             raise ValueError(f"y must have shape (H, W) or (batch, H, W), got {tuple(t.shape)}.")
-        out = self._run(t[None] if t.ndim == 2 else t, batch_size=batch_size, device=device)
-        out = out.to(t.dtype if t.is_floating_point() else torch.float32)
-        return out[0] if t.ndim == 2 else out
+        self._check_grid(t.shape[-2:])
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            fields = int(bad.reshape(-1, *t.shape[-2:]).any(dim=(-2, -1)).sum())
+            raise ValueError(
+                f"y contains {int(bad.sum())} NaN or inf values (in {fields} of "
+                f"{1 if t.ndim == 2 else t.shape[0]} fields); the inversion needs complete "
+                "observations: fill the gaps first (e.g. interpolate) or drop those fields."
+            )
+        in_range = self._noise_in_range(noise)
+        if not in_range:
+            self._fallback_warning(float(noise))
+        est, unc = self._predict_tensor(t[None] if t.ndim == 2 else t, noise=noise,
+                                        use_network=in_range, batch_size=batch_size, device=device)
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+        est = est.to(dtype)
+        unc = None if unc is None else unc.to(dtype)
+        if t.ndim == 2:
+            est, unc = est[0], None if unc is None else unc[0]
+        return InversionResult(est, unc, "network" if in_range else "physics")
+
+    def _predict_tensor(self, y: torch.Tensor, *, noise: float | None = None, use_network: bool = True,
+                        batch_size: int = 64, device: Any = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Estimate and uncertainty of ``(B, H, W)`` observations (float32, on the CPU)."""
+        if not use_network:
+            res = _physics_estimate(self.operator, y, float(noise))
+            return res.estimate.float().cpu(), res.uncertainty.float().cpu()
+        est = self._run(y, batch_size=batch_size, device=device)
+        unc = None if self.calibration is None else _calibrated_std(est, self.calibration)
+        return est, unc
 
     def _run(self, y: torch.Tensor, *, batch_size: int = 64, device: Any = None) -> torch.Tensor:
+        """The network's (bounded) estimate of ``(B, H, W)`` observations, float32 on the CPU."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         dev = self.device if device is None else resolve_device(device)
         net = self.network.to(dev)
+        low, high = self.bounds
         was_training = net.training
         net.eval()
         try:
             with torch.inference_mode():
-                parts = [net(chunk.to(dev, torch.float32)).cpu()
-                         for chunk in torch.split(y, batch_size)]
+                parts = []
+                for chunk in torch.split(y, batch_size):
+                    chunk = chunk.to(dev, torch.float64)
+                    if net.residual:
+                        x0 = _physics_estimate(self.operator, chunk, self.observation_noise).estimate
+                        out = net(chunk, x0)
+                    else:
+                        out = net(chunk)
+                    if low is not None or high is not None:
+                        out = out.clamp(min=low, max=high)
+                    parts.append(out.float().cpu())
         finally:
             net.train(was_training)
         return torch.cat(parts) if parts else torch.empty(y.shape, dtype=torch.float32)
@@ -380,26 +633,39 @@ class LearnedInversion(Estimator):
             "operator": self.operator.get_config(),
             "network": self.network.config,
             "mean_gain": self.network.mean_gain,
+            "residual": self.network.residual,
             "training": self.training,
         }
 
     def _get_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.network.state_dict().items()}
+        out = {f"net.{k}": v for k, v in self.network.state_dict().items()}
+        if self.calibration is not None:
+            out.update({f"calibration.{k}": v for k, v in self.calibration.items()})
+        return out
 
     @classmethod
     def _from_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LearnedInversion:
         operator = operator_from_config(config["operator"])
-        net = InversionNet(config["network"], mean_gain=config.get("mean_gain"))
+        net = InversionNet(config["network"], mean_gain=config.get("mean_gain"),
+                           residual=bool(config.get("residual", False)))
         state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
         net.load_state_dict(state)
         net.to(next(iter(state.values())).device if state else "cpu")
-        return cls(operator, net, method=config["method"], training=config.get("training"))
+        net.eval()
+        calib = {k.removeprefix("calibration."): v for k, v in tensors.items()
+                 if k.startswith("calibration.")}
+        return cls(operator, net, method=config["method"], training=config.get("training"),
+                   calibration=calib or None)
 
     def _provenance_extra(self) -> dict[str, Any]:
         extra = {"xsciml_method": self.method, "xsciml_operator": repr(self.operator)}
         if "steps" in self.training:
             extra["xsciml_training_steps"] = self.training["steps"]
         return extra
+
+
+#: Noise levels up to this factor times the training level are accepted by ``predict``.
+NOISE_TOLERANCE = 1.1
 
 
 def _observation_batch(data: Callable, operator: FourierOperator, batch_size: int | None,
@@ -433,26 +699,49 @@ def _observation_batch(data: Callable, operator: FourierOperator, batch_size: in
     return make
 
 
-def _inversion_loss(method: str, operator: FourierOperator) -> Callable:
+def _inversion_loss(method: str, operator: FourierOperator, *, noise: float,
+                    bounds: tuple[float | None, float | None], solver_steps: int) -> Callable:
+    low, high = bounds
+    bounded = low is not None or high is not None
+
+    def inverse(dy: torch.Tensor) -> torch.Tensor:
+        return _physics_estimate(operator, dy, noise).estimate
+
     def loss_fn(model: InversionNet, batch: tuple[torch.Tensor, torch.Tensor]):
         dev = next(model.parameters()).device
         x_true, y = (t.to(dev, torch.float64) for t in batch)
-        pred = model(y)
+        x0 = inverse(y)
+        pred = model(y, x0) if model.residual else model(y)
         if method == "sip":
-            loss = sip_loss(pred, y, operator.forward, operator.inverse)
+            loss = sip_loss(pred, y, operator.forward, inverse, iterations=solver_steps,
+                            bounds=bounds if bounded else None)
         elif method == "gd":
             loss = physics_loss(pred, y, operator.forward)
         else:
             loss = 0.5 * (pred.double() - x_true).pow(2).sum(dim=(-2, -1)).mean()
         with torch.no_grad():
             p = pred.detach().double()
+            if bounded:
+                p = p.clamp(min=low, max=high)
             logs = {
                 "x_l2": float(0.5 * (p - x_true).pow(2).sum(dim=(-2, -1)).mean()),
                 "y_l2": float(0.5 * (operator(p) - y).pow(2).sum(dim=(-2, -1)).mean()),
+                "x_l2_physics": float(0.5 * (x0 - x_true).pow(2).sum(dim=(-2, -1)).mean()),
             }
+            x0b = x0.clamp(min=low, max=high) if bounded else x0
+            logs["x_l2_physics_bounded"] = float(0.5 * (x0b - x_true).pow(2).sum(dim=(-2, -1)).mean())
         return loss, logs
 
     return loss_fn
+
+
+def _resolve_bounds(bounds: Any, data: Any) -> tuple[float | None, float | None]:
+    if isinstance(bounds, str):
+        if bounds != "auto":
+            raise ValueError(f"bounds must be 'auto', None or a (low, high) pair, got {bounds!r}.")
+        found = getattr(data, "bounds", None)
+        return _check_bounds(tuple(found)) if found is not None else (None, None)
+    return _check_bounds(bounds)
 
 
 def fit_inversion(
@@ -463,9 +752,13 @@ def fit_inversion(
     steps: int = 150,
     batch_size: int | None = None,
     network: dict[str, Any] | None = None,
+    residual: bool = True,
+    bounds: str | tuple[float | None, float | None] | None = "auto",
+    solver_steps: int = 1,
     optimizer: Any = "adam",
     lr: float = 1e-3,
     observation_noise: float = 0.0,
+    calibration_examples: int = 128,
     device: Any = "auto",
     seed: int = 0,
     progress: bool | None = None,
@@ -478,11 +771,22 @@ def fit_inversion(
     operator (float64) and updates the network with ``method`` through
     :func:`xsciml.training.fit`.
 
+    By default the network *refines the damped physics inverse*:
+    :math:`\hat x = P^{-1}y + N(y, P^{-1}y)` with the correction :math:`N` starting
+    at zero, so training starts from the physics estimate instead of from scratch;
+    estimates are clipped to the sources' known range (``bounds``), and the SIP
+    target is made by ``solver_steps`` projected inverse-physics iterations started
+    at the prediction (see :func:`sip_loss`). After training, the per-cell error is
+    calibrated on ``calibration_examples`` held-out examples (a separate random
+    stream): its RMS in each of 8 classes of the estimate's edge strength (gradient
+    magnitude) becomes the ``uncertainty`` of :meth:`LearnedInversion.predict`.
+
     Parameters
     ----------
     operator
         A :class:`~xsciml.inverse.FourierOperator` such as
-        :class:`~xsciml.inverse.HeatOperator`; its damped :meth:`inverse` drives SIP.
+        :class:`~xsciml.inverse.HeatOperator`; its damped :meth:`inverse` drives SIP
+        and provides the physics estimate the network refines.
     data
         Callable ``data(generator) -> sources`` of shape ``(batch, H, W)`` (e.g.
         :class:`~xsciml.inverse.RandomRectangles`), or returning a tuple
@@ -497,10 +801,24 @@ def fit_inversion(
     network
         :class:`~xsciml.nn.unet.UNet` keyword overrides (default: 4 levels x 16
         filters with batch norm, the SIP reference).
+    residual
+        Refine the physics estimate (default) instead of mapping ``y`` directly.
+    bounds
+        ``(low, high)`` range of the sources (either may be ``None``); ``"auto"``
+        (default) takes ``data.bounds`` when the generator states one
+        (:class:`~xsciml.inverse.RandomRectangles` with non-negative strengths:
+        ``(0, None)``), else none. ``None``: unbounded.
+    solver_steps
+        Projected inverse-physics iterations per SIP target (``"sip"`` only; 1 is the
+        plain SIP update).
     optimizer, lr
         Passed to :func:`~xsciml.training.fit` (``"adam"``, ``"sgd"``, ...).
     observation_noise
-        Std of Gaussian noise added to generated observations.
+        Std of Gaussian noise added to generated observations; also the noise level
+        the physics inverse assumes, and the top of the noise range
+        :meth:`LearnedInversion.predict` accepts.
+    calibration_examples
+        Held-out examples for the uncertainty calibration (0: no uncertainty).
     device, seed, progress, callbacks
         Passed to :func:`~xsciml.training.fit`. ``seed`` also fixes the network
         initialisation, so equal seeds give equal initial networks and data streams.
@@ -512,15 +830,19 @@ def fit_inversion(
     -------
     LearnedInversion
         The fitted estimator; ``.history`` holds the losses and the logged
-        per-step ``x_l2`` / ``y_l2`` (mean :math:`\tfrac12\sum` errors in source and
-        observation space).
+        per-step ``x_l2`` / ``y_l2`` (mean :math:`\tfrac12\sum` errors of the batch's
+        estimate in source and observation space, before the step's update) and
+        ``x_l2_physics`` / ``x_l2_physics_bounded`` (the same error of the damped
+        physics inverse, as is / clipped to ``bounds``);
+        ``.training["calibration_rmse"]`` is the held-out RMS error per cell.
 
     Examples
     --------
     >>> from xsciml.inverse import HeatOperator, RandomRectangles
     >>> inv = fit_inversion(HeatOperator(8.0), RandomRectangles(batch_size=32),
     ...                     method="sip", steps=150)  # doctest: +SKIP
-    >>> src = obs.sciml.invert(inv)  # doctest: +SKIP
+    >>> res = obs.sciml.invert(inv)  # doctest: +SKIP
+    >>> res.estimate, res.uncertainty  # doctest: +SKIP
     """
     from ..training import fit
 
@@ -540,45 +862,90 @@ def fit_inversion(
         )
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    if observation_noise < 0:
-        raise ValueError(f"observation_noise must be >= 0, got {observation_noise!r}.")
+    if not isinstance(solver_steps, int) or solver_steps < 1:
+        raise ValueError(f"solver_steps must be a positive integer, got {solver_steps!r}.")
+    if not isinstance(calibration_examples, int) or calibration_examples < 0:
+        raise ValueError(f"calibration_examples must be an integer >= 0, got {calibration_examples!r}.")
+    if not (math.isfinite(observation_noise) and observation_noise >= 0):
+        raise ValueError(f"observation_noise must be finite and >= 0, got {observation_noise!r}.")
     if network is not None and not isinstance(network, dict):
         raise TypeError(f"network must be a dict of UNet keyword arguments, got {type(network).__name__}.")
+    resolved_bounds = _resolve_bounds(bounds, data)
+    noise = float(observation_noise)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = InversionNet(network, mean_gain=operator.mean_gain)
-    batches = _observation_batch(data, operator, batch_size, float(observation_noise))
+        net = InversionNet(network, mean_gain=operator.mean_gain, residual=residual)
+    batches = _observation_batch(data, operator, batch_size, noise)
     opt_name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
     start = time.perf_counter()
     history = fit(
-        net, _inversion_loss(method, operator), batches, steps=steps, optimizer=optimizer, lr=lr,
+        net, _inversion_loss(method, operator, noise=noise, bounds=resolved_bounds,
+                             solver_steps=solver_steps),
+        batches, steps=steps, optimizer=optimizer, lr=lr,
         device=device, seed=seed, progress=progress, desc=f"fit_inversion[{method}]",
         callbacks=callbacks, **fit_kwargs,
     )
+    wall = time.perf_counter() - start
+    shape = getattr(data, "shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2:
+        grid = [int(n) for n in shape]
+    else:  # ask the data stream
+        grid = [int(n) for n in batches(torch.Generator().manual_seed(seed))[0].shape[-2:]]
     training = {
         "steps": steps, "optimizer": opt_name, "lr": lr, "seed": seed,
         "batch_size": batch_size if batch_size is not None else getattr(data, "batch_size", None),
-        "observation_noise": float(observation_noise),
+        "observation_noise": noise, "grid": grid, "residual": bool(residual),
+        "bounds": list(resolved_bounds), "solver_steps": solver_steps,
         "data": data.get_config() if hasattr(data, "get_config") else type(data).__name__,
-        "wall_time_s": round(time.perf_counter() - start, 3),
+        "wall_time_s": round(wall, 3),
     }
     net.eval()
-    return LearnedInversion(operator, net, method=method, training=training, history=history)
+    inv = LearnedInversion(operator, net, method=method, training=training, history=history)
+    if calibration_examples > 0:
+        # held-out examples from a stream the training never draws from
+        gen = torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET)
+        xs, ys, have = [], [], 0
+        while have < calibration_examples:
+            x, y = batches(gen)
+            xs.append(x)
+            ys.append(y)
+            have += x.shape[0]
+        x_cal = torch.cat(xs)[:calibration_examples]
+        y_cal = torch.cat(ys)[:calibration_examples]
+        est = inv._run(y_cal)
+        inv.calibration = _calibrate(est, x_cal)
+        inv.training["calibration_examples"] = calibration_examples
+        inv.training["calibration_rmse"] = round(float((est.double() - x_cal).pow(2).mean().sqrt()), 6)
+    return inv
+
+
+#: The calibration stream is seeded with ``seed + CALIBRATION_SEED_OFFSET``.
+CALIBRATION_SEED_OFFSET = 7_777_777
 
 
 # --------------------------------------------------------------------------- xarray
 def _invert_kernel(inversion: LearnedInversion, values: np.ndarray, *, device: Any,
-                   batch_size: int, out_dtype: str) -> np.ndarray:
-    """Dask task body of :func:`invert`: fields ``[..., H, W]`` -> sources, same shape."""
+                   batch_size: int, out_dtype: str, noise: float | None, use_network: bool,
+                   label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Dask task body of :func:`invert`: fields ``[..., H, W]`` -> (estimate, uncertainty)."""
     lead = values.shape[:-2]
-    flat = np.asarray(values, dtype=np.float32).reshape(-1, *values.shape[-2:])
+    flat = np.asarray(values, dtype=np.float64).reshape(-1, *values.shape[-2:])
     if flat.shape[0] == 0:
-        return np.empty(values.shape, dtype=out_dtype)
+        return np.empty(values.shape, dtype=out_dtype), np.empty(values.shape, dtype=out_dtype)
     if not np.isfinite(flat).all():
-        raise ValueError("obs contains NaN or inf; the inversion needs complete fields.")
-    out = inversion._run(torch.from_numpy(flat.copy()), batch_size=batch_size, device=device)
-    return out.numpy().astype(out_dtype, copy=False).reshape(*lead, *values.shape[-2:])
+        raise ValueError(
+            f"{label} contains {int((~np.isfinite(flat)).sum())} NaN or inf values; the inversion "
+            "needs complete fields: fill the gaps first (e.g. obs.interpolate_na) or drop them."
+        )
+    est, unc = inversion._predict_tensor(torch.from_numpy(flat.copy()), noise=noise,
+                                         use_network=use_network, batch_size=batch_size,
+                                         device=device)
+    if unc is None:
+        unc = torch.full_like(est, float("nan"))
+    shape = (*lead, *values.shape[-2:])
+    return (est.numpy().astype(out_dtype, copy=False).reshape(shape),
+            unc.numpy().astype(out_dtype, copy=False).reshape(shape))
 
 
 def invert(
@@ -586,10 +953,11 @@ def invert(
     inversion: LearnedInversion,
     *,
     dims: Sequence[Hashable] | None = None,
+    noise: float | None = None,
     batch_size: int = 64,
     device: Any = None,
-):
-    """Estimate the source behind observed fields with a fitted inversion.
+) -> InversionResult:
+    """Estimate the source behind observed fields, with its uncertainty.
 
     Parameters
     ----------
@@ -601,6 +969,10 @@ def invert(
         A :class:`LearnedInversion` from :func:`fit_inversion` or :func:`xsciml.load`.
     dims
         The two spatial dims, ``(y, x)`` order as trained.
+    noise
+        Per-cell noise std of ``obs`` if known; above the training range the damped
+        physics inverse is returned with a warning (see
+        :meth:`LearnedInversion.predict`).
     batch_size
         Fields per network call.
     device
@@ -608,20 +980,24 @@ def invert(
 
     Returns
     -------
-    xarray.DataArray
-        The estimated source, same dims, coords and dtype as ``obs``; attrs are
-        ``obs``'s plus provenance (``xsciml_model``, ``xsciml_method``, ...).
+    InversionResult
+        ``estimate`` (the estimated source) and ``uncertainty`` (its per-cell std,
+        NaN if the inversion has no calibration): DataArrays with the dims, coords
+        and dtype of ``obs``, attrs of ``obs`` plus provenance (``xsciml_model``,
+        ``xsciml_method``, ...); and ``source`` (``"network"`` or ``"physics"``).
 
     Raises
     ------
     ValueError
-        If the coordinates' spacing differs from the operator's grid spacing, or
-        the spatial dims are chunked.
+        If the grid size or the coordinates' spacing differ from the trained ones,
+        ``obs`` holds NaN (numpy-backed input is checked here, dask-backed input when
+        computed), or the spatial dims are chunked.
 
     Examples
     --------
-    >>> src = obs.sciml.invert(inv)  # doctest: +SKIP
-    >>> src = xsciml.inverse.invert(obs, inv, dims=("lat", "lon"))  # doctest: +SKIP
+    >>> res = obs.sciml.invert(inv)  # doctest: +SKIP
+    >>> res = xsciml.inverse.invert(obs, inv, dims=("lat", "lon"))  # doctest: +SKIP
+    >>> res.estimate.plot(); res.uncertainty.plot()  # doctest: +SKIP
     """
 
     from .heat import _is_dataarray, grid_spacing
@@ -638,6 +1014,15 @@ def invert(
     dims = _resolve_dims(obs, dims, 2)
     if len(dims) != 2:
         raise ValueError(f"dims must name exactly two spatial dims, got {dims!r}.")
+    name = "obs" if obs.name is None else repr(obs.name)
+    if inversion.grid is not None and tuple(obs.sizes[d] for d in dims) != inversion.grid:
+        got = " x ".join(str(obs.sizes[d]) for d in dims)
+        want = " x ".join(str(n) for n in inversion.grid)
+        raise ValueError(
+            f"{name} has a {got} grid along dims {dims}, but the inversion was trained on {want} "
+            f"grids: regrid or crop {name} to {want} (e.g. obs.interp or obs.isel), or fit a new "
+            f"inversion on {got} examples."
+        )
     if all(d in obs.coords for d in dims):
         h = grid_spacing(obs, dims)
         expected = _spacing_tuple(inversion.operator.spacing, 2)
@@ -653,17 +1038,35 @@ def invert(
                 f"spatial dims {chunked} are split into several dask chunks; the network needs "
                 f"whole fields: rechunk first, e.g. obs.chunk({{{chunked[0]!r}: -1}})."
             )
+    else:
+        n_bad = int((~np.isfinite(np.asarray(obs.values, dtype=np.float64))).sum())
+        if n_bad:
+            raise ValueError(
+                f"{name} contains {n_bad} NaN or inf values; the inversion needs complete fields: "
+                f"fill the gaps first (e.g. {name if obs.name is None else 'obs'}.interpolate_na"
+                f"(dim={dims[-1]!r})) or drop those fields."
+            )
+    use_network = inversion._noise_in_range(noise)
+    if not use_network:
+        inversion._fallback_warning(float(noise), what=name)
     dtype = obs.dtype if np.issubdtype(obs.dtype, np.floating) else np.dtype(np.float64)
 
     from ..parallel import apply_model
 
-    out = apply_model(
-        _invert_kernel, inversion, obs, input_core_dims=[list(dims)], output_core_dims=[list(dims)],
-        output_dtypes=[dtype], device="auto" if device is None else device,
-        kwargs={"batch_size": batch_size, "out_dtype": np.dtype(dtype).str}, keep_attrs=True,
-    ).transpose(*obs.dims)
-    out.attrs.update(inversion._provenance())
-    out.attrs["long_name"] = "estimated source"
-    out.name = f"{obs.name}_source" if obs.name is not None else "source"
-    return out
-
+    est, unc = apply_model(
+        _invert_kernel, inversion, obs, input_core_dims=[list(dims)],
+        output_core_dims=[list(dims), list(dims)], output_dtypes=[dtype, dtype],
+        device="auto" if device is None else device,
+        kwargs={"batch_size": batch_size, "out_dtype": np.dtype(dtype).str, "noise": noise,
+                "use_network": use_network, "label": name}, keep_attrs=True,
+    )
+    est, unc = est.transpose(*obs.dims), unc.transpose(*obs.dims)
+    provenance = inversion._provenance()
+    source = "network" if use_network else "physics"
+    for da, long_name in ((est, "estimated source"), (unc, "uncertainty (std) of the estimated source")):
+        da.attrs.update(provenance)
+        da.attrs["long_name"] = long_name
+        da.attrs["xsciml_estimate_from"] = source
+    est.name = f"{obs.name}_source" if obs.name is not None else "source"
+    unc.name = f"{est.name}_uncertainty"
+    return InversionResult(est, unc, source)
