@@ -28,7 +28,7 @@ torch threads (``--threads``, default 1).
 Usage::
 
     python benchmarks/suite.py                 # every case
-    python benchmarks/suite.py --quick         # 2 frames, coarser grids, 100 steps: a smoke run
+    python benchmarks/suite.py --quick         # 5 cases, 2 frames, coarser grids, 100 steps: a smoke run
     python benchmarks/suite.py --cases nrcan10 grf_indep_short
     python benchmarks/suite.py --json results.json
 """
@@ -124,6 +124,9 @@ def _open(name: str, **kw: Any) -> xr.Dataset:
 
 #: With ``--quick``: at most this many grid points per frame (every n-th row and column)
 QUICK_POINTS = 1500
+#: With ``--quick`` (and no ``--cases``): one case of each kind -- regional grid, global
+#: grid on the sphere, curvilinear grid, scattered points, synthetic fields
+QUICK_CASES = ("nrcan10", "tcw10", "siconc_random", "drifters", "grf_indep_short")
 
 
 def _grid_case(name: str, description: str, da: xr.DataArray, masks: Callable, space: tuple[str, ...],
@@ -439,20 +442,18 @@ def main(argv: list[str] | None = None) -> int:
              "tasmax": "cmip/tasmax_day_CanESM2_rcp85_r1i1p1_na10kgrid_qm-moving-50bins-detrend_2095.nc",
              "drifters": "aoml_drifters_pyinterp.nc"}
     for make in build_cases(args.quick):
-        label = make.__qualname__
         try:
-            case = None
             case = make()
         except FileNotFoundError as err:
             print(f"skipped a case: {err}")
             continue
-        if args.cases and case.name not in args.cases:
+        wanted = args.cases or (QUICK_CASES if args.quick else None)
+        if wanted and case.name not in wanted:
             continue
         missing = [f for k, f in needs.items() if case.name.startswith(k) and not have_data(f)]
         if missing:
             print(f"skipped {case.name}: {missing} not found")
             continue
-        del label
         out = run_case(case)
         rows.append(out["row"])
         details[case.name] = out["detail"]
