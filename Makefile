@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.xsciml-installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast docs bench lint clean env
+.PHONY: demo test test-fast bench-smoke docs bench lint clean env
 
 env: $(STAMP)
 
@@ -26,10 +26,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests --doctest-modules xsciml \
-		--nbmake notebooks $(PYTEST_ARGS)
+		--nbmake notebooks -m "not bench" $(PYTEST_ARGS)
+
+bench-smoke: $(STAMP)
+	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests/test_benchmarks_smoke.py -m bench $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	XSCIML_PROGRESS=0 $(BIN)/python -m pytest tests -x -q -m "not slow" $(PYTEST_ARGS)
+	XSCIML_PROGRESS=0 $(BIN)/python -m pytest tests -x -q -m "not slow and not bench" $(PYTEST_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site

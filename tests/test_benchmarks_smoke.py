@@ -1,7 +1,9 @@
 """Every benchmark's ``--quick`` mode runs to the end (exit status 0) in a subprocess.
 
 The quick runs check that the scripts still work with the package, not their numbers.
-Those that take more than about half a minute on two CPU cores are marked ``slow``.
+All are marked ``bench``: ``make test`` leaves them out and ``make bench-smoke`` (run by
+CI after the tests) runs them. Those that take more than about half a minute on two
+CPU cores are also marked ``slow``.
 Benchmarks that read ``../shared/data`` print "skipped" and exit 0 when it is absent.
 """
 
@@ -18,7 +20,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 #: quick runs measured at over ~30 s on two shared CPU cores
 SLOW = {"downscale", "gap_fill", "gappy", "inverse_heat", "ot_scale", "scale", "smooth_dynamics",
-        "tensors"}
+        "suite", "tensors"}
 
 
 def _scripts() -> list[str]:
@@ -26,7 +28,7 @@ def _scripts() -> list[str]:
 
 
 def _param(name: str):
-    marks = [pytest.mark.slow] if name in SLOW else []
+    marks = [pytest.mark.bench] + ([pytest.mark.slow] if name in SLOW else [])
     return pytest.param(name, marks=marks, id=name)
 
 
