@@ -281,3 +281,107 @@ def test_signed_round_trip_tampered_and_wrong_key(small_field, tmp_path):
 def test_dataset_counts_use_the_same_check(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------- training domain
+def _uk_box() -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(50.0, 59.0, 6), np.linspace(-8.0, 2.0, 6)
+    t = pd.date_range("2020-01-01", periods=3, freq="D")
+    t2m = 280 + rng.normal(size=(3, 6, 6))
+    return xr.Dataset({"t2m": (("time", "lat", "lon"), t2m)},
+                      coords={"time": t, "lat": lat, "lon": lon})
+
+
+@pytest.fixture(scope="module")
+def uk_field():
+    from xsciml.models.field import fit_field
+
+    ds = _uk_box()
+    return ds, fit_field(ds, "t2m", steps=5, residual="none", progress=False, seed=0)
+
+
+def test_predict_on_the_tropics_warns_with_fraction_and_ranges(uk_field):
+    ds, field = uk_field
+    target = {"lat": np.linspace(0.0, 30.0, 4), "lon": np.linspace(-8.0, 2.0, 3)}
+    with pytest.warns(UserWarning, match=r"predict: 100 % of the target points lie outside the "
+                      r"training range of 'lat' \(50 \.\. 59\): 0 \.\. 30; pass check_domain=False"):
+        field.predict(target, time=ds.time.values[0])
+
+
+def test_predict_partly_outside_in_time_warns_with_dates(uk_field):
+    ds, field = uk_field
+    times = pd.date_range("2020-01-02", periods=4, freq="D").values  # 2 of 4 after the period
+    with pytest.warns(UserWarning, match=r"50 % of the target points lie outside the training "
+                      r"range of 'time' \(2020-01-01 \.\. 2020-01-03\): 2020-01-02 \.\. 2020-01-05"):
+        field.predict({"lat": ds.lat.values, "lon": ds.lon.values}, time=times)
+
+
+def test_predict_latitude_beyond_90_refused(uk_field):
+    ds, field = uk_field
+    with pytest.raises(ValueError, match=r"latitude 'lat' of the target has values outside \[-90, 90\]"):
+        field.predict({"lat": np.array([55.0, 95.0]), "lon": ds.lon.values}, time=ds.time.values[0])
+    with pytest.raises(ValueError, match=r"latitude 'lat'"):  # no way round it
+        field.predict({"lat": np.array([95.0]), "lon": ds.lon.values}, time=ds.time.values[0],
+                      check_domain=False)
+
+
+def test_predict_in_radians_warns(uk_field):
+    ds, field = uk_field
+    target = {"lat": np.deg2rad(ds.lat.values), "lon": np.deg2rad(ds.lon.values)}
+    with pytest.warns(UserWarning, match=r"of 'lat' \(50 \.\. 59\): 0\.87\d* \.\. 1\.02\d*"):
+        field.predict(target, time=ds.time.values[1])
+
+
+def test_predict_on_training_grid_and_finer_grid_does_not_warn(uk_field):
+    import warnings
+
+    ds, field = uk_field
+    fine = {"lat": np.linspace(50.0, 59.0, 11), "lon": np.linspace(-8.0, 2.0, 11),
+            "time": ds.time.values}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        field.predict(ds)
+        field.predict(fine)
+        field.sample(ds, n=2)
+        field.predict(ds.chunk({"time": 1}))  # lazy target: coordinates only
+
+
+def test_check_domain_false_silences(uk_field):
+    import warnings
+
+    ds, field = uk_field
+    target = {"lat": np.linspace(0.0, 30.0, 4), "lon": ds.lon.values}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        field.predict(target, time=ds.time.values[0], check_domain=False)
+        field.sample(target, n=2, time=ds.time.values[0], check_domain=False)
+    with pytest.warns(UserWarning, match=r"sample: 100 % .* of 'lat'"):
+        field.sample(target, n=2, time=ds.time.values[0])
+
+
+def test_lazy_target_outside_warns_without_computing(uk_field):
+    ds, field = uk_field
+    far = ds.assign_coords(lat=ds.lat - 40.0).chunk({"time": 1})
+    with pytest.warns(UserWarning, match=r"100 % .* of 'lat' \(50 \.\. 59\): 10 \.\. 19"):
+        out = field.predict(far)
+    assert out["t2m_mean"].chunks is not None
+
+
+def test_latent_decode_outside_warns():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.0, 1.0, 5)
+    ds = xr.Dataset({"u": (("time", "y", "x"), rng.normal(size=(6, 5, 5)))},
+                    coords={"time": np.arange(6), "y": x, "x": x})
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, steps=5, progress=False,
+                             seed=0, model_kwargs={"width": 8, "depth": 1})
+    z = np.zeros((1, 2))
+    with pytest.warns(UserWarning, match=r"decode: 50 % of the target points lie outside the "
+                      r"training range of 'x' \(0 \.\. 1\)"):
+        li.decode(z, {"y": x, "x": np.linspace(0.0, 3.0, 4)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        li.decode(z, {"y": x, "x": np.linspace(0.0, 1.0, 9)})
+        li.decode(z, {"y": x, "x": np.linspace(0.0, 3.0, 4)}, check_domain=False)

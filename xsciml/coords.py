@@ -30,6 +30,7 @@ __all__ = [
     "is_latitude",
     "is_longitude",
     "STANDARD_CALENDARS",
+    "warn_outside",
 ]
 
 STANDARD_CALENDARS = frozenset({"standard", "gregorian", "proleptic_gregorian"})
@@ -359,6 +360,8 @@ class CoordinateEncoder:
     lon_center: float | None = None
     time_min: float | None = None
     time_max: float | None = None
+    space_step: dict[str, float] = field(default_factory=dict)
+    time_step: float = 0.0
     calendar: str | None = None
     fitted: bool = False
 
@@ -425,6 +428,7 @@ class CoordinateEncoder:
                 )
             self.space_min[name] = float(finite.min())
             self.space_max[name] = float(finite.max())
+            self.space_step[name] = _typical_step(finite)
         lon_extent = 0.0
         if self.lon_name is not None:
             lo, hi = self.space_min[self.lon_name], self.space_max[self.lon_name]
@@ -459,6 +463,7 @@ class CoordinateEncoder:
             if tf.size == 0:
                 raise ValueError(f"time coordinate {self.time!r} has no valid values")
             self.time_min, self.time_max = float(tf.min()), float(tf.max())
+            self.time_step = _typical_step(tf)
         self.fitted = True
         return self
 
@@ -511,6 +516,8 @@ class CoordinateEncoder:
             if name not in space:
                 raise KeyError(f"space coordinate {name!r} is missing; the model needs {self.space}")
             v = np.asarray(space[name], dtype=np.float64)
+            if name == self.lat_name:
+                self.check_latitude(v, "target")
             if self.sphere and name == self.lat_name:
                 continue
             if self.sphere and name == self.lon_name:
@@ -569,6 +576,85 @@ class CoordinateEncoder:
             return np.asarray(encoded) + self.time_min
         return (np.asarray(encoded) + 1.0) * 0.5 * span + self.time_min
 
+    # -- the training domain -----------------------------------------------------
+    def check_latitude(self, values: np.ndarray, role: str = "target") -> None:
+        """Refuse latitudes beyond ±90° (radians, or not a latitude at all).
+
+        Parameters
+        ----------
+        values
+            Raw values of the latitude coordinate (any shape; NaNs ignored).
+        role
+            What the values are, for the message (``"target"``...).
+
+        Raises
+        ------
+        ValueError
+            When a finite value lies outside ``[-90, 90]``.
+        """
+        if self.lat_name is None:
+            return
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size and (v.min() < -90.0001 or v.max() > 90.0001):
+            raise ValueError(
+                f"latitude {self.lat_name!r} of the {role} has values outside [-90, 90] "
+                f"({v.min():.6g} .. {v.max():.6g}); give it in degrees north"
+            )
+
+    def outside_fraction(
+        self, space: dict[str, np.ndarray], time: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Fraction of the given coordinate values outside the training range, per name.
+
+        Each coordinate is judged on its own values (any shape), so for a grid whose
+        coordinates broadcast against each other it is also the fraction of the grid's
+        points. Values within half a training grid spacing (and ``1e-6`` of the span)
+        of the range count as inside, so the training grid or a finer grid over the
+        same box is inside. Longitudes are compared after wrapping them to the
+        training longitudes' side of the circle; on the sphere a longitude is never
+        outside, a latitude is outside beyond the training latitudes' range. NaN
+        values are ignored; a latitude beyond ±90° is refused (:meth:`check_latitude`).
+
+        Parameters
+        ----------
+        space
+            ``{name: values}`` for (some of) the space coordinates; others are skipped.
+        time
+            Raw time values (datetime64, cftime or numbers), if the encoder has a time.
+
+        Returns
+        -------
+        dict
+            ``{name: fraction in [0, 1]}`` for each coordinate given.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> enc = CoordinateEncoder(space=("x",)).fit({"x": np.arange(0.0, 10.0)})
+        >>> enc.outside_fraction({"x": np.array([0.0, 4.5, 9.2, 20.0])})
+        {'x': 0.25}
+        """
+        self._check_fitted()
+        out: dict[str, float] = {}
+        for name in self.space:
+            if name not in space:
+                continue
+            v = np.asarray(space[name], dtype=np.float64).ravel()
+            if name == self.lat_name:
+                self.check_latitude(v, "target")
+            if self.sphere and name == self.lon_name:
+                out[name] = 0.0
+                continue
+            if name == self.lon_name and self.lon_center is not None:
+                v = _wrap_longitude(v, self.lon_center)
+            out[name] = _fraction_outside(v, self.space_min[name], self.space_max[name],
+                                          self.space_step.get(name, 0.0))
+        if self.time is not None and time is not None:
+            tf = self.time_float(np.asarray(time).ravel())
+            out[self.time] = _fraction_outside(tf, self.time_min, self.time_max, self.time_step)
+        return out
+
     def _check_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError("CoordinateEncoder is not fitted; call .fit(...) first")
@@ -590,6 +676,8 @@ class CoordinateEncoder:
             "lon_center": self.lon_center,
             "time_min": self.time_min,
             "time_max": self.time_max,
+            "space_step": dict(self.space_step),
+            "time_step": self.time_step,
             "calendar": self.calendar,
             "fitted": self.fitted,
         }
@@ -601,3 +689,103 @@ class CoordinateEncoder:
         state["space"] = tuple(state["space"])
         state["time_features"] = tuple(tuple(x) for x in state.get("time_features", ()))
         return cls(**state)
+
+
+def _typical_step(values: np.ndarray) -> float:
+    """Median spacing of the distinct values (0 for a single value): the grid step."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size > 1_000_000:  # a tolerance only: a strided subset is enough
+        v = v[:: v.size // 1_000_000 + 1]
+    u = np.unique(v)
+    if u.size < 2:
+        return 0.0
+    return float(np.median(np.diff(u)))
+
+
+def _fraction_outside(v: np.ndarray, lo: float, hi: float, step: float) -> float:
+    """Fraction of the finite ``v`` beyond ``[lo, hi]`` by more than the tolerance."""
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0
+    tol = max(0.5 * step, 1e-6 * (hi - lo), 1e-9 * max(1.0, abs(lo), abs(hi)))
+    return float(np.mean((v < lo - tol) | (v > hi + tol)))
+
+
+def warn_outside(
+    encoder: CoordinateEncoder,
+    space: dict[str, np.ndarray],
+    time: np.ndarray | None = None,
+    where: str = "predict",
+) -> dict[str, float]:
+    """Warn (``UserWarning``) for each coordinate with values outside the training range.
+
+    The message names the coordinate, the fraction of the target's values outside,
+    the training range and the target's range (see
+    :meth:`CoordinateEncoder.outside_fraction`).
+
+    Parameters
+    ----------
+    encoder
+        The model's fitted encoder.
+    space, time
+        The target's raw coordinate values, as for
+        :meth:`CoordinateEncoder.outside_fraction`.
+    where
+        The method's name, starting the message (``"predict"``...).
+
+    Returns
+    -------
+    dict
+        The fractions, ``{name: fraction}``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> enc = CoordinateEncoder(space=("x",)).fit({"x": np.arange(0.0, 10.0)})
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     _ = warn_outside(enc, {"x": np.array([5.0, 30.0])})
+    >>> print(w[0].message)
+    predict: 50 % of the target points lie outside the training range of 'x' (0 .. 9): 5 .. 30; pass check_domain=False to silence
+    """
+    import warnings
+
+    fractions = encoder.outside_fraction(space, time)
+    for name, frac in fractions.items():
+        if frac <= 0:
+            continue
+        if name == encoder.time:
+            cal = encoder.calendar or "none"
+            train = float_to_time(np.array([encoder.time_min, encoder.time_max]),
+                                  encoder.time_units, encoder.time_origin, cal)
+            tf = encoder.time_float(np.asarray(time).ravel())
+            tf = tf[np.isfinite(tf)]
+            got = float_to_time(np.array([tf.min(), tf.max()]), encoder.time_units,
+                                encoder.time_origin, cal)
+            tr = f"{_fmt(train[0])} .. {_fmt(train[1])}"
+            gr = f"{_fmt(got[0])} .. {_fmt(got[1])}"
+        else:
+            v = np.asarray(space[name], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if name == encoder.lon_name and encoder.lon_center is not None and not encoder.sphere:
+                v = _wrap_longitude(v, encoder.lon_center)
+            tr = f"{encoder.space_min[name]:.6g} .. {encoder.space_max[name]:.6g}"
+            gr = f"{v.min():.6g} .. {v.max():.6g}"
+        pct = 100.0 * frac
+        ptxt = f"{pct:.0f}" if pct >= 1 else f"{pct:.2g}"
+        warnings.warn(
+            f"{where}: {ptxt} % of the target points lie outside the training range of "
+            f"{name!r} ({tr}): {gr}; pass check_domain=False to silence",
+            UserWarning, stacklevel=3,
+        )
+    return fractions
+
+
+def _fmt(t: Any) -> str:
+    """A time value for a message (dates without a zero time of day)."""
+    if isinstance(t, np.datetime64):
+        s = str(np.datetime_as_string(t, unit="s"))
+        return s[:10] if s.endswith("T00:00:00") else s
+    if isinstance(t, (float, np.floating)):
+        return f"{float(t):.6g}"
+    return str(t)

@@ -38,6 +38,7 @@ __all__ = [
     "to_tensors",
     "to_fields",
     "target_points",
+    "check_target_domain",
     "decode_variable",
 ]
 
@@ -953,6 +954,73 @@ def to_tensors(
                     coord_meta={n: ds[n] for n in space})
     attrs = {v: dict(ds[v].attrs) for v in variables}
     return CoordinateData(ds, variables, encoder, condition, dtype, attrs)
+
+
+def check_target_domain(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
+                        where: str = "predict") -> dict[str, float]:
+    """Warn when a target's coordinates lie outside the model's training range.
+
+    Reads only the target's coordinates (a dask-backed target's data are not
+    computed) and hands them to :func:`xsciml.coords.warn_outside`: one
+    ``UserWarning`` per coordinate (and time) with values outside the training range,
+    naming the coordinate, the fraction outside and both ranges. A latitude beyond
+    ±90° is refused (``ValueError``). Targets given as encoded points
+    (:class:`CoordinateData`, :class:`TargetPoints`) are not checked.
+
+    Parameters
+    ----------
+    encoder
+        The model's fitted encoder.
+    target
+        As for :func:`target_points`.
+    time
+        Time value(s) used when the target has no time coordinate.
+    where
+        The calling method's name, starting the message.
+
+    Returns
+    -------
+    dict
+        ``{name: fraction outside}`` for each coordinate found.
+
+    Examples
+    --------
+    >>> import numpy as np, warnings
+    >>> from xsciml.coords import CoordinateEncoder
+    >>> enc = CoordinateEncoder(space=("x",)).fit({"x": np.arange(0.0, 10.0)})
+    >>> check_target_domain(enc, {"x": np.linspace(0.0, 9.0, 19)})
+    {'x': 0.0}
+    """
+    import pandas as pd
+
+    from .coords import warn_outside
+
+    if isinstance(target, (CoordinateData, TargetPoints)):
+        return {}
+    names = list(encoder.space) + ([encoder.time] if encoder.time else [])
+    raw: dict[str, Any] = {}
+    if isinstance(target, pd.DataFrame):
+        raw = {n: target[n].to_numpy() for n in names if n in target.columns}
+    elif isinstance(target, (xr.Dataset, xr.DataArray)):
+        for n in names:
+            if n in target.coords or (isinstance(target, xr.Dataset) and n in target.variables):
+                raw[n] = decode_variable(target[n]).values
+    elif isinstance(target, Mapping):
+        for n in names:
+            if n in target:
+                v = target[n]
+                raw[n] = decode_variable(v).values if isinstance(v, xr.DataArray) else np.asarray(v)
+    else:
+        return {}
+    tvals = raw.pop(encoder.time, None) if encoder.time else None
+    if encoder.time and tvals is None and time is not None:
+        tvals = np.atleast_1d(np.asarray(time))
+    space = {}
+    for n, v in raw.items():
+        if np.asarray(v).dtype.kind not in "biuf":
+            return {}  # target_points gives the clear error
+        space[n] = v
+    return warn_outside(encoder, space, tvals, where=where)
 
 
 def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,

@@ -22,7 +22,8 @@ from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
 from ..interpolation import LocalKriging, fit_kriging, frame_rbf
-from ..tensors import CoordinateData, Scaler, TargetPoints, target_points, to_tensors
+from ..tensors import (CoordinateData, Scaler, TargetPoints, check_target_domain, target_points,
+                       to_tensors)
 
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
@@ -276,7 +277,7 @@ class NeuralField(Estimator):
 
     # ------------------------------------------------------------------ outputs
     def predict(self, target: Any, *, time: Any = None, batch_size: int | None = None,
-                device: Any = "auto") -> xr.Dataset:
+                device: Any = "auto", check_domain: bool = True) -> xr.Dataset:
         """Predictive mean and standard deviation on the target coordinates.
 
         Parameters
@@ -291,6 +292,10 @@ class NeuralField(Estimator):
             Points per forward pass (bounds memory).
         device
             ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``...
+        check_domain
+            Warn (``UserWarning``) when target coordinates or times lie outside the
+            training range (a field extrapolates there); ``False`` silences it.
+            Latitudes beyond ±90° are refused either way.
 
         Returns
         -------
@@ -306,6 +311,8 @@ class NeuralField(Estimator):
         chunk, the model sent to each worker once and run on the worker's device
         (``device="auto"``), ``batch_size`` points at a time (see :mod:`xsciml.parallel`).
         """
+        if check_domain:
+            check_target_domain(self.encoder, target, time=time, where="predict")
         blocks = self._target_blocks(target, time)
         if blocks is not None:
             return self._predict_lazy(blocks, batch_size=batch_size, device=device)
@@ -372,8 +379,11 @@ class NeuralField(Estimator):
         return out
 
     def sample(self, target: Any, n: int = 20, *, seed: int | None = 0, time: Any = None,
-               batch_size: int | None = None, device: Any = "auto") -> xr.DataArray | xr.Dataset:
+               batch_size: int | None = None, device: Any = "auto",
+               check_domain: bool = True) -> xr.DataArray | xr.Dataset:
         """Draws from the predictive distribution, with a leading ``sample`` dim.
+
+        ``check_domain`` warns as in :meth:`predict` for targets outside the training range.
 
         Returns a DataArray for one variable, a Dataset for several. A dask-backed
         target gives lazy draws (the lazy :meth:`predict` plus ``dask.array.random``
@@ -386,6 +396,8 @@ class NeuralField(Estimator):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if check_domain:
+            check_target_domain(self.encoder, target, time=time, where="sample")
         blocks = self._target_blocks(target, time)
         if blocks is not None:
             return self._sample_lazy(blocks, n, seed=seed, batch_size=batch_size, device=device)

@@ -40,7 +40,7 @@ from torch import nn
 from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
-from ..tensors import Scaler, target_points, to_tensors
+from ..tensors import Scaler, check_target_domain, target_points, to_tensors
 
 __all__ = ["LatentInterpolator", "fit_latent", "LatentModule"]
 
@@ -392,7 +392,7 @@ class LatentInterpolator(Estimator):
 
     # ------------------------------------------------------------------ decode
     def decode(self, z: Any, target: Any, *, time: Any = None, batch_size: int = 2**18,
-               device: Any = "auto") -> xr.DataArray | xr.Dataset:
+               device: Any = "auto", check_domain: bool = True) -> xr.DataArray | xr.Dataset:
         """Decode codes to fields on any target coordinates.
 
         Parameters
@@ -409,6 +409,9 @@ class LatentInterpolator(Estimator):
             Points x codes per forward pass (bounds memory).
         device
             ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``...
+        check_domain
+            Warn (``UserWarning``) when target coordinates or times lie outside the
+            training range; ``False`` silences it. Latitudes beyond ±90° are refused.
 
         Returns
         -------
@@ -434,6 +437,8 @@ class LatentInterpolator(Estimator):
             dim = z.dims[0]
             sample_coords = z[dim].values if dim in z.coords else None
             z = z.data
+        if check_domain:
+            check_target_domain(self.encoder, target, time=time, where="decode")
         lazy = self._decode_lazy(z, target, dim, sample_coords, time=time, batch_size=batch_size,
                                  device=device)
         if lazy is not None:
