@@ -252,20 +252,27 @@ class NeuralField(Estimator):
                 if features is None:
                     raise ValueError("this field interpolates its residuals by kriging: its "
                                      "moments need the target features")
-                mean_z, std_z = self._kriged(mean_z, features)
+                mean_z, std_z = self._kriged(mean_z, std_z, features)
             mean = self.scaler.inverse(mean_z)
             std = self.scaler.inverse_std(std_z * self.std_scale.to(std_z))
         return mean, std
 
-    def _kriged(self, mean_z: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised mean and std of trend + kriged residual at ``features``."""
+    def _kriged(self, mean_z: torch.Tensor, std_z: torch.Tensor, features: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised mean and std of trend + kriged residual at ``features``. With a
+        heteroscedastic field the noise is the field's own σ(x, t) in place of the
+        kriging's constant nugget."""
         z = _kriging_coordinates(self.encoder, features)
+        hetero = self.module.likelihood.kind == "heteroscedastic" and self.trend == "field"
         means, stds = [], []
         for j, kr in enumerate(self.kriging or []):
             m, v = kr.predict(z)
             trend = mean_z[:, j].double() if self.trend == "field" else torch.zeros(len(z), dtype=torch.float64)
             means.append(trend + torch.as_tensor(m))
-            stds.append(torch.as_tensor(v).sqrt())
+            var = torch.as_tensor(v)
+            if hetero:
+                var = (var - math.exp(kr.params["log_nugget"])).clamp_min(0.0) + std_z[:, j].double() ** 2
+            stds.append(var.sqrt())
         return torch.stack(means, 1).to(mean_z.dtype), torch.stack(stds, 1).to(mean_z.dtype)
 
     def distribution(self, target: Any, *, time: Any = None, batch_size: int | None = None,
@@ -859,8 +866,9 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
     elif len(ti) < _MIN_KRIGING_POINTS:
         note = f"the field alone: {len(ti)} training points are too few to fit a kriging covariance"
     if note is None:
+        hetero = field.module.likelihood.kind == "heteroscedastic"
         candidates = {"field+kriging": (z - mean_z, mean_z)}
-        if residual == "auto":
+        if residual == "auto" and not hetero:  # kriging alone has one noise level
             candidates["kriging"] = (z, np.zeros_like(z))
         for name, (target, trend) in candidates.items():
             krs, means, stds = [], [], []
@@ -871,6 +879,8 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
                 kr = fit_kriging(zc[ti], target[ti, j], groups=groups, time_column=time_col, seed=seed,
                                  validation=honest)
                 m, v = kr.predict(zc[vi])
+                if hetero:  # the field's own noise σ(x, t) in place of the constant nugget
+                    v = np.clip(v - math.exp(kr.params["log_nugget"]), 0.0, None) + std_z[vi, j] ** 2
                 krs.append(kr)
                 means.append(trend[vi, j] + m)
                 stds.append(np.sqrt(v))
