@@ -300,8 +300,10 @@ def baseline_rbf(case, frame, plane, interp, vals, obs, held):
 
 
 def _dedupe(p, v):
-    p, inverse = np.unique(p, axis=0, return_inverse=True)
-    return p, np.bincount(inverse.ravel(), weights=v) / np.bincount(inverse.ravel())
+    """Coincident points once, with their mean value (to 1e-9: a pole's longitudes give
+    unit-sphere points apart by rounding only)."""
+    _, first, inverse = np.unique(np.round(p, 9), axis=0, return_index=True, return_inverse=True)
+    return p[first], np.bincount(inverse.ravel(), weights=v) / np.bincount(inverse.ravel())
 
 
 def baseline_space_time_rbf(case, frame, plane, interp, vals, obs, held):

@@ -601,9 +601,18 @@ def frame_rbf(points: Any, values: Any, frames: Any, query: Any, query_frames: A
     def rbf(p: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
         # coincident points (a grid's poles on the unit sphere) would make the system
         # singular: each is used once, with the mean of its values
-        p, inverse = np.unique(p, axis=0, return_inverse=True)
+        # (to 1e-9: a pole's longitudes give unit-sphere points apart by rounding only)
+        _, first, inverse = np.unique(np.round(p, 9), axis=0, return_index=True, return_inverse=True)
+        p = p[first]
         v = np.bincount(inverse.ravel(), weights=v) / np.bincount(inverse.ravel())
-        return RBFInterpolator(p, v, kernel="thin_plate_spline", neighbors=int(min(neighbors, len(p))))(at)
+        k = int(min(neighbors, len(p)))
+        try:
+            return RBFInterpolator(p, v, kernel="thin_plate_spline", neighbors=k)(at)
+        except np.linalg.LinAlgError:
+            # neighbourhoods whose points make the linear polynomial degenerate (a ring
+            # of constant latitude around a pole, on the unit sphere): the linear
+            # polyharmonic spline needs only a constant
+            return RBFInterpolator(p, v, kernel="linear", degree=0, neighbors=k)(at)
 
     if all(counts.get(f, 0) >= min_points for f in needed):
         for f in needed:
