@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests --doctest-modules xsciml \
-		--nbmake notebooks -m "not bench" $(PYTEST_ARGS)
+		--nbmake notebooks --nbmake-timeout=900 -m "not bench" $(PYTEST_ARGS)
 
 bench-smoke: $(STAMP)
 	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests/test_benchmarks_smoke.py -m bench $(PYTEST_ARGS)
