@@ -37,5 +37,5 @@ def test_benchmark_quick_mode_runs(name, tmp_path):
     env = {**os.environ, "XSCIML_PROGRESS": "0", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(BENCH_DIR.parent), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), "--quick"], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=900)
+                       env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
