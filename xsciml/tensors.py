@@ -734,8 +734,6 @@ class CoordinateData(_PointSet):
     # -- splitting -------------------------------------------------------------------
     def split(self, fraction: float = 0.1, seed: int = 0) -> tuple[tuple, tuple]:
         """Random ``(features, y)`` train/validation split of the valid points."""
-        import torch
-
         ti, vi = self.split_indices(fraction, seed)
         return (self.features[ti], self.y[ti]), (self.features[vi], self.y[vi])
 

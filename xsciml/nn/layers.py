@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
