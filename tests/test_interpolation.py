@@ -128,6 +128,10 @@ def test_kriging_refuses_bad_input():
                       {"log_var": 0.0, "log_nugget": -3.0, "log_mean_var": -3.0, "log_lengths": [0.0]})
     with pytest.raises(ValueError, match=r"points must be \[M, 1\]"):
         kr.predict(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="frame_rbf points, values and query must be finite"):
+        frame_rbf(np.array([[0.0], [np.nan]]), np.zeros(2), None, np.zeros((1, 1)), None)
+    with pytest.raises(ValueError, match=r"query \[M, D\]"):
+        frame_rbf(np.zeros((4, 2)), np.zeros(4), None, np.zeros((1, 3)), None)
     m, v = kr.predict(np.array([[np.nan]]))
     assert np.isnan(m).all() and np.isnan(v).all()
 

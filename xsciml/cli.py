@@ -31,13 +31,11 @@ def _rbf_withheld(truth: Any, keep: Any) -> float:
     v = truth.transpose("time", "y", "x").values
     k = keep.transpose("time", "y", "x").values
     yy, xx = np.meshgrid(truth["y"].values, truth["x"].values, indexing="ij")
-    pts = np.column_stack([yy.ravel(), xx.ravel()])
-    preds, outs = [], []
-    for t in range(v.shape[0]):
-        o, h = k[t].ravel(), ~k[t].ravel()
-        preds.append(frame_rbf(pts[o], v[t].ravel()[o], None, pts[h], None)[0])
-        outs.append(v[t].ravel()[h])
-    p, y = np.concatenate(preds), np.concatenate(outs)
+    pts = np.tile(np.column_stack([yy.ravel(), xx.ravel()]), (v.shape[0], 1))
+    frames = np.repeat(np.arange(v.shape[0]), yy.size)
+    o, flat = k.ravel(), v.ravel()
+    p = frame_rbf(pts[o], flat[o], frames[o], pts[~o], frames[~o])[0]
+    y = flat[~o]
     return float(np.sqrt(np.mean((p - y) ** 2)) / np.std(y))
 
 

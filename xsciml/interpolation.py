@@ -589,6 +589,12 @@ def frame_rbf(points: Any, values: Any, frames: Any, query: Any, query_frames: A
     pts = np.asarray(points, dtype=np.float64)
     vals = np.asarray(values, dtype=np.float64).reshape(-1)
     q = np.asarray(query, dtype=np.float64)
+    if pts.ndim != 2 or len(pts) != len(vals) or q.ndim != 2 or q.shape[1] != pts.shape[1]:
+        raise ValueError(f"frame_rbf needs points [N, D], values [N] and query [M, D]; got "
+                         f"{pts.shape}, {vals.shape} and {q.shape}")
+    if not (np.isfinite(pts).all() and np.isfinite(vals).all() and np.isfinite(q).all()):
+        raise ValueError("frame_rbf points, values and query must be finite; drop missing "
+                         "observations first")
     out = np.full(len(q), np.nan)
     if frames is None:
         frames = np.zeros(len(pts))
