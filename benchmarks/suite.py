@@ -425,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--cases", nargs="*", default=None, help="run only these cases (names)")
-    parser.add_argument("--json", default=str(BENCH_DIR / "results" / "suite.json"),
-                        help="where to write the results (default benchmarks/results/suite.json)")
+    parser.add_argument("--json", default=None,
+                        help="where to write the results (default benchmarks/results/suite.json, "
+                             "suite_quick.json with --quick)")
     args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = str(BENCH_DIR / "results" / ("suite_quick.json" if args.quick else "suite.json"))
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
     if args.quick:
