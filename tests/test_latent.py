@@ -107,7 +107,7 @@ def test_basis_pca_init_reproduces_ppca_on_training_grid():
     ds = lowrank(noise=0.05)
     k, sigma = 3, 0.05
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=k, model_kwargs={"depth": 0},
-                             noise=sigma, steps=0, progress=False)
+                             noise=sigma, steps=0, val_fraction=0, progress=False)
     train = ds.u.values.reshape(len(ds.time), -1)
     mean, vt, scale, lam = numpy_ppca(train, k, sigma)
     # posterior-mean reconstruction of PPCA: mean + Σ_j v_j pc_j (λ_j - σ²) / λ_j
@@ -123,7 +123,8 @@ def test_basis_encode_partial_matches_closed_form_map(variational):
     train, test = ds.isel(time=slice(0, 32)), ds.isel(time=slice(32, 40))
     k, sigma = 3, 0.1
     li = train.sciml.fit_latent("u", sample_dim="time", latent_dim=k, model_kwargs={"depth": 0},
-                                noise=sigma, variational=variational, steps=0, progress=False)
+                                noise=sigma, variational=variational, steps=0, val_fraction=0,
+                                progress=False)
     keep = xsciml.datasets.sample_points(test.u, 0.15, seed=3).values.reshape(len(test.time), -1)
     z = li.encode(test.where(xr.DataArray(keep.reshape(test.u.shape), dims=test.u.dims)), progress=False)
     rec = li.decode(z, test).values.reshape(len(test.time), -1)

@@ -43,8 +43,11 @@ from torch import nn
 from .._grid import Grid, as_dataset, sample_info, variable_from_state, variable_state
 from .._utils import seed_everything, to_numpy
 from ..base import Estimator, register_estimator
+from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
+from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
+                                  reference_entries, validation_lines, warn_if_worse)
 
 __all__ = [
     "PCA",
@@ -821,6 +824,20 @@ class PCA(_GridModel):
         full[:, self.basis] = vals
         return full.reshape(lead + (len(g.variables),) + g.shape)
 
+    def summary(self) -> str:
+        """The fit and how it filled held-out snapshots, next to PCA-MAP at its validated rank.
+
+        Examples
+        --------
+        >>> print(pca.summary())  # doctest: +SKIP
+        PCA(variables=['t2m'], ...)
+        validation (32 held-out snapshots, 1617 points)     10%      2%
+          model                                        0.1580  0.2940
+          reference: PCA-MAP (rank 256)          0.1750  0.2990
+        latent_dim: 256 (chosen by validation)
+        """
+        return "\n".join([repr(self), *validation_lines(self.info.get("validation"), self.latent_dim)])
+
     def __repr__(self) -> str:
         ratio = float(self._lambda.sum() / self.total_variance) if self.total_variance else float("nan")
         return (f"PCA(variables={self.variables}, sample_dim={self.sample_dim!r}, "
@@ -840,9 +857,49 @@ def _stack_snapshots(das: Sequence[xr.DataArray], sample_dim: str) -> Any:
     return np.concatenate([np.asarray(a, dtype=np.float64).reshape(S, -1) for a in arrays], axis=1)
 
 
+def _fit_pca_validated(ds: xr.Dataset, variables: list[str], sample_dim: str, latent_dim: int | None,
+                       val_fraction: float, seed: int | None, fit_pca: Callable[..., PCA]) -> PCA:
+    """PCA with its rank chosen (when ``latent_dim`` is None) and scored on held-out snapshots."""
+    S = int(ds.sizes[sample_dim])
+    lazy = any(ds[v].chunks is not None for v in variables)
+    n_val = min(max(1, int(round(val_fraction * S))), MAX_SNAPSHOTS) if val_fraction > 0 else 0
+    status = None
+    if lazy:
+        status = "skipped: dask-backed snapshots"
+    elif val_fraction <= 0:
+        status = "off (val_fraction=0)"
+    elif S < MIN_SNAPSHOTS:
+        status = f"skipped: {S} snapshots along {sample_dim!r}, validation needs at least {MIN_SNAPSHOTS}"
+    elif latent_dim is not None and latent_dim > S - n_val - 1:
+        status = (f"skipped: latent_dim={latent_dim} needs more than the {S - n_val} snapshots the "
+                  "validation split leaves")
+    if status is None:
+        fit_part = ds.isel({sample_dim: slice(0, S - n_val)})
+        check = SnapshotValidation(fit_part, ds.isel({sample_dim: slice(S - n_val, S)}), variables,
+                                   sample_dim, seed=seed or 0)
+        if not check.usable:
+            status = f"skipped: only {check.n_points} points have a value in every snapshot (validation needs 10)"
+    if status is not None:
+        k = latent_dim if latent_dim is not None else max(1, min(16, S - 1))
+        model = fit_pca(ds, k)
+        model.info["validation"] = {"status": status}
+        return model
+    selection = check.select(rank_cap(S - n_val, check.n_points_total))
+    k = latent_dim if latent_dim is not None else selection.rank
+    how = selection.noise if latent_dim is None else "cv"
+    trial = fit_pca(fit_part, k, how)
+    val: dict[str, Any] = {"n_snapshots": n_val, "n_points": check.n_points, "fractions": list(check.fractions),
+                           "nrmse": check.score(lambda partial: trial.decode(trial.encode(partial))),
+                           "latent_dim_chosen": latent_dim is None, **reference_entries(selection)}
+    model = fit_pca(ds, k, how)
+    model.info["validation"] = val
+    warn_if_worse(val, "fit_autoencoder(kind='pca')", stacklevel=4)
+    return model
+
+
 def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weights: Any,
              center: bool, noise_var: float | None, svd: str, n_power_iter: int,
-             n_oversamples: int, seed: int | None) -> PCA:
+             n_oversamples: int, seed: int | None, noise: str = "cv") -> PCA:
     das = [decode_variable(ds[v]).transpose(sample_dim, *grid.space_dims) for v in grid.variables]
     for v, da in zip(grid.variables, das, strict=True):
         if da.dtype.kind not in "biuf":
@@ -946,16 +1003,21 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
     total_var = float(total) / (S - ddof)
     if not total_var > 0:
         raise ValueError("the snapshots have zero variance at every complete grid point; nothing to model")
-    if noise_var is None:
+    if noise_var is None and not lazy and S >= 4 and noise == "cv":
+        noise = max(out_of_sample_noise(np.asarray(X), latent_dim), 1e-10 * total_var / basis.size)
+        noise_how = "out-of-sample"
+    elif noise_var is None:
         rest = max(total_var - float(lam.sum()), 0.0)
         noise = rest / max(basis.size - latent_dim, 1)
         noise = max(noise, 1e-10 * total_var / basis.size)
+        noise_how = "discarded variance"
     else:
         noise = float(noise_var)
         if not (math.isfinite(noise) and noise > 0):
             raise ValueError(f"noise_var must be a positive number, got {noise_var!r}")
+        noise_how = "given"
     sample_coord, info = sample_info(ds, sample_dim)
-    info.update(kind="pca", svd=method, n_points=int(basis.size))
+    info.update(kind="pca", svd=method, n_points=int(basis.size), noise=noise_how)
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
     return PCA(grid, sample_dim, basis=basis, mean=mean, scales=scales, sqrt_weights=sqrt_w,
                components=vt, patterns=patterns, explained_variance=lam,
@@ -1304,7 +1366,7 @@ def fit_autoencoder(
     *,
     sample_dim: str = "time",
     kind: str = "pca",
-    latent_dim: int = 16,
+    latent_dim: int | None = None,
     stochastic: bool = False,
     weights: None | str | xr.DataArray = None,
     center: bool = True,
@@ -1357,7 +1419,10 @@ def fit_autoencoder(
         (:class:`ConvAutoEncoder`, 2 space dims).
     latent_dim
         Size of the codes (number of EOFs for PCA; at most the number of snapshots,
-        minus one when centred).
+        minus one when centred). ``None`` (default): for PCA, chosen by validation (the
+        rank that best fills held-out snapshots observed at 10 % and 2 % of their
+        points, see ``val_fraction``; 16 at most when validation is not possible); 16
+        for the autoencoders.
     stochastic
         Autoencoders only: a Gaussian encoder :math:`q(z\mid y)` and the VAE objective
         (above); ``encode`` then returns the posterior mean and std.
@@ -1370,8 +1435,14 @@ def fit_autoencoder(
         Subtract the mean over snapshots at each point (PCA and autoencoders; the
         autoencoders otherwise subtract each variable's overall mean).
     noise_var
-        PCA: default :math:`\sigma^2` of the partial-snapshot MAP :meth:`PCA.encode`
-        (default: estimated from the discarded variance).
+        PCA: default :math:`\sigma^2` of the partial-snapshot MAP :meth:`PCA.encode`.
+        Default: estimated out of sample, the mean squared residual per point of
+        contiguous blocks of snapshots projected on the EOFs of the other blocks
+        (:func:`xsciml.eofs.out_of_sample_noise`; the in-sample discarded variance
+        underestimates the misfit of new snapshots, which makes sparse encodes
+        overfit) — or, when validation finds it fills the held-out snapshots better
+        (with ``latent_dim=None``), the discarded variance per point; the discarded
+        variance for dask-backed input.
     svd, n_power_iter, n_oversamples
         PCA: ``"auto"`` (exact SVD in memory, :func:`dask.array.linalg.svd_compressed`
         for dask input), ``"full"`` (exact; loads dask input) or ``"randomized"``;
@@ -1388,7 +1459,12 @@ def fit_autoencoder(
     steps, batch_size, lr, weight_decay, scheduler, val_fraction, early_stopping, device, seed, progress
         Autoencoder training, see :func:`xsciml.training.fit` (``val_fraction`` of
         the snapshots is held out and the best weights kept). ``seed`` also seeds the
-        randomized SVD. Ignored by the exact PCA.
+        randomized SVD. PCA uses ``val_fraction`` and ``seed`` only: the last
+        ``val_fraction`` of the snapshots (a contiguous block, at most 32) is held out,
+        each observed at random 10 % and 2 % of its points and filled by the PCA of the
+        others, next to PCA-MAP with the in-sample noise at its validated rank on the same
+        points (``info["validation"]``, :meth:`PCA.summary`, a warning when PCA-MAP
+        does better); the returned PCA is then fitted on all the snapshots.
 
     Returns
     -------
@@ -1416,7 +1492,8 @@ def fit_autoencoder(
     if not isinstance(kind, str) or kind.lower() not in AUTOENCODER_KINDS:
         raise ValueError(f"kind must be one of {list(AUTOENCODER_KINDS)}, got {kind!r}")
     kind = kind.lower()
-    latent_dim = _check_positive_int(latent_dim, "latent_dim")
+    if latent_dim is not None:
+        latent_dim = _check_positive_int(latent_dim, "latent_dim")
     if not isinstance(sample_dim, str):
         raise TypeError(f"sample_dim must be a dimension name (str), got {sample_dim!r}")
     grid = Grid.from_data(ds, variables, sample_dim)
@@ -1430,8 +1507,14 @@ def fit_autoencoder(
         if isinstance(n_power_iter, bool) or not isinstance(n_power_iter, (int, np.integer)) \
                 or n_power_iter < 0:
             raise ValueError(f"n_power_iter must be a non-negative integer, got {n_power_iter!r}")
-        return _fit_pca(ds, grid, sample_dim, latent_dim, weights, bool(center), noise_var, svd,
-                        int(n_power_iter), _check_positive_int(n_oversamples, "n_oversamples"), seed)
+        n_over = _check_positive_int(n_oversamples, "n_oversamples")
+
+        def fit_pca(d: xr.Dataset, k: int, noise: str = "cv") -> PCA:
+            return _fit_pca(d, Grid.from_data(d, variables, sample_dim), sample_dim, k, weights, bool(center),
+                            noise_var, svd, int(n_power_iter), n_over, seed, noise=noise)
+
+        return _fit_pca_validated(ds, variables, sample_dim, latent_dim, float(val_fraction), seed, fit_pca)
+    latent_dim = 16 if latent_dim is None else latent_dim
     if noise_var is not None:
         raise ValueError("noise_var applies to kind='pca' only")
     return _fit_network(ds, grid, sample_dim, kind, latent_dim, bool(stochastic), weights,

@@ -27,7 +27,7 @@ then encodes partial snapshots in closed form (the MAP / exact Gaussian posterio
 
 from __future__ import annotations
 
-import itertools
+import copy
 import math
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -40,6 +40,9 @@ from torch import nn
 from .._utils import check_positive_int
 from ..base import Estimator, register_estimator
 from ..coords import CoordinateEncoder
+from ..eofs import eof_decomposition, out_of_sample_noise
+from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
+                                  reference_entries, validation_lines, warn_if_worse)
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
 
 __all__ = ["LatentInterpolator", "fit_latent", "LatentModule"]
@@ -172,12 +175,12 @@ def _linear_posterior(net: nn.Module, features: torch.Tensor, y: torch.Tensor, i
         R = rw.new_zeros(s1 - s0, n_max, y.shape[1])
         P[local, pos] = Bw
         R[local, pos] = rw
-        P = P.flatten(1, 2)
+        P = P.flatten(1, 2).double()  # float64: with a small noise A is badly conditioned
         A = P.transpose(1, 2) @ P + torch.eye(k, dtype=P.dtype, device=P.device)
-        b = (P.transpose(1, 2) @ R.flatten(1, 2).unsqueeze(-1))
+        b = (P.transpose(1, 2) @ R.flatten(1, 2).double().unsqueeze(-1))
         L = torch.linalg.cholesky(A)
-        mean[s0:s1] = torch.cholesky_solve(b, L).squeeze(-1)
-        std[s0:s1] = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).sqrt()
+        mean[s0:s1] = torch.cholesky_solve(b, L).squeeze(-1).to(mean.dtype)
+        std[s0:s1] = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).sqrt().to(std.dtype)
         s0 = s1
     return mean, std
 
@@ -527,6 +530,24 @@ class LatentInterpolator(Estimator):
         z = self.encode(obj, **kw)
         return self.decode(z, obj if target is None else target)
 
+    def summary(self) -> str:
+        """What was fitted and how it did on the held-out validation snapshots.
+
+        Per observed fraction, the validation nRMSE (on the points not observed) of the
+        kept model, of the trained decoder and of its PCA start when both were scored,
+        and of PCA-MAP at its validated rank on the same points, for reference.
+
+        Examples
+        --------
+        >>> print(li.summary())  # doctest: +SKIP
+        LatentInterpolator(...)
+        validation (32 held-out snapshots, 1617 points)   10 %     2 %
+          model (kept: trained)                          0.158   0.294
+          reference: PCA-MAP (rank 256)            0.175   0.299
+        """
+        lines = [repr(self), *validation_lines(self.info.get("validation"), self.latent_dim)]
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         return (f"LatentInterpolator(variables={self.variables}, sample_dim={self.sample_dim!r}, "
                 f"latent_dim={self.latent_dim}, network={self.info.get('network')!r}, "
@@ -610,40 +631,6 @@ def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth:
     return splu(A).solve(np.ascontiguousarray(rhs))
 
 
-def _pca(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean ``[P]``, EOFs ``[r, P]`` and variances ``[r]`` of the snapshot matrix ``Y [S, P]``."""
-    mean = Y.mean(0)
-    A = Y - mean
-    if A.shape[0] < A.shape[1]:  # eigen-decomposition of the small Gram matrix
-        lam, u = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(A @ A.T)))
-        lam, u = lam[::-1].clip(0.0), u[:, ::-1]
-        keep = lam > lam[0] * 1e-12 if lam[0] > 0 else np.zeros(len(lam), bool)
-        vt = (u[:, keep].T @ A) / np.sqrt(lam[keep])[:, None]
-        lam = lam[keep]
-    else:
-        _, sv, vt = np.linalg.svd(A, full_matrices=False)
-        lam = sv**2
-    return mean, vt, lam / max(len(Y) - 1, 1)
-
-
-def _cv_noise(Y: np.ndarray, k: int, folds: int = 5) -> float:
-    """Out-of-sample noise variance of a rank-``k`` PCA: the mean squared residual of
-    contiguous held-out blocks of snapshots projected on the EOFs of the other blocks."""
-    S = len(Y)
-    edges = np.linspace(0, S, min(folds, S) + 1).astype(int)
-    sq, count = 0.0, 0
-    for a, b in itertools.pairwise(edges):
-        rest = np.r_[0:a, b:S]
-        if len(rest) < 2 or a == b:
-            continue
-        mean, vt, _ = _pca(Y[rest])
-        V = vt[:k]
-        r = Y[a:b] - mean
-        sq += float(((r - (r @ V.T) @ V) ** 2).sum())
-        count += r.size
-    return sq / max(count, 1)
-
-
 def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tensor, S: int,
               noise: str | float) -> float:
     """Start a :class:`BasisField` decoder and the codes as probabilistic PCA of the snapshots.
@@ -663,10 +650,10 @@ def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tenso
     gaps = np.isnan(Y)
     if gaps.any():  # the init only: fill gaps with the point's mean over snapshots
         Y = np.where(gaps, np.nanmean(Y, 0, keepdims=True), Y)
-    mean, vt, lam = _pca(Y)
+    mean, vt, lam = eof_decomposition(Y)
     r = min(k, len(lam))
     if isinstance(noise, str):
-        s2 = _cv_noise(Y, r) if (noise == "cv" and S >= 4) else float(lam[r:].sum()) / Y.shape[1]
+        s2 = out_of_sample_noise(Y, r) if (noise == "cv" and S >= 4) else float(lam[r:].sum()) / Y.shape[1]
     else:
         s2 = float(noise)
     s2 = max(s2, 1e-8)
@@ -695,107 +682,39 @@ def _grid_resolution(data: Any, n_space: int, cap: int = 512, max_nodes: int = 2
     return [int(max(2, math.floor(r * shrink))) for r in res]
 
 
-def fit_latent(
-    obj: xr.Dataset | xr.DataArray,
-    variables: str | Sequence[str] | None = None,
-    *,
-    sample_dim: Hashable = "time",
-    latent_dim: int = 32,
-    space: str | Sequence[str] | None = None,
-    time: str | None = None,
-    model: str = "basis",
-    model_kwargs: dict[str, Any] | None = None,
-    init: str | None = "auto",
-    noise: str | float = "auto",
-    variational: bool = True,
-    time_features: Any = (),
-    steps: int = 3000,
-    batch_size: int = 8192,
-    lr: float = 2e-3,
-    latent_lr: float = 2e-2,
-    linear_lr: float | None = None,
-    scheduler: Any = "cosine",
-    device: Any = "auto",
-    seed: int | None = 0,
-    progress: bool | None = None,
-) -> LatentInterpolator:
-    r"""Fit a latent interpolator: one code per snapshot and a shared neural-field decoder.
+def _reconstructor(li: LatentInterpolator):
+    """``partial -> decode(encode(partial))`` on the partial snapshots' own grid."""
+    return lambda partial: li.decode(li.encode(partial, progress=False), partial)
 
-    Maximises the ELBO :math:`\sum_{s,n}\mathbb E_q \log\mathcal N(y_{sn};
-    f_\theta(x_{sn}, z_s), \sigma^2) - \sum_s \mathrm{KL}(q(z_s)\,\|\,\mathcal N(0, I))`
-    over :math:`\theta`, :math:`\sigma` and the per-snapshot :math:`q(z_s)` (or, with
-    ``variational=False``, the MAP auto-decoder objective with a Gaussian prior), by
-    minibatches of points drawn across all snapshots through
-    :func:`xsciml.training.fit`.
 
-    Parameters
-    ----------
-    obj
-        Snapshots along ``sample_dim`` (time steps, ensemble members...), NaN where not observed.
-    variables
-        Variable(s) to model.
-    sample_dim
-        The dimension indexing snapshots; every snapshot gets its own code.
-    latent_dim
-        Size of the codes.
-    space, time, time_features
-        Coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`);
-        ``time=None`` (default) leaves the snapshot's state entirely to its code. With
-        ``"basis"``, time columns feed the residual only.
-    model, model_kwargs
-        Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean +
-        basis fields on a grid at the data's resolution + a residual MLP ``width`` x
-        ``depth`` fed with z, ``depth=0`` for the linear model), ``"mfn"`` (FourierNet,
-        shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or ``"grid"``
-        (z concatenated).
-    init
-        ``"pca"`` starts a ``"basis"`` decoder as probabilistic PCA of the snapshots
-        (mean, EOFs x :math:`(\lambda - \sigma^2)^{1/2}`, codes the posterior means);
-        ``None`` starts at random. ``"auto"``: ``"pca"`` for ``"basis"``, else ``None``.
-    noise
-        Noise :math:`\sigma`: ``"learn"`` (trained with the ELBO), ``"cv"`` (with
-        ``init="pca"``: fixed at the out-of-sample residual variance of the PCA —
-        held-out contiguous blocks of snapshots projected on the EOFs of the others;
-        the in-sample residual underestimates the misfit of new snapshots, which makes
-        encoding from few points overfit), or a float (fixed :math:`\sigma` in the
-        variables' units). ``"auto"``: ``"cv"`` with ``init="pca"``, else ``"learn"``.
-    variational
-        ELBO with a Gaussian q(z) per snapshot (default), or MAP codes.
-    steps, batch_size, lr, latent_lr, scheduler, device, seed, progress
-        Training; codes learn with ``latent_lr`` (as in auto-decoders, codes need a larger
-        step than the shared weights). ``steps=0`` keeps the initial model (e.g. the PCA).
-    linear_lr
-        Learning rate of the mean and basis grids of ``"basis"`` (default ``lr / 10``:
-        small steps keep the PCA start).
+def _default_rank(n: int, obj: xr.Dataset, names: list[str], sample_dim: Hashable) -> int:
+    """The code size without validation: 32, at most ``n - 1`` and the large-grid cap."""
+    n_points = sum(int(np.prod([obj.sizes[d] for d in obj[v].dims if d != sample_dim])) for v in names)
+    return max(1, min(32, rank_cap(n, n_points)))
 
-    Returns
-    -------
-    LatentInterpolator
 
-    Examples
-    --------
-    >>> import xsciml
-    >>> ds = xsciml.datasets.gaussian_random_field((16, 16), n=8, seed=0)
-    >>> li = ds.sciml.fit_latent("u", sample_dim="sample", latent_dim=4, steps=20, progress=False)
-    >>> li.encode(ds.isel(sample=[0]), steps=5).sizes["latent"]
-    4
-    """
+def _append_codes(li: LatentInterpolator, held: xr.Dataset) -> None:
+    """Encode the held-out snapshots from all their points and append their codes."""
+    z = li.encode(held, progress=False)
+    zm = z["z"] if isinstance(z, xr.Dataset) else z
+    mean = torch.as_tensor(zm.values, dtype=li.train_codes.dtype)
+    if isinstance(z, xr.Dataset):
+        std = torch.as_tensor(z["z_std"].values, dtype=li.train_code_std.dtype)
+    else:
+        std = li.train_code_std.mean(0, keepdim=True).expand(len(mean), -1)
+    li.train_codes = torch.cat([li.train_codes, mean])
+    li.train_code_std = torch.cat([li.train_code_std, std])
+
+
+def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_dim: int,
+              space: Any, time: Any, model: str, model_kwargs: dict[str, Any] | None, init: str | None,
+              noise: str | float, variational: bool, time_features: Any, steps: int, batch_size: int,
+              lr: float, latent_lr: float, linear_lr: float | None, scheduler: Any, device: Any,
+              seed: int | None, progress: bool | None) -> tuple[LatentInterpolator, dict | None]:
+    """:func:`fit_latent` on given snapshots, without validation; also returns the PCA
+    start's state (``None`` without training or PCA start)."""
     from ..training import fit
 
-    if isinstance(obj, xr.DataArray):
-        obj = obj.to_dataset(name=obj.name if obj.name is not None else "values")
-        variables = variables or list(obj.data_vars)
-    if latent_dim < 1:
-        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if sample_dim not in obj.dims:
-        raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
-    if space is None:
-        from ..tensors import _default_space
-
-        v0 = variables if isinstance(variables, str) else list(variables or obj.data_vars)[0]
-        space = _default_space(obj, [d for d in obj[v0].dims if d != sample_dim], time)
     data, idx = _snapshot_points(obj, variables, sample_dim, space, time, time_features=time_features)
     S = int(obj.sizes[sample_dim])
     if S < 2:
@@ -808,10 +727,10 @@ def fit_latent(
         raise ValueError(f"init='pca' needs model='basis' (a decoder containing the linear model), got {model!r}")
     if noise == "auto":
         noise = "cv" if init == "pca" else "learn"
-    if isinstance(noise, str) and noise not in ("learn", "cv"):
-        raise ValueError(f"noise must be 'auto', 'learn', 'cv' or a positive float, got {noise!r}")
-    if noise == "cv" and init != "pca":
-        raise ValueError("noise='cv' estimates the noise from the PCA start: pass init='pca' (model='basis')")
+    if isinstance(noise, str) and noise not in ("learn", "cv", "discarded"):
+        raise ValueError(f"noise must be 'auto', 'learn', 'cv', 'discarded' or a positive float, got {noise!r}")
+    if noise in ("cv", "discarded") and init != "pca":
+        raise ValueError(f"noise={noise!r} estimates the noise from the PCA start: pass init='pca' (model='basis')")
     if not isinstance(noise, str) and not float(noise) > 0:
         raise ValueError(f"noise must be a positive float (sigma in the variables' units), got {noise!r}")
     ny = len(data.variables)
@@ -858,7 +777,10 @@ def fit_latent(
             prior = 0.5 * m.z_mean[i].pow(2).sum(1).mean() * (S / n_total)
         return nll + prior, {"nll": float(nll.detach())}
 
-    history = None
+    history, start = None, None
+    if steps and init == "pca":  # the PCA start, to fall back on if training does not help
+        start = {"network": copy.deepcopy(module.network.state_dict()),
+                 "log_sigma": module.log_sigma.detach().clone()}
     if steps:
         linear = [p for n, p in module.network.named_parameters() if n in ("mean", "basis")]
         other = [p for n, p in module.network.named_parameters() if n not in ("mean", "basis")]
@@ -880,4 +802,193 @@ def fit_latent(
                             module.z_mean.detach().clone(), module.z_log_std.detach().exp().clone(),
                             {v: dict(data.var_attrs.get(v, {})) for v in data.variables}, info)
     li.history = history
+    return li, start
+
+
+def fit_latent(
+    obj: xr.Dataset | xr.DataArray,
+    variables: str | Sequence[str] | None = None,
+    *,
+    sample_dim: Hashable = "time",
+    latent_dim: int | None = None,
+    space: str | Sequence[str] | None = None,
+    time: str | None = None,
+    model: str = "basis",
+    model_kwargs: dict[str, Any] | None = None,
+    init: str | None = "auto",
+    noise: str | float = "auto",
+    variational: bool = True,
+    time_features: Any = (),
+    steps: int = 3000,
+    batch_size: int = 8192,
+    lr: float = 2e-3,
+    latent_lr: float = 2e-2,
+    linear_lr: float | None = None,
+    scheduler: Any = "cosine",
+    device: Any = "auto",
+    val_fraction: float = 0.1,
+    seed: int | None = 0,
+    progress: bool | None = None,
+) -> LatentInterpolator:
+    r"""Fit a latent interpolator: one code per snapshot and a shared neural-field decoder.
+
+    Maximises the ELBO :math:`\sum_{s,n}\mathbb E_q \log\mathcal N(y_{sn};
+    f_\theta(x_{sn}, z_s), \sigma^2) - \sum_s \mathrm{KL}(q(z_s)\,\|\,\mathcal N(0, I))`
+    over :math:`\theta`, :math:`\sigma` and the per-snapshot :math:`q(z_s)` (or, with
+    ``variational=False``, the MAP auto-decoder objective with a Gaussian prior), by
+    minibatches of points drawn across all snapshots through
+    :func:`xsciml.training.fit`.
+
+    Parameters
+    ----------
+    obj
+        Snapshots along ``sample_dim`` (time steps, ensemble members...), NaN where not observed.
+    variables
+        Variable(s) to model.
+    sample_dim
+        The dimension indexing snapshots; every snapshot gets its own code.
+    latent_dim
+        Size of the codes. ``None`` (default): chosen by validation — the rank of the
+        probabilistic PCA (out-of-sample noise) that best fills the held-out snapshots
+        observed at 10 % and 2 % of their points (:func:`xsciml.eofs.select_rank`),
+        among powers of two up to the number of training snapshots minus one (at most
+        256, and fewer on large grids so that the basis fits in memory).
+    space, time, time_features
+        Coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`);
+        ``time=None`` (default) leaves the snapshot's state entirely to its code. With
+        ``"basis"``, time columns feed the residual only.
+    model, model_kwargs
+        Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean +
+        basis fields on a grid at the data's resolution + a residual MLP ``width`` x
+        ``depth`` fed with z, ``depth=0`` for the linear model), ``"mfn"`` (FourierNet,
+        shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or ``"grid"``
+        (z concatenated).
+    init
+        ``"pca"`` starts a ``"basis"`` decoder as probabilistic PCA of the snapshots
+        (mean, EOFs x :math:`(\lambda - \sigma^2)^{1/2}`, codes the posterior means);
+        ``None`` starts at random. ``"auto"``: ``"pca"`` for ``"basis"``, else ``None``.
+    noise
+        Noise :math:`\sigma`: ``"learn"`` (trained with the ELBO), ``"cv"`` (with
+        ``init="pca"``: fixed at the out-of-sample residual variance of the PCA —
+        held-out contiguous blocks of snapshots projected on the EOFs of the others;
+        the in-sample residual underestimates the misfit of new snapshots, which makes
+        encoding from few points overfit), ``"discarded"`` (with ``init="pca"``: the
+        discarded variance per point, as in classical PCA-MAP), or a float (fixed
+        :math:`\sigma` in the variables' units). ``"auto"``: with ``init="pca"``, the
+        one of ``"cv"`` and ``"discarded"`` chosen with the rank by validation when
+        ``latent_dim=None`` (else ``"cv"``); ``"learn"`` otherwise.
+    variational
+        ELBO with a Gaussian q(z) per snapshot (default), or MAP codes.
+    steps, batch_size, lr, latent_lr, scheduler, device, seed, progress
+        Training; codes learn with ``latent_lr`` (as in auto-decoders, codes need a larger
+        step than the shared weights). ``steps=0`` keeps the initial model (e.g. the PCA).
+    linear_lr
+        Learning rate of the mean and basis grids of ``"basis"`` (default ``lr / 10``:
+        small steps keep the PCA start).
+    val_fraction
+        Fraction of the snapshots held out for validation: the last contiguous block
+        along ``sample_dim`` (neighbouring snapshots are correlated, so a random pick
+        would leak). The model is fitted on the others; each held-out snapshot is
+        observed at random 10 % and 2 % of its points, encoded and decoded, and scored
+        on the rest, next to PCA-MAP (the classical Bayesian-ridge reconstruction on the
+        leading EOFs, at its rank chosen on the same validation) on the same points. With ``"basis"``, the trained
+        decoder is kept only if it does at least as well there as its PCA start at
+        every fraction. The held-out
+        snapshots' codes are then encoded from all their points, so :attr:`codes` covers
+        every snapshot. The scores are in ``info["validation"]`` and
+        :meth:`LatentInterpolator.summary`; a warning names both numbers when PCA-MAP
+        does better. Validation needs at least 10 snapshots (fewer: skipped, as
+        ``info["validation"]`` says); ``0`` turns it off.
+
+    Returns
+    -------
+    LatentInterpolator
+
+    Examples
+    --------
+    >>> import xsciml
+    >>> ds = xsciml.datasets.gaussian_random_field((16, 16), n=8, seed=0)
+    >>> li = ds.sciml.fit_latent("u", sample_dim="sample", latent_dim=4, steps=20, progress=False)
+    >>> li.encode(ds.isel(sample=[0]), steps=5).sizes["latent"]
+    4
+    """
+    if isinstance(obj, xr.DataArray):
+        obj = obj.to_dataset(name=obj.name if obj.name is not None else "values")
+        variables = variables or list(obj.data_vars)
+    if latent_dim is not None:
+        check_positive_int(latent_dim, "latent_dim")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if sample_dim not in obj.dims:
+        raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
+    names = [variables] if isinstance(variables, str) else list(variables or obj.data_vars)
+    if space is None:
+        from ..tensors import _default_space
+
+        space = _default_space(obj, [d for d in obj[names[0]].dims if d != sample_dim], time)
+    S = int(obj.sizes[sample_dim])
+    if S < 2:
+        raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
+    settings = dict(sample_dim=sample_dim, space=space, time=time, model=model, model_kwargs=model_kwargs,
+                    init=init, noise=noise, variational=variational, time_features=time_features,
+                    steps=steps, batch_size=batch_size, lr=lr, latent_lr=latent_lr, linear_lr=linear_lr,
+                    scheduler=scheduler, device=device, seed=seed, progress=progress)
+    n_val = 0
+    if val_fraction > 0 and S >= MIN_SNAPSHOTS:
+        n_val = min(max(1, int(round(val_fraction * S))), MAX_SNAPSHOTS)
+    lazy = any(obj[v].chunks is not None for v in names)
+    if n_val == 0 or lazy:
+        why = ("off (val_fraction=0)" if val_fraction == 0 else "skipped: dask-backed snapshots" if lazy else
+               f"skipped: {S} snapshots along {sample_dim!r}, validation needs at least "
+               f"{MIN_SNAPSHOTS}")
+        k = latent_dim if latent_dim is not None else _default_rank(S, obj, names, sample_dim)
+        li, _ = _fit_core(obj, variables, latent_dim=k, **settings)
+        li.info["validation"] = {"status": why}
+        return li
+    if latent_dim is not None and latent_dim > S - n_val - 1:
+        li, _ = _fit_core(obj, variables, latent_dim=latent_dim, **settings)
+        li.info["validation"] = {"status": f"skipped: latent_dim={latent_dim} needs more than the {S - n_val} "
+                                           "snapshots the validation split leaves"}
+        return li
+    fit_part = obj.isel({sample_dim: slice(0, S - n_val)})
+    held = obj.isel({sample_dim: slice(S - n_val, S)})
+    check = SnapshotValidation(fit_part, held, names, sample_dim, seed=seed or 0)
+    if not check.usable:
+        k = latent_dim if latent_dim is not None else _default_rank(S, obj, names, sample_dim)
+        li, _ = _fit_core(obj, variables, latent_dim=k, **settings)
+        li.info["validation"] = {"status": f"skipped: only {check.n_points} points have a value in every "
+                                           "snapshot (validation needs 10)"}
+        return li
+    cap = rank_cap(S - n_val, check.n_points_total)
+    selection = check.select(cap)
+    k = latent_dim if latent_dim is not None else selection.rank
+    if noise == "auto" and latent_dim is None and (init == "auto" and str(model).lower() == "basis" or init == "pca"):
+        settings["noise"] = selection.noise  # the noise estimate chosen with the rank
+    li, start = _fit_core(fit_part, variables, latent_dim=k, **settings)
+    scores = check.score(_reconstructor(li))
+    kept = "trained" if start is not None else ("pca" if li.info.get("init") == "pca" else "trained")
+    val: dict[str, Any] = {"n_snapshots": n_val, "n_points": check.n_points, "fractions": list(check.fractions),
+                           "nrmse": scores}
+    if start is not None:
+        trained_state = {"network": copy.deepcopy(li.network.state_dict()), "log_sigma": li.log_sigma.clone()}
+        li.network.load_state_dict(start["network"])
+        li.log_sigma = start["log_sigma"]
+        start_scores = check.score(_reconstructor(li))
+        val["nrmse_trained"], val["nrmse_pca_start"] = scores, start_scores
+        # the trained decoder is kept only if it fills the held-out snapshots at least as
+        # well as its PCA start at every observed fraction
+        if any(t > p for t, p in zip(scores, start_scores, strict=True)):
+            kept, val["nrmse"] = "pca", start_scores
+        else:
+            li.network.load_state_dict(trained_state["network"])
+            li.log_sigma = trained_state["log_sigma"]
+    val.update(kept=kept, latent_dim_chosen=latent_dim is None, **reference_entries(selection))
+    _append_codes(li, held)
+    if obj[sample_dim].dtype.kind in "iuf" and sample_dim in obj.coords:
+        li.info["sample_coords"] = obj[sample_dim].values.tolist()
+    li.info["validation"] = val
+    li.info["n_snapshots"] = S
+    warn_if_worse(val, "fit_latent")
     return li
