@@ -2065,9 +2065,9 @@ def fit_dynamics(
     T = int(ds.sizes[tdim])
     v0 = ds[variables[0]]
     if space is None:
-        from ..tensors import _default_space
+        from ..tensors import default_space
 
-        space = _default_space(ds, [d for d in v0.dims if d not in (tdim, sample_dim_eff)], None)
+        space = default_space(ds, [d for d in v0.dims if d not in (tdim, sample_dim_eff)], None)
     space = [space] if isinstance(space, str) else list(space)
     for n in space:
         if n not in ds.variables:

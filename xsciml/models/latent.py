@@ -792,10 +792,10 @@ def fit_latent(
     if sample_dim not in obj.dims:
         raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
     if space is None:
-        from ..tensors import _default_space
+        from ..tensors import default_space
 
         v0 = variables if isinstance(variables, str) else list(variables or obj.data_vars)[0]
-        space = _default_space(obj, [d for d in obj[v0].dims if d != sample_dim], time)
+        space = default_space(obj, [d for d in obj[v0].dims if d != sample_dim], time)
     data, idx = _snapshot_points(obj, variables, sample_dim, space, time, time_features=time_features)
     S = int(obj.sizes[sample_dim])
     if S < 2:
