@@ -22,7 +22,8 @@ def _hourly(n: int = 24) -> xr.Dataset:
 
 
 def test_offset_table_times_strictly_increasing_for_hourly_days():
-    from xsciml.models.dino import _Clock, _OffsetTable
+    from xsciml.models.latent_ode import Clock as _Clock
+    from xsciml.models.latent_ode import OffsetTable as _OffsetTable
 
     values = _hourly().time.values
     clock = _Clock.fit(values, "days")

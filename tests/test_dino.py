@@ -14,19 +14,16 @@ import torch
 import xarray as xr
 
 import xsciml
-from xsciml.models.dino import (
-    DINo,
-    DINoModule,
-    LatentDynamics,
-    _dynamics_loss,
+from xsciml.models.autodecode import (
     decode_codes,
-    fit_dynamics,
-    forecast,
     gls_factors,
     gls_quadratic,
-    integrate_latent,
     residual_covariance_factor,
 )
+from xsciml.models.dino import DINo, DINoModule
+from xsciml.models.dynamics import fit_dynamics, forecast
+from xsciml.models.latent_ode import LatentDynamics, integrate_latent
+from xsciml.models.latent_ode import dynamics_loss as _dynamics_loss
 from xsciml.nn import FourierNet
 
 # smooth initial states (alpha=4, tau=3): a small model learns them in seconds
@@ -674,7 +671,7 @@ def test_gauss_newton_encoding_reaches_the_adam_optimum(fitted, heat_data, noise
 def test_gauss_newton_steps_never_increase_the_objective():
     from torch import nn
 
-    from xsciml.models.dino import encode_objective, gauss_newton_codes
+    from xsciml.models.autodecode import encode_objective, gauss_newton_codes
     from xsciml.nn import FourierNet
 
     class Cosine(nn.Module):  # u = cos(3 a.x + b): flat in the code at the linearisation point 0,
@@ -708,7 +705,7 @@ def test_gauss_newton_steps_never_increase_the_objective():
 
 
 def test_gauss_newton_codes_refuses_bad_input():
-    from xsciml.models.dino import encode_objective, gauss_newton_codes
+    from xsciml.models.autodecode import encode_objective, gauss_newton_codes
     from xsciml.nn import FourierNet
 
     net = FourierNet(2, 1, width=8, depth=2, input_scale=4.0, code_dim=3)
@@ -766,7 +763,7 @@ def test_encoding_in_chunks_computes_the_jacobian_once(fitted, heat_data, monkey
 def test_decoder_jacobian_matches_the_analytic_derivative_and_refuses_bad_input():
     from torch import nn
 
-    from xsciml.models.dino import decoder_jacobian
+    from xsciml.models.autodecode import decoder_jacobian
 
     class Sine(nn.Module):  # u(x; a) = sin(a . x) + a_2^2: du/da_i = x_i cos(a . x) (+ 2 a_2)
         def forward(self, f, z):

@@ -52,14 +52,14 @@ class _SciMLAccessor:
 
     # -- forecasting -------------------------------------------------------------------
     def fit_dynamics(self, variables: Any = None, **kwargs: Any):
-        """Call :func:`xsciml.models.dino.fit_dynamics` on this object."""
-        from .models.dino import fit_dynamics
+        """Call :func:`xsciml.models.dynamics.fit_dynamics` on this object."""
+        from .models.dynamics import fit_dynamics
 
         return fit_dynamics(self._obj, variables, **kwargs)
 
     def forecast(self, model: Any, **kwargs: Any):
-        """Call :func:`xsciml.models.dino.forecast` on this object (the initial states)."""
-        from .models.dino import forecast
+        """Call :func:`xsciml.models.dynamics.forecast` on this object (the initial states)."""
+        from .models.dynamics import forecast
 
         return forecast(self._obj, model, **kwargs)
 

@@ -40,6 +40,9 @@ __all__ = [
     "target_points",
     "check_target_domain",
     "decode_variable",
+    "default_space",
+    "space_dims",
+    "space_values",
 ]
 
 TIME_ATTRS = ("units", "long_name", "standard_name", "calendar")
@@ -368,18 +371,96 @@ def _resolve_space_time(ds: xr.Dataset, space, time, role="coordinate"):
     return space, time
 
 
-def _default_space(ds: xr.Dataset, dims: Sequence[Hashable], time: str | None) -> tuple[str, ...]:
-    """Guess space coordinates: CF lat/lon (1-D or 2-D) if present, else the non-time dims."""
+def default_space(ds: xr.Dataset, dims: Sequence[Hashable], time: str | None, *,
+                  latlon: bool = True) -> tuple[str, ...]:
+    """Guess the space coordinates of data over ``dims``.
+
+    CF latitude/longitude (1-D or 2-D) when present, else the dimension coordinates of
+    ``dims`` that are not along ``time``.
+
+    Parameters
+    ----------
+    ds
+        The Dataset holding the coordinates.
+    dims
+        Dimensions of the data (those of its variables).
+    time
+        Time coordinate (its dimensions are not space), or ``None``: then finding no
+        space coordinate is an error.
+    latlon
+        Look for CF latitude/longitude coordinates first (``False``: dimension
+        coordinates only, in the order of ``dims``).
+
+    Returns
+    -------
+    tuple of str
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset(coords={"time": [0.0, 1.0], "y": [0.0, 1.0], "x": [0.0, 1.0, 2.0]})
+    >>> default_space(ds, ("time", "y", "x"), "time")
+    ('y', 'x')
+    """
     from .coords import is_latitude, is_longitude
 
-    lat = [n for n, c in ds.coords.items() if is_latitude(str(n), c) and set(c.dims) <= set(dims) and c.ndim > 0]
-    lon = [n for n, c in ds.coords.items() if is_longitude(str(n), c) and set(c.dims) <= set(dims) and c.ndim > 0]
-    if lat and lon:
-        return (str(lat[0]), str(lon[0]))
+    if latlon:
+        lat = [n for n, c in ds.coords.items()
+               if is_latitude(str(n), c) and set(c.dims) <= set(dims) and c.ndim > 0]
+        lon = [n for n, c in ds.coords.items()
+               if is_longitude(str(n), c) and set(c.dims) <= set(dims) and c.ndim > 0]
+        if lat and lon:
+            return (str(lat[0]), str(lon[0]))
     tdims = set(ds[time].dims) if time is not None else set()
     out = tuple(str(d) for d in dims if d not in tdims and d in ds.coords)
     if not out and time is None:
         raise ValueError(f"cannot guess the space coordinates of dims {tuple(dims)}; pass space=(...)")
+    return out
+
+
+def space_dims(ds: xr.Dataset, space: Sequence[str], order: Sequence[Hashable] = ()) -> list[Hashable]:
+    """The dimensions the space coordinates ``space`` of ``ds`` vary along.
+
+    Those in ``order`` (e.g. a variable's dims) come first, in that order; the others
+    follow in the order the coordinates name them.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset(coords={"lat": (("y", "x"), np.zeros((2, 3))), "lon": (("y", "x"), np.zeros((2, 3)))})
+    >>> space_dims(ds, ["lat", "lon"], ("time", "x", "y"))
+    ['x', 'y']
+    """
+    dims: list[Hashable] = []
+    for n in space:
+        for d in ds[n].dims:
+            if d not in dims:
+                dims.append(d)
+    return [d for d in order if d in dims] + [d for d in dims if d not in order]
+
+
+def space_values(ds: xr.Dataset, space: Sequence[str], dims: Sequence[Hashable]) -> dict[str, np.ndarray]:
+    """Values (float64, CF-decoded) of each space coordinate at every point of the ``dims`` grid.
+
+    Points are flattened in C order over ``dims`` (e.g. from :func:`space_dims`); a
+    coordinate along fewer dims is broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset(coords={"y": [0.0, 1.0], "x": [10.0, 20.0, 30.0]})
+    >>> space_values(ds, ["y", "x"], ["y", "x"])["x"].tolist()
+    [10.0, 20.0, 30.0, 10.0, 20.0, 30.0]
+    """
+    shape = tuple(int(ds.sizes[d]) for d in dims)
+    flat = np.arange(int(np.prod(shape, dtype=np.int64)))
+    out = {}
+    for n in space:
+        c = decode_variable(ds[n])
+        if c.dtype.kind not in "biuf":
+            raise ValueError(f"space coordinate {n!r} has non-numeric dtype {c.dtype}")
+        coords = xr.Dataset(coords={n: c.variable})
+        out[n] = _gather_coord(coords, n, dims, shape, flat).astype(np.float64)
     return out
 
 
@@ -923,7 +1004,7 @@ def to_tensors(
         if time == "auto":
             time = _default_time(ds, dims)
         if space is None:
-            space = _default_space(ds, dims, time)
+            space = default_space(ds, dims, time)
         space, time = _resolve_space_time(ds, space, time)
     for name in list(space) + ([time] if time else []):
         c = ds[name]

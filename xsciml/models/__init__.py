@@ -2,7 +2,8 @@
 latent dynamics (DINo and the smooth encoder-based variant)."""
 
 from .amortized import PCA, AutoEncoder, fit_autoencoder
-from .dino import DINo, fit_dynamics, forecast
+from .dino import DINo
+from .dynamics import fit_dynamics, forecast
 from .field import FieldModule, NeuralField, fit_field
 from .latent import LatentInterpolator, fit_latent
 from .smooth import SmoothDynamics, fit_smooth_dynamics

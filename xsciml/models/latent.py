@@ -925,9 +925,9 @@ def fit_latent(
         raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
     names = [variables] if isinstance(variables, str) else list(variables or obj.data_vars)
     if space is None:
-        from ..tensors import _default_space
+        from ..tensors import default_space
 
-        space = _default_space(obj, [d for d in obj[names[0]].dims if d != sample_dim], time)
+        space = default_space(obj, [d for d in obj[names[0]].dims if d != sample_dim], time)
     S = int(obj.sizes[sample_dim])
     if S < 2:
         raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")

@@ -66,7 +66,7 @@ steps on the decoded field's misfit at the observed points (NaN points allowed t
    ``"fixed"`` holds :math:`\theta = \Lambda(u)` fixed in it. An optional penalty on
    the second differences in time of :math:`\theta` over consecutive frames
    (``smoothness``, not in the paper) targets smooth latent trajectories directly;
-2. the latent ODE :math:`f` (:class:`~xsciml.models.dino.LatentDynamics`, on
+2. the latent ODE :math:`f` (:class:`~xsciml.models.latent_ode.LatentDynamics`, on
    :math:`\theta` standardised with the training mean and standard deviation) on the
    encoded training trajectories, by teacher-forced rollouts (as in DINo), with a
    fixed-step solver (``train_solver``).
@@ -90,23 +90,19 @@ from torch import Tensor, nn
 from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
-from ..tensors import Scaler, decode_variable
-from .dino import (
+from ..tensors import Scaler, decode_variable, space_dims
+from .latent_ode import (
     ADAPTIVE_METHODS,
     FIXED_STEP_METHODS,
+    Clock,
+    InitialStates,
     LatentDynamics,
     LatentForecaster,
-    _Clock,
-    _codes_tensor,
-    _coord_units,
-    _dynamics_loss,
-    _is_dask,
-    _ode_settings,
-    _OffsetTable,
-    _space_dims,
-    _teacher_forcing_schedule,
-    _trajectory_data,
-    integrate_latent,
+    OffsetTable,
+    dynamics_loss,
+    ode_settings,
+    prepare_trajectories,
+    teacher_forcing_schedule,
 )
 
 __all__ = [
@@ -423,9 +419,8 @@ class SmoothDynamics(LatentForecaster):
     ODE function evaluations of the last forecast.
     """
 
-
     def __init__(self, module: SmoothModule, encoder: CoordinateEncoder, scaler: Scaler,
-                 variables: list[str], *, sample_dim: Hashable | None, time: str, clock: _Clock,
+                 variables: list[str], *, sample_dim: Hashable | None, time: str, clock: Clock,
                  ode: dict[str, Any], grid: list[np.ndarray], periods: list[float],
                  coord_units: dict[str, str] | None = None, var_attrs: dict | None = None,
                  info: dict | None = None) -> None:
@@ -469,7 +464,7 @@ class SmoothDynamics(LatentForecaster):
         grid = [tensors[f"grid.{i}"].cpu().numpy() for i in range(len(config["periods"]))]
         return cls(module, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
                    config["variables"], sample_dim=config["sample_dim"], time=config["time"],
-                   clock=_Clock(**config["clock"]), ode=config["ode"], grid=grid,
+                   clock=Clock(**config["clock"]), ode=config["ode"], grid=grid,
                    periods=config["periods"], coord_units=config.get("coord_units"),
                    var_attrs=config.get("var_attrs"), info=config.get("info"))
 
@@ -493,26 +488,46 @@ class SmoothDynamics(LatentForecaster):
             out = xr.Dataset({var: _periodic_interp(out[var], n, g, L) for var in self.variables})
         return out
 
-    def _grid_tensor(self, ds: xr.Dataset) -> tuple[np.ndarray, list, list, dict]:
-        """Scaled snapshots ``[N, C, *grid]`` (NaN kept), batch dims, shape and coords."""
+    def _states(self, ds: xr.Dataset) -> InitialStates:
+        """Scaled snapshots ``[N, C, *grid]`` (NaN kept) on the training grid, and their labels."""
         g = self._on_grid(ds)
-        v0 = g[self.variables[0]]
-        sdims = list(self.space)
-        bdims = [d for d in v0.dims if d not in sdims]
-        for v in self.variables[1:]:
-            if set(g[v].dims) != set(v0.dims):
-                raise ValueError(f"variables {self.variables[0]!r} {v0.dims} and {v!r} {g[v].dims} "
-                                 "of the initial state have different dimensions")
-        bshape = [int(g.sizes[d]) for d in bdims]
-        N = int(np.prod(bshape, dtype=np.int64))
-        grid_shape = [len(x) for x in self.grid]
-        y = np.stack([np.asarray(decode_variable(g[v]).transpose(*bdims, *sdims).values,
-                                 dtype=np.float64).reshape(N, *grid_shape) for v in self.variables], 1)
+        arrays, bdims, bshape = self._state_arrays(g, list(self.space))
+        return InitialStates(self._snapshots(np.stack(arrays, 1)), bdims, bshape,
+                             self._batch_coords(ds, bdims))
+
+    def _snapshots(self, y: np.ndarray) -> np.ndarray:
+        """Raw snapshots ``[N, C, *grid]`` checked and standardised per variable."""
         if np.isinf(y).any():
             raise ValueError("the initial state contains infinite values; replace them with NaN")
         ys = self.scaler.transform(np.moveaxis(y, 1, -1))
-        bcoords = {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(bdims)}
-        return np.moveaxis(ys, -1, 1), bdims, bshape, bcoords
+        return np.moveaxis(ys, -1, 1)
+
+    def _grid_context(self, ds: xr.Dataset) -> dict[str, Any]:
+        """How the chunks of a lazy forecast reach the training grid: transposed only, or
+        interpolated (then with the coordinates to rebuild each chunk's Dataset)."""
+        out = ds[self.variables]
+        on_grid = True
+        for n, g, L in zip(self.space, self.grid, self.periods, strict=True):
+            if n not in out.dims:
+                raise ValueError(f"the initial state must be gridded along the space dimension {n!r} "
+                                 "(a 1-D coordinate of that name); interpolate scattered points first")
+            v = np.asarray(decode_variable(out[n]).values, dtype=np.float64)
+            on_grid &= bool(v.shape == g.shape and np.allclose(v, g, rtol=0, atol=1e-6 * L))
+        sdims = space_dims(ds, self.space, ds[self.variables[0]].dims)
+        return {"sdims": list(sdims), "perm": [sdims.index(n) for n in self.space],
+                "space_coords": None if on_grid else
+                {n: (tuple(ds[n].dims), np.asarray(ds[n].values)) for n in self.space}}
+
+    def _block_states(self, arrays: list[np.ndarray], context: dict[str, Any]) -> InitialStates:
+        n = len(arrays[0])
+        if context["space_coords"] is not None:  # another grid: interpolated by xarray
+            dims = ("_state", *context["sdims"])
+            ds = xr.Dataset({v: (dims, a) for v, a in zip(self.variables, arrays, strict=True)},
+                            coords=context["space_coords"])
+            return InitialStates(self._states(ds).values, ["_state"], [n])
+        perm = [0] + [1 + p for p in context["perm"]]
+        y = np.stack([a.transpose(perm) for a in arrays], 1)
+        return InitialStates(self._snapshots(y), ["_state"], [n])
 
     def _grid_features(self, device: torch.device) -> Tensor:
         mesh = np.meshgrid(*self.grid, indexing="ij")
@@ -524,10 +539,6 @@ class SmoothDynamics(LatentForecaster):
                       seed: int | None, progress: bool | None, batch_size: int) -> Tensor:
         from .._utils import progress_bar, resolve_device, seed_everything
 
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
-        if not (lr > 0 and reg >= 0):
-            raise ValueError(f"the encoding needs lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
         mask = np.isfinite(ys)
         N = len(ys)
         if not mask.all():
@@ -577,6 +588,21 @@ class SmoothDynamics(LatentForecaster):
             out[a:a + per] = theta0.float().cpu()
         return out
 
+    @staticmethod
+    def _encode_options(*, steps: int, lr: float, reg: float) -> dict[str, Any]:
+        """The checked options of the encoder's refinement."""
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"encode steps must be an integer >= 0, got {steps!r}")
+        if not (lr > 0 and reg >= 0):
+            raise ValueError(f"the encoding needs lr > 0 and reg >= 0, got lr={lr!r}, reg={reg!r}")
+        return {"steps": steps, "lr": lr, "reg": reg}
+
+    def _encode_states(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                       seed: int | None, progress: bool | None, batch_size: int) -> Tensor:
+        return self._encode_array(states.values, steps=options["steps"], lr=options["lr"],
+                                  reg=options["reg"], device=device, seed=seed, progress=progress,
+                                  batch_size=batch_size)
+
     def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 0, lr: float = 1e-2,
                reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
                progress: bool | None = None, batch_size: int = 2**18) -> xr.DataArray:
@@ -596,12 +622,13 @@ class SmoothDynamics(LatentForecaster):
         --------
         >>> theta = model.encode(ds.isel(time=0))  # doctest: +SKIP
         """
+        options = self._encode_options(steps=steps, lr=lr, reg=reg)
         ds = self._init_dataset(ds_init, "initial state")
-        ys, bdims, bshape, bcoords = self._grid_tensor(ds)
-        theta = self._encode_array(ys, steps=steps, lr=lr, reg=reg, device=device, seed=seed,
-                                   progress=progress, batch_size=batch_size)
-        return xr.DataArray(theta.reshape(*bshape, self.latent_dim).numpy(), dims=(*bdims, "latent"),
-                            coords=bcoords, name="theta")
+        states = self._states(ds)
+        theta = self._encode_states(states, options, device=device, seed=seed, progress=progress,
+                                    batch_size=batch_size)
+        return xr.DataArray(theta.reshape(*states.bshape, self.latent_dim).numpy(),
+                            dims=(*states.bdims, "latent"), coords=states.bcoords, name="theta")
 
     # ------------------------------------------------------------------ decoding
     def _decode_tensor(self, theta: Tensor, tp, device: Any, batch_size: int) -> Tensor:
@@ -638,35 +665,20 @@ class SmoothDynamics(LatentForecaster):
         --------
         >>> model.decode(model.encode(ds.isel(time=0)), {"x": x_fine})  # doctest: +SKIP
         """
-        a, lead_dims, coords = _codes_tensor(theta, self.latent_dim, "θ")
-        tp = self._target(target)
-        vals = self._decode_tensor(a.reshape(-1, self.latent_dim), tp, device, batch_size)
-        return self._to_xarray(vals.reshape(*a.shape[:-1], *vals.shape[1:]), tp, lead_dims, coords)
+        return self._decode(theta, target, device=device, batch_size=batch_size, name="θ")
 
     # ------------------------------------------------------------------ forecasting
-    def _integrate(self, theta0: Tensor, offsets: np.ndarray, device: Any, solver: str,
-                   rtol: float, atol: float) -> Tensor:
-        from .._utils import resolve_device
-
-        dev = resolve_device(device)
-        m = self.module.to(dev).eval()
+    def _integrate(self, theta0: Tensor, offsets: np.ndarray, device: Any, options: dict[str, Any],
+                   t0: np.ndarray | None = None) -> Tensor:
+        """θ ``[N, K, d]`` at float time offsets (time units) from ``theta0 [N, d]``."""
         uniq, inv = np.unique(np.asarray(offsets, dtype=np.float64), return_inverse=True)
-        tau = uniq / self.clock.scale
-        if tau[0] > 0:
-            tau = np.concatenate([[0.0], tau])
-            inv = inv + 1
-        m.dynamics.nfe = 0
-        with torch.inference_mode():
-            z = integrate_latent(m.dynamics, m.normalise(theta0.to(dev)),
-                                 torch.as_tensor(tau, dtype=torch.float32, device=dev), method=solver,
-                                 step=self.ode["step"], rtol=rtol, atol=atol)
-            theta = m.denormalise(z)[torch.as_tensor(inv, device=dev)]
-        self.last_nfe = int(m.dynamics.nfe)
-        return theta.transpose(0, 1).cpu()
+        return self._integrate_codes(theta0, uniq / self.clock.scale, inv, device,
+                                     method=options["solver"], rtol=options["rtol"],
+                                     atol=options["atol"], t0=t0)
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
-                 encode_init: str = "encoder", encode_noise: str = "auto", solver: str | None = None,
+                 solver: str | None = None,
                  rtol: float | None = None, atol: float | None = None, device: Any = "auto",
                  seed: int | None = 0, progress: bool | None = None,
                  batch_size: int = 2**18) -> xr.DataArray | xr.Dataset:
@@ -686,9 +698,6 @@ class SmoothDynamics(LatentForecaster):
             of 1-D coordinates, or a DataFrame of scattered points.
         encode_steps, encode_lr, encode_reg
             Refinement of the encoder's θ (see :meth:`encode`; 0 steps: the encoder alone).
-        encode_init, encode_noise
-            ``"encoder"`` and ``"auto"``: θ starts from the (deterministic) encoder's
-            output; the only choices, the parameters mirror DINo's.
         solver, rtol, atol
             ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
             solvers use the model's step.
@@ -706,44 +715,23 @@ class SmoothDynamics(LatentForecaster):
         --------
         >>> fc = model.forecast(ds.isel(time=0), lead=np.linspace(0, 2, 11))  # doctest: +SKIP
         """
-        if encode_init != "encoder":
-            raise ValueError(f"encode_init must be 'encoder' (θ always starts from the encoder's "
-                             f"output), got {encode_init!r}")
-        if encode_noise != "auto":
-            raise ValueError(f"encode_noise must be 'auto': the smooth model's encoder is deterministic "
-                             f"(encode_noise applies to DINo), got {encode_noise!r}")
         solver = self.ode["method"] if solver is None else solver
         if solver not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
             raise ValueError(f"solver={solver!r} is not a torchdiffeq solver xsciml supports; use one "
                              f"of {FIXED_STEP_METHODS + ADAPTIVE_METHODS}")
-        rtol = self.ode["rtol"] if rtol is None else float(rtol)
-        atol = self.ode["atol"] if atol is None else float(atol)
-        offsets, lead_coord = self.clock.parse_lead(lead)
-        ds = self._init_dataset(ds_init, "initial state")
-        if any(_is_dask(ds[v]) for v in self.variables):
-            return self._forecast_lazy(ds, offsets, lead_coord, target, encode_steps=encode_steps,
-                                       encode_lr=encode_lr, encode_reg=encode_reg, solver=solver,
-                                       rtol=rtol, atol=atol, device=device, seed=seed,
-                                       batch_size=batch_size)
-        ys, bdims, bshape, bcoords = self._grid_tensor(ds)
-        theta0 = self._encode_array(ys, steps=encode_steps, lr=encode_lr, reg=encode_reg, device=device,
-                                    seed=seed, progress=progress, batch_size=batch_size)
-        theta = self._integrate(theta0, offsets, device, solver, rtol, atol)  # [N, K, d]
-        tp = self._target(ds if target is None else target)
-        vals = self._decode_tensor(theta.reshape(-1, self.latent_dim), tp, device, batch_size)
-        vals = vals.reshape(*bshape, len(offsets), *vals.shape[1:])
-        coords = dict(bcoords)
-        coords["lead"] = ("lead", lead_coord)
-        if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
-            t0 = ds[self.time].transpose(*[d for d in bdims if d in ds[self.time].dims])
-            coords["valid_time"] = ((*t0.dims, "lead"), self.clock.add(t0.values, offsets))
-        extra = {"xsciml_encode_steps": str(encode_steps), "xsciml_ode_nfe": str(self.last_nfe),
-                 "xsciml_ode_solver": solver}
-        return self._to_xarray(vals, tp, (*bdims, "lead"), coords, extra)
+        options = {"solver": solver,
+                   "rtol": self.ode["rtol"] if rtol is None else float(rtol),
+                   "atol": self.ode["atol"] if atol is None else float(atol),
+                   **self._encode_options(steps=encode_steps, lr=encode_lr, reg=encode_reg)}
+        return self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
+                              seed=seed, progress=progress, batch_size=batch_size)
 
-    def _lazy_attrs(self, forecast_kw: dict[str, Any]) -> dict[str, str]:
-        return {"xsciml_encode_steps": str(forecast_kw.get("encode_steps", 0)),
-                "xsciml_ode_solver": str(forecast_kw.get("solver") or self.ode["method"])}
+    def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
+        out = {"xsciml_encode_steps": str(options["steps"])}
+        if nfe is not None:
+            out["xsciml_ode_nfe"] = str(nfe)
+        out["xsciml_ode_solver"] = str(options["solver"])
+        return out
 
     def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 0, encode_lr: float = 1e-2,
@@ -870,7 +858,7 @@ def fit_smooth_dynamics(
         Space coordinates: 1-D dimension coordinates of the grid (default: the
         dimension coordinates other than time and ``sample_dim``).
     time, sample_dim, train_until
-        As in :func:`xsciml.models.dino.fit_dynamics`.
+        As in :func:`xsciml.models.fit_dynamics`.
     decoder
         ``"fourier"`` (nonlinear Fourier ansatz) or ``"mlp"`` (hypernetwork MLP).
     modes, waves
@@ -896,7 +884,7 @@ def fit_smooth_dynamics(
         Period of each space coordinate (a number, one per coordinate, or a dict);
         default the coordinate's ``period`` attribute, else ``n * spacing``.
     dynamics_width, dynamics_depth, dynamics_linear
-        The latent vector field (:class:`~xsciml.models.dino.LatentDynamics`).
+        The latent vector field (:class:`~xsciml.models.latent_ode.LatentDynamics`).
     solver, rtol, atol
         Forecast solver (default adaptive ``"dopri5"``) and its tolerances, on
         standardised θ.
@@ -932,22 +920,16 @@ def fit_smooth_dynamics(
     """
     from ..training import fit
 
-    ds, variables, tdim, sample_eff = _trajectory_data(obj, variables, time, sample_dim, train_until)
-    T = int(ds.sizes[tdim])
-    v0 = ds[variables[0]]
-    if space is None:
-        space = [str(d) for d in v0.dims if d not in (tdim, sample_eff) and d in ds.coords]
-    space = [space] if isinstance(space, str) else list(space)
+    traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
+                                train_until=train_until, space=space, latlon=False)
+    ds, variables, space = traj.ds, traj.variables, traj.space
+    T = traj.n_frames
     if len(space) not in (1, 2):
         raise ValueError(f"smooth dynamics handles 1 or 2 space dimensions, got space={space}")
     for n in space:
         if n not in ds.coords:
             raise KeyError(f"space coordinate {n!r} not found; coordinates are {list(ds.coords)}")
-    sdims = _space_dims(ds, space, v0.dims)
-    for v in variables:
-        if set(ds[v].dims) != {sample_eff, tdim, *sdims}:
-            raise ValueError(f"variable {v!r} has dims {ds[v].dims}; expected exactly "
-                             f"{(sample_eff, tdim, *sdims)} (sample, time, space)")
+    traj.check_dims()
     if decoder not in ("fourier", "mlp"):
         raise ValueError(f"decoder must be 'fourier' or 'mlp', got {decoder!r}")
     if consistency_target not in ("fixed", "free"):
@@ -964,14 +946,14 @@ def fit_smooth_dynamics(
     grid, periods = _grid_info(ds, space, period)
 
     # ---- time
-    clock = _Clock.fit(ds[time].values, time_units)
+    clock = Clock.fit(ds[time].values, time_units)
     tau = clock.elapsed(ds[time].values) / clock.scale
-    ode = {**_ode_settings(clock, solver, rtol, atol, ode_step), "train_method": train_solver}
+    ode = {**ode_settings(clock, solver, rtol, atol, ode_step), "train_method": train_solver}
 
     # ---- data [S, T, C, *grid], standardised per variable
-    S, C = int(ds.sizes[sample_eff]), len(variables)
-    y = np.stack([np.asarray(decode_variable(ds[v]).transpose(sample_eff, tdim, *space).values,
-                             dtype=np.float64) for v in variables], 2)
+    S, C = traj.n_samples, len(variables)
+    y = traj.values(space)  # [S, T, P, C] -> [S, T, C, *grid]
+    y = np.ascontiguousarray(np.moveaxis(y, -1, 2)).reshape(S, T, C, *[len(g) for g in grid])
     if not np.isfinite(y).all():
         raise ValueError("the training data has NaN or infinite values; the encoder needs complete "
                          "snapshots on the grid (fill or drop those frames first)")
@@ -1049,11 +1031,11 @@ def fit_smooth_dynamics(
     w = T if window is None else int(window)
     if not 2 <= w <= T:
         raise ValueError(f"window must be in [2, {T}] frames, got {window}")
-    table = _OffsetTable(tau)
-    schedule = _teacher_forcing_schedule(teacher_forcing, dsteps)
+    table = OffsetTable(tau)
+    schedule = teacher_forcing_schedule(teacher_forcing, dsteps)
     ode_kw = {"method": train_solver, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"]}
 
-    class _Dyn(nn.Module):  # what DINo's rollout loss needs: .dynamics and .teacher_forcing
+    class _Dyn(nn.Module):  # what the rollout loss needs: .dynamics and .teacher_forcing
         def __init__(self, dynamics: LatentDynamics) -> None:
             super().__init__()
             self.dynamics = dynamics
@@ -1069,7 +1051,7 @@ def fit_smooth_dynamics(
                 "t_out": t_out, "where": where}
 
     def dyn_loss(m: nn.Module, batch: dict[str, Tensor]):
-        loss = _dynamics_loss(m, batch["z"], batch["u"], batch["t_out"], batch["where"], ode_kw)
+        loss = dynamics_loss(m, batch["z"], batch["u"], batch["t_out"], batch["where"], ode_kw)
         return loss, {"teacher_forcing": float(m.teacher_forcing)}
 
     def on_step(state) -> None:
@@ -1092,7 +1074,6 @@ def fit_smooth_dynamics(
             "wall_time": float(hist1.wall_time + hist2.wall_time)}
     model = SmoothDynamics(module, coord_enc, scaler, variables, sample_dim=sample_dim, time=time,
                            clock=clock, ode=ode, grid=grid, periods=periods,
-                           coord_units=_coord_units(ds, space),
-                           var_attrs={v: dict(ds[v].attrs) for v in variables}, info=info)
+                           coord_units=traj.coord_units(), var_attrs=traj.var_attrs(), info=info)
     model.history = {"autoencoder": hist1, "dynamics": hist2}
     return model

@@ -1,0 +1,244 @@
+"""Fit and forecast latent dynamics whichever the model: ``fit_dynamics`` and ``forecast``.
+
+:func:`fit_dynamics` (``ds.sciml.fit_dynamics``) chooses the model with ``method``:
+``"dino"`` (:mod:`xsciml.models.dino`, auto-decoding, any grid) or ``"smooth"``
+(:mod:`xsciml.models.smooth`, an encoder on a periodic grid). :func:`forecast`
+(``ds_init.sciml.forecast``) runs a fitted model's ``forecast``. Both models build on
+:mod:`xsciml.models.latent_ode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import xarray as xr
+
+from ..base import Estimator
+from .dino import DINo, fit_dino
+from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
+from .smooth import SmoothDynamics, fit_smooth_dynamics
+
+__all__ = ["fit_dynamics", "forecast"]
+
+
+def fit_dynamics(
+    obj: xr.Dataset | xr.DataArray,
+    variables: str | Sequence[str] | None = None,
+    *,
+    space: str | Sequence[str] | None = None,
+    time: str = "time",
+    sample_dim: Hashable | None = "trajectory",
+    train_until: Any = None,
+    latent_dim: int = 32,
+    width: int = 64,
+    depth: int = 3,
+    input_scale: float | None = None,
+    dynamics_width: int = 128,
+    dynamics_depth: int = 3,
+    dynamics_linear: bool = True,
+    periods: Sequence[Any] = (),
+    method: str = "dino",
+    solver: str | None = None,
+    ode_step: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    adjoint: bool = False,
+    teacher_forcing: Any = (0.99, 0.5),
+    steps: int | None = None,
+    batch_size: int | None = None,
+    window: int | None = None,
+    n_points: int | None = 1024,
+    loss: str = "mse",
+    lr: float | None = None,
+    code_lr: float = 1e-2,
+    dynamics_lr: float = 3e-3,
+    scheduler: Any = "cosine",
+    grad_clip: float | None = None,
+    rollout_weight: float = 0.0,
+    time_units: str = "days",
+    sphere: bool | str = "auto",
+    residual_rank: int = 128,
+    device: Any = "auto",
+    seed: int | None = 0,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> DINo | SmoothDynamics:
+    r"""Learn the dynamics of a field from trajectories (DINo, or the smooth model).
+
+    By default (``method="dino"``) fits a FourierNet decoder :math:`D_\phi(\alpha)(x)`,
+    one code :math:`\alpha` per (trajectory, time) frame, and a latent ODE
+    :math:`d\alpha/dt = f_\psi(\alpha)` on normalised codes, jointly, through
+    :func:`xsciml.training.fit` (:func:`xsciml.models.dino.fit_dino`; see
+    :mod:`xsciml.models.dino` for the objective).
+
+    Parameters
+    ----------
+    obj
+        Trajectories ``(sample_dim, time, space...)``; NaN where a frame is not
+        observed (e.g. trained on a sub-grid). Loaded in memory.
+    variables
+        Variable(s) to model; several are decoded together as channels.
+    space
+        Space coordinate names (default: the dimension coordinates other than time and
+        ``sample_dim``, or CF latitude/longitude). 1-D or 2-D (curvilinear) coordinates,
+        or scattered points along one dimension.
+    time
+        Time coordinate (a dimension): numbers, datetime64 or cftime, possibly irregular.
+    sample_dim
+        Dimension indexing trajectories; ``None`` for a single trajectory.
+    train_until
+        Last time used for training (a time label, e.g. ``"2019-03-24"`` or ``2.25``);
+        default all.
+    latent_dim
+        Size of the codes.
+    width, depth, input_scale
+        Decoder size and frequency scale (default from the grid resolution).
+    dynamics_width, dynamics_depth, dynamics_linear
+        Size of the dynamics MLP, and whether the vector field has a linear term
+        (see :class:`LatentDynamics`).
+    periods
+        Periods of known external forcings (timedeltas such as ``"1D"`` for the diurnal
+        cycle, or numbers in time units): the dynamics receive the phase of each
+        (``sin``, ``cos``), so :math:`d\alpha/dt = f_\psi(\alpha, \theta(t))`. Forecasts
+        then need the initial states' time coordinate.
+    method
+        The model family: ``"dino"`` (this function's model) or ``"smooth"`` (encoder-based
+        smooth latent dynamics, :func:`xsciml.models.smooth.fit_smooth_dynamics`, which
+        receives the shared arguments — data, ``space``, ``time``, ``sample_dim``,
+        ``train_until``, ``solver``, ``rtol``, ``atol``, ``steps``, ``lr``, ``device``,
+        ``seed``, ``progress`` — and its own options through ``**kwargs``).
+    solver
+        torchdiffeq solver: fixed-step (``"rk4"``, ``"euler"``, ``"midpoint"``...) or
+        adaptive (``"dopri5"``, ...).
+    ode_step
+        Step of fixed-step solvers, in time units (a number, or a timedelta for datetime
+        axes); default half the median frame spacing. Independent of the output times.
+    rtol, atol
+        Tolerances of adaptive solvers.
+    adjoint
+        Back-propagate with the adjoint method (``odeint_adjoint``): memory O(1) in the
+        number of steps, slower.
+    teacher_forcing
+        Probability of restarting an ODE step from the true code: ``(start, fraction)``
+        decays geometrically from ``start`` to ``start / 100`` over that fraction of the
+        steps, then 0 (default ``(0.99, 0.5)``); a float for a constant; or a callable
+        ``step -> probability``.
+    steps
+        Optimiser steps (one per batch).
+    batch_size
+        Trajectories per step (default all). Codes outside the batch (and the window)
+        stay where they are: Adam's momentum does not move them.
+    window
+        Frames per training rollout (default all training frames); a random window of
+        consecutive frames is drawn per step. Use it for long series.
+    n_points
+        Random points of every frame per step (``None``: all).
+    loss
+        Reconstruction loss: ``"mse"`` (standardised values, as in DINo) or
+        ``"relative"``, where every frame is weighted by the inverse of its spatial
+        variance (floored at 1 % of the average), so that small-amplitude frames — late
+        frames of decaying dynamics — are reconstructed as accurately, relatively, as
+        large ones.
+    lr, code_lr, dynamics_lr
+        Learning rates of the decoder, the codes and the dynamics (Adam).
+    scheduler
+        Learning-rate schedule of :func:`xsciml.training.fit`.
+    grad_clip
+        Clip the global gradient norm of every step to this value (None: no clipping).
+        Long rollouts of an unstable latent flow can produce huge gradients; clipping
+        (e.g. 1.0) keeps one bad step from wrecking the training.
+    rollout_weight
+        Weight of a second dynamics loss: the predicted codes of the teacher-forced
+        rollout are decoded and compared with the frames (the reconstruction loss on the
+        rollout), so that the dynamics is fitted where it matters for the field, not only
+        in code space. 0 (default): DINo's latent loss only.
+    time_units
+        Float unit of datetime/cftime time (leads given as numbers are in this unit).
+    sphere
+        Embed latitude/longitude on the sphere (see :class:`~xsciml.coords.CoordinateEncoder`).
+    residual_rank
+        Rank of the covariance of the decoder's residuals on the training points,
+        estimated after training (at most 512 frames, :func:`residual_covariance_factor`)
+        and used to encode sparsely observed states by generalised least squares
+        (:meth:`~xsciml.models.dino.DINo.encode`, ``noise``); 0 to skip it. Skipped as well when the training
+        points times variables exceed 2**15 (memory).
+    device, seed, progress
+        Where to train, the seed, a progress bar.
+    **kwargs
+        Options of the ``"smooth"`` method (none for DINo).
+
+    Returns
+    -------
+    :class:`~xsciml.models.dino.DINo`, or :class:`~xsciml.models.smooth.SmoothDynamics` for
+    ``method="smooth"``.
+
+    Examples
+    --------
+    >>> import xsciml
+    >>> ds = xsciml.datasets.heat(4, 16, n_frames=6, seed=0)
+    >>> model = fit_dynamics(ds, "u", space=("y", "x"), latent_dim=8, width=16, steps=5,
+    ...                      progress=False)
+    >>> fc = model.forecast(ds.isel(trajectory=[0], time=0), lead=[0.0, 0.5], encode_steps=5)
+    >>> fc.dims
+    ('trajectory', 'lead', 'y', 'x')
+    """
+    if method == "smooth":
+        given = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+        return fit_smooth_dynamics(obj, variables, space=space, time=time, sample_dim=sample_dim,
+                                   train_until=train_until, device=device, seed=seed,
+                                   progress=progress, **{k: v for k, v in given.items() if v is not None},
+                                   **kwargs)
+    if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
+        import warnings
+
+        warnings.warn(f"fit_dynamics(method={method!r}) names an ODE solver; the argument is now "
+                      f"solver={method!r} (method chooses the model: 'dino' or 'smooth')",
+                      FutureWarning, stacklevel=2)
+        method, solver = "dino", method
+    if method != "dino":
+        raise ValueError(f"method={method!r} is not a dynamics model; use 'dino' or 'smooth' "
+                         "(the ODE solver is chosen with solver=...)")
+    if kwargs:
+        raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
+    given = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+    return fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
+                    train_until=train_until, latent_dim=latent_dim, width=width, depth=depth,
+                    input_scale=input_scale, dynamics_width=dynamics_width,
+                    dynamics_depth=dynamics_depth, dynamics_linear=dynamics_linear, periods=periods,
+                    ode_step=ode_step, adjoint=adjoint, teacher_forcing=teacher_forcing,
+                    batch_size=batch_size, window=window, n_points=n_points, loss=loss,
+                    code_lr=code_lr, dynamics_lr=dynamics_lr, scheduler=scheduler,
+                    grad_clip=grad_clip, rollout_weight=rollout_weight, time_units=time_units,
+                    sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
+                    progress=progress, **{k: v for k, v in given.items() if v is not None})
+
+
+def forecast(
+    ds_init: xr.Dataset | xr.DataArray,
+    model: Estimator,
+    *,
+    lead: Any,
+    **kwargs: Any,
+) -> xr.DataArray | xr.Dataset:
+    """Forecast from initial state(s) with a fitted dynamics model (``ds_init.sciml.forecast``).
+
+    Calls ``model.forecast(ds_init, lead=lead, **kwargs)``: see
+    :meth:`~xsciml.models.dino.DINo.forecast` (``target``, ``encode_steps``, ``residual``...) or
+    :meth:`~xsciml.models.smooth.SmoothDynamics.forecast` for the options each model takes;
+    an option the model does not know is an error, never silently dropped.
+
+    Examples
+    --------
+    >>> import numpy as np, xsciml
+    >>> ds = xsciml.datasets.heat(4, 16, n_frames=6, seed=0)
+    >>> model = xsciml.models.fit_dynamics(ds, "u", latent_dim=8, width=16, steps=5,
+    ...                                    progress=False)
+    >>> fc = forecast(ds.isel(time=0), model, lead=np.array([0.0, 2.0]), encode_steps=5)
+    >>> fc.sizes["lead"], fc.dims[0]
+    (2, 'trajectory')
+    """
+    if not isinstance(model, Estimator) or not callable(getattr(model, "forecast", None)):
+        raise TypeError(f"model must be a fitted dynamics model, a DINo or SmoothDynamics (from "
+                        f"fit_dynamics / xsciml.load), got {type(model).__name__}")
+    return model.forecast(ds_init, lead=lead, **kwargs)

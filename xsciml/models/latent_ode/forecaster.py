@@ -1,0 +1,580 @@
+r"""The estimator base of the latent-dynamics forecasters: :class:`LatentForecaster`.
+
+Forecasting is a template method (:meth:`LatentForecaster._forecast`): parse the lead
+times, check the initial state, branch to a lazy per-chunk forecast for dask input,
+encode, integrate, decode and label the output; the models plug in their encoders as
+array-level hooks (see the class docs). Also the input checks, decoding targets, the
+In-s mask and the In-t / Out-t × In-s / Out-s table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from ...base import Estimator
+from ...coords import CoordinateEncoder
+from ...tensors import (
+    Scaler,
+    TargetPoints,
+    decode_variable,
+    space_dims,
+    space_values,
+    target_points,
+)
+from .ode import Clock, integrate_latent
+
+__all__ = ["InitialStates", "LatentForecaster"]
+
+
+def _codes_tensor(codes: Any, latent_dim: int, name: str = "codes"
+                  ) -> tuple[Tensor, tuple[Hashable, ...], dict[Hashable, xr.Variable]]:
+    """Codes ``(..., latent)`` (DataArray or array) as a float tensor, with their leading
+    dims and the coordinates along them (``dim_i`` names for plain arrays)."""
+    coords: dict[Hashable, xr.Variable] = {}
+    lead_dims: tuple[Hashable, ...] | None = None
+    if isinstance(codes, xr.DataArray):
+        if "latent" not in codes.dims:
+            raise ValueError(f"{name} need a 'latent' dimension, got dims {codes.dims}")
+        lead_dims = tuple(d for d in codes.dims if d != "latent")
+        coords = {k: c.variable for k, c in codes.coords.items()
+                  if c.dims and set(c.dims) <= set(lead_dims)}
+        codes = codes.transpose(*lead_dims, "latent").values
+    a = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
+    if a.ndim < 1 or a.shape[-1] != latent_dim:
+        raise ValueError(f"{name} must have a last dimension of {latent_dim}, got {tuple(a.shape)}")
+    if lead_dims is None:
+        lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
+    return a, lead_dims, coords
+
+
+
+def _is_dask(obj: Any) -> bool:
+    data = getattr(obj, "data", None)
+    return data is not None and type(data).__module__.startswith("dask")
+
+
+# =========================================================================== estimator
+@dataclass
+class InitialStates:
+    """Initial states as a model's encoder takes them, and how to label their codes.
+
+    Attributes
+    ----------
+    values
+        The encoder's input (model-specific arrays).
+    bdims, bshape
+        The state dims (every non-space dim indexes independent states) and their sizes;
+        the states are flattened in C order over them.
+    bcoords
+        Coordinates along the state dims.
+    """
+
+    values: Any
+    bdims: list[Hashable]
+    bshape: list[int]
+    bcoords: dict[Hashable, xr.Variable] = field(default_factory=dict)
+
+
+class LatentForecaster(Estimator):
+    """What the latent-dynamics forecasters share (DINo and the smooth model).
+
+    The common state (networks, coordinate encoder, scaler, clock, ODE options), input
+    checks, decoding targets, labelled outputs, the In-s mask and the In-t / Out-t × In-s /
+    Out-s table, and forecasting as a template method: :meth:`_forecast` parses the lead
+    times, checks the initial state, branches to a lazy per-chunk forecast for dask
+    input, encodes, integrates, decodes and labels the output (``lead``, ``valid_time``).
+
+    Subclasses provide ``forecast``, ``encode``, ``decode`` and ``evaluate`` (checking
+    their own options and handing them on), persistence, and the hooks:
+
+    * ``_states(ds) -> InitialStates``: the initial states of a Dataset as encoder input;
+    * ``_grid_context(ds)`` and ``_block_states(arrays, context) -> InitialStates``: the
+      same for one Dask chunk of arrays ``[n, *grid]``, with what depends on the grid
+      computed once;
+    * ``_encode_states(states, options, *, device, seed, progress, batch_size)``: codes
+      ``[N, d]``;
+    * ``_integrate(codes0, offsets, device, options, t0)``: codes ``[N, K, d]`` at the
+      offsets (usually through :meth:`_integrate_codes`);
+    * ``_decode_tensor(codes, tp, device, batch_size)``: physical values ``[M, P, C]`` at
+      the target's points;
+    * ``_forecast_attrs(options, nfe)``: the attrs recording the options (``nfe`` None for
+      a lazy forecast);
+    * optionally ``_finish_forecast`` / ``_finish_block`` (e.g. DINo's persisted residual).
+    """
+
+    def __init__(self, module: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
+                 variables: Sequence[str], *, sample_dim: Hashable | None, time: str,
+                 clock: Clock, ode: dict[str, Any], coord_units: dict[str, str] | None = None,
+                 var_attrs: dict | None = None, info: dict | None = None) -> None:
+        self.module = module
+        self.encoder = encoder
+        self.scaler = scaler
+        self.variables = list(variables)
+        self.sample_dim = sample_dim
+        self.time = time
+        self.clock = clock
+        self.ode = dict(ode)
+        self.coord_units = dict(coord_units or {})
+        self.var_attrs = var_attrs or {}
+        self.info = info or {}
+        self.history = None
+        self.last_nfe = None
+
+    @property
+    def space(self) -> tuple[str, ...]:
+        """Names of the space coordinates the decoder takes."""
+        return tuple(self.encoder.space)
+
+    def _common_config(self) -> dict[str, Any]:
+        """The JSON config entries of the shared state plus the networks'."""
+        m = self.module
+        return {
+            "variables": self.variables,
+            "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
+            "time": self.time,
+            "decoder": m.decoder.config(),
+            "dynamics": m.dynamics.config(),
+            "encoder": self.encoder.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "clock": self.clock.to_dict(),
+            "ode": self.ode,
+            "coord_units": self.coord_units,
+            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
+                              for k, a in at.items()} for v, at in self.var_attrs.items()},
+            "info": self.info,
+        }
+
+
+    # ------------------------------------------------------------------ input checks
+    def _state_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> xr.DataArray:
+        """The initial time of every state, ``(*bdims)`` (broadcast), with a clear error when
+        the forced dynamics need it and ``ds`` has none per state."""
+        if self.time not in ds.coords or not set(ds[self.time].dims) <= set(bdims):
+            raise ValueError(
+                f"the model's dynamics are forced with periods {self.forcing_periods}: the initial "
+                f"state needs its time coordinate {self.time!r} (one value per state, along "
+                f"{list(bdims)}) to know the phase of each forcing")
+        t = ds[self.time]
+        return t.expand_dims({d: ds.sizes[d] for d in bdims if d not in t.dims}).transpose(*bdims)
+
+    def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
+        """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
+        if not self.module.dynamics.periods:
+            return None
+        return self.clock.to_float(np.asarray(self._state_times(ds, bdims).values).reshape(-1))
+
+    @property
+    def forcing_periods(self) -> list[float]:
+        """Periods of the known forcings the dynamics receive, in the model's time units."""
+        return [p * self.clock.scale for p in self.module.dynamics.periods]
+
+    def _init_dataset(self, obj: Any, role: str) -> xr.Dataset:
+        if isinstance(obj, xr.DataArray):
+            name = obj.name
+            if name is None and len(self.variables) == 1:
+                name = self.variables[0]
+            if name not in self.variables:
+                raise KeyError(f"the {role} holds variable {name!r} but the model was trained on "
+                               f"{self.variables}; rename it or pass the right variable")
+            obj = obj.to_dataset(name=name)
+        if not isinstance(obj, xr.Dataset):
+            raise TypeError(f"{role} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
+        missing = [v for v in self.variables if v not in obj.data_vars]
+        if missing:
+            raise KeyError(f"the {role} lacks variable(s) {missing} the model was trained on "
+                           f"({self.variables}); it has {list(obj.data_vars)}")
+        missing_c = [n for n in self.space if n not in obj.variables]
+        if missing_c:
+            raise KeyError(f"the {role} lacks space coordinate(s) {missing_c}; the model was trained "
+                           f"on space={list(self.space)}")
+        self._check_units(obj, role)
+        from ...units import check_dataset_units
+
+        return check_dataset_units(obj, self.var_attrs, self.variables, role=role)
+
+    def _check_units(self, coords: Mapping[str, Any], role: str) -> None:
+        """Refuse space coordinates whose ``units`` attribute differs from training's.
+
+        ``coords`` maps names to coordinates (a Dataset, or a target dict whose values may
+        be plain arrays without attrs); coordinates without units pass.
+        """
+        for n in self.space:
+            v = coords[n] if n in coords else None
+            units = getattr(v, "attrs", {}).get("units") if v is not None else None
+            trained = self.coord_units.get(n)
+            if units is not None and trained is not None and str(units) != trained:
+                raise ValueError(f"space coordinate {n!r} of the {role} is in {units!r} but the model "
+                                 f"was trained in {trained!r}; convert the coordinate first")
+
+    def _check_domain(self, feats: np.ndarray, role: str) -> None:
+        """Refuse coordinates that lie mostly far outside the training domain (other units?)."""
+        if feats.size == 0 or self.encoder.sphere:
+            return
+        outside = np.any(np.abs(feats) > 2.0, axis=1).mean()
+        if outside > 0.5:
+            rng = {n: (self.encoder.space_min[n], self.encoder.space_max[n]) for n in self.space}
+            raise ValueError(
+                f"{100 * outside:.0f}% of the {role}'s points lie far outside the training domain "
+                f"{rng}; are its coordinates in other units than the training data?")
+
+    def _target(self, target: Any) -> TargetPoints:
+        if isinstance(target, (xr.Dataset, xr.DataArray)):
+            ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
+                name=target.name if target.name is not None else "_target")
+            missing = [n for n in self.space if n not in ds.variables]
+            if missing:
+                raise KeyError(f"target lacks space coordinate(s) {missing}; the model was trained "
+                               f"on space={list(self.space)}")
+            self._check_units(ds, "target")
+            sdims = space_dims(ds, self.space, [])
+            target = xr.Dataset(coords={n: ds[n].variable for n in self.space})
+            target = target.transpose(*sdims)
+        elif isinstance(target, Mapping):
+            self._check_units(target, "target")
+        tp = target_points(self.encoder, target)
+        self._check_domain(tp.features.numpy(), "target")
+        return tp
+
+    def _to_xarray(self, vals: Tensor, tp, lead_dims, lead_coords, extra_attrs=None):
+        das = {}
+        for j, v in enumerate(self.variables):
+            attrs = {**self.var_attrs.get(v, {}), **self._provenance(), **(extra_attrs or {})}
+            das[v] = tp.to_dataarray(vals[..., j], name=v, attrs=attrs, leading_dims=tuple(lead_dims),
+                                     leading_coords=lead_coords)
+        if len(das) == 1:
+            return next(iter(das.values()))
+        return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
+
+
+    # ------------------------------------------------------------------ forecasting (template)
+    def _forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any,
+                  options: dict[str, Any], device: Any, seed: int | None, progress: bool | None,
+                  batch_size: int) -> xr.DataArray | xr.Dataset:
+        """The forecast skeleton: leads, initial state, encode, integrate, decode, label.
+
+        ``options`` are the subclass's checked forecast options (its encoder's, solver...);
+        the subclass hooks see them. A dask-backed initial state goes to
+        :meth:`_forecast_lazy`.
+        """
+        offsets, lead_coord = self.clock.parse_lead(lead)
+        ds = self._init_dataset(ds_init, "initial state")
+        if any(_is_dask(ds[v]) for v in self.variables):
+            return self._forecast_lazy(ds, offsets, lead_coord, target, options, device=device,
+                                       seed=seed, batch_size=batch_size)
+        states = self._states(ds)
+        codes0 = self._encode_states(states, options, device=device, seed=seed, progress=progress,
+                                     batch_size=batch_size)
+        codes = self._integrate(codes0, offsets, device, options, self._initial_times(ds, states.bdims))
+        tp = self._target(ds if target is None else target)
+        vals = self._decode_tensor(codes.reshape(-1, self.latent_dim), tp, device, batch_size)
+        vals = vals.reshape(*states.bshape, len(offsets), *vals.shape[1:])
+        coords = dict(states.bcoords)
+        coords["lead"] = ("lead", lead_coord)
+        if self.time in ds.coords and set(ds[self.time].dims) <= set(states.bdims):
+            t0 = ds[self.time].transpose(*[d for d in states.bdims if d in ds[self.time].dims])
+            coords["valid_time"] = ((*t0.dims, "lead"), self.clock.add(t0.values, offsets))
+        out = self._to_xarray(vals, tp, (*states.bdims, "lead"), coords,
+                              self._forecast_attrs(options, self.last_nfe))
+        return self._finish_forecast(out, ds, states, codes0, tp, options, device=device,
+                                     batch_size=batch_size)
+
+    def _state_arrays(self, ds: xr.Dataset, sdims: Sequence[Hashable]
+                      ) -> tuple[list[np.ndarray], list[Hashable], list[int]]:
+        """Each variable of the initial state(s) as float64 ``[N, *grid]`` over ``sdims``, with
+        the state dims (the others) and their shape."""
+        v0 = ds[self.variables[0]]
+        bdims = [d for d in v0.dims if d not in sdims]
+        for v in self.variables[1:]:
+            if set(ds[v].dims) != set(v0.dims):
+                raise ValueError(f"variables {self.variables[0]!r} {v0.dims} and {v!r} "
+                                 f"{ds[v].dims} of the initial state have different dimensions")
+        bshape = [int(ds.sizes[d]) for d in bdims]
+        N = int(np.prod(bshape, dtype=np.int64))
+        grid = [int(ds.sizes[d]) for d in sdims]
+        arrays = [np.asarray(decode_variable(ds[v]).transpose(*bdims, *sdims).values,
+                             dtype=np.float64).reshape(N, *grid) for v in self.variables]
+        return arrays, bdims, bshape
+
+    @staticmethod
+    def _batch_coords(ds: xr.Dataset, bdims: Sequence[Hashable]) -> dict[Hashable, xr.Variable]:
+        """The coordinates of ``ds`` along the state dims only (they label the codes)."""
+        return {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(bdims)}
+
+    def _integrate_codes(self, codes0: Tensor, tau: np.ndarray, inv: np.ndarray, device: Any, *,
+                         method: str, rtol: float, atol: float, t0: np.ndarray | None) -> Tensor:
+        """Codes ``[N, K, d]`` at the distinct ODE times ``tau`` (``inv``: where each output
+        finds its time) from ``codes0 [N, d]``, through the normalised latent ODE.
+
+        ``t0``: absolute float times of the initial states, needed with forcing periods.
+        Sets :attr:`last_nfe`.
+        """
+        from ..._utils import resolve_device
+
+        dev = resolve_device(device)
+        m = self.module.to(dev).eval()
+        z0 = m.normalise(codes0.to(dev))
+        d = z0.shape[-1]
+        if m.dynamics.periods:
+            if t0 is None:
+                raise ValueError("forced dynamics need the initial times (t0)")
+            z0 = torch.cat([z0, m.dynamics.phases(np.asarray(t0) / self.clock.scale).to(z0)], -1)
+        if tau[0] > 0:  # the solve starts at the initial state
+            tau = np.concatenate([[0.0], tau])
+            inv = inv + 1
+        m.dynamics.nfe = 0
+        with torch.inference_mode():
+            z = integrate_latent(m.dynamics, z0, torch.as_tensor(tau, dtype=torch.float32, device=dev),
+                                 method=method, step=self.ode["step"], rtol=rtol, atol=atol)
+            codes = m.denormalise(z[..., :d])[torch.as_tensor(inv, device=dev)]  # [K, N, d]
+        self.last_nfe = int(m.dynamics.nfe)
+        return codes.transpose(0, 1).cpu()
+
+    def _decode(self, codes: Tensor | np.ndarray | xr.DataArray, target: Any, *, device: Any,
+                batch_size: int, name: str = "codes") -> xr.DataArray | xr.Dataset:
+        """``decode``: codes ``(..., latent)`` to fields on a target, labelled."""
+        a, lead_dims, coords = _codes_tensor(codes, self.latent_dim, name)
+        tp = self._target(target)
+        vals = self._decode_tensor(a.reshape(-1, self.latent_dim), tp, device, batch_size)
+        vals = vals.reshape(*a.shape[:-1], *vals.shape[1:])
+        return self._to_xarray(vals, tp, lead_dims, coords)
+
+    # hooks with defaults
+    def _finish_forecast(self, out: xr.DataArray | xr.Dataset, ds: xr.Dataset, states: InitialStates,
+                         codes0: Tensor, tp: TargetPoints, options: dict[str, Any], *, device: Any,
+                         batch_size: int) -> xr.DataArray | xr.Dataset:
+        """Last step of an eager forecast (default: none)."""
+        return out
+
+    def _finish_block(self, fields: list[np.ndarray], arrays: list[np.ndarray], codes0: Tensor,
+                      tp: TargetPoints, sdims: Sequence[Hashable], options: dict[str, Any], *,
+                      device: Any, batch_size: int) -> list[np.ndarray]:
+        """Last step of the forecast of one Dask chunk (default: none); arrays as in
+        :meth:`_forecast_arrays`."""
+        return fields
+
+    def _grid_context(self, ds: xr.Dataset) -> Any:
+        """What :meth:`_block_states` needs of the initial state's grid (from its coordinates
+        only), computed once for all the chunks of a lazy forecast."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ lazy forecasts
+    def _forecast_lazy(self, ds: xr.Dataset, offsets: np.ndarray, lead_coord: np.ndarray, target: Any,
+                       options: dict[str, Any], *, device: Any, seed: int | None,
+                       batch_size: int) -> xr.DataArray | xr.Dataset:
+        """Per-chunk forecast of a dask-backed initial state (chunks along state dims only).
+
+        Runs through :func:`xsciml.parallel.apply_model`: the model enters the graph once
+        and is cached per worker; one task per chunk of the state dims. What depends on the
+        grid only (the encoder's points, the decoding target) is computed here once; each
+        task runs the array-level hooks on its chunk (:meth:`_forecast_arrays`).
+        """
+        from ...parallel import apply_model, check_core_chunks
+
+        v0 = ds[self.variables[0]]
+        sdims = space_dims(ds, self.space, v0.dims)
+        if target is not None:
+            raise ValueError("a dask-backed initial state is forecast on its own grid; call "
+                             ".compute() first to decode on another target")
+        das = [check_core_chunks(ds[v], sdims, argname=f"initial-state variable {v!r}")
+               for v in self.variables]
+        bdims = [d for d in v0.dims if d not in sdims]
+        context = self._grid_context(ds)
+        tp = self._target(ds)
+        nlead = len(offsets)
+        inputs = [d.transpose(*bdims, *sdims) for d in das]
+        core = [list(sdims)] * len(das)
+        with_time = bool(self.module.dynamics.periods)
+        if with_time:  # forced dynamics: each state's initial time travels with its chunk
+            t = self._state_times(ds, bdims)  # a clear error here, not in a task
+            inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})
+                          if das[0].chunks is not None else t)
+            core.append([])
+        out = apply_model(
+            _forecast_kernel, self, *inputs,
+            input_core_dims=core,
+            output_core_dims=[["lead", *sdims]] * len(das),
+            output_dtypes=[np.float32] * len(das), output_sizes={"lead": nlead}, device=device,
+            kwargs={"sdims": list(sdims), "with_time": with_time, "offsets": offsets,
+                    "context": context, "target": tp, "options": options, "seed": seed,
+                    "batch_size": batch_size},
+        )
+        outs = list(out) if isinstance(out, tuple) else [out]
+        extra = self._forecast_attrs(options, None)
+        res = xr.Dataset()
+        for name, da in zip(self.variables, outs, strict=True):
+            da = da.assign_coords(lead=("lead", lead_coord))
+            da.attrs = {**self.var_attrs.get(name, {}), **self._provenance(), **extra}
+            res[name] = da.transpose(*bdims, "lead", *sdims)
+        res = res.assign_coords({k: c for k, c in ds.coords.items()
+                                 if c.dims and set(c.dims) <= set(bdims) | set(sdims)
+                                 and k not in res.coords})
+        if self.time in ds.coords and set(ds[self.time].dims) <= set(bdims):
+            t0 = ds[self.time].compute()
+            res = res.assign_coords(valid_time=((*t0.dims, "lead"), self.clock.add(t0.values, offsets)))
+        return res[self.variables[0]] if len(self.variables) == 1 else res
+
+    def _forecast_arrays(self, arrays: list[np.ndarray], context: Any, tp: TargetPoints,
+                         offsets: np.ndarray, t0: np.ndarray | None, options: dict[str, Any], *,
+                         sdims: Sequence[Hashable], device: Any, seed: int | None,
+                         batch_size: int) -> list[np.ndarray]:
+        """The forecast of one chunk of states, on arrays: ``arrays`` (one per variable)
+        ``[n, *grid]`` over ``sdims`` -> float32 ``[n, lead, *grid]`` per variable.
+
+        ``t0``: the states' initial times (forced dynamics), else None.
+        """
+        states = self._block_states(arrays, context)
+        codes0 = self._encode_states(states, options, device=device, seed=seed, progress=False,
+                                     batch_size=batch_size)
+        t0f = None if t0 is None else self.clock.to_float(np.asarray(t0).reshape(-1))
+        codes = self._integrate(codes0, offsets, device, options, t0f)
+        vals = self._decode_tensor(codes.reshape(-1, self.latent_dim), tp, device, batch_size)
+        vals = vals.reshape(len(arrays[0]), len(offsets), *vals.shape[1:])
+        fields = self._on_grid_of(vals, tp, sdims)
+        return self._finish_block(fields, arrays, codes0, tp, sdims, options, device=device,
+                                  batch_size=batch_size)
+
+    @staticmethod
+    def _on_grid_of(vals: Tensor, tp: TargetPoints, sdims: Sequence[Hashable]) -> list[np.ndarray]:
+        """Decoded values ``[..., P, C]`` at the target's points back on its grid: float32
+        ``[..., *grid]`` over ``sdims`` per variable, NaN where a coordinate is NaN."""
+        from ..._utils import to_numpy
+
+        lay = tp.layout
+        perm = [lay.dims.index(d) for d in sdims]
+        out = []
+        for j in range(vals.shape[-1]):
+            v = to_numpy(vals[..., j])
+            lead = v.shape[:-1]
+            if lay.valid is None:
+                full = v.astype(np.result_type(v.dtype, np.float32), copy=False).reshape(lead + lay.shape)
+            else:
+                full = np.full(lead + (lay.size,), np.nan, dtype=np.result_type(v.dtype, np.float32))
+                full[..., lay.valid] = v
+                full = full.reshape(lead + lay.shape)
+            axes = [*range(len(lead)), *(len(lead) + p for p in perm)]
+            out.append(full.transpose(axes).astype(np.float32))
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def observed_mask(self, target: xr.Dataset | xr.DataArray) -> xr.DataArray:
+        """Boolean mask of the points of ``target`` observed during training ("In-s").
+
+        A point is In-s when it coincides (to 1e-6 of the domain size) with a training
+        point that was observed at least once.
+        """
+        from scipy.spatial import cKDTree
+
+        ds = target if isinstance(target, xr.Dataset) else target.to_dataset(
+            name=target.name if target.name is not None else "_t")
+        sdims = space_dims(ds, self.space, [])
+        vals = space_values(ds, self.space, sdims)
+        pts = np.stack([vals[n] for n in self.space], -1)
+        ref = self.train_points[self.train_observed]
+        span = np.ptp(self.train_points, axis=0) if len(self.train_points) else np.ones(len(self.space))
+        scale = np.where(span > 0, span, 1.0)
+        hit = np.zeros(len(pts), dtype=bool)
+        if len(ref):
+            ok = np.all(np.isfinite(pts), axis=1)
+            d, _ = cKDTree(ref / scale).query(pts[ok] / scale, k=1)
+            hit[ok] = d < 1e-6
+        shape = [ds.sizes[d] for d in sdims]
+        coords = {k: c.variable for k, c in ds.coords.items() if c.dims and set(c.dims) <= set(sdims)}
+        return xr.DataArray(hit.reshape(shape), dims=tuple(sdims), coords=coords, name="observed")
+
+    def _score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None,
+               observed: xr.DataArray | None, forecast_kw: dict[str, Any], *, device: Any,
+               seed: int | None, progress: bool | None, attrs: dict[str, Any]) -> xr.Dataset:
+        """The In-t / Out-t × In-s / Out-s table of ``evaluate`` (``forecast_kw``: the
+        subclass's encoding options; ``attrs``: what the table records of them)."""
+        ds = self._init_dataset(ds_truth, "truth")
+        if self.time not in ds.dims:
+            raise ValueError(f"the truth must have a {self.time!r} dimension (whole trajectories)")
+        nt = int(ds.sizes[self.time])
+        if n_frames_train is None:
+            n_frames_train = int(self.info.get("n_frames_train", nt))
+        if not 0 < int(n_frames_train) <= nt:
+            raise ValueError(f"n_frames_train must be in [1, {nt}], got {n_frames_train}")
+        n_frames_train = int(n_frames_train)
+        if observed is None:
+            observed = self.observed_mask(ds)
+        observed = observed.astype(bool)
+        t = ds[self.time].values
+        if self.clock.kind == "numeric":
+            lead = t.astype(np.float64) - float(t[0])
+        else:
+            lead = self.clock.elapsed(t)
+        init = ds[self.variables].isel({self.time: 0}).where(observed)
+        fc = self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device, seed=seed,
+                           progress=progress)
+        fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
+        fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
+        fc = fc.assign_coords({self.time: ds[self.time].values})
+        sdims = list(observed.dims)
+        horizon = xr.DataArray(np.arange(nt) < n_frames_train, dims=self.time)
+        rows = []
+        for v in self.variables:
+            truth = ds[v].astype(np.float64)
+            pred = fc[v].transpose(*truth.dims)
+            err = (pred - truth) ** 2
+            den = (truth - truth.mean(sdims)) ** 2
+            valid = truth.notnull()
+            table_mse = np.full((2, 3), np.nan)
+            table_rel = np.full((2, 3), np.nan)
+            for i, hmask in enumerate((horizon, ~horizon)):
+                for j, smask in enumerate((observed, ~observed, xr.ones_like(observed))):
+                    sel = valid & hmask & smask
+                    n = int(sel.sum())
+                    if n == 0:
+                        continue
+                    e = float(err.where(sel).sum())
+                    table_mse[i, j] = e / n
+                    dsum = float(den.where(sel).sum())
+                    table_rel[i, j] = e / dsum if dsum > 0 else np.nan
+            rows.append((table_mse, table_rel))
+        coords = {"horizon": ["In-t", "Out-t"], "grid": ["In-s", "Out-s", "all"]}
+        if len(self.variables) == 1:
+            mse, rel = rows[0]
+            out = xr.Dataset({"mse": (("horizon", "grid"), mse), "rel_mse": (("horizon", "grid"), rel)},
+                             coords=coords)
+        else:
+            coords["variable"] = self.variables
+            out = xr.Dataset({"mse": (("variable", "horizon", "grid"), np.stack([r[0] for r in rows])),
+                              "rel_mse": (("variable", "horizon", "grid"), np.stack([r[1] for r in rows]))},
+                             coords=coords)
+        out["mse"].attrs = {"long_name": "mean squared error"}
+        out["rel_mse"].attrs = {"long_name": "relative MSE: sum err^2 / sum (truth - spatial mean)^2"}
+        out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
+                     "observed_fraction": float(observed.mean()), **attrs}
+        return out
+
+
+def _forecast_kernel(model: LatentForecaster, *blocks: np.ndarray, device: Any, sdims: list[Hashable],
+                     with_time: bool, offsets: np.ndarray, context: Any, target: TargetPoints,
+                     options: dict[str, Any], seed: int | None, batch_size: int) -> Any:
+    """Dask task body of a lazy forecast: blocks ``[..., *space]`` -> ``[..., lead, *space]``.
+
+    With ``with_time`` the last block holds the states' initial times ``[...]``.
+    """
+    times = blocks[-1] if with_time else None
+    blocks = blocks[:-1] if with_time else blocks
+    nsp = len(sdims)
+    loop_shape = blocks[0].shape[: blocks[0].ndim - nsp]
+    n = int(np.prod(loop_shape)) if loop_shape else 1
+    if n == 0:
+        empty = tuple(np.zeros((*loop_shape, len(offsets), *b.shape[-nsp:]), np.float32) for b in blocks)
+        return empty if len(empty) > 1 else empty[0]
+    arrays = [np.asarray(b, dtype=np.float64).reshape(n, *b.shape[-nsp:]) for b in blocks]
+    t0 = None if times is None else np.asarray(times).reshape(n)
+    # encoding optimises codes by gradient: leave the inference mode of the task runner
+    with torch.inference_mode(False), torch.enable_grad():
+        fields = model._forecast_arrays(arrays, context, target, offsets, t0, options, sdims=sdims,
+                                        device=device, seed=seed, batch_size=batch_size)
+    outs = [f.reshape(*loop_shape, *f.shape[1:]) for f in fields]
+    return tuple(outs) if len(outs) > 1 else outs[0]
