@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "run_demo", "build_parser"]
 
 
 def _step(msg: str, quiet: bool) -> None:
@@ -125,21 +127,77 @@ def run_demo(output: str | Path = "xsciml-demo-output", *, quick: bool = False,
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``xsciml`` console script."""
-    parser = argparse.ArgumentParser(prog="xsciml", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the main job on the built-in dataset")
-    p.add_argument("--output", "-o", default="xsciml-demo-output", help="output folder")
+def _plain(text: str) -> str:
+    """Docstring text without reST markup, for terminal help.
+
+    Examples
+    --------
+    >>> _plain("``model.predict(ds)`` with a :class:`~xsciml.downscale.Debias` (:func:`xsciml.load`)")
+    'model.predict(ds) with a Debias (xsciml.load)'
+    """
+    def role(match: re.Match[str]) -> str:
+        target = match.group(1)
+        return target[1:].rsplit(".", 1)[-1] if target.startswith("~") else target
+
+    return re.sub(r":[a-z]+:`([^`]+)`", role, text).replace("``", "")
+
+
+def _first_line(doc: str | None) -> str:
+    """First line of a docstring, as plain text."""
+    lines = (doc or "").strip().splitlines()
+    return _plain(lines[0].strip()) if lines else ""
+
+
+def _tasks_help() -> str:
+    """One line per registered task: name and the first line of its builder's docstring."""
+    from .jobs import _TASKS, registered_tasks
+
+    names = registered_tasks()
+    width = max((len(n) for n in names), default=0)
+    return "tasks:\n" + "\n".join(f"  {n:<{width}}  {_first_line(_TASKS[n].__doc__)}"
+                                   for n in names)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xsciml`` command line (``demo`` and ``run`` sub-commands).
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["demo", "--quick"]).quick
+    True
+    """
+    from . import __version__
+
+    parser = _Parser(prog="xsciml", description=_first_line(__doc__))
+    parser.add_argument("--version", action="version", version=f"xsciml {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("demo", help="run the main job on the built-in dataset",
+                       description="Fill the gaps of the built-in heat-equation dataset with a "
+                                   "neural field, compare it with interpolation baselines on the "
+                                   "withheld points, and write the prediction and figures.")
+    p.add_argument("--output", "-o", default="xsciml-demo-output",
+                   help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="small settings (seconds)")
     p.add_argument("--quiet", "-q", action="store_true", help="no printing or progress bars")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the observed points and of the fit (default: %(default)s)")
     r = sub.add_parser(
         "run", help="apply a saved model to a zarr store, region by region (resumable)",
-        description="Run a batch job: open INPUT lazily, apply the model per chunk on a Dask "
-                    "scheduler, write OUTPUT region by region. Run the same command again after "
-                    "a crash: finished regions are skipped.")
-    r.add_argument("task", help="task to run, e.g. predict (see xsciml.jobs.registered_tasks)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Run a batch job: open INPUT lazily, apply the model per chunk on a Dask scheduler, "
+            "write OUTPUT region by region. Run the same command again after a crash: finished "
+            "regions are skipped.", 79),
+        epilog=_tasks_help())
+    r.add_argument("task", help="task to run (listed below)")
     r.add_argument("--model", "-m", required=True, help="model file written by est.save")
     r.add_argument("--input", "-i", required=True,
                    help="input zarr store (path or URL) or netCDF file (opened lazily with dask)")
@@ -156,6 +214,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="task option (JSON value or string), e.g. -k batch_size=65536 -k device=cuda; "
                         "repeatable")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xsciml`` console script.
+
+    Parameters
+    ----------
+    argv
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status.
+
+    Examples
+    --------
+    >>> main(["demo", "--quick", "--quiet", "--output", "/tmp/xsciml-demo"])  # doctest: +SKIP
+    0
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args.output, quick=args.quick, quiet=args.quiet, seed=args.seed)
