@@ -258,6 +258,15 @@ class Estimator:
     Scale(units='K')
     """
 
+    #: The ``progress`` setting of the fit that made this estimator (not saved). Its
+    #: methods that show a bar (``encode``, ``sample``...) follow it when called with
+    #: ``progress=None``, so a model fitted with ``progress=False`` stays silent.
+    fit_progress: bool | None = None
+
+    def _progress(self, progress: bool | None) -> bool | None:
+        """``progress`` as given, else the fit's setting (``None``: ``XSCIML_PROGRESS``)."""
+        return self.fit_progress if progress is None else progress
+
     # -- state hooks (subclasses implement) -----------------------------------------
     def _get_config(self) -> dict[str, Any]:
         """Return the JSON-serialisable part of the state.

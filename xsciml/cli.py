@@ -95,7 +95,8 @@ def run_demo(output: str | Path = "xsciml-demo-output", *, quick: bool = False,
     if fit_field is not None:
         _step("fitting a neural field to 30 % of the points", quiet)
         field = fit_field("u", space=("y", "x"), time="time",
-                          steps=150 if quick else None, progress=not quiet, seed=seed)
+                          steps=150 if quick else None, progress=False if quiet else None,
+                          seed=seed)
         fine = {"time": obs.time.values, "y": np.linspace(-1, 1, 2 * obs.sizes["y"]),
                 "x": np.linspace(-1, 1, 2 * obs.sizes["x"])}
         pred = field.predict(fine)
@@ -274,7 +275,8 @@ def _run_job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         report = run_job(args.task, args.model, args.input, args.output, scheduler=args.scheduler,
                          region_dim=args.region_dim, region_size=args.region_size,
-                         progress=not args.quiet, overwrite=args.overwrite, **kwargs)
+                         progress=False if args.quiet else None, overwrite=args.overwrite,
+                         **kwargs)
     except ModelFileError as err:
         _fail(f"--model: {err}")
     except (NotADirectoryError, IsADirectoryError) as err:

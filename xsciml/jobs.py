@@ -481,7 +481,7 @@ def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size
 def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
             output_store: str | os.PathLike[str], *, scheduler: Any = None,
             region_dim: Hashable | None = None, region_size: int | None = None,
-            progress: bool | None = True, overwrite: bool = False,
+            progress: bool | None = None, overwrite: bool = False,
             input_chunks: Mapping[Hashable, int] | str | None = None,
             on_region: Callable[[int, int], None] | None = None, **task_kwargs: Any) -> JobReport:
     """Run a saved model over a zarr store, writing a zarr store region by region; resumable.

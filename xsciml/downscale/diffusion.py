@@ -544,7 +544,8 @@ class DiffusionPrior(Estimator):
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``...
         progress
-            Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
+            Show a progress bar (``None``: as the fit did, then the ``XSCIML_PROGRESS``
+            environment variable).
 
         Returns
         -------
@@ -566,7 +567,7 @@ class DiffusionPrior(Estimator):
         out = np.empty((int(n), *self.shape), dtype=np.float64)
         nfe = 2 * steps - 1 if sampler == "heun" else steps
         with progress_bar(total=math.ceil(n / batch_size) * steps, desc="DiffusionPrior.sample",
-                          progress=progress) as bar, torch.inference_mode():
+                          progress=self._progress(progress)) as bar, torch.inference_mode():
             for a in range(0, int(n), int(batch_size)):
                 rows = seeds[a:a + batch_size]
                 z = run_sampler(sampler, net, RowNoise(rows), (len(rows), 1, *self.shape),
@@ -795,4 +796,5 @@ def fit_diffusion(
     info.update(steps=int(history.steps), ema=float(ema), P_mean=float(P_mean), P_std=float(P_std))
     prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info)
     prior.history = history
+    prior.fit_progress = progress
     return prior

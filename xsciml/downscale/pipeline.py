@@ -343,8 +343,8 @@ def downscale(
     batch_size
         ``(snapshot, sample)`` rows per network call.
     progress
-        Progress bar for eager input (``None``: follow ``XSCIML_PROGRESS``); lazy
-        tasks never show one.
+        Progress bar for eager input (``None``: as the prior's fit did, then the
+        ``XSCIML_PROGRESS`` environment variable); lazy tasks never show one.
 
     Returns
     -------
@@ -407,7 +407,7 @@ def downscale(
     kwargs = dict(factor=f, how=how, samples=int(samples), steps=int(steps), guidance=float(guidance),
                   sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=float(rho),
                   churn=float(churn), seed=int(seed), batch_size=int(batch_size),
-                  progress=False if da.chunks is not None else progress)
+                  progress=False if da.chunks is not None else prior._progress(progress))
     sizes = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
     out = apply_model(_downscale_kernel, prior, da, index,
                       input_core_dims=[list(cdims.values()), []],

@@ -265,7 +265,8 @@ class LatentInterpolator(Estimator):
         steps, lr
             Adam steps and learning rate of the code optimisation.
         device, seed, progress
-            Where to run, seed of the ELBO's noise draws, progress bar.
+            Where to run, seed of the ELBO's noise draws, progress bar (``None``: as the
+            fit did, then the ``XSCIML_PROGRESS`` environment variable).
 
         Returns
         -------
@@ -326,7 +327,7 @@ class LatentInterpolator(Estimator):
             def decoder(feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                 lin = m_pts + torch.einsum("nok,nk->no", B_pts, z)
                 return lin + net.residual(feats, z)
-        for _ in progress_bar(range(steps), desc="encode", progress=progress, leave=False):
+        for _ in progress_bar(range(steps), desc="encode", progress=self._progress(progress)):
             z = mu[idx]
             if self.variational:
                 z = z + log_s.exp()[idx] * torch.randn_like(z)
@@ -880,4 +881,5 @@ def fit_latent(
                             module.z_mean.detach().clone(), module.z_log_std.detach().exp().clone(),
                             {v: dict(data.var_attrs.get(v, {})) for v in data.variables}, info)
     li.history = history
+    li.fit_progress = progress
     return li
