@@ -78,6 +78,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Hashable, Mapping
@@ -92,6 +93,8 @@ from .._grid import Grid, as_dataset, sample_info
 from .._utils import progress_bar, resolve_device
 from ..base import Estimator, register_estimator
 from ..units import units_of as _units_of
+
+log = logging.getLogger(__name__)
 
 __all__ = ["fit_debias", "Debias", "sinkhorn_potentials", "entropic_map", "DEBIAS_METHODS"]
 
@@ -1108,6 +1111,9 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     params = {"reg": float(reg), "reg_cov": float(reg_cov), "max_iter": int(max_iter),
               "tol": float(tol), "standardize": standardize, "max_support": max_support,
               "seed": seed}
+    log.info("fit_debias[%s]: %s: %d model and %d reference snapshots, %d grid points, %d "
+             "group(s)%s", method, name, info["n_model"], info["n_reference"], info["n_points"],
+             len(maps), f"; {len(notes)} warning(s)" if notes else "")
     return Debias(method=method, variable=name, sample_dim=sample_dim, grid=grid, valid=vm,
                   mean=mean, scale=scale, group=group, maps=maps, units=ru, model_units=mu,
                   params=params, info=info)

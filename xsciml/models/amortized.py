@@ -30,6 +30,7 @@ xarray.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -45,6 +46,8 @@ from .._utils import seed_everything, to_numpy
 from ..base import Estimator, register_estimator
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PCA",
@@ -957,6 +960,9 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
     sample_coord, info = sample_info(ds, sample_dim)
     info.update(kind="pca", svd=method, n_points=int(basis.size))
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
+    log.info("fit_autoencoder[pca]: %d snapshots x %d grid points, %d modes by %s (weights %s, "
+             "center %s): %.3g of the variance explained, noise variance %.3g", S,
+             int(basis.size), latent_dim, method, wname, center, float(lam.sum()) / total_var, noise)
     return PCA(grid, sample_dim, basis=basis, mean=mean, scales=scales, sqrt_weights=sqrt_w,
                components=vt, patterns=patterns, explained_variance=lam,
                total_variance=total_var, noise_var=noise, principal_components=u * s,
