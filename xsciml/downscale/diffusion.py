@@ -52,7 +52,7 @@ from torch import nn
 
 from .._grid import Grid, sample_info
 from .._utils import progress_bar, resolve_device, seed_everything
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..nn import UNet
 from ..nn.layers import FourierFeatures
 
@@ -575,7 +575,10 @@ class DiffusionPrior(Estimator):
                                 device=dev, progress=bar.update)
                 out[a:a + len(rows)] = self.denormalise(z[:, 0].double()).cpu().numpy()
         coords = dict(self.grid.coords)
-        attrs = {**self.attrs, **self._provenance(), "xsciml_sampler": sampler,
+        attrs = {**output_attrs(self.attrs, name=self.variable),
+                 **self._provenance(f"sample: {n} draws of {self.variable} from the diffusion prior",
+                                    self.attrs),
+                 "xsciml_sampler": sampler,
                  "xsciml_sampler_nfe": nfe}
         return xr.DataArray(out, dims=("sample", *self.space_dims), coords=coords,
                             name=self.variable, attrs=attrs)

@@ -91,7 +91,7 @@ import xarray as xr
 
 from .._grid import Grid, as_dataset, sample_info
 from .._utils import progress_bar, resolve_device
-from ..base import Estimator, register_estimator
+from ..base import Estimator, append_history, output_attrs, register_estimator
 from ..units import units_of as _units_of
 
 log = logging.getLogger(__name__)
@@ -818,16 +818,20 @@ class Debias(Estimator):
                           output_dtypes=[_out_dtype(da.dtype)], device=device, kwargs=kwargs)
         orig = model_new if is_da else model_new[self.variable]
         out = out.transpose(*orig.dims).assign_coords(orig.coords)
-        attrs = dict(orig.attrs)
+        action = f"transform: {self.variable} debiased ({self.method} map)"
+        attrs = output_attrs(orig.attrs, name=self.variable)
         if self.units is not None:
             attrs["units"] = self.units
-        attrs.update(self._provenance())
+        attrs.update(self._provenance(action, orig.attrs))
         out.attrs = attrs
         out.encoding = {k: v for k, v in orig.encoding.items()
                         if k not in ("scale_factor", "add_offset", "_FillValue", "dtype", "missing_value")}
         if is_da:
             return out.rename(model_new.name)
-        return model_new.assign({self.variable: out})
+        res = model_new.assign({self.variable: out})
+        res.attrs = {**model_new.attrs, "history": append_history(
+            model_new.attrs.get("history"), f"{type(self).__name__}.{action}")}
+        return res
 
     def __repr__(self) -> str:
         text = super().__repr__()

@@ -40,6 +40,7 @@ import torch
 import xarray as xr
 
 from .._utils import progress_bar
+from ..base import output_attrs
 from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
 
 __all__ = ["coarsen", "project", "upsample", "downscale", "COARSEN_MODES"]
@@ -416,7 +417,10 @@ def downscale(
     out = out.transpose("sample", *loop, *space)
     out = out.assign_coords({k: v for k, v in prior.grid.coords.items()})
     out.name = prior.variable
-    out.attrs = {**prior.attrs, **prior._provenance(), "xsciml_downscale_factor": f,
+    out.attrs = {**output_attrs(prior.attrs, "sample", name=prior.variable),
+                 **prior._provenance(f"downscale: {int(samples)} samples of {prior.variable}, "
+                                     f"{f}x finer, conditioned on the coarse fields", coarse.attrs),
+                 "xsciml_downscale_factor": f,
                  "xsciml_coarsen": how, "xsciml_sampler": sampler, "xsciml_sampler_steps": int(steps),
                  "xsciml_guidance": float(guidance), "xsciml_seed": int(seed),
                  "xsciml_debiased": "yes" if debias is not None else "no"}

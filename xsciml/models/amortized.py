@@ -43,7 +43,7 @@ from torch import nn
 
 from .._grid import Grid, as_dataset, sample_info, variable_from_state, variable_state
 from .._utils import seed_everything, to_numpy
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
 
@@ -382,19 +382,25 @@ class _GridModel(Estimator):
             device=device, kwargs={"method": method, **kwargs},
         )
         out = out.assign_coords(g.coords)
-        attrs = self._provenance()
+        attrs = self._provenance(f"decode: {', '.join(g.variables)} decoded from latent codes",
+                                 self._source_attrs())
         das = {}
         for j, v in enumerate(g.variables):
             da = out.isel(__variable__=j, drop=True).rename(v)
-            da.attrs = {**g.var_attrs.get(v, {}), **attrs}
+            da.attrs = {**output_attrs(g.var_attrs.get(v), name=v), **attrs}
             das[v] = da
         if len(das) == 1:
             return das[g.variables[0]]
         return xr.Dataset(das, attrs=attrs)
 
+    def _source_attrs(self) -> dict[str, Any] | None:
+        """Attrs of the first modelled variable with a ``history`` (for the output's)."""
+        return next((a for v in self.grid.variables
+                     if (a := self.grid.var_attrs.get(v, {})).get("history")), None)
+
     def _code_outputs(self, arrays: list[xr.DataArray], names: Sequence[str]
                       ) -> xr.DataArray | xr.Dataset:
-        attrs = self._provenance()
+        attrs = self._provenance("encode: latent codes of the snapshots", self._source_attrs())
         out = [a.rename(n).assign_attrs(attrs) for a, n in zip(arrays, names, strict=True)]
         if len(out) == 1:
             return out[0]
