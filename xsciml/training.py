@@ -159,14 +159,24 @@ class History:
         )
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per step (index ``step``, from 1): loss, lr, logs and val_loss (NaN
-        where no validation ran).
+        """One row per step (index ``step``, from 1): ``loss``, ``lr``, the logs,
+        ``val_loss`` and ``validated``.
+
+        ``val_loss`` is the latest validation loss at each step: the value of the last
+        check, carried forward until the next one (NaN before the first check). So
+        ``history.to_dataframe().plot(y=["loss", "val_loss"])`` draws both curves, the
+        validation one as steps. ``validated`` is True at the steps where a check ran;
+        ``df[df.validated]`` (or :attr:`val_loss`) gives the checks alone.
 
         Examples
         --------
-        >>> df = History(loss=[1.0, 0.5], lr=[0.1, 0.1], val_loss=[(2, 0.7)]).to_dataframe()
-        >>> list(df.columns), df.index.name, df["val_loss"].tolist()
-        (['loss', 'lr', 'val_loss'], 'step', [nan, 0.7])
+        >>> h = History(loss=[1.0, 0.5, 0.4, 0.3], lr=[0.1] * 4, val_loss=[(2, 0.7), (4, 0.6)])
+        >>> df = h.to_dataframe()
+        >>> list(df.columns), df.index.name
+        (['loss', 'lr', 'val_loss', 'validated'], 'step')
+        >>> df["val_loss"].tolist(), df.index[df.validated].tolist()
+        ([nan, 0.7, 0.7, 0.6], [2, 4])
+        >>> ax = df.plot(y=["loss", "val_loss"])  # doctest: +SKIP
         """
         import pandas as pd
 
@@ -176,10 +186,13 @@ class History:
         for key, values in self.logs.items():
             columns[key] = list(values[:n]) + [math.nan] * (n - len(values))
         val = np.full(n, np.nan)
+        checked = np.zeros(n, dtype=bool)
         for step, value in self.val_loss:
             if 1 <= step <= n:
                 val[step - 1] = value
-        columns["val_loss"] = val
+                checked[step - 1] = True
+        columns["val_loss"] = pd.Series(np.where(checked, val, np.nan)).ffill().to_numpy()
+        columns["validated"] = checked
         return pd.DataFrame(columns, index=index)
 
 
