@@ -19,6 +19,12 @@ def test_demo_quick(tmp_path):
     out = tmp_path / "out"
     assert summary["tensors"]["roundtrip_exact"] is True
     assert summary["field"]["nrmse"] < 1.0 and 0 < summary["field"]["coverage"] <= 1
+    # the field next to two interpolations of the same observations, on the same points
+    for name in ("rbf", "linear"):
+        assert 0 < summary["baselines"][name]["nrmse"] < 1.0
+    rows = summary["table"].splitlines()
+    assert [r.split()[0] for r in rows[2:5]] == ["neural", "thin-plate", "linear"]
+    assert "(no σ)" in rows[3] and f"{summary['field']['coverage']:.3f}" in rows[2]
     assert json.loads((out / "summary.json").read_text())["tensors"]["points"] == summary["tensors"]["points"]
     pred = xr.open_zarr(out / "field_prediction.zarr")
     assert set(pred.data_vars) == {"u_mean", "u_std"} and pred.sizes["x"] == 64

@@ -979,6 +979,9 @@ def fit(
         same losses and weights (on the CPU). ``None`` for a random run.
     progress : bool, optional
         Show a tqdm bar; ``None`` follows the ``XSCIML_PROGRESS`` environment variable.
+        It shows the step's loss, the last validation loss (``val``) and, once a later
+        check is worse, the best one with its step (``best=0.2@200``: the weights
+        ``restore_best`` keeps).
     desc : str, default "fit"
         Label of the progress bar.
     val_every : int, default 100
@@ -1275,6 +1278,9 @@ def fit(
             postfix = {"loss": f"{loss_value:.4g}"}
             if last_val is not None:
                 postfix["val"] = f"{last_val:.4g}"
+                if history.best_step is not None and history.best_val_loss != last_val:
+                    # the weights kept at the end (restore_best) are those of the best check
+                    postfix["best"] = f"{history.best_val_loss:.4g}@{history.best_step}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
