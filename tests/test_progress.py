@@ -103,3 +103,13 @@ def test_environment_variable_silences_training(capfd, monkeypatch, value):
     fit(torch.nn.Linear(1, 1), lambda m, b: m(b[0]).pow(2).mean(), (x,), steps=2, batch_size=4,
         device="cpu")
     assert capfd.readouterr().err == ""
+
+
+def test_bar_shows_the_best_validation_loss_once_a_later_check_is_worse(capfd):
+    x = torch.randn(32, 1)
+    vals = iter([0.5, 0.9, 1.5])
+    fit(torch.nn.Linear(1, 1), lambda m, b: m(b[0]).pow(2).mean(), (x,), steps=6, batch_size=8,
+        val_data=(x[:4],), val_every=2, val_loss_fn=lambda m, b: m(b[0]).sum() * 0 + next(vals),
+        device="cpu", progress=True, desc="probe-val")
+    last = _last_line(capfd.readouterr().err)
+    assert last.startswith("probe-val: 6/6 it") and "val=1.5" in last and "best=0.5@2" in last
