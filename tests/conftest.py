@@ -11,6 +11,8 @@ import xarray as xr
 
 os.environ.setdefault("XSCIML_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# a fixed timestamp in the history attrs of outputs: two runs give identical outputs
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1700000000")
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

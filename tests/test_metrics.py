@@ -190,3 +190,34 @@ def test_wasserstein1_of_shift_is_the_shift() -> None:
     assert metrics.wasserstein1(ens, t) == pytest.approx(2.0)
     with pytest.raises(KeyError, match="time"):
         metrics.wasserstein1(t.rename(time="step"), t)
+
+
+def test_spectrum_and_melr_find_era5_latitude_longitude():
+    from xsciml.coords import horizontal_dims
+    from xsciml.metrics import energy_spectrum, melr
+
+    rng = np.random.default_rng(1)
+    f = xr.DataArray(rng.normal(size=(3, 8, 12)), dims=("time", "latitude", "longitude"),
+                     coords={"latitude": np.linspace(60, 40, 8), "longitude": np.arange(12.0)})
+    ref = energy_spectrum(f.rename(latitude="lat", longitude="lon"), dims=("lat", "lon"))
+    np.testing.assert_allclose(energy_spectrum(f).values, ref.values)
+    assert np.isclose(melr(2 * f, f), np.log(4))
+    # CF attributes on other names, as to_tensors reads them
+    cf = f.rename(latitude="nav_y", longitude="nav_x").assign_coords(
+        nav_y=("nav_y", f.latitude.values, {"standard_name": "latitude"}),
+        nav_x=("nav_x", f.longitude.values, {"units": "degrees_east"}))
+    assert horizontal_dims(cf) == ("nav_y", "nav_x")
+    # 2-D curvilinear lat/lon: the grid dims, in the data's order
+    curv = f.rename(latitude="j", longitude="i").assign_coords(
+        lat=(("j", "i"), np.zeros((8, 12))), lon=(("j", "i"), np.zeros((8, 12))))
+    assert horizontal_dims(curv) == ("j", "i")
+    # projected grids: CF axis, then y/x names
+    xy = f.rename(latitude="northing", longitude="easting").assign_coords(
+        northing=("northing", np.arange(8.0), {"axis": "Y"}),
+        easting=("easting", np.arange(12.0), {"axis": "X"}))
+    assert horizontal_dims(xy) == ("northing", "easting")
+    assert horizontal_dims(f.rename(latitude="y", longitude="x")) == ("y", "x")
+    # dims stay an argument
+    np.testing.assert_allclose(energy_spectrum(xy, dims=("northing", "easting")).values, ref.values)
+    with pytest.raises(KeyError, match="pass dims="):
+        energy_spectrum(f.rename(latitude="a", longitude="b"))

@@ -522,7 +522,10 @@ def test_logs_callbacks_and_history_round_trip():
     df = hist.to_dataframe()
     assert list(df.index) == [1, 2, 3, 4, 5] and df.index.name == "step"
     np.testing.assert_array_equal(df["loss"], hist.loss)
-    assert df["val_loss"].notna().tolist() == [False, True, False, True, False]
+    assert df["validated"].tolist() == [False, True, False, True, False]
+    # the latest check carried forward: a plottable validation curve
+    assert df["val_loss"].notna().tolist() == [False, True, True, True, True]
+    assert df["val_loss"].tolist()[1:] == [hist.val_loss[0][1]] * 2 + [hist.val_loss[1][1]] * 2
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,26 @@
 ``import xsciml`` registers the ``.sciml`` accessor on :class:`xarray.Dataset` and
 :class:`xarray.DataArray`. The accessor only forwards to the functions and estimators
 of this package, which work without it too.
+
+What each fit and batch job does (settings, device, data size, validation scores,
+elapsed time) is logged at INFO level to the ``"xsciml"`` logger and its per-module
+children (``xsciml.training``, ``xsciml.jobs``...). Nothing is printed unless logging
+is configured, e.g. ``logging.basicConfig(level=logging.INFO)``, or
+``logging.getLogger("xsciml").setLevel(logging.INFO)`` with a handler of your own.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from . import accessor as _accessor  # noqa: F401  (registers .sciml)
 from .coords import CoordinateEncoder
 from .tensors import CoordinateData, GridData, Scaler, target_points, to_fields, to_tensors
+
+# the library's records go nowhere until the application configures logging
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 try:
     from importlib.metadata import version as _version

@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, seeding, progress bars."""
+"""Small shared helpers: device choice, seeding, progress bars, setting checks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import math
 import numbers
 import operator
 import os
+import sys
 from typing import Any
 
 import numpy as np
 
-__all__ = ["resolve_device", "seed_everything", "progress_bar", "to_numpy", "check_positive_int",
-           "check_positive_number"]
+__all__ = ["resolve_device", "seed_everything", "progress_bar", "progress_enabled", "to_numpy",
+           "check_positive_int", "check_positive_number"]
 
 
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False,
@@ -157,18 +158,124 @@ def seed_everything(seed: int | None) -> None:
 
 
 def progress_enabled(progress: bool | None) -> bool:
-    """``progress=None`` follows the ``XSCIML_PROGRESS`` environment variable (default on)."""
+    """``progress=None`` follows the ``XSCIML_PROGRESS`` environment variable (default on).
+
+    Examples
+    --------
+    >>> progress_enabled(False), progress_enabled(True)
+    (False, True)
+    """
     if progress is None:
-        return os.environ.get("XSCIML_PROGRESS", "1") not in ("0", "false", "False", "")
+        return os.environ.get("XSCIML_PROGRESS", "1").strip().lower() not in ("0", "false", "no",
+                                                                              "off", "")
     return bool(progress)
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, progress: bool | None = None, **kw):
-    """A tqdm progress bar that can be silenced with ``progress=False``."""
-    from tqdm.auto import tqdm
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
-    return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(progress),
-                dynamic_ncols=True, **kw)
+
+_BAR_CLASS: Any = None
+
+
+def _bar_class() -> Any:
+    """tqdm (the notebook widget in Jupyter) whose ``close`` writes a one-line summary."""
+    global _BAR_CLASS
+    if _BAR_CLASS is None:
+        from tqdm.auto import tqdm
+
+        class _Bar(tqdm):  # type: ignore[misc, valid-type]
+            _xsciml_summary = True
+
+            def close(self) -> None:
+                if self.disable or not self._xsciml_summary:
+                    return super().close()
+                self._xsciml_summary = False
+                line = bar_summary(self.format_dict)
+                super().close()
+                if line:
+                    stream = self.fp if getattr(self, "fp", None) is not None else sys.stderr
+                    try:
+                        stream.write(line + "\n")
+                        stream.flush()
+                    except (AttributeError, ValueError):  # a stream closed at interpreter exit
+                        pass
+
+        _BAR_CLASS = _Bar
+    return _BAR_CLASS
+
+
+def bar_summary(fmt: dict[str, Any]) -> str:
+    """The closing line of a progress bar: what it counted, how long it took, its postfix.
+
+    Parameters
+    ----------
+    fmt
+        A tqdm bar's ``format_dict``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> bar_summary({"desc": "fit", "n": 200, "total": 200, "elapsed": 3.2, "unit": "it",
+    ...              "postfix": "loss=0.01"})
+    'fit: 200/200 it in 3.2 s (62.5 it/s), loss=0.01'
+    """
+    n, total, elapsed = fmt.get("n", 0), fmt.get("total"), float(fmt.get("elapsed") or 0.0)
+    unit = fmt.get("unit") or "it"
+    count = f"{n}/{total}" if total is not None else f"{n}"
+    rate = f" ({n / elapsed:.3g} {unit}/s)" if elapsed > 0 and n else ""
+    text = f"{count} {unit} in {elapsed:.3g} s{rate}"
+    desc = str(fmt.get("prefix") or fmt.get("desc") or "").rstrip(": ")
+    postfix = str(fmt.get("postfix") or "").lstrip(", ")
+    return (f"{desc}: " if desc else "") + text + (f", {postfix}" if postfix else "")
+
+
+def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str | None = None,
+                 progress: bool | None = None, **kw: Any) -> Any:
+    """The one maker of xsciml's progress bars: tqdm, silenced by ``progress=False``.
+
+    ``progress=None`` follows the ``XSCIML_PROGRESS`` environment variable (``0`` turns
+    every bar off). When stderr is not a terminal (a log file, a batch job) the bar is
+    redrawn at most once a second. Either way, closing the bar replaces it by one
+    summary line (count, time, rate and the last postfix, e.g. the loss), except for
+    transient inner bars made with ``leave=False``; a silenced bar writes nothing.
+
+    Parameters
+    ----------
+    iterable, total, desc
+        As for :class:`tqdm.tqdm`.
+    progress
+        Show the bar (``None``: the ``XSCIML_PROGRESS`` environment variable, default on).
+    **kw
+        Other tqdm options (``unit``, ``initial``...).
+
+    Returns
+    -------
+    tqdm.tqdm
+
+    Examples
+    --------
+    >>> for _ in progress_bar(range(3), desc="demo", progress=False):
+    ...     pass
+    """
+    enabled = progress_enabled(progress)
+    bar = _bar_class()
+    if not enabled:
+        kw.pop("leave", None)
+        return bar(iterable, total=total, desc=desc, disable=True, **kw)
+    if not _is_terminal(kw.get("file") or sys.stderr):
+        kw.setdefault("mininterval", 1.0)
+        kw.setdefault("maxinterval", max(10.0, float(kw["mininterval"])))
+    summary = bool(kw.pop("leave", True))  # leave=False: a transient (inner) bar, no summary
+    out = bar(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, **kw)
+    out._xsciml_summary = summary
+    return out
 
 
 def to_numpy(x) -> np.ndarray:

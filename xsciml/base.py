@@ -12,6 +12,11 @@ A subclass describes its learned state with three hooks,
 
 and is decorated with :func:`register_estimator` so that :func:`xsciml.io.load` can find
 the class from the name stored in the file. Saving then needs no pickle.
+
+Outputs are labelled in one place: :func:`output_attrs` gives the attrs of a variable an
+estimator computes from data (the predictive mean, standard deviation, a draw, an
+ensemble statistic), following the CF conventions, and :meth:`Estimator._provenance`
+the provenance attrs, with a ``history`` line (:func:`append_history`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
+from datetime import datetime, timezone
 import pathlib
 import pkgutil
 from collections.abc import Mapping
@@ -34,6 +40,9 @@ __all__ = [
     "get_estimator_class",
     "registered_estimators",
     "xsciml_version",
+    "output_attrs",
+    "append_history",
+    "STATISTICS",
 ]
 
 _EstimatorT = TypeVar("_EstimatorT", bound="Estimator")
@@ -69,6 +78,134 @@ def xsciml_version() -> str:
         return importlib.metadata.version("xsciml")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+#: What an output variable is, relative to the data it models: the ``statistic`` of
+#: :func:`output_attrs`, with its ``long_name`` template and the ``cell_methods`` it adds.
+STATISTICS: dict[str, tuple[str, str | None]] = {
+    "value": ("{}", None),
+    "mean": ("predictive mean of {}", None),
+    "std": ("predictive standard deviation of {}", None),
+    "sample": ("{} (draw from the predictive distribution)", None),
+    "ensemble_mean": ("ensemble mean of {}", "mean"),
+    "ensemble_std": ("ensemble standard deviation of {}", "standard_deviation"),
+}
+
+#: Attrs of the modelled data that do not describe an output computed from it: packing
+#: and fill values (outputs are decoded floats), ranges (a different statistic has
+#: others), the audit trail (the output gets its own, see :func:`append_history`).
+_NOT_INHERITED = frozenset({
+    "history", "scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned",
+    "valid_min", "valid_max", "valid_range", "actual_range", "ancillary_variables",
+})
+
+
+def _history_time() -> str:
+    """Now in UTC, ISO 8601; ``SOURCE_DATE_EPOCH`` (reproducible outputs) fixes it."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None and epoch.strip().lstrip("-").isdigit():
+        when = datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+    else:
+        when = datetime.now(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def append_history(history: Any, action: str) -> str:
+    """``history`` with one line added: ``<UTC time> xsciml <version>: <action>``.
+
+    The CF ``history`` attribute is an audit trail, one line per program that
+    modified the data, each starting with a timestamp; xsciml outputs keep the lines
+    of the data they come from and add theirs at the end. Set the environment variable
+    ``SOURCE_DATE_EPOCH`` (seconds since 1970) to fix the timestamp, e.g. for
+    byte-identical outputs of repeated runs.
+
+    Parameters
+    ----------
+    history
+        The input's ``history`` (``None`` or empty: there is none).
+    action
+        What was done, e.g. ``"NeuralField.predict: predictive mean and standard deviation"``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> line = append_history("2020-01-01 cdo selyear", "PCA.decode").splitlines()[-1]
+    >>> line.endswith(f"xsciml {xsciml_version()}: PCA.decode")
+    True
+    """
+    line = f"{_history_time()} xsciml {xsciml_version()}: {action}"
+    old = "" if history is None else str(history).rstrip("\n")
+    return f"{old}\n{line}" if old else line
+
+
+def output_attrs(source: Mapping[str, Any] | None, statistic: str = "value", *,
+                 name: Any = None, dim: str = "sample") -> dict[str, Any]:
+    """Attrs of an output variable computed from data with attrs ``source``.
+
+    The one place where xsciml labels what its estimators return, after the CF
+    conventions:
+
+    * ``units`` are kept (a standard deviation has the units of its variable);
+    * ``"value"`` (a reconstruction, a transformed field) and ``"mean"`` (the predictive
+      mean, an estimate of the same quantity) keep ``standard_name`` and
+      ``cell_methods``; ``long_name`` says which statistic it is;
+    * ``"std"``, the predictive standard deviation: CF has no ``standard_name``
+      modifier for it, so there is no ``standard_name``, and ``long_name`` says
+      "predictive standard deviation of ..."; ``cell_methods`` are the data's, those
+      of the quantity whose uncertainty it gives;
+    * ``"sample"``: each draw is a realisation of the quantity (``standard_name`` and
+      ``cell_methods`` kept);
+    * ``"ensemble_mean"`` / ``"ensemble_std"`` reduce the draws along ``dim``:
+      ``cell_methods`` gains ``"<dim>: mean"`` / ``"<dim>: standard_deviation"``, and the
+      standard deviation has no ``standard_name``.
+
+    Packing, fill values, valid ranges and ``history`` are not inherited (the
+    output's own ``history`` is set with :func:`append_history`).
+
+    Parameters
+    ----------
+    source
+        Attrs of the modelled variable (``None``: none).
+    statistic
+        One of :data:`STATISTICS`.
+    name
+        The variable's name, for ``long_name`` when the data have none.
+    dim
+        The dimension an ensemble statistic reduces.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> src = {"standard_name": "air_temperature", "long_name": "2 m temperature",
+    ...        "units": "K", "cell_methods": "time: mean", "history": "cdo daymean"}
+    >>> output_attrs(src, "std")
+    {'long_name': 'predictive standard deviation of 2 m temperature', 'units': 'K', 'cell_methods': 'time: mean'}
+    >>> output_attrs(src, "ensemble_mean")["cell_methods"]
+    'time: mean sample: mean'
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
+    template, method = STATISTICS[statistic]
+    src = dict(source or {})
+    attrs = {k: v for k, v in src.items() if k not in _NOT_INHERITED}
+    label = src.get("long_name") or src.get("standard_name") or (str(name) if name is not None else None)
+    if statistic in ("std", "ensemble_std"):
+        attrs.pop("standard_name", None)
+    if label is not None and statistic != "value":
+        attrs["long_name"] = template.format(label)
+    cell_methods = str(src.get("cell_methods") or "").strip()
+    if method is not None:
+        cell_methods = f"{cell_methods} {dim}: {method}".strip()
+    attrs.pop("cell_methods", None)
+    if cell_methods:
+        attrs["cell_methods"] = cell_methods
+    return attrs
 
 
 def _registry_name(cls: type) -> str:
@@ -258,6 +395,15 @@ class Estimator:
     Scale(units='K')
     """
 
+    #: The ``progress`` setting of the fit that made this estimator (not saved). Its
+    #: methods that show a bar (``encode``, ``sample``...) follow it when called with
+    #: ``progress=None``, so a model fitted with ``progress=False`` stays silent.
+    fit_progress: bool | None = None
+
+    def _progress(self, progress: bool | None) -> bool | None:
+        """``progress`` as given, else the fit's setting (``None``: ``XSCIML_PROGRESS``)."""
+        return self.fit_progress if progress is None else progress
+
     # -- state hooks (subclasses implement) -----------------------------------------
     def _get_config(self) -> dict[str, Any]:
         """Return the JSON-serialisable part of the state.
@@ -369,17 +515,31 @@ class Estimator:
             )
         return est
 
-    def _provenance(self) -> dict[str, str]:
+    def _provenance(self, action: str | None = None, source: Mapping[str, Any] | None = None
+                    ) -> dict[str, str]:
         """Provenance attrs to attach to outputs produced by this estimator.
+
+        Parameters
+        ----------
+        action
+            What made the output (e.g. ``"predict: predictive mean and standard
+            deviation"``); given, the attrs include a ``history`` that appends
+            ``<time> xsciml <version>: <class>.<action>`` to ``source``'s.
+        source
+            Attrs of the data the output comes from (its ``history`` is kept).
 
         Returns
         -------
         dict[str, str]
             ``{"xsciml_version": ..., "xsciml_model": <class name>}`` plus the
-            subclass's :meth:`_provenance_extra`, all values as strings.
+            subclass's :meth:`_provenance_extra`, all values as strings, and
+            ``history`` when ``action`` is given.
         """
         attrs = {"xsciml_version": xsciml_version(), "xsciml_model": type(self).__name__}
         attrs.update({str(k): str(v) for k, v in self._provenance_extra().items()})
+        if action is not None:
+            attrs["history"] = append_history((source or {}).get("history"),
+                                              f"{type(self).__name__}.{action}")
         return attrs
 
     def __repr__(self) -> str:

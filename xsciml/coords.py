@@ -16,6 +16,7 @@ same transformation:
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "float_to_time",
     "is_latitude",
     "is_longitude",
+    "horizontal_dims",
     "STANDARD_CALENDARS",
     "warn_outside",
 ]
@@ -75,6 +77,67 @@ def is_longitude(name: str, coord: Any = None) -> bool:
         if _attr(coord, "standard_name") == "longitude" or _attr(coord, "units") in _LON_UNITS:
             return True
     return name.lower() in _LON_NAMES
+
+
+def horizontal_dims(obj: Any) -> tuple[Hashable, Hashable]:
+    """The two horizontal dims ``(y, x)`` of a gridded DataArray or Dataset.
+
+    Latitude and longitude are found as :func:`~xsciml.tensors.to_tensors` finds them
+    (:func:`is_latitude` / :func:`is_longitude`: CF ``standard_name`` or ``units``,
+    then the usual names such as ``lat``/``latitude``); their dims are returned (for
+    2-D curvilinear coordinates, the data's two dims they span, in the data's order).
+    Without latitude and longitude, the dims whose coordinates have the CF ``axis``
+    ``"Y"`` and ``"X"`` are used, then dims named ``y`` and ``x``.
+
+    Parameters
+    ----------
+    obj
+        A DataArray or Dataset.
+
+    Returns
+    -------
+    (y_dim, x_dim)
+
+    Raises
+    ------
+    KeyError
+        When no pair of horizontal dims is found (the message lists the dims).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.zeros((2, 3, 4)), dims=("time", "latitude", "longitude"))
+    >>> horizontal_dims(da)
+    ('latitude', 'longitude')
+    """
+    dims = list(obj.dims)
+    coords = dict(obj.coords)
+
+    def found(test: Any) -> list[tuple[Any, ...]]:
+        """The dims of each coordinate (or coordinate-less dim) passing ``test``."""
+        named = [tuple(c.dims) for n, c in coords.items() if c.ndim > 0
+                 and set(c.dims) <= set(dims) and test(str(n), c)]
+        return named + [(d,) for d in dims if d not in coords and test(str(d))]
+
+    lat, lon = found(is_latitude), found(is_longitude)
+    if lat and lon:
+        la, lo = lat[0], lon[0]
+        if len(la) == 1 and len(lo) == 1 and la != lo:
+            return la[0], lo[0]
+        if len(la) == 2 and set(la) == set(lo):
+            ordered = [d for d in dims if d in la]
+            return ordered[0], ordered[1]
+    by_axis = {str(c.attrs.get("axis", "")).upper(): c.dims[0] for c in coords.values()
+               if c.ndim == 1 and c.dims[0] in dims}
+    if "Y" in by_axis and "X" in by_axis and by_axis["Y"] != by_axis["X"]:
+        return by_axis["Y"], by_axis["X"]
+    if "y" in dims and "x" in dims:
+        return "y", "x"
+    raise KeyError(
+        f"cannot tell the horizontal dims among {tuple(map(str, dims))}: no latitude/longitude "
+        "coordinates (CF standard_name or units degrees_north/degrees_east, or names such as "
+        "lat/lon), no coordinates with axis Y/X, no dims y/x; pass dims=(y_dim, x_dim)"
+    )
 
 
 def _wrap_longitude(lon: np.ndarray, center: float) -> np.ndarray:

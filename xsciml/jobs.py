@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -50,6 +51,8 @@ from ._utils import check_positive_int
 
 __all__ = ["run_job", "register_task", "registered_tasks", "JobReport", "read_manifest",
            "MANIFEST_NAME"]
+
+log = logging.getLogger(__name__)
 
 #: File name of the manifest inside the output store.
 MANIFEST_NAME = "xsciml_job.json"
@@ -481,7 +484,7 @@ def _choose_regions(result: xr.Dataset, region_dim: Hashable | None, region_size
 def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
             output_store: str | os.PathLike[str], *, scheduler: Any = None,
             region_dim: Hashable | None = None, region_size: int | None = None,
-            progress: bool | None = True, overwrite: bool = False,
+            progress: bool | None = None, overwrite: bool = False,
             input_chunks: Mapping[Hashable, int] | str | None = None,
             on_region: Callable[[int, int], None] | None = None, **task_kwargs: Any) -> JobReport:
     """Run a saved model over a zarr store, writing a zarr store region by region; resumable.
@@ -638,6 +641,11 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
     def region_slice(i: int) -> slice:
         return slice(i * size, min((i + 1) * size, n_out))
     report = JobReport(out, str(dim), size, n_regions, skipped=sorted(done))
+    log.info("job %s: model %s (%s, digest %s), input %s (%s), output %s; %d regions of %d "
+             "along %r, %d already done; scheduler %s; options %s", task, model_path,
+             type(model).__name__, str(model_digest)[:12], input_id,
+             ", ".join(f"{k}={v}" for k, v in ds.sizes.items()), out, n_regions, size, str(dim),
+             len(done), _scheduler_name(scheduler), task_kwargs or "none")
     static = [k for k, v in result.variables.items() if dim not in v.dims]  # written at init
     with _use_scheduler(scheduler):
         if done:  # what the finished regions read must still be the input
@@ -663,6 +671,7 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
                 import dask
 
                 sl = region_slice(i)
+                t_region = time.perf_counter()
                 write = result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl},
                                                                          compute=False)
                 # the region's input digests are computed in the same graph as the region,
@@ -674,8 +683,22 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
                 manifest["inputs"] = inputs
                 _write_manifest(out, manifest)
                 report.computed.append(i)
+                log.info("job %s: region %d/%d (%s %d:%d) written in %.3g s", task, i + 1,
+                         n_regions, str(dim), sl.start, sl.stop, time.perf_counter() - t_region)
                 bar.update(1)
                 if on_region is not None:
                     on_region(i, n_regions)
     report.seconds = round(time.perf_counter() - start, 3)
+    log.info("job %s: done in %.3g s: %d regions computed, %d skipped (done earlier); output %s",
+             task, report.seconds, len(report.computed), len(report.skipped), out)
     return report
+
+
+def _scheduler_name(scheduler: Any) -> str:
+    """The scheduler, in words, for the log."""
+    if scheduler is None:
+        return "dask's current one"
+    if isinstance(scheduler, str):
+        return scheduler
+    address = getattr(getattr(scheduler, "scheduler", None), "address", None)
+    return f"{type(scheduler).__name__}({address})" if address else type(scheduler).__name__

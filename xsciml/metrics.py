@@ -361,7 +361,16 @@ def _spectrum_array(a: np.ndarray, shell: np.ndarray, kmax: int) -> np.ndarray:
     return e @ onehot.astype(np.float64)
 
 
-def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] = ("lat", "lon"),
+def _spatial_dims(dims: Sequence[Hashable] | None, field: xr.DataArray) -> list[Hashable]:
+    """``dims`` as given, else the field's latitude/longitude dims (as ``to_tensors`` finds them)."""
+    if dims is not None:
+        return list(dims)
+    from .coords import horizontal_dims
+
+    return list(horizontal_dims(field))
+
+
+def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] | None = None,
                     keep_dims: Sequence[Hashable] = ()) -> xr.DataArray:
     r"""Radial (isotropic) energy spectrum, averaged over the other dims.
 
@@ -385,8 +394,11 @@ def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] = ("lat", "lon
     ----------
     field : DataArray
         Must be finite (no NaN) over ``dims``.
-    dims : (str, str)
-        The two spatial dims ``(y, x)``.
+    dims : (str, str), optional
+        The two spatial dims ``(y, x)``. Default: the dims of the latitude and longitude
+        coordinates, found by CF ``standard_name``/``units`` or by name (``lat``/``lon``,
+        ``latitude``/``longitude``...), else those with CF ``axis`` Y/X, else ``y``/``x``
+        (:func:`xsciml.coords.horizontal_dims`).
     keep_dims : sequence of str
         Dims not averaged over (e.g. ``("sample",)``).
 
@@ -405,7 +417,7 @@ def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] = ("lat", "lon
     (3, 0.5)
     """
     field = _check_da(field, "field")
-    dims = list(dims)
+    dims = _spatial_dims(dims, field)
     if len(dims) != 2:
         raise ValueError(f"dims must name the two spatial dims (y, x), got {dims}")
     _check_dims(field, dims, "field")
@@ -432,7 +444,7 @@ def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] = ("lat", "lon
                         attrs={"long_name": "radial energy spectrum"})
 
 
-def melr(pred: xr.DataArray, truth: xr.DataArray, dims: Sequence[Hashable] = ("lat", "lon"),
+def melr(pred: xr.DataArray, truth: xr.DataArray, dims: Sequence[Hashable] | None = None,
          weighted: bool = False, sample_dim: str = "sample") -> float:
     r"""Mean energy log ratio of the radial spectra (Wan et al. 2023).
 
@@ -446,14 +458,35 @@ def melr(pred: xr.DataArray, truth: xr.DataArray, dims: Sequence[Hashable] = ("l
     With a ``sample_dim`` in ``pred`` (and not in ``truth``) the score is computed for
     each sample and averaged: never on the ensemble mean.
 
+    Parameters
+    ----------
+    pred, truth : DataArray
+        Predicted (possibly with ``sample_dim``) and true fields, complete over ``dims``.
+    dims : (str, str), optional
+        The two spatial dims; default: found on ``truth`` as in :func:`energy_spectrum`
+        (latitude/longitude by CF attributes or name, e.g. ERA5's
+        ``latitude``/``longitude``).
+    weighted : bool
+        Weight the shells by the truth's energy.
+    sample_dim : str
+        Ensemble dim of ``pred``.
+
+    Returns
+    -------
+    float
+
     Examples
     --------
     >>> import numpy as np, xarray as xr
     >>> f = xr.DataArray(np.random.default_rng(0).normal(size=(8, 8)), dims=("lat", "lon"))
     >>> melr(f, f), bool(np.isclose(melr(2 * f, f), np.log(4)))
     (0.0, True)
+    >>> era5 = f.rename(lat="latitude", lon="longitude")
+    >>> bool(np.isclose(melr(2 * era5, era5), np.log(4)))
+    True
     """
     pred, truth = _check_da(pred, "pred"), _check_da(truth, "truth")
+    dims = _spatial_dims(dims, truth)
     for d in dims:
         if pred.sizes.get(d) != truth.sizes.get(d):
             raise ValueError(f"pred and truth differ along {d!r}: {pred.sizes.get(d)} vs {truth.sizes.get(d)}")

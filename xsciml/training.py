@@ -13,6 +13,7 @@ This module is pure torch: it knows nothing of xarray.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import random
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["History", "TrainState", "fit", "iterate_minibatches", "move_to_device"]
+
+log = logging.getLogger(__name__)
 
 _CKPT_FORMAT = "xsciml.training.checkpoint"
 _CKPT_VERSION = 1
@@ -156,14 +159,24 @@ class History:
         )
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per step (index ``step``, from 1): loss, lr, logs and val_loss (NaN
-        where no validation ran).
+        """One row per step (index ``step``, from 1): ``loss``, ``lr``, the logs,
+        ``val_loss`` and ``validated``.
+
+        ``val_loss`` is the latest validation loss at each step: the value of the last
+        check, carried forward until the next one (NaN before the first check). So
+        ``history.to_dataframe().plot(y=["loss", "val_loss"])`` draws both curves, the
+        validation one as steps. ``validated`` is True at the steps where a check ran;
+        ``df[df.validated]`` (or :attr:`val_loss`) gives the checks alone.
 
         Examples
         --------
-        >>> df = History(loss=[1.0, 0.5], lr=[0.1, 0.1], val_loss=[(2, 0.7)]).to_dataframe()
-        >>> list(df.columns), df.index.name, df["val_loss"].tolist()
-        (['loss', 'lr', 'val_loss'], 'step', [nan, 0.7])
+        >>> h = History(loss=[1.0, 0.5, 0.4, 0.3], lr=[0.1] * 4, val_loss=[(2, 0.7), (4, 0.6)])
+        >>> df = h.to_dataframe()
+        >>> list(df.columns), df.index.name
+        (['loss', 'lr', 'val_loss', 'validated'], 'step')
+        >>> df["val_loss"].tolist(), df.index[df.validated].tolist()
+        ([nan, 0.7, 0.7, 0.6], [2, 4])
+        >>> ax = df.plot(y=["loss", "val_loss"])  # doctest: +SKIP
         """
         import pandas as pd
 
@@ -173,10 +186,13 @@ class History:
         for key, values in self.logs.items():
             columns[key] = list(values[:n]) + [math.nan] * (n - len(values))
         val = np.full(n, np.nan)
+        checked = np.zeros(n, dtype=bool)
         for step, value in self.val_loss:
             if 1 <= step <= n:
                 val[step - 1] = value
-        columns["val_loss"] = val
+                checked[step - 1] = True
+        columns["val_loss"] = pd.Series(np.where(checked, val, np.nan)).ffill().to_numpy()
+        columns["validated"] = checked
         return pd.DataFrame(columns, index=index)
 
 
@@ -619,6 +635,22 @@ def _data_kind(data: Any, name: str) -> str:
     )
 
 
+def _data_size(kind: str, data: Any, stream: _Stream) -> str:
+    """How much training data there is, in words (for the log)."""
+    n = getattr(stream, "n", None)
+    if n is None and kind == "provider":
+        try:
+            n = len(data)
+        except TypeError:
+            n = None
+    if n is not None:
+        return f"{n} samples"
+    if kind == "callable":
+        return "generated on the fly"
+    per_epoch = stream.batches_per_epoch
+    return f"{per_epoch} batches per epoch" if per_epoch is not None else "a stream of batches"
+
+
 def _make_stream(kind: str, data: Any, batch_size: int, seed: int) -> _Stream:
     if kind == "tensors":
         return _TensorStream(data, batch_size, seed)
@@ -947,6 +979,9 @@ def fit(
         same losses and weights (on the CPU). ``None`` for a random run.
     progress : bool, optional
         Show a tqdm bar; ``None`` follows the ``XSCIML_PROGRESS`` environment variable.
+        It shows the step's loss, the last validation loss (``val``) and, once a later
+        check is worse, the best one with its step (``best=0.2@200``: the weights
+        ``restore_best`` keeps).
     desc : str, default "fit"
         Label of the progress bar.
     val_every : int, default 100
@@ -1102,6 +1137,23 @@ def fit(
         _set_rng_state(ckpt["rng"])
     params_device = next((str(p.device) for p in model.parameters()), str(dev))
     history.device = params_device
+    if log.isEnabledFor(logging.INFO):
+        n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
+        val_size = None
+        if val_data is not None:
+            val_kind = _data_kind(val_data, "val_data")
+            val_size = (f"{_tensor_len(val_data, 'val_data')} samples" if val_kind == "tensors"
+                        else val_kind)
+        log.info("%s: %s with %d trainable parameters on %s; budget %s; data %s (batch_size %d); "
+                 "validation %s; optimizer %s, lr %g, weight_decay %g, scheduler %s, grad_clip %s, "
+                 "early_stopping %s, seed %s", desc, type(model).__name__, n_params,
+                 params_device, f"{steps} steps" if epochs is None else f"{epochs} epochs",
+                 _data_size(kind, data, stream), batch_size,
+                 f"{val_size} every {val_every} steps" if validating else "none",
+                 type(opt).__name__, lr, weight_decay, _name(scheduler), grad_clip,
+                 early_stopping, seed if seed is not None else f"random ({base_seed})")
+        if ckpt is not None:
+            log.info("%s: resumed from %s at step %d", desc, ckpt_path, history.steps)
 
     def validate(step: int) -> float:
         nonlocal best_state, bad_checks
@@ -1130,6 +1182,9 @@ def fit(
                 best_state = _cpu_state(model)
         else:
             bad_checks += 1
+        log.info("%s: step %d: loss %.4g, val_loss %.4g (best %.4g at step %d)", desc, step,
+                 history.loss[-1] if history.loss else math.nan, value, history.best_val_loss,
+                 history.best_step)
         return value
 
     def save(step: int) -> None:
@@ -1223,6 +1278,9 @@ def fit(
             postfix = {"loss": f"{loss_value:.4g}"}
             if last_val is not None:
                 postfix["val"] = f"{last_val:.4g}"
+                if history.best_step is not None and history.best_val_loss != last_val:
+                    # the weights kept at the end (restore_best) are those of the best check
+                    postfix["best"] = f"{history.best_val_loss:.4g}@{history.best_step}"
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
 
@@ -1241,7 +1299,32 @@ def fit(
             save(step)
         if validating and restore_best and best_state is not None:
             model.load_state_dict(best_state)
+        _log_end(desc, history, restore_best and best_state is not None)
     finally:
         bar.close()
         model.train(was_training)
     return history
+
+
+def _name(obj: Any) -> str:
+    """A setting for the log: strings as they are, objects by their type's name."""
+    if obj is None or isinstance(obj, (str, int, float)):
+        return str(obj)
+    return getattr(obj, "__name__", type(obj).__name__)
+
+
+def _log_end(desc: str, history: History, restored: bool) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    rate = history.steps / history.wall_time if history.wall_time > 0 else math.nan
+    parts = [f"{history.steps} steps in {history.wall_time:.3g} s ({rate:.3g} steps/s) on "
+             f"{history.device}"]
+    if history.loss:
+        tail = history.loss[-min(len(history.loss), 10):]
+        parts.append(f"final loss {float(np.mean(tail)):.4g} (mean of the last {len(tail)} steps)")
+    if history.best_val_loss is not None:
+        parts.append(f"best val_loss {history.best_val_loss:.4g} at step {history.best_step}"
+                     + (" (weights restored)" if restored else ""))
+    if history.stopped_early:
+        parts.append(f"stopped early ({history.stop_reason})")
+    log.info("%s: done: %s", desc, "; ".join(parts))

@@ -52,7 +52,7 @@ from torch import nn
 
 from .._grid import Grid, sample_info
 from .._utils import progress_bar, resolve_device, seed_everything
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..nn import UNet
 from ..nn.layers import FourierFeatures
 
@@ -544,7 +544,8 @@ class DiffusionPrior(Estimator):
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``...
         progress
-            Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
+            Show a progress bar (``None``: as the fit did, then the ``XSCIML_PROGRESS``
+            environment variable).
 
         Returns
         -------
@@ -566,7 +567,7 @@ class DiffusionPrior(Estimator):
         out = np.empty((int(n), *self.shape), dtype=np.float64)
         nfe = 2 * steps - 1 if sampler == "heun" else steps
         with progress_bar(total=math.ceil(n / batch_size) * steps, desc="DiffusionPrior.sample",
-                          progress=progress) as bar, torch.inference_mode():
+                          progress=self._progress(progress)) as bar, torch.inference_mode():
             for a in range(0, int(n), int(batch_size)):
                 rows = seeds[a:a + batch_size]
                 z = run_sampler(sampler, net, RowNoise(rows), (len(rows), 1, *self.shape),
@@ -574,7 +575,10 @@ class DiffusionPrior(Estimator):
                                 device=dev, progress=bar.update)
                 out[a:a + len(rows)] = self.denormalise(z[:, 0].double()).cpu().numpy()
         coords = dict(self.grid.coords)
-        attrs = {**self.attrs, **self._provenance(), "xsciml_sampler": sampler,
+        attrs = {**output_attrs(self.attrs, name=self.variable),
+                 **self._provenance(f"sample: {n} draws of {self.variable} from the diffusion prior",
+                                    self.attrs),
+                 "xsciml_sampler": sampler,
                  "xsciml_sampler_nfe": nfe}
         return xr.DataArray(out, dims=("sample", *self.space_dims), coords=coords,
                             name=self.variable, attrs=attrs)
@@ -795,4 +799,5 @@ def fit_diffusion(
     info.update(steps=int(history.steps), ema=float(ema), P_mean=float(P_mean), P_std=float(P_std))
     prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info)
     prior.history = history
+    prior.fit_progress = progress
     return prior

@@ -78,6 +78,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Hashable, Mapping
@@ -90,8 +91,10 @@ import xarray as xr
 
 from .._grid import Grid, as_dataset, sample_info
 from .._utils import progress_bar, resolve_device
-from ..base import Estimator, register_estimator
+from ..base import Estimator, append_history, output_attrs, register_estimator
 from ..units import units_of as _units_of
+
+log = logging.getLogger(__name__)
 
 __all__ = ["fit_debias", "Debias", "sinkhorn_potentials", "entropic_map", "DEBIAS_METHODS"]
 
@@ -815,16 +818,20 @@ class Debias(Estimator):
                           output_dtypes=[_out_dtype(da.dtype)], device=device, kwargs=kwargs)
         orig = model_new if is_da else model_new[self.variable]
         out = out.transpose(*orig.dims).assign_coords(orig.coords)
-        attrs = dict(orig.attrs)
+        action = f"transform: {self.variable} debiased ({self.method} map)"
+        attrs = output_attrs(orig.attrs, name=self.variable)
         if self.units is not None:
             attrs["units"] = self.units
-        attrs.update(self._provenance())
+        attrs.update(self._provenance(action, orig.attrs))
         out.attrs = attrs
         out.encoding = {k: v for k, v in orig.encoding.items()
                         if k not in ("scale_factor", "add_offset", "_FillValue", "dtype", "missing_value")}
         if is_da:
             return out.rename(model_new.name)
-        return model_new.assign({self.variable: out})
+        res = model_new.assign({self.variable: out})
+        res.attrs = {**model_new.attrs, "history": append_history(
+            model_new.attrs.get("history"), f"{type(self).__name__}.{action}")}
+        return res
 
     def __repr__(self) -> str:
         text = super().__repr__()
@@ -1108,6 +1115,9 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     params = {"reg": float(reg), "reg_cov": float(reg_cov), "max_iter": int(max_iter),
               "tol": float(tol), "standardize": standardize, "max_support": max_support,
               "seed": seed}
+    log.info("fit_debias[%s]: %s: %d model and %d reference snapshots, %d grid points, %d "
+             "group(s)%s", method, name, info["n_model"], info["n_reference"], info["n_points"],
+             len(maps), f"; {len(notes)} warning(s)" if notes else "")
     return Debias(method=method, variable=name, sample_dim=sample_dim, grid=grid, valid=vm,
                   mean=mean, scale=scale, group=group, maps=maps, units=ru, model_units=mu,
                   params=params, info=info)

@@ -40,6 +40,7 @@ import torch
 import xarray as xr
 
 from .._utils import progress_bar
+from ..base import output_attrs
 from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
 
 __all__ = ["coarsen", "project", "upsample", "downscale", "COARSEN_MODES"]
@@ -343,8 +344,8 @@ def downscale(
     batch_size
         ``(snapshot, sample)`` rows per network call.
     progress
-        Progress bar for eager input (``None``: follow ``XSCIML_PROGRESS``); lazy
-        tasks never show one.
+        Progress bar for eager input (``None``: as the prior's fit did, then the
+        ``XSCIML_PROGRESS`` environment variable); lazy tasks never show one.
 
     Returns
     -------
@@ -407,7 +408,7 @@ def downscale(
     kwargs = dict(factor=f, how=how, samples=int(samples), steps=int(steps), guidance=float(guidance),
                   sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=float(rho),
                   churn=float(churn), seed=int(seed), batch_size=int(batch_size),
-                  progress=False if da.chunks is not None else progress)
+                  progress=False if da.chunks is not None else prior._progress(progress))
     sizes = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
     out = apply_model(_downscale_kernel, prior, da, index,
                       input_core_dims=[list(cdims.values()), []],
@@ -416,7 +417,10 @@ def downscale(
     out = out.transpose("sample", *loop, *space)
     out = out.assign_coords({k: v for k, v in prior.grid.coords.items()})
     out.name = prior.variable
-    out.attrs = {**prior.attrs, **prior._provenance(), "xsciml_downscale_factor": f,
+    out.attrs = {**output_attrs(prior.attrs, "sample", name=prior.variable),
+                 **prior._provenance(f"downscale: {int(samples)} samples of {prior.variable}, "
+                                     f"{f}x finer, conditioned on the coarse fields", coarse.attrs),
+                 "xsciml_downscale_factor": f,
                  "xsciml_coarsen": how, "xsciml_sampler": sampler, "xsciml_sampler_steps": int(steps),
                  "xsciml_guidance": float(guidance), "xsciml_seed": int(seed),
                  "xsciml_debiased": "yes" if debias is not None else "no"}

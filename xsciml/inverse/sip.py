@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .._utils import resolve_device
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..nn.unet import UNet
 from .heat import (
     DampedInverse,
@@ -1061,10 +1061,14 @@ def invert(
                 "use_network": use_network, "label": name}, keep_attrs=True,
     )
     est, unc = est.transpose(*obs.dims), unc.transpose(*obs.dims)
-    provenance = inversion._provenance()
     source = "network" if use_network else "physics"
+    provenance = inversion._provenance(f"invert: source estimated from {name} ({source})",
+                                       obs.attrs)
     for da, long_name in ((est, "estimated source"), (unc, "uncertainty (std) of the estimated source")):
-        da.attrs.update(provenance)
+        kept = output_attrs(obs.attrs)
+        kept.pop("standard_name", None)  # the source is another quantity than the observation
+        kept.pop("cell_methods", None)
+        da.attrs = {**kept, **provenance}
         da.attrs["long_name"] = long_name
         da.attrs["xsciml_estimate_from"] = source
     est.name = f"{obs.name}_source" if obs.name is not None else "source"

@@ -30,6 +30,7 @@ xarray.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -42,12 +43,14 @@ from torch import nn
 
 from .._grid import Grid, as_dataset, sample_info, variable_from_state, variable_state
 from .._utils import seed_everything, to_numpy
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
 from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
                                   reference_entries, validation_lines, warn_if_worse)
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PCA",
@@ -382,19 +385,25 @@ class _GridModel(Estimator):
             device=device, kwargs={"method": method, **kwargs},
         )
         out = out.assign_coords(g.coords)
-        attrs = self._provenance()
+        attrs = self._provenance(f"decode: {', '.join(g.variables)} decoded from latent codes",
+                                 self._source_attrs())
         das = {}
         for j, v in enumerate(g.variables):
             da = out.isel(__variable__=j, drop=True).rename(v)
-            da.attrs = {**g.var_attrs.get(v, {}), **attrs}
+            da.attrs = {**output_attrs(g.var_attrs.get(v), name=v), **attrs}
             das[v] = da
         if len(das) == 1:
             return das[g.variables[0]]
         return xr.Dataset(das, attrs=attrs)
 
+    def _source_attrs(self) -> dict[str, Any] | None:
+        """Attrs of the first modelled variable with a ``history`` (for the output's)."""
+        return next((a for v in self.grid.variables
+                     if (a := self.grid.var_attrs.get(v, {})).get("history")), None)
+
     def _code_outputs(self, arrays: list[xr.DataArray], names: Sequence[str]
                       ) -> xr.DataArray | xr.Dataset:
-        attrs = self._provenance()
+        attrs = self._provenance("encode: latent codes of the snapshots", self._source_attrs())
         out = [a.rename(n).assign_attrs(attrs) for a, n in zip(arrays, names, strict=True)]
         if len(out) == 1:
             return out[0]
@@ -1019,6 +1028,9 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
     sample_coord, info = sample_info(ds, sample_dim)
     info.update(kind="pca", svd=method, n_points=int(basis.size), noise=noise_how)
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
+    log.info("fit_autoencoder[pca]: %d snapshots x %d grid points, %d modes by %s (weights %s, "
+             "center %s): %.3g of the variance explained, noise variance %.3g", S,
+             int(basis.size), latent_dim, method, wname, center, float(lam.sum()) / total_var, noise)
     return PCA(grid, sample_dim, basis=basis, mean=mean, scales=scales, sqrt_weights=sqrt_w,
                components=vt, patterns=patterns, explained_variance=lam,
                total_variance=total_var, noise_var=noise, principal_components=u * s,

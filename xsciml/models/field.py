@@ -19,7 +19,7 @@ import xarray as xr
 from torch import nn
 
 from .._utils import check_positive_int
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..interpolation import LocalKriging, fit_kriging, frame_rbf
 from ..tensors import (CoordinateData, Scaler, TargetPoints, check_target_domain, target_points,
@@ -324,13 +324,12 @@ class NeuralField(Estimator):
         if blocks is not None:
             return self._predict_lazy(blocks, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
+        mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
-            attrs = dict(self.var_attrs.get(v, {}))
-            out[f"{v}_mean"] = tp.to_dataarray(dist.mean[:, j], name=f"{v}_mean", attrs=attrs)
-            out[f"{v}_std"] = tp.to_dataarray(dist.stddev[:, j], name=f"{v}_std",
-                                              attrs=self.predict_attrs()[v])
-        return xr.Dataset(out, attrs=self._provenance())
+            out[f"{v}_mean"] = tp.to_dataarray(dist.mean[:, j], name=f"{v}_mean", attrs=mean_attrs[v])
+            out[f"{v}_std"] = tp.to_dataarray(dist.stddev[:, j], name=f"{v}_std", attrs=std_attrs[v])
+        return xr.Dataset(out, attrs=self._output_provenance("predict"))
 
     # ------------------------------------------------------------------ lazy (dask) path
     def _target_blocks(self, target: Any, time: Any) -> Any:
@@ -369,21 +368,32 @@ class NeuralField(Estimator):
                               dtype=np.float32, new_axes={"Z": 2 * n}, device=device,
                               name="xsciml-predict", batch_size=int(batch_size),
                               data_names=tuple(self.condition), **blocks.layout())
-        attrs = self.predict_attrs()
+        mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
-            out[f"{v}_mean"] = xr.Variable(blocks.dims, arr[..., j], dict(self.var_attrs.get(v, {})))
-            out[f"{v}_std"] = xr.Variable(blocks.dims, arr[..., n + j], attrs[v])
-        return xr.Dataset(out, coords=blocks.coords, attrs=self._provenance())
+            out[f"{v}_mean"] = xr.Variable(blocks.dims, arr[..., j], mean_attrs[v])
+            out[f"{v}_std"] = xr.Variable(blocks.dims, arr[..., n + j], std_attrs[v])
+        return xr.Dataset(out, coords=blocks.coords, attrs=self._output_provenance("predict"))
 
-    def predict_attrs(self) -> dict[str, dict]:
-        """Attrs of the ``<var>_std`` outputs."""
-        out = {}
-        for v in self.variables:
-            sattrs = {k: a for k, a in self.var_attrs.get(v, {}).items() if k == "units"}
-            sattrs["long_name"] = f"predictive standard deviation of {v}"
-            out[v] = sattrs
-        return out
+    def predict_attrs(self, statistic: str = "std") -> dict[str, dict]:
+        """Attrs of the outputs, per variable: ``<var>_std`` (default), ``<var>_mean``
+        (``"mean"``) or draws (``"sample"``); see :func:`xsciml.base.output_attrs`.
+
+        Examples
+        --------
+        >>> field.predict_attrs()["sst"]["long_name"]  # doctest: +SKIP
+        'predictive standard deviation of sea surface temperature'
+        """
+        return {v: output_attrs(self.var_attrs.get(v, {}), statistic, name=v) for v in self.variables}
+
+    _ACTIONS = {"predict": "predict: predictive mean and standard deviation of {}",
+                "sample": "sample: draws from the predictive distribution of {}"}
+
+    def _output_provenance(self, what: str) -> dict[str, str]:
+        """Provenance attrs of an output, with its ``history`` line."""
+        source = next((a for v in self.variables if (a := self.var_attrs.get(v, {})).get("history")),
+                      None)
+        return self._provenance(self._ACTIONS[what].format(", ".join(self.variables)), source)
 
     def sample(self, target: Any, n: int = 20, *, seed: int | None = 0, time: Any = None,
                batch_size: int | None = None, device: Any = "auto",
@@ -412,14 +422,15 @@ class NeuralField(Estimator):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         eps = torch.randn((n,) + tuple(dist.mean.shape), generator=g)
         draws = dist.mean + dist.stddev * eps
-        das = {v: tp.to_dataarray(draws[..., j], name=v, attrs=self.var_attrs.get(v, {}),
+        attrs = self.predict_attrs("sample")
+        das = {v: tp.to_dataarray(draws[..., j], name=v, attrs=attrs[v],
                                   leading_dims=("sample",), leading_coords={"sample": np.arange(n)})
                for j, v in enumerate(self.variables)}
         if len(das) == 1:
             da = next(iter(das.values()))
-            da.attrs.update(self._provenance())
+            da.attrs.update(self._output_provenance("sample"))
             return da
-        return xr.Dataset(das, attrs=self._provenance())
+        return xr.Dataset(das, attrs=self._output_provenance("sample"))
 
     def _sample_lazy(self, blocks: Any, n: int, *, seed: int | None, batch_size: int,
                      device: Any) -> xr.DataArray | xr.Dataset:
@@ -432,17 +443,18 @@ class NeuralField(Estimator):
         eps = rng.standard_normal((n,) + blocks.shape + (nv,), chunks=((n,),) + blocks.chunks + ((nv,),),
                                   dtype=np.float32)
         das = {}
+        attrs = self.predict_attrs("sample")
         for j, v in enumerate(self.variables):
             noise = xr.DataArray(eps[..., j], dims=("sample",) + blocks.dims)
             da = (pred[f"{v}_mean"] + pred[f"{v}_std"] * noise).transpose("sample", *blocks.dims)
             da = da.assign_coords(sample=np.arange(n)).rename(v)
-            da.attrs = dict(self.var_attrs.get(v, {}))
+            da.attrs = dict(attrs[v])
             das[v] = da
         if len(das) == 1:
             da = next(iter(das.values()))
-            da.attrs.update(self._provenance())
+            da.attrs.update(self._output_provenance("sample"))
             return da
-        return xr.Dataset(das, attrs=self._provenance())
+        return xr.Dataset(das, attrs=self._output_provenance("sample"))
 
     def _observed(self, ds: xr.Dataset | xr.DataArray) -> CoordinateData:
         if isinstance(ds, xr.DataArray):

@@ -38,7 +38,7 @@ import xarray as xr
 from torch import nn
 
 from .._utils import check_positive_int
-from ..base import Estimator, register_estimator
+from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
 from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
@@ -268,7 +268,8 @@ class LatentInterpolator(Estimator):
         steps, lr
             Adam steps and learning rate of the code optimisation.
         device, seed, progress
-            Where to run, seed of the ELBO's noise draws, progress bar.
+            Where to run, seed of the ELBO's noise draws, progress bar (``None``: as the
+            fit did, then the ``XSCIML_PROGRESS`` environment variable).
 
         Returns
         -------
@@ -329,7 +330,7 @@ class LatentInterpolator(Estimator):
             def decoder(feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                 lin = m_pts + torch.einsum("nok,nk->no", B_pts, z)
                 return lin + net.residual(feats, z)
-        for _ in progress_bar(range(steps), desc="encode", progress=progress, leave=False):
+        for _ in progress_bar(range(steps), desc="encode", progress=self._progress(progress)):
             z = mu[idx]
             if self.variational:
                 z = z + log_s.exp()[idx] * torch.randn_like(z)
@@ -467,18 +468,22 @@ class LatentInterpolator(Estimator):
                 out[i:i + per] = res.float().cpu()
         phys = self.scaler.inverse(out)
         lc = {dim: sample_coords} if sample_coords is not None else {dim: np.arange(S)}
-        das = {v: tp.to_dataarray(phys[..., j], name=v, attrs=self.var_attrs.get(v, {}),
+        das = {v: tp.to_dataarray(phys[..., j], name=v, attrs=output_attrs(self.var_attrs.get(v), name=v),
                                   leading_dims=(dim,), leading_coords=lc)
                for j, v in enumerate(self.variables)}
         return self._labeled(das)
 
     def _labeled(self, das: dict[str, xr.DataArray]) -> xr.DataArray | xr.Dataset:
         """One DataArray (one variable) or a Dataset, with provenance attrs."""
+        source = next((a for v in self.variables if (a := self.var_attrs.get(v, {})).get("history")),
+                      None)
+        provenance = self._provenance(f"decode: {', '.join(self.variables)} decoded from latent "
+                                      "codes", source)
         if len(das) == 1:
             da = next(iter(das.values()))
-            da.attrs = {**da.attrs, **self._provenance()}
+            da.attrs = {**da.attrs, **provenance}
             return da
-        return xr.Dataset(das, attrs=self._provenance())
+        return xr.Dataset(das, attrs=provenance)
 
     def _decode_lazy(self, z: Any, target: Any, dim: Hashable, sample_coords: Any, *, time: Any,
                      batch_size: int, device: Any) -> xr.DataArray | xr.Dataset | None:
@@ -515,7 +520,7 @@ class LatentInterpolator(Estimator):
         coords[dim] = xr.Variable((dim,), sample_coords if sample_coords is not None else np.arange(S))
         dims = (dim,) + blocks.dims
         das = {v: xr.DataArray(arr[..., j], dims=dims, coords=coords, name=v,
-                               attrs=dict(self.var_attrs.get(v, {})))
+                               attrs=output_attrs(self.var_attrs.get(v), name=v))
                for j, v in enumerate(self.variables)}
         return self._labeled(das)
 
@@ -802,6 +807,7 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
                             module.z_mean.detach().clone(), module.z_log_std.detach().exp().clone(),
                             {v: dict(data.var_attrs.get(v, {})) for v in data.variables}, info)
     li.history = history
+    li.fit_progress = progress
     return li, start
 
 
