@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts in this folder.
+"""Code shared by the benchmark scripts in this folder.
 
 Every benchmark is a plain script, ``python benchmarks/NAME.py [--quick]``, that
 computes its baseline in the same run and prints fixed-width tables. This module holds
