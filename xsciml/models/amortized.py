@@ -1123,8 +1123,10 @@ class AutoEncoder(_GridModel):
         z
             DataArray with a ``latent`` dim (other dims kept), a Dataset with ``z`` (the
             posterior mean is decoded), or an array ``[latent]`` / ``[samples, latent]``.
-        batch_size, device
-            Codes per forward pass, and where the network runs.
+        batch_size
+            Codes per forward pass.
+        device
+            Where the network runs.
 
         Returns
         -------
@@ -1372,10 +1374,13 @@ def fit_autoencoder(
     noise_var
         PCA: default :math:`\sigma^2` of the partial-snapshot MAP :meth:`PCA.encode`
         (default: estimated from the discarded variance).
-    svd, n_power_iter, n_oversamples
-        PCA: ``"auto"`` (exact SVD in memory, :func:`dask.array.linalg.svd_compressed`
-        for dask input), ``"full"`` (exact; loads dask input) or ``"randomized"``;
-        power iterations and oversampling of the randomized SVD.
+    svd
+        PCA: ``"auto"`` (exact SVD in memory, :func:`dask.array.linalg.svd_compressed` for dask
+        input), ``"full"`` (exact; loads dask input) or ``"randomized"``.
+    n_power_iter
+        Power iterations of the randomized SVD.
+    n_oversamples
+        Oversampling of the randomized SVD.
     model_kwargs
         Network options: ``hidden`` (MLP widths, default ``(256, 128)``), ``widths``
         (conv channels per resolution, default ``(16, 32, 64)``), ``activation``.
@@ -1385,10 +1390,26 @@ def fit_autoencoder(
         Autoencoders: during training hide a random fraction (uniform in
         ``[0, input_dropout]`` per snapshot) of the observed input points while
         scoring all of them, so the encoder learns to encode partial snapshots.
-    steps, batch_size, lr, weight_decay, scheduler, val_fraction, early_stopping, device, seed, progress
-        Autoencoder training, see :func:`xsciml.training.fit` (``val_fraction`` of
-        the snapshots is held out and the best weights kept). ``seed`` also seeds the
-        randomized SVD. Ignored by the exact PCA.
+    steps
+        Autoencoder training steps, see :func:`xsciml.training.fit` (ignored by the exact PCA).
+    batch_size
+        Snapshots per minibatch.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay.
+    scheduler
+        Learning-rate schedule.
+    val_fraction
+        Fraction of the snapshots held out; the best weights on them are kept.
+    early_stopping
+        Stop after this many evaluations without improvement (``None``: never).
+    device
+        Where to train.
+    seed
+        The seed (also of the randomized SVD).
+    progress
+        Show a progress bar.
 
     Returns
     -------

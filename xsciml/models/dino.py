@@ -126,8 +126,10 @@ class LatentDynamics(nn.Module):
     ----------
     latent_dim
         Size of the (normalised) codes.
-    width, depth
-        Hidden width and number of hidden layers of the MLP.
+    width
+        Hidden width of the MLP.
+    depth
+        Number of hidden layers of the MLP.
     linear
         Include the linear term.
     periods
@@ -352,8 +354,10 @@ def decoder_jacobian(decoder: nn.Module, features: Tensor, code_mean: Tensor, co
         Code-conditioned coordinate network.
     features
         Encoded points ``[P, F]``.
-    code_mean, code_std
-        Mean and spread of the training codes ``[d]``.
+    code_mean
+        Mean of the training codes ``[d]``.
+    code_std
+        Spread of the training codes ``[d]``.
 
     Returns
     -------
@@ -469,19 +473,24 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
         Code-conditioned coordinate network (frozen).
     features
         Encoded points ``[P, F]``.
-    y, mask
-        Standardised values and observation mask ``[B, P, C]`` (``y`` 0 where unobserved).
+    y
+        Standardised values ``[B, P, C]`` (0 where unobserved).
+    mask
+        Observation mask ``[B, P, C]``.
     alpha0
         Starting codes ``[B, d]``.
     steps
         Gauss–Newton steps.
     reg
         Weight of the Gaussian prior on the normalised code.
-    code_mean, code_std
-        :math:`\mu`, :math:`\sigma` of the training codes ``[d]``.
-    gls, chol
-        Optional GLS factor ``[k, P*C]`` (restricted to the points) and its Cholesky
-        factors ``[B, k, k]``.
+    code_mean
+        Mean of the training codes ``[d]``.
+    code_std
+        Spread of the training codes ``[d]``.
+    gls
+        Optional GLS factor ``[k, P*C]`` (restricted to the points).
+    chol
+        Its Cholesky factors ``[B, k, k]``.
     jacobian
         The decoder's Jacobian ``[P*C, d]`` at ``code_mean`` on these points (float64),
         from :func:`decoder_jacobian`; computed here when None. Pass it when encoding
@@ -632,8 +641,10 @@ class DINoModule(nn.Module):
         Conditional coordinate network ``D(x, α)`` (a FourierNet with ``code_dim``).
     dynamics
         :class:`LatentDynamics` on normalised codes.
-    n_trajectories, n_frames
-        Shape of the table of training codes ``[S, T, d]``.
+    n_trajectories
+        Rows of the table of training codes ``[S, T, d]``.
+    n_frames
+        Frames per row of that table.
     """
 
     def __init__(self, decoder: nn.Module, dynamics: LatentDynamics, n_trajectories: int,
@@ -1703,18 +1714,32 @@ class DINo(LatentForecaster):
             Where to decode: default the grid/points of ``ds_init``; or a Dataset /
             DataArray (its space coordinates), a dict of 1-D coordinates (a new grid),
             or a DataFrame of scattered points.
-        encode_steps, encode_optimizer, encode_lr, encode_init, encode_reg, encode_noise
-            Auto-decoding of the initial codes (``steps``, ``optimizer``, ``lr``, ``init``,
-            ``reg``, ``noise`` of :meth:`encode`).
+        encode_steps
+            Auto-decoding steps of the initial codes (``steps`` of :meth:`encode`).
+        encode_optimizer
+            ``optimizer`` of :meth:`encode`.
+        encode_lr
+            ``lr`` of :meth:`encode`.
+        encode_init
+            ``init`` of :meth:`encode`.
+        encode_reg
+            ``reg`` of :meth:`encode`.
+        encode_noise
+            ``noise`` of :meth:`encode`.
         residual
             ``None`` (default): the forecast is the decoded latent trajectory. ``"persist"``:
             add the initial state's reconstruction residual ``y0 - D(α0)`` (0 where
             ``y0`` is NaN) at every lead — the small scales the code does not hold, carried
             as persistence, like the anomaly of "climatology + persisted anomaly". Only on
             the initial state's own points (``target=None``).
-        device, seed, progress, batch_size
-            Where to run, the seed, a progress bar, and the bound on codes × points
-            decoded at once.
+        device
+            Where to run.
+        seed
+            The seed.
+        progress
+            Show a progress bar.
+        batch_size
+            Bound on codes × points decoded at once.
 
         Returns
         -------
@@ -1802,10 +1827,24 @@ class DINo(LatentForecaster):
         observed
             Boolean mask over the space dims of the observed points; default the points
             observed in training (:meth:`observed_mask`).
-        encode_steps, encode_optimizer, encode_lr, encode_init, encode_reg, encode_noise
-            As in :meth:`forecast`.
-        device, seed, progress
-            As in :meth:`forecast`.
+        encode_steps
+            Auto-decoding steps of the initial codes (``steps`` of :meth:`encode`).
+        encode_optimizer
+            ``optimizer`` of :meth:`encode`.
+        encode_lr
+            ``lr`` of :meth:`encode`.
+        encode_init
+            ``init`` of :meth:`encode`.
+        encode_reg
+            ``reg`` of :meth:`encode`.
+        encode_noise
+            ``noise`` of :meth:`encode`.
+        device
+            Where to train (or run).
+        seed
+            The seed.
+        progress
+            Show a progress bar.
 
         Returns
         -------
@@ -1942,11 +1981,18 @@ def fit_dynamics(
         default all.
     latent_dim
         Size of the codes.
-    width, depth, input_scale
-        Decoder size and frequency scale (default from the grid resolution).
-    dynamics_width, dynamics_depth, dynamics_linear
-        Size of the dynamics MLP, and whether the vector field has a linear term
-        (see :class:`LatentDynamics`).
+    width
+        Decoder width.
+    depth
+        Decoder depth.
+    input_scale
+        Frequency scale of the decoder's filters (default from the grid resolution).
+    dynamics_width
+        Width of the dynamics MLP.
+    dynamics_depth
+        Depth of the dynamics MLP.
+    dynamics_linear
+        Whether the vector field has a linear term (see :class:`LatentDynamics`).
     periods
         Periods of known external forcings (timedeltas such as ``"1D"`` for the diurnal
         cycle, or numbers in time units): the dynamics receive the phase of each
@@ -1964,8 +2010,10 @@ def fit_dynamics(
     ode_step
         Step of fixed-step solvers, in time units (a number, or a timedelta for datetime
         axes); default half the median frame spacing. Independent of the output times.
-    rtol, atol
-        Tolerances of adaptive solvers.
+    rtol
+        Relative tolerance of adaptive solvers.
+    atol
+        Absolute tolerance of adaptive solvers.
     adjoint
         Back-propagate with the adjoint method (``odeint_adjoint``): memory O(1) in the
         number of steps, slower.
@@ -1990,8 +2038,12 @@ def fit_dynamics(
         variance (floored at 1 % of the average), so that small-amplitude frames — late
         frames of decaying dynamics — are reconstructed as accurately, relatively, as
         large ones.
-    lr, code_lr, dynamics_lr
-        Learning rates of the decoder, the codes and the dynamics (Adam).
+    lr
+        Learning rate of the decoder (Adam).
+    code_lr
+        Learning rate of the codes.
+    dynamics_lr
+        Learning rate of the dynamics.
     scheduler
         Learning-rate schedule of :func:`xsciml.training.fit`.
     grad_clip
@@ -2013,8 +2065,12 @@ def fit_dynamics(
         and used to encode sparsely observed states by generalised least squares
         (:meth:`DINo.encode`, ``noise``); 0 to skip it. Skipped as well when the training
         points times variables exceed 2**15 (memory).
-    device, seed, progress
-        Where to train, the seed, a progress bar.
+    device
+        Where to train (or run).
+    seed
+        The seed.
+    progress
+        Show a progress bar.
     **kwargs
         Options of the ``"smooth"`` method (none for DINo).
 

@@ -223,12 +223,16 @@ class HyperMLP(nn.Module):
 
     Parameters
     ----------
-    ndim, out_channels
-        Space dimensions and decoded variables.
+    ndim
+        Space dimensions.
+    out_channels
+        Decoded variables.
     latent_dim
         Size of :math:`\theta`.
-    width, depth
-        Hidden width and number of hidden layers of the decoded MLP.
+    width
+        Hidden width of the decoded MLP.
+    depth
+        Number of hidden layers of the decoded MLP.
     n_freq
         Harmonics per axis of the input features.
 
@@ -302,8 +306,10 @@ class SnapshotEncoder(nn.Module):
 
     Parameters
     ----------
-    in_channels, latent_dim
-        Input variables and size of θ.
+    in_channels
+        Input variables.
+    latent_dim
+        Size of θ.
     grid
         Grid shape (1 or 2 axes) the encoder is built for.
     width
@@ -684,16 +690,31 @@ class SmoothDynamics(LatentForecaster):
         target
             Where to decode (default the grid of ``ds_init``): a Dataset/DataArray, a dict
             of 1-D coordinates, or a DataFrame of scattered points.
-        encode_steps, encode_lr, encode_reg
-            Refinement of the encoder's θ (see :meth:`encode`; 0 steps: the encoder alone).
-        encode_init, encode_noise
-            ``"encoder"`` and ``"auto"``: θ starts from the (deterministic) encoder's
-            output; the only choices, the parameters mirror DINo's.
-        solver, rtol, atol
-            ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
-            solvers use the model's step.
-        device, seed, progress, batch_size
-            Where to run, the seed, a progress bar, and a bound on θ × points at once.
+        encode_steps
+            Adam steps refining the encoder's θ (see :meth:`encode`; 0: the encoder alone).
+        encode_lr
+            Learning rate of that refinement.
+        encode_reg
+            Regularisation of that refinement.
+        encode_init
+            ``"encoder"``: θ starts from the (deterministic) encoder's output; the only
+            choice, the parameter mirrors DINo's.
+        encode_noise
+            ``"auto"``, the only choice; the parameter mirrors DINo's.
+        solver
+            ODE solver (default the model's, ``"dopri5"``); fixed-step solvers use the model's step.
+        rtol
+            Relative tolerance of adaptive solvers.
+        atol
+            Absolute tolerance of adaptive solvers.
+        device
+            Where to run.
+        seed
+            The seed.
+        progress
+            Show a progress bar.
+        batch_size
+            Bound on θ × points decoded at once.
 
         Returns
         -------
@@ -869,15 +890,26 @@ def fit_smooth_dynamics(
     space
         Space coordinates: 1-D dimension coordinates of the grid (default: the
         dimension coordinates other than time and ``sample_dim``).
-    time, sample_dim, train_until
-        As in :func:`xsciml.models.dino.fit_dynamics`.
+    time
+        Time coordinate, as in :func:`xsciml.models.dino.fit_dynamics`.
+    sample_dim
+        Dimension of independent trajectories, as in :func:`xsciml.models.dino.fit_dynamics`.
+    train_until
+        Last training time, as in :func:`xsciml.models.dino.fit_dynamics`.
     decoder
         ``"fourier"`` (nonlinear Fourier ansatz) or ``"mlp"`` (hypernetwork MLP).
-    modes, waves
-        :math:`K` and :math:`J` of the Fourier ansatz (``latent_dim`` follows from them).
-    latent_dim, width, depth, n_freq
-        Size of θ, hidden width and depth of the decoded MLP, harmonics per axis of its
-        input features (``"mlp"`` only).
+    modes
+        :math:`K` of the Fourier ansatz (``latent_dim`` follows from it and ``waves``).
+    waves
+        :math:`J` of the Fourier ansatz.
+    latent_dim
+        Size of θ (``"mlp"`` only).
+    width
+        Hidden width of the decoded MLP (``"mlp"`` only).
+    depth
+        Depth of the decoded MLP (``"mlp"`` only).
+    n_freq
+        Harmonics per axis of the MLP's input features (``"mlp"`` only).
     encoder_width
         Channels of the CNN encoder.
     consistency
@@ -895,27 +927,49 @@ def fit_smooth_dynamics(
     period
         Period of each space coordinate (a number, one per coordinate, or a dict);
         default the coordinate's ``period`` attribute, else ``n * spacing``.
-    dynamics_width, dynamics_depth, dynamics_linear
+    dynamics_width
         The latent vector field (:class:`~xsciml.models.dino.LatentDynamics`).
-    solver, rtol, atol
-        Forecast solver (default adaptive ``"dopri5"``) and its tolerances, on
-        standardised θ.
-    train_solver, ode_step
-        Fixed-step solver used to train the dynamics and its step (default half the
-        median frame spacing; a number in time units or a timedelta).
+    dynamics_depth
+        The latent vector field (:class:`~xsciml.models.dino.LatentDynamics`).
+    dynamics_linear
+        The latent vector field (:class:`~xsciml.models.dino.LatentDynamics`).
+    solver
+        ODE solver (default the model's, ``"dopri5"``); fixed-step solvers use the model's step.
+    rtol
+        Relative tolerance of adaptive solvers.
+    atol
+        Absolute tolerance of adaptive solvers.
+    train_solver
+        Fixed-step solver used to train the dynamics.
+    ode_step
+        Its step (default half the median frame spacing; a number in time units or a
+        timedelta).
     teacher_forcing
         Restart probability schedule of the rollouts (as in DINo).
-    steps, dynamics_steps
-        Optimiser steps of the two stages (``dynamics_steps`` defaults to ``steps``).
-    batch_size, dynamics_batch_size, window
-        Frames per autoencoder step; trajectories per dynamics step (default all) and
-        frames per rollout window (default all).
-    lr, dynamics_lr, scheduler
-        Learning rates (Adam) and schedule.
+    steps
+        Optimiser steps of the autoencoder stage.
+    dynamics_steps
+        Optimiser steps of the dynamics stage (default ``steps``).
+    batch_size
+        Frames per autoencoder step.
+    dynamics_batch_size
+        Trajectories per dynamics step (default all).
+    window
+        Frames per rollout window (default all).
+    lr
+        Learning rate of the autoencoder stage (Adam).
+    dynamics_lr
+        Learning rate of the dynamics stage.
+    scheduler
+        Learning-rate schedule of both stages.
     time_units
         Float unit of datetime/cftime time axes.
-    device, seed, progress
-        Where to train, the seed, a progress bar.
+    device
+        Where to train.
+    seed
+        The seed.
+    progress
+        Show a progress bar.
 
     Returns
     -------
