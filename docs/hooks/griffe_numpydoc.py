@@ -224,9 +224,80 @@ def _convert_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+#: numpydoc sections whose entries griffe parses itself (their layout must stay as is)
+_ITEM_SECTIONS = {"parameters", "other parameters", "returns", "yields", "receives", "raises",
+                  "warns", "attributes", "functions", "methods", "classes", "modules",
+                  "type parameters", "type aliases", "examples"}
+_LIST_ITEM = re.compile(r"^\s*(?:[*+-]|\d+[.)])\s")
+
+
+def _convert_definition_lists(text: str) -> str:
+    """reST definition lists (a term, then its indented definition) as Markdown bullets.
+
+    Markdown would render the indented definition as a code block. Only text outside the
+    sections griffe parses is touched.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and re.fullmatch(r"\s*-{3,}\s*", nxt) and _indent_of(nxt) == _indent_of(line):
+            section = line.strip().lower()
+            out += [line, nxt]
+            i += 2
+            continue
+        base = _indent_of(line)
+        is_term = (section not in _ITEM_SECTIONS and line.strip() and nxt.strip()
+                   and _indent_of(nxt) >= base + 2 and not _LIST_ITEM.match(line)
+                   and not line.rstrip().endswith(("::", "```")) and (not out or not out[-1].strip()
+                                                                  or out[-1].lstrip().startswith("* **")
+                                                                  or _indent_of(out[-1]) > base))
+        if not is_term:
+            out.append(line)
+            i += 1
+            continue
+        body, j = _block(lines, i + 1, base)
+        pad = " " * base
+        dedented = textwrap.dedent("\n".join(body)).splitlines()
+        first, rest = (dedented[0], dedented[1:]) if dedented else ("", [])
+        out.append(f"{pad}* **{line.strip()}** — {first.strip()}")
+        out += [f"{pad}    {r}" if r.strip() else "" for r in rest]
+        i = j
+    return "\n".join(out)
+
+
+_ALIGNED = re.compile(r"^(?P<ind>\s*)(?P<key>``[^`]+``)\s{2,}(?P<value>\S.*)$")
+
+
+def _convert_aligned_pairs(text: str) -> str:
+    """Two-column layouts (````key````, spaces, value, wrapped lines aligned) as bullets."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _ALIGNED.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        column = len(lines[i]) - len(m["value"])
+        value = [m["value"]]
+        i += 1
+        while i < len(lines) and lines[i].strip() and _indent_of(lines[i]) >= column:
+            value.append(lines[i].strip())
+            i += 1
+        out.append(f"{m['ind']}* {m['key']} — {' '.join(value)}")
+    return "\n".join(out)
+
+
 def convert(text: str, ctx: griffe.Object, collection: Any) -> str:
     """The docstring ``text`` of ``ctx`` with reST roles, math and links as Markdown."""
     text = _convert_blocks(text)
+    text = _convert_aligned_pairs(text)
+    text = _convert_definition_lists(text)
     text = _MATH_ROLE.sub(lambda m: f"\\({m['body']}\\)", text)
     text = _RST_LINK.sub(lambda m: f"[{m['text'].strip()}]({m['url'].strip()})", text)
     return _ROLE.sub(_role_replacer(ctx, collection), text)
