@@ -17,7 +17,8 @@ Pages can also show a notebook's figure or a cell's code. A code cell tagged
     caption; without an executed copy, a note naming the notebook and the command that
     produces the figure;
 ``<!-- notebook-code 00_getting_started:forecast -->``
-    the cell's source as a Python code block (always available).
+    the cell's source as a Python code block (always available), followed by what the
+    cell printed (stdout) when there is an executed copy.
 
 An unknown notebook or tag is an error (a warning, which ``mkdocs build --strict``
 turns into a failure).
@@ -175,6 +176,12 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
             return ""
         src = cell["source"]
         src = "".join(src) if isinstance(src, list) else src
-        return f"```python\n{src.rstrip()}\n```"
+        block = f"```python\n{src.rstrip()}\n```"
+        printed = "".join("".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+                          for o in cell.get("outputs", [])
+                          if o.get("output_type") == "stream" and o.get("name") == "stdout")
+        if printed.strip():  # what the cell printed in the executed copy (stdout only)
+            block += f"\n\n```text\n{printed.rstrip()}\n```"
+        return block
 
     return _CODE.sub(code, _FIGURE.sub(figure, markdown))
