@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts in this folder.
+"""Code shared by the benchmark scripts in this folder.
 
 Every benchmark is a plain script, ``python benchmarks/NAME.py [--quick]``, that
 computes its baseline in the same run and prints fixed-width tables. This module holds
@@ -7,6 +7,8 @@ what they share:
 * :func:`make_parser` -- an :class:`argparse.ArgumentParser` with the ``--quick`` flag
   (smaller sizes, for smoke runs and ``benchmarks/run.py --quick``);
 * :func:`format_table` / :func:`print_table` -- list of dict rows to aligned columns;
+  every table printed is also recorded in ``benchmarks/results/NAME[.quick].tables.json``
+  (:func:`record_table`), from which the docs' benchmark pages are built;
 * :class:`Timer` -- wall-clock of a block;
 * :func:`run_isolated` -- run a function in a fresh ``spawn`` subprocess and measure its
   wall-clock and peak resident memory above the baseline of an idle child that imported
@@ -46,6 +48,8 @@ __all__ = [
     "coarsest_within",
     "print_table",
     "ratio",
+    "record_table",
+    "results_path",
     "relative_mse",
     "run_isolated",
 ]
@@ -171,6 +175,75 @@ def print_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
     <BLANKLINE>
     """
     print(format_table(rows, title, columns, floatfmt) + "\n", flush=True)
+    record_table(rows, title, columns, floatfmt)
+
+
+# --------------------------------------------------------------------------- results
+_RECORD: dict[str, Any] = {}
+
+
+def results_path(script: str | Path | None = None, quick: bool | None = None) -> Path | None:
+    """Where the tables printed by a benchmark script are recorded, or ``None``.
+
+    ``benchmarks/results/NAME.tables.json`` for a full run of ``benchmarks/NAME.py`` and
+    ``NAME.quick.tables.json`` for a ``--quick`` run (by default: the running script and
+    its command line). ``None`` when the running program is not a benchmark script of
+    this folder (a doctest, an import from elsewhere) or ``XSCIML_BENCH_RECORD=0``.
+
+    Examples
+    --------
+    >>> results_path(BENCH_DIR / "dino_heat.py", quick=True).name
+    'dino_heat.quick.tables.json'
+    """
+    script = Path(sys.argv[0] if script is None else script)
+    if os.environ.get("XSCIML_BENCH_RECORD", "1") == "0" or script.suffix != ".py":
+        return None
+    script = script.resolve()
+    if script.parent != BENCH_DIR or script.name.startswith("_") or script.name == "run.py":
+        return None
+    quick = ("--quick" in sys.argv[1:]) if quick is None else quick
+    return BENCH_DIR / "results" / f"{script.stem}{'.quick' if quick else ''}.tables.json"
+
+
+def record_table(rows: Sequence[Mapping[str, Any]], title: str | None = None,
+                 columns: Sequence[str] | None = None, floatfmt: str = ".3g") -> Path | None:
+    """Add a printed table to the running benchmark's results file (see :func:`results_path`).
+
+    The file holds the command line, the start time, the machine and every table printed
+    so far, each cell as the text that was printed; it is rewritten after every table, so
+    a run that stops early keeps what it printed. The docs' benchmark pages are built
+    from these files.
+    """
+    path = results_path()
+    if path is None:
+        return None
+    if not _RECORD:
+        import platform
+
+        _RECORD.update({
+            "script": f"benchmarks/{path.name.split('.')[0]}.py",
+            "argv": sys.argv[1:],
+            "quick": path.name.endswith(".quick.tables.json"),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpu_count": os.cpu_count(), "python": platform.python_version()},
+            "tables": [],
+        })
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    _RECORD["tables"].append({
+        "title": title,
+        "columns": [str(c) for c in columns],
+        "rows": [[_cell(r.get(c), floatfmt) for c in columns] for r in rows],
+    })
+    _RECORD["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_RECORD, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def relative_mse(pred: Any, truth: Any, space: Sequence[str] = ("y", "x")) -> float:

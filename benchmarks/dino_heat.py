@@ -25,13 +25,14 @@ in the same run: zero and persistence. Also timed: encoding of the initial codes
 whole forecast, and the exact spectral solver producing the same frames (the physical
 limit for this linear periodic problem).
 
-Bar: Out-t relative MSE <= 1e-2 on the full grid, and the 5 % case within 3x of it.
+Check (exit code 1 when it fails): Out-t relative MSE <= 1e-2 on the full grid, and the
+5 % case within 3x of it.
 
 Usage::
 
     python benchmarks/dino_heat.py            # CPU size (about 12 min on 2 cores)
     python benchmarks/dino_heat.py --paper    # more trajectories and steps (for a GPU)
-    python benchmarks/dino_heat.py --quick    # smoke run (bar not assessed)
+    python benchmarks/dino_heat.py --quick    # smoke run (check not assessed)
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: tiny ops spin badly on a shared 2-core box)")
+                        help="torch CPU threads (1: tiny ops spin badly when the cores are busy)")
     parser.add_argument("--paper", action="store_true", help="larger setting (for a GPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write results to this JSON file")
     parser.add_argument("--save", type=Path, default=None, help="also save the fitted model here")
@@ -197,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "not assessed (--quick)"
     else:
         verdict = "PASS" if ok_full and ok_sparse else "FAIL"
-    print(f"Out-t relative MSE, full grid: {full_out:.3g} (bar <= {BAR_OUT_T:g}: "
+    print(f"Out-t relative MSE, full grid: {full_out:.3g} (check <= {BAR_OUT_T:g}: "
           f"{'ok' if ok_full else 'missed'}); 5 % observed: {sparse_out:.3g} = "
-          f"{sparse_out / full_out:.2f}x the full grid (bar <= {BAR_SPARSE:g}x: "
+          f"{sparse_out / full_out:.2f}x the full grid (check <= {BAR_SPARSE:g}x: "
           f"{'ok' if ok_sparse else 'missed'}) -> {verdict}")
 
     if args.json is not None:

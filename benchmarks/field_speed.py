@@ -10,7 +10,7 @@ The reference, measured in the same run with the same thread count, is the bare
 ``torch.addmm`` chain of the network's own ``nn.Linear`` layers (same weights, same
 batch size as ``predict``, no activations, no copies) over the same number of points:
 the GEMM work a forward pass cannot avoid. ``fraction = predict points/s / GEMM
-points/s``. Bar: >= 50 % for the MLP and SIREN paths (the grid path adds the
+points/s``. Check: >= 50 % for the MLP and SIREN paths (the grid path adds the
 interpolation, which is not a GEMM; it is reported for information).
 
 A per-stage breakdown (encode / network / moments / labelling, and the bare module
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="predict batch size, also used for the GEMM reference "
                              "(default: predict's own default)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 by default: the CI machine is shared)")
+                        help="torch CPU threads (1 by default: a second thread spins when the cores are busy)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (best is kept)")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sweep", nargs="*", type=int, default=[4096, 16384, 65536],
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "gemm_pts/s": pts_gemm,
             "gemm_GFLOP/s": flops / t_gemm / 1e9,
             "fraction": fraction,
-            "required": f">= {BAR:.0%}" if required else "(info)",
+            "check": f">= {BAR:.0%}" if required else "(info)",
             "pass": (fraction >= BAR) if required else None,
         })
         st = stage_seconds(field, target, args.batch_size, repeats)

@@ -26,7 +26,7 @@ SKIP = {"_common.py", "run.py"}
 
 
 def discover(directory: Path = BENCH_DIR) -> list[Path]:
-    """Benchmark scripts in ``directory``, sorted by name (helpers and this runner excluded).
+    """Benchmark scripts in ``directory``, sorted by name (``_common.py`` and this runner excluded).
 
     Examples
     --------

@@ -12,9 +12,9 @@ Each configuration gets a fresh cluster, warmed up by one chunk (worker start-up
 import, model load), then timed. Reported:
 
 * throughput (points/s, best of ``--repeats``) with 1 and 2 workers, and the parallel
-  efficiency ``throughput_2 / (2 * throughput_1)`` (bar: >= 0.8 on 2 cores); ``busy`` is
+  efficiency ``throughput_2 / (2 * throughput_1)`` (checked: >= 0.8 on 2 cores); ``busy`` is
   the workers' CPU time over ``workers x wall time``: below 1 when other processes take
-  the cores (a shared machine), which then caps the measurable efficiency, and the
+  the cores, which then caps the measurable efficiency, and the
   efficiency per CPU-second actually used is printed too;
 * peak resident memory per worker (``ru_maxrss``) at two dataset sizes 10x apart, with
   the same chunks: it should stay flat (memory is O(chunk), not O(dataset));
@@ -90,7 +90,7 @@ def run_cluster(field: Any, n_workers: int, n_times: int, repeats: int = 1) -> d
     """Throughput (best of ``repeats``) and worker peak memory on a fresh cluster.
 
     ``busy`` is the workers' CPU time over ``n_workers x wall time`` in the best run: well
-    below 1 means the cores were busy with something else (a shared machine).
+    below 1 means the cores were busy with something else.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -204,7 +204,7 @@ def main() -> None:
     eff = two["Mpoints/s"] / (2 * one["Mpoints/s"])
     print_table([one, two], title=f"throughput, {large * GRID[0] * GRID[1]:.0e} points "
                                   f"(best of {args.repeats})")
-    print(f"parallel efficiency 2 workers vs 1: {eff:.2f} (bar >= {BAR}: "
+    print(f"parallel efficiency 2 workers vs 1: {eff:.2f} (check >= {BAR}: "
           f"{'PASS' if eff >= BAR else 'FAIL'})")
     if min(one["busy"], two["busy"]) < 0.9:
         # throughput per CPU-second the workers actually got: the scaling of the machinery

@@ -228,8 +228,10 @@ def climatology(obs: xr.DataArray, init: Any, lead: Any, *, history: xr.DataArra
     ----------
     obs
         Observed field (used for its time axis and to check the initial times).
-    init, lead
-        Initial times and lead times (timedeltas).
+    init
+        Initial times.
+    lead
+        Lead times (timedeltas).
     history
         Period the climatology is computed from (default ``obs``). Pass the training
         period only, so that the reference never sees the verifying data.
@@ -284,8 +286,10 @@ def anomaly_lag_correlation(history: xr.DataArray, lead: Any, *, time: str = "ti
         Period to estimate from (the training period).
     lead
         Lead times (timedeltas).
-    time, by
-        Time dimension and climatology grouping (see :func:`climatology`).
+    time
+        Time dimension.
+    by
+        Climatology grouping (see :func:`climatology`).
 
     Returns
     -------
@@ -330,7 +334,17 @@ def anomaly_persistence(obs: xr.DataArray, init: Any, lead: Any, *,
 
     Parameters
     ----------
-    obs, init, lead, history, time, by
+    obs
+        As in :func:`climatology`.
+    init
+        As in :func:`climatology`.
+    lead
+        As in :func:`climatology`.
+    history
+        As in :func:`climatology`.
+    time
+        As in :func:`climatology`.
+    by
         As in :func:`climatology`.
     damping
         ``ρ``: 1 (default: the anomaly persists), a number, a DataArray over ``lead``, or

@@ -395,8 +395,10 @@ class CoordinateEncoder:
         180 degrees of the circle (global or hemispheric data; judged by the largest gap
         between longitudes, so a regional box across 0/360 stays regional, with its
         longitudes unwrapped to one continuous range) and affine otherwise.
-    time_units, time_origin
-        The float time is ``time_units since time_origin`` in the data's calendar.
+    time_units
+        Unit of float time: time is ``time_units since time_origin`` in the data's calendar.
+    time_origin
+        Origin of float time.
     time_features
         Cyclical features: names ``"hour"`` (hour of day) and ``"doy"`` (day of year) for
         datetime axes, or a mapping ``{name: period}`` with the period in ``time_units``.
@@ -790,7 +792,10 @@ def warn_outside(
     ----------
     encoder
         The model's fitted encoder.
-    space, time
+    space
+        The target's raw coordinate values, as for
+        :meth:`CoordinateEncoder.outside_fraction`.
+    time
         The target's raw coordinate values, as for
         :meth:`CoordinateEncoder.outside_fraction`.
     where

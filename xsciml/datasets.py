@@ -204,10 +204,11 @@ def gaussian_random_field(
         Grid size: ``nx`` (1-D) or ``(ny, nx)`` (2-D).
     n
         Number of independent samples.
-    alpha, tau
-        Smoothness exponent and inverse length scale of the covariance operator.
-        Samples are continuous functions in the grid-refinement limit when
-        ``alpha > d / 2``.
+    alpha
+        Smoothness exponent of the covariance operator. Samples are continuous
+        functions in the grid-refinement limit when ``alpha > d / 2``.
+    tau
+        Inverse length scale of the covariance operator.
     sigma
         Amplitude; defaults to ``tau ** (0.5 * (2 * alpha - d))``.
     domain
@@ -394,10 +395,15 @@ def heat(
         Grid size ``n`` (square) or ``(ny, nx)``.
     diffusivity
         Diffusion coefficient ``D``.
-    dt, n_frames
-        Frames are stored at ``t = 0, dt, ..., (n_frames - 1) * dt``.
-    alpha, tau
-        GRF parameters of the initial states.
+    dt
+        Time between stored frames: frames at ``t = 0, dt, ..., (n_frames - 1) * dt``.
+    n_frames
+        Number of stored frames.
+    alpha
+        Smoothness exponent of the Gaussian random field of the initial states (see
+        :func:`gaussian_random_field`).
+    tau
+        Inverse length scale of that field.
     domain
         ``(lo, hi)`` for both axes, or ``((ylo, yhi), (xlo, xhi))``.
     seed
@@ -625,10 +631,15 @@ def wave(
         Grid size ``n`` (square) or ``(ny, nx)``.
     speed
         Wave speed ``c``.
-    dt, n_frames
-        Frames at ``t = 0, dt, ..., (n_frames - 1) * dt``.
-    alpha, tau
-        GRF parameters of the initial displacement (see :func:`gaussian_random_field`).
+    dt
+        Time between stored frames: frames at ``t = 0, dt, ..., (n_frames - 1) * dt``.
+    n_frames
+        Number of stored frames.
+    alpha
+        Smoothness exponent of the Gaussian random field of the initial displacement
+        (see :func:`gaussian_random_field`).
+    tau
+        Inverse length scale of that field.
     domain
         ``(lo, hi)`` for both axes, or ``((ylo, yhi), (xlo, xhi))``.
     seed
@@ -838,15 +849,22 @@ def navier_stokes(
         Output grid size (square, on :math:`[0, 1)^2`).
     viscosity
         Kinematic viscosity.
-    dt, n_frames, t_start
-        Frames at ``t_start + k dt``; the flow is integrated from 0 (a spin-up
-        ``t_start`` drops the first transient).
+    dt
+        Time between stored frames: frames at ``t_start + k dt``.
+    n_frames
+        Number of stored frames.
+    t_start
+        Time of the first stored frame; the flow is integrated from 0 (a spin-up ``t_start``
+        drops the first transient).
     resolution
         Grid of the solver, a multiple of ``size`` (e.g. 256 for the paper's data).
     step
         Solver time step.
-    alpha, tau
-        GRF parameters of the initial vorticity.
+    alpha
+        Smoothness exponent of the Gaussian random field of the initial vorticity (see
+        :func:`gaussian_random_field`).
+    tau
+        Inverse length scale of that field.
     seed
         Seed for :func:`numpy.random.default_rng`.
     dtype

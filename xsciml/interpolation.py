@@ -558,12 +558,16 @@ def frame_rbf(points: Any, values: Any, frames: Any, query: Any, query_frames: A
 
     Parameters
     ----------
-    points, values
-        Observation coordinates ``[N, D]`` (space only) and values ``[N]``.
+    points
+        Observation coordinates ``[N, D]`` (space only).
+    values
+        Observed values ``[N]``.
     frames
         Frame label of each observation ``[N]`` (e.g. its time), or ``None``.
-    query, query_frames
-        Where to interpolate ``[M, D]`` and the frame of each point.
+    query
+        Where to interpolate ``[M, D]``.
+    query_frames
+        The frame of each query point ``[M]``.
     neighbors
         Neighbours of each local RBF system (``RBFInterpolator(neighbors=...)``).
     min_points

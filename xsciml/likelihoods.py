@@ -360,8 +360,10 @@ class DiagonalGaussian:
 
     Parameters
     ----------
-    mu, log_std
-        Mean and log standard deviation, same shape ``[..., latent_dim]``.
+    mu
+        Mean ``[..., latent_dim]``.
+    log_std
+        Log standard deviation, same shape as ``mu``.
 
     Examples
     --------

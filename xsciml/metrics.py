@@ -105,8 +105,10 @@ def rmse(pred: xr.DataArray, truth: xr.DataArray,
 
     Parameters
     ----------
-    pred, truth : DataArray
-        Broadcast against each other (e.g. ``pred`` with an extra ``sample`` dim).
+    pred : DataArray
+        Prediction, broadcast against ``truth`` (e.g. with an extra ``sample`` dim).
+    truth : DataArray
+        Truth.
     dims : str or sequence, optional
         Dims averaged over; default all dims the two share (an extra ``sample`` dim of
         ``pred`` is kept). NaNs are skipped.
@@ -295,7 +297,11 @@ def constraint_rmse(fine: xr.DataArray, coarse: xr.DataArray, factor: int | Mapp
         Fine fields, e.g. ``(sample, time, lat, lon)``.
     coarse : DataArray
         The coarse fields ``y`` (broadcast against ``fine``, e.g. without ``sample``).
-    factor, coarsen, dims
+    factor
+        :math:`C'` = :func:`coarsen_blocks` ``(fine, factor, how=coarsen, dims=dims)``.
+    coarsen
+        :math:`C'` = :func:`coarsen_blocks` ``(fine, factor, how=coarsen, dims=dims)``.
+    dims
         :math:`C'` = :func:`coarsen_blocks` ``(fine, factor, how=coarsen, dims=dims)``.
     keep_dims : sequence of str
         Dims not summed over (e.g. ``("sample",)`` for one score per sample).

@@ -446,9 +446,15 @@ def blockwise_model(func: Callable[..., np.ndarray], model: Estimator | Delayed,
     model
         A fitted estimator, or :func:`model_to_graph` output (to share one entry
         between several arrays).
-    out_ind, argpairs, new_axes, adjust_chunks
-        As in :func:`dask.array.blockwise` (``argpairs`` alternate arrays and index
-        strings; ``None`` indices pass an argument through).
+    out_ind
+        Output index string, as in :func:`dask.array.blockwise`.
+    argpairs
+        Arrays alternating with their index strings, as in :func:`dask.array.blockwise`
+        (``None`` indices pass an argument through).
+    new_axes
+        As in :func:`dask.array.blockwise`.
+    adjust_chunks
+        As in :func:`dask.array.blockwise`.
     dtype
         Output dtype (``meta`` is built from it: the kernel is never called on fake
         inputs).
@@ -507,7 +513,11 @@ def apply_model(func: Callable[..., Any], model: Estimator, *args: xr.DataArray,
         Fitted estimator.
     *args
         DataArrays.
-    input_core_dims, output_core_dims, output_dtypes
+    input_core_dims
+        As in :func:`xarray.apply_ufunc`.
+    output_core_dims
+        As in :func:`xarray.apply_ufunc`.
+    output_dtypes
         As in :func:`xarray.apply_ufunc`.
     output_sizes
         Sizes of output core dims that are not input core dims.
@@ -707,9 +717,10 @@ def target_blocks(target: Any, names: Sequence[str], *, data_names: Sequence[str
         Coordinates (and condition variables) the model reads.
     data_names
         Those of ``names`` that are condition data variables.
-    time_name, time
-        When the target lacks ``time_name`` and ``time`` is given, it is added as a
-        new dimension (one chunk).
+    time_name
+        Name of the time dimension.
+    time
+        Times added as a new dimension (one chunk) when the target lacks ``time_name``.
     force
         Build blocks even when nothing in ``target`` is dask-backed (one chunk per dim
         unless the target is chunked).

@@ -349,15 +349,25 @@ def burgers(n_trajectories: int = 8, n_points: int = 128, *, n_frames: int = 41,
 
     Parameters
     ----------
-    n_trajectories, n_points
-        Number of initial states and of grid points on ``[0, length)``.
-    n_frames, t_max
-        Frames stored at ``linspace(0, t_max, n_frames)``.
+    n_trajectories
+        Number of initial states.
+    n_points
+        Number of grid points on ``[0, length)``.
+    n_frames
+        Number of frames, stored at ``linspace(0, t_max, n_frames)``.
+    t_max
+        Time of the last frame.
     dt
         Solver step (ETDRK4, :func:`solve_burgers`).
-    nu, length
-        Viscosity and period.
-    modes, amplitude, seed
+    nu
+        Viscosity (hyperviscosity for Kuramoto–Sivashinsky).
+    length
+        Period of the domain.
+    modes
+        Initial states.
+    amplitude
+        Initial states.
+    seed
         Initial states.
     dtype
         dtype of ``u``.
@@ -401,16 +411,30 @@ def kuramoto_sivashinsky(n_trajectories: int = 8, n_points: int = 128, *, n_fram
 
     Parameters
     ----------
-    n_trajectories, n_points, n_frames, t_max, dt
+    n_trajectories
         As in :func:`burgers`.
-    nu, length
-        Hyperviscosity and period.
-    modes, amplitude
+    n_points
+        As in :func:`burgers`.
+    n_frames
+        As in :func:`burgers`.
+    t_max
+        As in :func:`burgers`.
+    dt
+        As in :func:`burgers`.
+    nu
+        Viscosity (hyperviscosity for Kuramoto–Sivashinsky).
+    length
+        Period of the domain.
+    modes
+        Random smooth initial states (see :func:`burgers`).
+    amplitude
         Random smooth initial states (see :func:`burgers`).
     spinup
         Time integrated (and discarded) before the first stored frame.
-    seed, dtype
-        Seed and dtype of ``u``.
+    seed
+        Seed of the random initial states.
+    dtype
+        dtype of ``u``.
 
     Examples
     --------
@@ -449,14 +473,30 @@ def kdv(n_trajectories: int = 8, n_points: int = 128, *, n_frames: int = 41, t_m
 
     Parameters
     ----------
-    n_trajectories, n_points, n_frames, t_max, dt
+    n_trajectories
         As in :func:`burgers`.
-    alpha, beta, length
-        Equation coefficients and period.
-    n_solitons, speeds
+    n_points
+        As in :func:`burgers`.
+    n_frames
+        As in :func:`burgers`.
+    t_max
+        As in :func:`burgers`.
+    dt
+        As in :func:`burgers`.
+    alpha
+        Coefficient of the nonlinear term.
+    beta
+        Coefficient of the dispersive term.
+    length
+        Period of the domain.
+    n_solitons
         Initial states.
-    seed, dtype
-        Seed and dtype of ``u``.
+    speeds
+        Initial states.
+    seed
+        Seed of the random initial states.
+    dtype
+        dtype of ``u``.
 
     Examples
     --------

@@ -297,7 +297,9 @@ def plot_panels(
         Number of columns (default ``min(len(das), 4)``).
     shared_scale
         One colour scale and colour bar for all panels; otherwise one per panel.
-    cmap, robust
+    cmap
+        As in :func:`plot_map`.
+    robust
         As in :func:`plot_map`.
     suptitle
         Figure title.
@@ -379,9 +381,10 @@ def plot_forecast_panels(
 
     Parameters
     ----------
-    truth, forecast
-        Fields with the same dims: ``time_dim`` and two spatial dims (size-1 dims are
-        dropped). Spatial coordinates must match exactly.
+    truth
+        True fields: ``time_dim`` and two spatial dims (size-1 dims are dropped).
+    forecast
+        Forecast fields with the same dims and exactly the same spatial coordinates.
     time_dim
         The time (or lead) dimension.
     times
@@ -391,7 +394,9 @@ def plot_forecast_panels(
         Add the error row.
     max_columns
         Number of columns when ``times`` is ``None``.
-    cmap, robust
+    cmap
+        As in :func:`plot_map`, for the truth and forecast rows.
+    robust
         As in :func:`plot_map`, for the truth and forecast rows.
 
     Returns
@@ -688,8 +693,12 @@ def plot_calibration(
 
     Parameters
     ----------
-    observed, mean, std
-        Broadcastable arrays or DataArrays (DataArrays must share coordinates).
+    observed
+        Observed values.
+    mean
+        Predicted means.
+    std
+        Predicted standard deviations (all three broadcastable; DataArrays must share coordinates).
     levels
         Nominal coverage levels in ``(0, 1)``; default ``np.linspace(0.05, 0.95, 10)``.
     ax

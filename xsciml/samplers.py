@@ -192,7 +192,15 @@ def mala(log_prob: Callable[[Tensor], Tensor], x0: Tensor, *, step: float, n_ste
     x0 : Tensor ``[n_chains, *event]``
     step : float
         Step size :math:`h`.
-    n_steps, generator, thin, burn_in, progress
+    n_steps
+        As in :func:`langevin`.
+    generator
+        As in :func:`langevin`.
+    thin
+        As in :func:`langevin`.
+    burn_in
+        As in :func:`langevin`.
+    progress
         As in :func:`langevin`.
 
     Returns

@@ -940,7 +940,13 @@ def to_tensors(
     condition
         Extra variables given to the network as inputs (conditional fields ``f(x, t, μ)``),
         standardised; appended after the coordinate features.
-    sphere, time_units, time_origin, time_features
+    sphere
+        Coordinate encoding, see :class:`~xsciml.coords.CoordinateEncoder`.
+    time_units
+        Coordinate encoding, see :class:`~xsciml.coords.CoordinateEncoder`.
+    time_origin
+        Coordinate encoding, see :class:`~xsciml.coords.CoordinateEncoder`.
+    time_features
         Coordinate encoding, see :class:`~xsciml.coords.CoordinateEncoder`.
     encoder
         A fitted encoder to reuse (e.g. a model's) instead of fitting a new one.
@@ -1124,11 +1130,12 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         array (added as a new ``time`` dimension).
     dtype
         torch dtype of the features (default float32).
-    condition, condition_scaler
-        Condition variables the model takes as inputs: the target Dataset must hold
-        them (broadcast against its coordinates); they are standardised with
-        ``condition_scaler`` and appended to the features. Points where one is NaN are
-        NaN in the output; an infinite condition value is refused (``ValueError``).
+    condition
+        Condition variables the model takes as inputs: the target Dataset must hold them
+        (broadcast against its coordinates); points where one is NaN are NaN in the output;
+        an infinite condition value is refused (``ValueError``).
+    condition_scaler
+        Standardises the condition variables before they are appended to the features.
 
     Examples
     --------

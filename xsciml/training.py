@@ -76,8 +76,10 @@ class History:
     logs : dict of str to list of float
         Extra values returned by ``loss_fn``, one per step (NaN where a step did not
         report the key).
-    best_step, best_val_loss : int or None, float or None
-        Step and value of the lowest validation loss (``None`` without validation).
+    best_step : int or None
+        Step of the lowest validation loss (``None`` without validation).
+    best_val_loss : float or None
+        The lowest validation loss (``None`` without validation).
     stopped_early : bool
         True when training ended before its budget (early stopping or a callback).
     stop_reason : str or None
@@ -208,8 +210,10 @@ class TrainState:
         Index (from 0) of the pass over the data that the step's batch came from.
     loss : float
         Training loss of the step.
-    model, optimizer : torch.nn.Module, torch.optim.Optimizer
-        Live objects; gradients of the step are still in ``.grad``.
+    model : torch.nn.Module
+        The live model; gradients of the step are still in ``.grad``.
+    optimizer : torch.optim.Optimizer
+        The live optimizer.
     history : History
         The running history.
     scheduler : LRScheduler or None
@@ -949,17 +953,20 @@ def fit(
     val_fraction : float, default 0.0
         For in-memory tensor data only: hold out this fraction (seeded random split) as
         validation data.
-    steps, epochs : int, optional
-        Budget: optimizer steps, or passes over the data. Give at most one; the default is
-        ``steps=1000``.
+    steps : int, optional
+        Budget in optimizer steps (default 1000). Give at most one of ``steps`` and ``epochs``.
+    epochs : int, optional
+        Budget in passes over the data.
     batch_size : int, default 1024
         Samples per batch (forms 1, 2 and 5).
     optimizer : str, Optimizer, Optimizer class or callable, default "adam"
         A name (``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"``, ``"radam"``,
         ``"nadam"``, ``"adagrad"``, ``"adamax"``) or class, built with ``lr`` and
         ``weight_decay``; an instance, used as is; or a callable ``params -> Optimizer``.
-    lr, weight_decay : float
-        Learning rate and weight decay for a named optimizer.
+    lr : float
+        Learning rate for a named optimizer.
+    weight_decay : float
+        Weight decay for a named optimizer.
     scheduler : str or callable, optional
         ``"cosine"`` (to 0 at the last step), ``"step"`` (x0.1 every third of the run),
         ``"exponential"`` (to 1% of ``lr`` at the end), ``"onecycle"`` (peak ``lr``), or

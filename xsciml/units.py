@@ -127,8 +127,10 @@ def conversion(from_units: str, to_units: str, *, variable: Any = "values", delt
 
     Parameters
     ----------
-    from_units, to_units
-        CF unit strings.
+    from_units
+        CF unit string of the values.
+    to_units
+        CF unit string to convert to.
     variable
         Name used in error messages.
     delta
@@ -184,8 +186,10 @@ def convert(values: Any, from_units: str, to_units: str, *, variable: Any = "val
     values
         A number, array, tensor or DataArray. A DataArray's ``units`` attribute is set
         to ``to_units`` (other attrs are kept); laziness (dask) is kept.
-    from_units, to_units
-        CF unit strings.
+    from_units
+        CF unit string of the values.
+    to_units
+        CF unit string to convert to.
     variable
         Name used in error messages.
     delta
@@ -295,7 +299,9 @@ def check_dataset_units(ds: Any, var_attrs: Mapping[str, Mapping[str, Any]],
         The model's training attrs per variable (their ``"units"`` are used).
     variables
         Variables to check; those absent from ``ds`` are skipped (the caller reports them).
-    role, model
+    role
+        For messages, as in :func:`check_units`.
+    model
         For messages, as in :func:`check_units`.
 
     Returns

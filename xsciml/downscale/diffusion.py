@@ -89,8 +89,12 @@ class EDMDenoiser(nn.Module):
     static
         Optional fixed input channels ``[C_s, H, W]`` (e.g. climatology maps) given to
         the network alongside the noisy field.
-    base_channels, levels, channel_mult
-        U-Net width and depth (see :class:`xsciml.nn.UNet`).
+    base_channels
+        U-Net width (see :class:`xsciml.nn.UNet`).
+    levels
+        U-Net resolutions.
+    channel_mult
+        Width multipliers per level.
     emb_dim
         Width of the noise-level embedding.
     padding_mode
@@ -192,8 +196,10 @@ def karras_sigmas(
     ----------
     steps
         Number of noise levels :math:`N` (the sampler takes :math:`N` steps).
-    sigma_min, sigma_max
-        Lowest and highest noise level.
+    sigma_min
+        Lowest noise level.
+    sigma_max
+        Highest noise level.
     rho
         Curvature; larger values spend more steps at low noise.
 
@@ -303,10 +309,14 @@ def sample_heun(
         Decreasing noise levels ending with 0 (:func:`karras_sigmas`).
     noise
         Noise source for the churn (unused when ``churn == 0``).
-    churn, s_tmin, s_tmax, s_noise
-        Stochasticity :math:`S_{churn}` applied for :math:`\\sigma \\in [S_{tmin},
-        S_{tmax}]`, and the noise inflation :math:`S_{noise}`. ``churn=0`` is the
-        deterministic second-order ODE sampler.
+    churn
+        Stochasticity :math:`S_{churn}`; ``churn=0`` is the deterministic second-order ODE sampler.
+    s_tmin
+        Lower end :math:`S_{tmin}` of the noise levels where the churn is applied.
+    s_tmax
+        Upper end :math:`S_{tmax}` of that range.
+    s_noise
+        Noise inflation :math:`S_{noise}`.
     progress
         Optional callable run after each step (e.g. a progress bar's ``update``).
 
@@ -530,9 +540,10 @@ class DiffusionPrior(Estimator):
             times, Euler-Maruyama ``steps`` times).
         sampler
             ``"heun"`` (EDM Algorithm 2) or ``"euler_maruyama"`` (reverse SDE).
-        sigma_min, sigma_max
-            Schedule ends; default ``0.004 σ_d`` and ``160 σ_d`` (EDM's 0.002 and 80 for
-            ``σ_d = 0.5``).
+        sigma_min
+            Lowest noise level.
+        sigma_max
+            Highest noise level.
         rho
             Schedule curvature.
         churn
@@ -696,22 +707,42 @@ def fit_diffusion(
     space
         The two space dims, in the order wanted for the grid (default: the dims other
         than ``sample_dim``, in the data's order; a descending latitude stays so).
-    base_channels, levels, channel_mult, emb_dim, padding_mode
-        U-Net width, number of resolutions, width multipliers per level, width of the
-        noise embedding, and convolution padding. Each side of the grid must be at
-        least ``2 ** (levels - 1)``.
-    steps, batch_size, lr, scheduler, grad_clip
-        Optimisation (Adam) through :func:`xsciml.training.fit`.
+    base_channels
+        U-Net width.
+    levels
+        Number of resolutions; each side of the grid must be at least ``2 ** (levels - 1)``.
+    channel_mult
+        Width multipliers per level.
+    emb_dim
+        Width of the noise embedding.
+    padding_mode
+        Convolution padding.
+    steps
+        Optimisation steps (Adam) through :func:`xsciml.training.fit`.
+    batch_size
+        Snapshots per minibatch.
+    lr
+        Learning rate.
+    scheduler
+        Learning-rate schedule.
+    grad_clip
+        Gradient clipping norm.
     ema
         Decay of the exponential moving average of the weights (updated every step;
         the averaged weights are kept). ``0`` keeps the last weights.
     sigma_data
         :math:`\sigma_d`; default the standard deviation of the normalised training data.
-    P_mean, P_std
-        Log-normal training noise distribution, :math:`\ln\sigma \sim \mathcal N(P_{mean},
-        P_{std}^2)`.
-    device, seed, progress
-        Where to train, the seed (weights, noise and batches), progress bar.
+    P_mean
+        Mean of the log-normal training noise distribution,
+        :math:`\ln\sigma \sim \mathcal N(P_{mean}, P_{std}^2)`.
+    P_std
+        Standard deviation of that distribution.
+    device
+        Where to train.
+    seed
+        The seed (weights, noise and batches).
+    progress
+        Show a progress bar.
 
     Returns
     -------

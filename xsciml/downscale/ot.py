@@ -302,8 +302,10 @@ def sinkhorn_potentials(x: Any, y: Any, eps: float, *, a: Any = None, b: Any = N
     y : array or tensor ``[m, d]``
     eps : float
         Entropic regularisation, in the units of the squared distances.
-    a, b : optional
-        Marginal weights (default uniform); normalised to sum to one.
+    a : optional
+        Marginal weights of the source points (default uniform); normalised to sum to one.
+    b : optional
+        Marginal weights of the target points (default uniform); normalised to sum to one.
     max_iter : int
     tol : float
     batch_size : int, optional
@@ -696,8 +698,10 @@ class Debias(Estimator):
             Snapshots on the training grid (space dims in the training order).
         codes : int or int array broadcastable to ``x.shape[:-len(space)]``
             Index into :attr:`groups` of each snapshot's map.
-        device, batch_size
-            Where and in how large blocks the maps run.
+        device
+            Where the maps run.
+        batch_size
+            Block size of the maps.
 
         Returns
         -------
@@ -922,10 +926,12 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
 
     Parameters
     ----------
-    model, reference : DataArray or Dataset
-        Snapshots along ``sample_dim``; every other dim is space (flattened; the same
-        dims, sizes and coordinates in both). Lengths, calendars and time spans may
-        differ. Dask-backed input is loaded (the fit needs all snapshots).
+    model : DataArray or Dataset
+        Model snapshots along ``sample_dim``; every other dim is space (flattened). Dask-backed
+        input is loaded (the fit needs all snapshots).
+    reference : DataArray or Dataset
+        Reference snapshots, with the same space dims, sizes and coordinates as ``model``;
+        lengths, calendars and time spans may differ.
     variable : str, optional
         Variable to debias (needed for a Dataset with several variables).
     method : {"gaussian", "entropic", "emd", "scalable"}

@@ -335,7 +335,15 @@ def downscale(
     guidance
         Reconstruction-guidance weight ``w`` (see the module docs); 0 switches the
         gradient off (projection only, about 2-3x cheaper).
-    sampler, sigma_min, sigma_max, rho, churn
+    sampler
+        As in :meth:`DiffusionPrior.sample`.
+    sigma_min
+        As in :meth:`DiffusionPrior.sample`.
+    sigma_max
+        As in :meth:`DiffusionPrior.sample`.
+    rho
+        As in :meth:`DiffusionPrior.sample`.
+    churn
         As in :meth:`DiffusionPrior.sample`.
     seed
         Sample ``k`` of snapshot ``i`` depends only on ``(seed, i, k)``.

@@ -41,8 +41,10 @@ class RandomRectangles:
         Range of the uniform box strengths.
     spacing
         Cell size, scalar or per axis; the domain is ``[0, n * spacing)`` per axis.
-    dtype, device
-        Of the returned tensors (float64 by default: physics precision).
+    dtype
+        dtype of the returned tensors (float64 by default: physics precision).
+    device
+        Device of the returned tensors.
 
     Examples
     --------

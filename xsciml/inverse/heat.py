@@ -210,8 +210,10 @@ def wavenumbers_squared(
         Grid shape (one entry per spatial axis).
     spacing
         Cell size, a scalar or one per axis; :math:`k_i` = ``fftfreq(n_i, d=spacing_i)``.
-    dtype, device
-        Of the returned tensor.
+    dtype
+        dtype of the result.
+    device
+        Device of the result.
 
     Returns
     -------
@@ -292,8 +294,10 @@ def heat_gain(
         A tensor of shape ``batch`` gives one amount per example.
     spacing
         Cell size, scalar or per axis.
-    dtype, device
-        Of the result.
+    dtype
+        dtype of the result.
+    device
+        Device of the result.
 
     Returns
     -------
@@ -503,7 +507,11 @@ def inverse_diffuse(
     uncertainty
         Per-cell standard deviation of ``y``'s noise: a scalar, or (tensor input
         only) a tensor broadcastable to ``y``.
-    spacing, dims, ndim
+    spacing
+        As in :func:`diffuse`.
+    dims
+        As in :func:`diffuse`.
+    ndim
         As in :func:`diffuse`.
     signal_std
         Per-cell scale of plausible sources.

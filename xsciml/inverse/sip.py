@@ -148,7 +148,9 @@ def sip_loss(
         Network output :math:`\hat x`, shape ``(..., *grid)`` (any float dtype).
     observation
         Observed :math:`y`, same shape.
-    forward, inverse
+    forward
+        Callables on tensors of that shape.
+    inverse
         Callables on tensors of that shape.
     ndim
         Number of trailing spatial axes summed over.
@@ -212,11 +214,17 @@ def physics_loss(
 
     Parameters
     ----------
-    prediction, observation
+    prediction
+        Tensors of shape ``(..., *grid)``.
+    observation
         Tensors of shape ``(..., *grid)``.
     forward
         Differentiable operator.
-    ndim, reduction, physics_dtype
+    ndim
+        As in :func:`sip_loss`.
+    reduction
+        As in :func:`sip_loss`.
+    physics_dtype
         As in :func:`sip_loss`.
 
     Returns
@@ -811,17 +819,25 @@ def fit_inversion(
     solver_steps
         Projected inverse-physics iterations per SIP target (``"sip"`` only; 1 is the
         plain SIP update).
-    optimizer, lr
+    optimizer
         Passed to :func:`~xsciml.training.fit` (``"adam"``, ``"sgd"``, ...).
+    lr
+        Learning rate, passed to :func:`~xsciml.training.fit`.
     observation_noise
         Std of Gaussian noise added to generated observations; also the noise level
         the physics inverse assumes, and the top of the noise range
         :meth:`LearnedInversion.predict` accepts.
     calibration_examples
         Held-out examples for the uncertainty calibration (0: no uncertainty).
-    device, seed, progress, callbacks
-        Passed to :func:`~xsciml.training.fit`. ``seed`` also fixes the network
-        initialisation, so equal seeds give equal initial networks and data streams.
+    device
+        Where to train, passed to :func:`~xsciml.training.fit`.
+    seed
+        Seed of the training and of the network initialisation: equal seeds give equal
+        initial networks and data streams.
+    progress
+        Show a progress bar.
+    callbacks
+        Passed to :func:`~xsciml.training.fit`.
     **fit_kwargs
         Further :func:`~xsciml.training.fit` options (``scheduler``, ``grad_clip``,
         ``checkpoint``, ...).

@@ -1197,8 +1197,10 @@ class AutoEncoder(_GridModel):
         z
             DataArray with a ``latent`` dim (other dims kept), a Dataset with ``z`` (the
             posterior mean is decoded), or an array ``[latent]`` / ``[samples, latent]``.
-        batch_size, device
-            Codes per forward pass, and where the network runs.
+        batch_size
+            Codes per forward pass.
+        device
+            Where the network runs.
 
         Returns
         -------
@@ -1455,10 +1457,13 @@ def fit_autoencoder(
         overfit) — or, when validation finds it fills the held-out snapshots better
         (with ``latent_dim=None``), the discarded variance per point; the discarded
         variance for dask-backed input.
-    svd, n_power_iter, n_oversamples
-        PCA: ``"auto"`` (exact SVD in memory, :func:`dask.array.linalg.svd_compressed`
-        for dask input), ``"full"`` (exact; loads dask input) or ``"randomized"``;
-        power iterations and oversampling of the randomized SVD.
+    svd
+        PCA: ``"auto"`` (exact SVD in memory, :func:`dask.array.linalg.svd_compressed` for dask
+        input), ``"full"`` (exact; loads dask input) or ``"randomized"``.
+    n_power_iter
+        Power iterations of the randomized SVD.
+    n_oversamples
+        Oversampling of the randomized SVD.
     model_kwargs
         Network options: ``hidden`` (MLP widths, default ``(256, 128)``), ``widths``
         (conv channels per resolution, default ``(16, 32, 64)``), ``activation``.
@@ -1468,15 +1473,31 @@ def fit_autoencoder(
         Autoencoders: during training hide a random fraction (uniform in
         ``[0, input_dropout]`` per snapshot) of the observed input points while
         scoring all of them, so the encoder learns to encode partial snapshots.
-    steps, batch_size, lr, weight_decay, scheduler, val_fraction, early_stopping, device, seed, progress
-        Autoencoder training, see :func:`xsciml.training.fit` (``val_fraction`` of
-        the snapshots is held out and the best weights kept). ``seed`` also seeds the
-        randomized SVD. PCA uses ``val_fraction`` and ``seed`` only: the last
-        ``val_fraction`` of the snapshots (a contiguous block, at most 32) is held out,
-        each observed at random 10 % and 2 % of its points and filled by the PCA of the
-        others, next to PCA-MAP with the in-sample noise at its validated rank on the same
-        points (``info["validation"]``, :meth:`PCA.summary`, a warning when PCA-MAP
-        does better); the returned PCA is then fitted on all the snapshots.
+    steps
+        Autoencoder training steps, see :func:`xsciml.training.fit` (ignored by the exact PCA).
+    batch_size
+        Snapshots per minibatch.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay.
+    scheduler
+        Learning-rate schedule.
+    val_fraction
+        Fraction of the snapshots held out. Autoencoders: the best weights on them are
+        kept. PCA: the last ``val_fraction`` of the snapshots (a contiguous block, at most
+        32) is held out, each observed at random 10 % and 2 % of its points and filled by
+        the PCA of the others, next to PCA-MAP with the in-sample noise at its validated
+        rank on the same points (``info["validation"]``, :meth:`PCA.summary`, a warning
+        when PCA-MAP does better); the returned PCA is then fitted on all the snapshots.
+    early_stopping
+        Stop after this many evaluations without improvement (``None``: never).
+    device
+        Where to train.
+    seed
+        The seed (also of the randomized SVD and the validation masks).
+    progress
+        Show a progress bar.
 
     Returns
     -------

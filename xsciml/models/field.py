@@ -648,9 +648,19 @@ def fit_field(
         from chunks).
     variables
         Variable(s) to fit; several are fitted jointly (one output each).
-    space, time, condition, sphere, time_features
-        As in :func:`xsciml.tensors.to_tensors`; ``condition`` variables become network
-        inputs (conditional fields :math:`f(x, t, \mu)`) and must be given at prediction.
+    space
+        Space coordinate names, as in :func:`xsciml.tensors.to_tensors`.
+    time
+        Time coordinate name (``None``: a static field), as in :func:`xsciml.tensors.to_tensors`.
+    condition
+        Variables given to the network as inputs (conditional fields :math:`f(x, t, \mu)`);
+        they must be given at prediction too.
+    sphere
+        Embed latitude/longitude on the unit sphere (``"auto"``: for global data), as in
+        :func:`xsciml.tensors.to_tensors`.
+    time_features
+        Cyclical time features (``"hour"``, ``"doy"``, ...), as in
+        :func:`xsciml.tensors.to_tensors`.
     model
         ``"grid"`` (multi-resolution learned grids, Instant-NGP style; the default),
         ``"mlp"``, ``"fourier"`` (random Fourier features + MLP), ``"siren"``, ``"mfn"``
@@ -663,10 +673,31 @@ def fit_field(
     model_kwargs
         Overrides of the network's defaults (width, depth, resolutions, scales...).
         Defaults are derived from the coordinate spacing.
-    steps, batch_size, lr, scheduler, weight_decay, val_every, early_stopping, device, seed, progress, checkpoint, resume
-        Training settings, see :func:`xsciml.training.fit`. ``steps`` defaults to 1000
-        for grids (the cosine schedule anneals before they overfit) and 3000 otherwise;
-        ``lr`` to 5e-3 for grids and 1e-3 otherwise.
+    steps
+        Optimizer steps (default 1000 for grids, where the cosine schedule anneals before they
+        overfit, and 3000 otherwise); see :func:`xsciml.training.fit`.
+    batch_size
+        Points per minibatch.
+    lr
+        Learning rate (default 5e-3 for grids and 1e-3 otherwise).
+    scheduler
+        Learning-rate schedule, see :func:`xsciml.training.fit`.
+    weight_decay
+        Weight decay of the optimizer.
+    val_every
+        Steps between evaluations on the held-out points.
+    early_stopping
+        Stop after this many evaluations without improvement (``None``: never).
+    device
+        Where to train (``"auto"``: CUDA when present).
+    seed
+        Seed of the weights, the held-out split and the minibatches.
+    progress
+        Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
+    checkpoint
+        Checkpoint file, see :func:`xsciml.training.fit`.
+    resume
+        Resume from ``checkpoint`` when it exists.
     regularization
         Weight of the network's own penalty (for ``"grid"``: the roughness of the
         grids, :meth:`~xsciml.nn.MultiResGrid.regularization`), divided by the number

@@ -265,11 +265,17 @@ class LatentInterpolator(Estimator):
         obj
             Snapshots along ``sample_dim``, on the training grid, a subset of it (NaN
             elsewhere), or another grid / scattered points with the same coordinate names.
-        steps, lr
-            Adam steps and learning rate of the code optimisation.
-        device, seed, progress
-            Where to run, seed of the ELBO's noise draws, progress bar (``None``: as the
-            fit did, then the ``XSCIML_PROGRESS`` environment variable).
+        steps
+            Adam steps of the code optimisation.
+        lr
+            Learning rate of the code optimisation.
+        device
+            Where to run.
+        seed
+            Seed of the ELBO's noise draws.
+        progress
+            Show a progress bar (``None``: as the fit did, then the ``XSCIML_PROGRESS``
+            environment variable).
 
         Returns
         -------
@@ -859,16 +865,20 @@ def fit_latent(
         observed at 10 % and 2 % of their points (:func:`xsciml.eofs.select_rank`),
         among powers of two up to the number of training snapshots minus one (at most
         256, and fewer on large grids so that the basis fits in memory).
-    space, time, time_features
-        Coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`);
-        ``time=None`` (default) leaves the snapshot's state entirely to its code. With
-        ``"basis"``, time columns feed the residual only.
-    model, model_kwargs
-        Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean +
-        basis fields on a grid at the data's resolution + a residual MLP ``width`` x
-        ``depth`` fed with z, ``depth=0`` for the linear model), ``"mfn"`` (FourierNet,
-        shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or ``"grid"``
-        (z concatenated).
+    space
+        Space coordinates given to the decoder (see :func:`~xsciml.tensors.to_tensors`).
+    time
+        Time coordinate given to the decoder; ``None`` (default) leaves the snapshot's state
+        entirely to its code. With ``"basis"``, time columns feed the residual only.
+    time_features
+        Cyclical time features given to the decoder (see :func:`~xsciml.tensors.to_tensors`).
+    model
+        Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean + basis fields
+        on a grid at the data's resolution + a residual MLP ``width`` x ``depth`` fed with z),
+        ``"mfn"`` (FourierNet, shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or
+        ``"grid"`` (z concatenated).
+    model_kwargs
+        Options of the decoder, e.g. ``{"depth": 0}`` for the linear model ``m + B z``.
     init
         ``"pca"`` starts a ``"basis"`` decoder as probabilistic PCA of the snapshots
         (mean, EOFs x :math:`(\lambda - \sigma^2)^{1/2}`, codes the posterior means);
@@ -885,9 +895,23 @@ def fit_latent(
         ``latent_dim=None`` (else ``"cv"``); ``"learn"`` otherwise.
     variational
         ELBO with a Gaussian q(z) per snapshot (default), or MAP codes.
-    steps, batch_size, lr, latent_lr, scheduler, device, seed, progress
-        Training; codes learn with ``latent_lr`` (as in auto-decoders, codes need a larger
-        step than the shared weights). ``steps=0`` keeps the initial model (e.g. the PCA).
+    steps
+        Training steps; ``steps=0`` keeps the initial model (e.g. the PCA).
+    batch_size
+        Points per minibatch.
+    lr
+        Learning rate of the decoder.
+    latent_lr
+        Learning rate of the codes (as in auto-decoders, codes need a larger step than the
+        shared weights).
+    scheduler
+        Learning-rate schedule, see :func:`xsciml.training.fit`.
+    device
+        Where to train.
+    seed
+        The seed (weights, minibatches, validation masks).
+    progress
+        Show a progress bar.
     linear_lr
         Learning rate of the mean and basis grids of ``"basis"`` (default ``lr / 10``:
         small steps keep the PCA start).

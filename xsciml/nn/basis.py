@@ -35,8 +35,10 @@ class BasisField(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns (space first, then time) and output channels.
+    in_features
+        Input columns (space first, then time).
+    out_features
+        Output channels.
     code_dim
         Size of the code ``z`` (number of basis fields); at least 1.
     resolution
@@ -46,8 +48,12 @@ class BasisField(CoordinateNetwork):
     n_space
         Space columns (1 to 3); default ``in_features``. Further columns (time) feed
         the residual only.
-    width, depth, activation
-        Residual MLP. ``depth=0`` gives the purely linear decoder ``m + B z``.
+    width
+        Width of the residual MLP.
+    depth
+        Depth of the residual MLP; ``depth=0`` gives the purely linear decoder ``m + B z``.
+    activation
+        Activation of the residual MLP.
     n_features
         Learned grid features given to the residual at each point.
     init_scale

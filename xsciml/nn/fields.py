@@ -48,8 +48,10 @@ class FourierFeatureMLP(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns and output channels.
+    in_features
+        Input columns.
+    out_features
+        Output channels.
     n_frequencies
         Number of random frequencies.
     scale
@@ -57,8 +59,12 @@ class FourierFeatureMLP(CoordinateNetwork):
         or one value per input column (e.g. ``[10, 10, 1]`` for smooth time variation).
     learnable
         Train ``B`` too.
-    width, depth, activation
-        MLP head (see :class:`~xsciml.nn.layers.MLP`).
+    width
+        Width of the MLP head (see :class:`~xsciml.nn.layers.MLP`).
+    depth
+        Depth of the MLP head.
+    activation
+        Activation of the MLP head.
     code_dim
         Size of the conditioning code, concatenated to the Fourier features.
     seed
@@ -125,14 +131,18 @@ class SIREN(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns and output channels.
+    in_features
+        Input columns.
+    out_features
+        Output channels.
     width
         Hidden width.
     depth
         Number of sine layers.
-    w0, w0_initial
-        Frequency multipliers of the hidden and first sine layers.
+    w0
+        Frequency multiplier of the hidden sine layers.
+    w0_initial
+        Frequency multiplier of the first sine layer.
     code_dim
         Size of the conditioning code (0: none).
     modulation
@@ -233,8 +243,10 @@ class FourierNet(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns and output channels.
+    in_features
+        Input columns.
+    out_features
+        Output channels.
     width
         Number of filters / hidden units.
     depth
@@ -340,8 +352,10 @@ def build_network(
         ``"grid"`` (alias ``"multiresgrid"``); or a dict with a ``"kind"`` key and
         constructor arguments (as returned by ``network.config()``); or a
         :class:`torch.nn.Module`, returned unchanged.
-    in_features, out_features
-        Input columns and output channels; override the values in a config dict.
+    in_features
+        Input columns; overrides the value in a config dict.
+    out_features
+        Output channels; overrides the value in a config dict.
     **kwargs
         Further constructor arguments; override the values in a config dict.
 

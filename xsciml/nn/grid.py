@@ -114,8 +114,10 @@ class MultiResGrid(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns (space first, then time) and output channels.
+    in_features
+        Input columns (space first, then time).
+    out_features
+        Output channels.
     n_space
         Number of space columns interpolated on the grids (1 to 3). Defaults to
         ``in_features`` (every column is a grid dimension).
@@ -133,8 +135,12 @@ class MultiResGrid(CoordinateNetwork):
     time_frequencies
         ``K`` (meaning ``f = 1, …, K``: harmonics of the window [-1, 1]) or an explicit
         sequence of frequencies ``f``; ``0`` or ``[]`` uses the raw time columns only.
-    width, depth, activation
-        Head MLP.
+    width
+        Width of the head MLP.
+    depth
+        Depth of the head MLP.
+    activation
+        Activation of the head MLP.
     code_dim
         Size of the conditioning code (concatenated to the head's input).
     init_scale

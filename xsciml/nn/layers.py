@@ -108,8 +108,12 @@ class CoordinateNetwork(nn.Module):
 
     Attributes
     ----------
-    in_features, out_features, code_dim
-        Number of input columns, output channels and conditioning-code size (0: none).
+    in_features
+        Number of input columns.
+    out_features
+        Number of output channels.
+    code_dim
+        Size of the conditioning code (0: none).
     """
 
     kind: ClassVar[str] = ""
@@ -262,8 +266,10 @@ class SineLayer(nn.Module):
 
     Parameters
     ----------
-    in_features, out_features
-        Sizes of the linear map.
+    in_features
+        Input size of the linear map.
+    out_features
+        Output size of the linear map.
     w0
         Frequency multiplier of the sine.
     is_first
@@ -306,8 +312,10 @@ class MLP(CoordinateNetwork):
 
     Parameters
     ----------
-    in_features, out_features
-        Input columns and output channels.
+    in_features
+        Input columns.
+    out_features
+        Output channels.
     width
         Hidden width.
     depth

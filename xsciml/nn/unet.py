@@ -42,8 +42,10 @@ class ConvBlock(nn.Module):
 
     Parameters
     ----------
-    in_channels, out_channels
-        Channel counts.
+    in_channels
+        Input channels.
+    out_channels
+        Output channels.
     norm
         ``"batch"``, ``"group"``, ``"instance"`` or ``None``.
     activation
@@ -106,8 +108,10 @@ class UNet(nn.Module):
 
     Parameters
     ----------
-    in_channels, out_channels
-        Channel counts of input and output.
+    in_channels
+        Input channels.
+    out_channels
+        Output channels.
     base_channels
         Width of the first level.
     levels
