@@ -10,7 +10,7 @@ import xarray as xr
 
 import xsciml
 from xsciml import eofs
-from xsciml.models.snapshot_validation import warn_if_worse
+from xsciml.models._snapshot_validation import warn_if_worse
 
 
 def lowrank(S=60, P=120, rank=4, noise=0.05, seed=0):

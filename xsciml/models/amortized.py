@@ -47,7 +47,7 @@ from ..base import Estimator, output_attrs, register_estimator
 from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
 from ..tensors import decode_variable
-from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
+from ._snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
                                   reference_entries, validation_lines, warn_if_worse)
 
 log = logging.getLogger(__name__)

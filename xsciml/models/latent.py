@@ -41,7 +41,7 @@ from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
-from .snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
+from ._snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
                                   reference_entries, validation_lines, warn_if_worse)
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
 
