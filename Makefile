@@ -42,7 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff && $(BIN)/ruff check xsciml tests benchmarks
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check xsciml tests benchmarks
+	$(BIN)/python tools/check_private_imports.py xsciml
+	$(BIN)/mypy xsciml
 
 clean:
 	rm -rf $(VENV) site xsciml-demo-output .pytest_cache
