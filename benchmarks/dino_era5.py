@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                     n_points=args.points, steps=steps, time_units="hours", loss="mse",
                     periods=periods, dynamics_width=args.dynamics_width,
                     grad_clip=args.grad_clip or None, rollout_weight=args.rollout_weight)
-    print(f"ERA5 UK t2m {era.sizes['latitude']}x{era.sizes['longitude']}, train < {SPLIT} ({int((era.time < SPLIT).sum())} hourly frames), "
+    n_train = int((era.time < SPLIT).sum())
+    print(f"ERA5 UK t2m {era.sizes['latitude']}x{era.sizes['longitude']}, train < {SPLIT} ({n_train} hourly frames), "
           f"{len(starts)} initial times; DINo {settings}; {torch.get_num_threads()} thread(s)", flush=True)
     fc_kw = dict(lead=leads, encode_steps=enc, encode_optimizer=args.encode_optimizer,
                  encode_lr=args.encode_lr, device=args.device,
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"settings": settings, "rows": rows, "fit_s": fit_s,
                                          "validation_days": args.validation_days,
                                          "blend_weights": blend_w,
-                                         "below_best_6h_24h": req, "below_best_every_lead": tgt}, indent=2, default=float))
+                                         "below_best_6h_24h": req, "below_best_every_lead": tgt},
+                                        indent=2, default=float))
     return 0
 
 

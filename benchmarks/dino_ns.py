@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         obs = (xr.ones_like(u.isel(trajectory=0, time=0), dtype=bool).drop_vars("time") if frac == 1
                else sample_points(test, frac, seed=2, dims=("y", "x")))
         fc = model.forecast(init.where(obs), lead=lead, target=init["vorticity"], encode_steps=enc_steps,
-                            encode_optimizer=args.encode_optimizer, encode_lr=args.encode_lr, device=args.device, progress=False)
+                            encode_optimizer=args.encode_optimizer, encode_lr=args.encode_lr, device=args.device,
+                            progress=False)
         fc = fc.rename(lead="time").assign_coords(time=u["time"]).transpose(*u.dims)
         err = (fc - u) ** 2
         into, out = slice(0, n_in), slice(n_in, None)
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     matched = coarsest_within(coarse, fc_rel, step="step", error="rel_mse")
     speed = [{"what": f"pseudo-spectral solver (64^2, step {step:g}, the data step)", "seconds": solver_s,
               "rel. MSE": 0.0},
-             {"what": f"DINo forecast ({enc_steps or 'default'} {args.encode_optimizer} encode steps + rk4 ODE + decode)",
+             {"what": f"DINo forecast ({enc_steps or 'default'} {args.encode_optimizer} encode steps"
+                      " + rk4 ODE + decode)",
               "seconds": fc_s, "rel. MSE": fc_rel},
              {"what": "solver at the data step / DINo (speed-up)", "seconds": ratio(solver_s, fc_s)}]
     if matched is not None:

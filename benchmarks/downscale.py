@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         ok_tgt = ok_req and all(r[k] <= v for k, v in TARGET.items())
         r["check"] = "pass" if ok_req else "fail"
         r["tighter check"] = "pass" if ok_tgt else "fail"
-    print_table(rows, title=f"ERA5 UK t2m, 4x downscaling, last {truth.sizes['time']} h" + (" (--quick: not meaningful)" if args.quick else ""),
+    print_table(rows, title=f"ERA5 UK t2m, 4x downscaling, last {truth.sizes['time']} h"
+                + (" (--quick: not meaningful)" if args.quick else ""),
                 floatfmt=".3g")
     print()
     print_table([{"metric": k, "xsciml": xs[k], "best baseline": best[k], "ratio": ratio(xs[k], best[k])}

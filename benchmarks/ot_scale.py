@@ -164,8 +164,10 @@ def _mean_err(mapped: np.ndarray, Y: np.ndarray) -> float:
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--n", type=int, default=None, help="snapshots for the comparison (default 1e4; 2000 with --quick)")
-    parser.add_argument("--n-large", type=int, default=None, help="snapshots for the large run (default 1e5; 1e4 with --quick)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="snapshots for the comparison (default 1e4; 2000 with --quick)")
+    parser.add_argument("--n-large", type=int, default=None,
+                        help="snapshots for the large run (default 1e5; 1e4 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for every solver (default: all cores)")
     parser.add_argument("--device", default="auto", help="device of the scalable path: 'auto', 'cpu', 'cuda'")
     parser.add_argument("--support", type=int, default=2048, help="max_support of the subsampled-support row")

@@ -34,7 +34,8 @@ CPU; the data are generated on the CPU), same threads (1 by default):
   (learned surrogates amortise their per-step overhead over the batch, a spectral solver
   scales linearly with it). The checks below use the stated setting.
 
-Checks (reported, exit code 0 either way), for the main gamma on the ``--test`` (64) test trajectories: relative L2 <= 0.1;
+Checks (reported, exit code 0 either way), for the main gamma on the ``--test`` (64) test
+trajectories: relative L2 <= 0.1;
 the learned forecast faster than the solver at the same accuracy; and NFE(gamma) <
 NFE(gamma = 0) at equal or better accuracy (error at most 5 % above the gamma = 0 error).
 
@@ -202,7 +203,8 @@ def run_problem(name: str, args, fit_kw: dict[str, Any]) -> tuple[list[dict], di
                  "consistency_loss": model.info["final_consistency_loss"],
                  "dynamics_loss": model.info["final_dynamics_loss"],
                  "latent_roughness": model.info["latent_roughness"], "inconsistency_test": incons}
-        print(f"  gamma={gamma:g} seed={seed}: {'loaded' if fit_s is None else f'trained in {fit_s:.0f} s'}; rel L2 {err:.3g} (reconstruction "
+        trained = 'loaded' if fit_s is None else f'trained in {fit_s:.0f} s'
+        print(f"  gamma={gamma:g} seed={seed}: {trained}; rel L2 {err:.3g} (reconstruction "
               f"{rec_err:.3g}, dynamics {entry['dynamics_error']:.3g}), NFE {nfe} ({entry['nfe_tight']} at "
               f"rtol {args.tight_rtol:g}), {wall * 1e3:.1f} ms, latent roughness "
               f"{model.info['latent_roughness']:.3g}, inconsistency {incons:.3g}", flush=True)

@@ -159,7 +159,10 @@ def grf_frames(n_frames: int, tau: float, rho: float, size: int = 48, seed: int 
 
 def build_cases(quick: bool) -> list[Callable[[], Case]]:
     """Case builders (lazy: the data are read when the case runs)."""
-    nt = (lambda full, short: short if quick else full)
+
+    def nt(full, short):
+        return short if quick else full
+
     cases: list[Callable[[], Case]] = []
 
     def grid(*args: Any, **kw: Any) -> Case:
@@ -229,7 +232,8 @@ def build_cases(quick: bool) -> list[Callable[[], Case]]:
         def make():
             da = grf_frames(nt(8, 2), tau, rho, size=nt(48, 24))
             obs, held = random_masks(da.values, 0.10)
-            return Case(f"grf_{label}", f"Matérn-3/2 random fields, {'independent frames' if rho == 0 else f'AR(1) rho={rho}'}, "
+            frames = 'independent frames' if rho == 0 else f'AR(1) rho={rho}'
+            return Case(f"grf_{label}", f"Matérn-3/2 random fields, {frames}, "
                         f"length {1 / tau:.2f} of [-1, 1], 10 % random", da, obs, held, ("y", "x"), "time",
                         notes={"synthetic": True})
         return make

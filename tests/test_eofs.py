@@ -108,7 +108,8 @@ def test_fit_latent_default_rank_codes_for_every_snapshot_and_round_trip(tmp_pat
 def test_warning_names_both_numbers_when_pca_map_is_better():
     val = {"fractions": [0.1, 0.02], "nrmse": [0.30, 0.50], "nrmse_pca_map": [0.25, 0.499],
            "pca_map_rank": 16, "n_snapshots": 5}
-    with pytest.warns(UserWarning, match=r"0\.3000 is above that of PCA-MAP at its validated rank 16 \(0\.2500\)") as rec:
+    match = r"0\.3000 is above that of PCA-MAP at its validated rank 16 \(0\.2500\)"
+    with pytest.warns(UserWarning, match=match) as rec:
         warn_if_worse(val, "fit_latent")
     assert len(rec) == 1  # 0.50 vs 0.499 is within the margin
     with warnings.catch_warnings():

@@ -181,4 +181,5 @@ def test_dask_target_gives_lazy_result_equal_to_eager(gappy, grid_field, tmp_pat
     assert pred.u_std.attrs["units"] == "K"
     # written lazily to zarr chunk by chunk
     pred.to_zarr(tmp_path / "p.zarr")
-    np.testing.assert_allclose(xr.open_zarr(tmp_path / "p.zarr").u_mean.values, eager.u_mean.transpose(*pred.u_mean.dims).values, atol=1e-6)
+    np.testing.assert_allclose(xr.open_zarr(tmp_path / "p.zarr").u_mean.values,
+                               eager.u_mean.transpose(*pred.u_mean.dims).values, atol=1e-6)

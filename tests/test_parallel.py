@@ -48,7 +48,7 @@ def field():
 
 
 def _digest(est) -> str:
-    return xsciml.io._header_from_bytes(save_bytes(est))["sha256"]
+    return xsciml.io.header_from_bytes(save_bytes(est))["sha256"]
 
 
 # --------------------------------------------------------------------------- io bytes

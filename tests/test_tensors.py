@@ -195,7 +195,8 @@ def test_numeric_period_features():
     ds = xr.Dataset({"v": (("t", "x"), np.ones((4, 2)))}, coords={"t": [0.0, 6.0, 12.0, 18.0], "x": [0.0, 1.0]})
     data = ds.sciml.to_tensors("v", space="x", time="t", time_features={"cycle": 24.0}, dtype=torch.float64)
     j = data.feature_names.index("cos_cycle")
-    np.testing.assert_allclose(data.features[::2, j].numpy(), np.cos(2 * np.pi * np.array([0, 6, 12, 18]) / 24), atol=1e-12)
+    np.testing.assert_allclose(data.features[::2, j].numpy(), np.cos(2 * np.pi * np.array([0, 6, 12, 18]) / 24),
+                               atol=1e-12)
 
 
 # --------------------------------------------------------------------------- targets

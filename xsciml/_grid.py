@@ -86,9 +86,9 @@ def variable_from_state(entry: Mapping[str, Any], tensors: Mapping[str, torch.Te
 
 def as_dataset(obj: Any, variables: Any, argname: str = "obj") -> tuple[xr.Dataset, list[str]]:
     """``obj`` (Dataset or DataArray) as a Dataset and the chosen variables, all present."""
-    from .tensors import _prepare
+    from .tensors import prepare_variables
 
-    obj, variables = _prepare(obj, variables, argname)
+    obj, variables = prepare_variables(obj, variables, argname)
     missing = [v for v in variables if v not in obj.data_vars]
     if missing:
         raise KeyError(f"variable(s) {missing} not found; available data variables: {list(obj.data_vars)}")

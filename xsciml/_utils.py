@@ -7,7 +7,7 @@ import numbers
 import operator
 import os
 import sys
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -15,6 +15,12 @@ __all__ = ["resolve_device", "seed_everything", "progress_bar", "progress_enable
            "check_positive_int", "check_positive_number"]
 
 
+@overload
+def check_positive_int(value: Any, name: str, *, allow_none: Literal[False] = ...,
+                       minimum: int = ...) -> int: ...
+@overload
+def check_positive_int(value: Any, name: str, *, allow_none: bool,
+                       minimum: int = ...) -> int | None: ...
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False,
                        minimum: int = 1) -> int | None:
     """``value`` as a Python ``int >= minimum``: the one check of integer settings.

@@ -25,10 +25,10 @@ import functools
 import importlib
 import importlib.metadata
 import os
-from datetime import datetime, timezone
 import pathlib
 import pkgutil
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -208,7 +208,8 @@ def output_attrs(source: Mapping[str, Any] | None, statistic: str = "value", *,
     return attrs
 
 
-def _registry_name(cls: type) -> str:
+def registry_name(cls: type) -> str:
+    """Name ``cls`` is registered under: its own ``_registry_name`` or its class name."""
     # ``_registry_name`` is read from the class's own namespace, never inherited, so an
     # unregistered subclass of a registered class cannot impersonate its parent.
     name = vars(cls).get("_registry_name", cls.__name__)
@@ -267,7 +268,7 @@ def register_estimator(cls: _EstimatorTypeT) -> _EstimatorTypeT:
         raise TypeError(
             f"register_estimator expects a subclass of xsciml.base.Estimator, got {cls!r}."
         )
-    name = _registry_name(cls)
+    name = registry_name(cls)
     known = _REGISTRY.get(name)
     if known is not None and known is not cls and _origin(known) != _origin(cls):
         raise ValueError(

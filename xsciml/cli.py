@@ -235,11 +235,11 @@ def _first_line(doc: str | None) -> str:
 
 def _tasks_help() -> str:
     """One line per registered task: name and the first line of its builder's docstring."""
-    from .jobs import _TASKS, registered_tasks
+    from .jobs import registered_tasks, task_builder
 
     names = registered_tasks()
     width = max((len(n) for n in names), default=0)
-    return "tasks:\n" + "\n".join(f"  {n:<{width}}  {_first_line(_TASKS[n].__doc__)}"
+    return "tasks:\n" + "\n".join(f"  {n:<{width}}  {_first_line(task_builder(n).__doc__)}"
                                    for n in names)
 
 

@@ -815,7 +815,7 @@ def warn_outside(
     ...     _ = warn_outside(enc, {"x": np.array([5.0, 30.0])})
     >>> print(w[0].message)
     predict: 50 % of the target points lie outside the training range of 'x' (0 .. 9): 5 .. 30; pass check_domain=False to silence
-    """
+    """  # noqa: E501
     import warnings
 
     fractions = encoder.outside_fraction(space, time)

@@ -153,7 +153,7 @@ def _union_neighbours(trees: Sequence[Any], queries: Sequence[np.ndarray], k: in
     extra = 1 if exclude is not None else 0
     k_first = k if len(trees) == 1 else k - k // 2
     parts = []
-    for i, (tree, q) in enumerate(zip(trees, queries)):
+    for i, (tree, q) in enumerate(zip(trees, queries, strict=False)):
         kk = (k_first if i == 0 else k) + extra
         kk = min(kk, tree.n)
         _, nb = tree.query(q, k=kk)
@@ -340,8 +340,10 @@ class LocalKriging:
         p = self.params
         static = ""
         if "log_var_static" in p:
+            static_lengths = [f'{math.exp(v):.3g}' for g, v in enumerate(p['log_lengths_static'])
+                              if [self.time_column] != self.groups[g]]
             static = (f", static variance={math.exp(p['log_var_static']):.3g}, static lengths="
-                      f"{[f'{math.exp(v):.3g}' for g, v in enumerate(p['log_lengths_static']) if [self.time_column] != self.groups[g]]}")
+                      f"{static_lengths}")
         return (f"LocalKriging(kernel={self.kernel!r}, variance={math.exp(p['log_var']):.3g}, "
                 f"nugget={math.exp(p['log_nugget']):.3g}, lengths={[f'{v:.3g}' for v in self.lengths]}"
                 f"{static}, neighbors={self.neighbors}, n_points={len(self.points)})")
@@ -364,7 +366,7 @@ def _initial_lengths(points: np.ndarray, groups: Sequence[Sequence[int]], time_c
     return cands
 
 
-def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
+def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],  # noqa: C901 - flat sequence of argument checks and fitting phases
                 time_column: int | None = None, kernels: Sequence[str] = KERNELS,
                 static: bool | None = None, neighbors: int = 32, fit_neighbors: int = 32,
                 n_fit: int = 768, max_iter: int = 40, seed: int = 0,
@@ -514,7 +516,7 @@ def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],
             opt = torch.optim.LBFGS([theta], max_iter=max_iter, line_search_fn="strong_wolfe",
                                     tolerance_grad=1e-6, tolerance_change=1e-6)
 
-            def closure():
+            def closure(opt=opt, theta=theta, nb=nb, kernel=kernel):  # bound: run within this pass
                 opt.zero_grad()
                 loss = nlpd(theta, nb, kernel)
                 loss.backward()
@@ -606,7 +608,7 @@ def frame_rbf(points: Any, values: Any, frames: Any, query: Any, query_frames: A
     frames = np.asarray(frames)
     query_frames = np.asarray(query_frames)
     needed = np.unique(query_frames)
-    counts = {f: c for f, c in zip(*np.unique(frames, return_counts=True))}
+    counts = {f: c for f, c in zip(*np.unique(frames, return_counts=True), strict=False)}
 
     def rbf(p: np.ndarray, v: np.ndarray, at: np.ndarray) -> np.ndarray:
         # coincident points (a grid's poles on the unit sphere) would make the system

@@ -47,7 +47,7 @@ from safetensors.torch import save as _st_save_bytes
 from safetensors.torch import save_file
 
 from ._utils import resolve_device
-from .base import Estimator, _registry_name, get_estimator_class, xsciml_version
+from .base import Estimator, get_estimator_class, registry_name, xsciml_version
 
 __all__ = [
     "FORMAT_NAME",
@@ -251,7 +251,7 @@ def _check_file(path: pathlib.Path) -> None:
         )
 
 
-def _read_header(path: pathlib.Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+def read_header(path: pathlib.Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Return ``(metadata, {name: {"dtype", "shape"}})`` without reading tensor data."""
     _check_file(path)
     try:
@@ -319,7 +319,7 @@ def _serialise(estimator: Estimator) -> tuple[dict[str, torch.Tensor], dict[str,
         raise TypeError(f"estimator must be an xsciml Estimator, got {type(estimator).__name__}.")
     cls = type(estimator)
     owner = cls.__name__
-    cls_name = _registry_name(cls)
+    cls_name = registry_name(cls)
     try:
         registered = get_estimator_class(cls_name)
     except KeyError:
@@ -491,7 +491,7 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     """
     path = _as_path(path)
     target = resolve_device(device)
-    metadata, _ = _read_header(path)
+    metadata, _ = read_header(path)
 
     def read_tensors() -> dict[str, torch.Tensor]:
         try:
@@ -604,7 +604,7 @@ def save_bytes(estimator: Estimator) -> bytes:
 _BYTES_LABEL = "<model bytes>"
 
 
-def _header_from_bytes(data: Any) -> dict[str, str]:
+def header_from_bytes(data: Any) -> dict[str, str]:
     """The xsciml metadata of serialised model bytes (the JSON header only is parsed)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(
@@ -662,7 +662,7 @@ def load_bytes(data: bytes, *, device: str | torch.device = "cpu") -> Estimator:
     >>> est = xsciml.io.load_bytes(xsciml.io.save_bytes(field))  # doctest: +SKIP
     """
     target = resolve_device(device)
-    metadata = _header_from_bytes(data)
+    metadata = header_from_bytes(data)
 
     def read_tensors() -> dict[str, torch.Tensor]:
         try:
@@ -707,7 +707,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     ('LatentInterpolator', 32)
     """
     path = _as_path(path)
-    metadata, layout = _read_header(path)
+    metadata, layout = read_header(path)
     version = _format_version(metadata, path)
     _require(metadata, ("class", "config"), path)
     return {

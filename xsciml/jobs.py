@@ -111,6 +111,11 @@ def registered_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
+def task_builder(name: str) -> TaskBuilder:
+    """The builder registered for task ``name`` (``KeyError`` when none is)."""
+    return _TASKS[name]
+
+
 @register_task("predict")
 def _predict_task(model: Any, ds: xr.Dataset, **kwargs: Any) -> xr.Dataset | xr.DataArray:
     """``model.predict(ds, **kwargs)``: e.g. a neural field on the input's coordinates."""
@@ -569,7 +574,7 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
         raise KeyError(f"unknown task {task!r}; known tasks: {registered_tasks()}.")
     model_path = Path(os.fspath(model_path)).expanduser()
     model = io.load(model_path, device="cpu")
-    model_digest = io._read_header(model_path)[0]["sha256"]
+    model_digest = io.read_header(model_path)[0]["sha256"]
     out = _as_store(output_store, "output_store")
 
     if not _is_url(out) and Path(out).is_file():

@@ -109,9 +109,9 @@ def _check_device(device: Any) -> Any:
 
 
 def _digest(blob: bytes) -> str:
-    from .io import _header_from_bytes
+    from .io import header_from_bytes
 
-    return _header_from_bytes(blob)["sha256"]
+    return header_from_bytes(blob)["sha256"]
 
 
 def model_to_graph(model: Estimator | bytes) -> Delayed:
@@ -384,7 +384,7 @@ def check_core_chunks(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable], 
     ValueError: da is split into several dask chunks along ['lat']; the operation needs each whole field, so ('lat', 'lon') must be one chunk each. Rechunk first: da.chunk({'lat': -1, 'lon': -1}) (other dims can stay chunked), or pass rechunk=True.
     >>> check_core_chunks(da, ("lat", "lon"), rechunk=True).chunks
     ((2,), (4,), (4,))
-    """
+    """  # noqa: E501
     dims = tuple(dims)
     if not isinstance(obj, (xr.DataArray, xr.Dataset)):
         raise TypeError(f"{argname} must be an xarray DataArray or Dataset, got {type(obj).__name__}.")

@@ -283,7 +283,7 @@ def kdv_soliton(x: Any, t: float, *, speed: float, x0: float = 0.0, length: floa
     --------
     >>> float(kdv_soliton(np.array([3.0]), 1.0, speed=2.0, x0=1.0)[0])  # peak c/2 for alpha=6
     1.0
-    """
+    """  # noqa: E501
     if not (speed > 0 and beta > 0):
         raise ValueError("the soliton needs speed > 0 and beta > 0")
     x = np.asarray(x, dtype=np.float64)

@@ -28,6 +28,7 @@ import xarray as xr
 
 from ._utils import check_positive_int
 from .coords import CoordinateEncoder, time_kind
+from .parallel import is_dask_backed
 
 __all__ = [
     "CoordinateData",
@@ -49,11 +50,6 @@ TIME_ATTRS = ("units", "long_name", "standard_name", "calendar")
 
 
 # =========================================================================== helpers
-def _is_dask(obj: Any) -> bool:
-    data = getattr(obj, "data", None)
-    return data is not None and type(data).__module__.startswith("dask")
-
-
 def decode_variable(da: xr.DataArray) -> xr.DataArray:
     """Apply CF packing (``scale_factor``/``add_offset``/``_FillValue``) still in ``attrs``.
 
@@ -84,7 +80,7 @@ def decode_variable(da: xr.DataArray) -> xr.DataArray:
                            decode_coords=False, decode_timedelta=False).variables[name]
     for k in ("valid_range", "valid_min", "valid_max"):
         decoded.attrs.pop(k, None)
-    if not _is_dask(da):
+    if not is_dask_backed(da):
         decoded = decoded.load()
     out = xr.DataArray(decoded, coords=da.coords, name=da.name)
     out.encoding = {**da.encoding, **decoded.encoding}
@@ -505,7 +501,7 @@ class CoordinateData(_PointSet):
         first = ds[variables[0]]
         self.dims = tuple(first.dims)
         self.shape = tuple(first.shape)
-        self.is_lazy = any(_is_dask(ds[v]) for v in variables + condition)
+        self.is_lazy = any(is_dask_backed(ds[v]) for v in variables + condition)
         self._features = None
         self._y = None
         self._valid = None
@@ -535,7 +531,7 @@ class CoordinateData(_PointSet):
 
         names = self.variables + self.condition
         arrays = [self._ds[v].transpose(*self.dims).data for v in names]
-        if any(_is_dask(self._ds[v]) for v in names):
+        if any(is_dask_backed(self._ds[v]) for v in names):
             import dask.array as dsa
 
             ref = next(a for a in arrays if hasattr(a, "numblocks"))
@@ -878,7 +874,7 @@ class CoordinateData(_PointSet):
 
 
 # =========================================================================== builders
-def _prepare(obj: xr.Dataset | xr.DataArray, variables, argname: str = "obj"
+def prepare_variables(obj: xr.Dataset | xr.DataArray, variables, argname: str = "obj"
              ) -> tuple[xr.Dataset, list[str]]:
     """A Dataset and the list of variable names to use (the only one when not named)."""
     if isinstance(obj, xr.DataArray):
@@ -901,7 +897,7 @@ def _prepare(obj: xr.Dataset | xr.DataArray, variables, argname: str = "obj"
     return obj, variables
 
 
-def to_tensors(
+def to_tensors(  # noqa: C901 - one branch per input layout, kept together
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
     *,
@@ -970,7 +966,7 @@ def to_tensors(
     >>> data.to_dataarray(data.y).values.tolist()
     [[1.0, nan], [3.0, 4.0]]
     """
-    ds, variables = _prepare(obj, variables)
+    ds, variables = prepare_variables(obj, variables)
     condition = [condition] if isinstance(condition, str) else list(condition)
     for v in variables:
         _get_variable(ds, v)
@@ -1026,8 +1022,9 @@ def to_tensors(
                 raise ValueError(f"space coordinate {name!r} has non-numeric dtype {c.dtype}")
             ds = ds.assign_coords({name: c}) if name in ds.coords else ds.assign({name: c})
     for name in list(space) + ([time] if time else []):
-        if _is_dask(ds[name]):
-            ds = ds.assign_coords({name: ds[name].compute()}) if name in ds.coords else ds.assign({name: ds[name].compute()})
+        if is_dask_backed(ds[name]):
+            computed = {name: ds[name].compute()}
+            ds = ds.assign_coords(computed) if name in ds.coords else ds.assign(computed)
     if time is not None:
         time_kind(ds[time].values)  # clear error for non-time dtypes
         _check_time_axis(ds, time, space)
@@ -1108,7 +1105,7 @@ def check_target_domain(encoder: CoordinateEncoder, target: Any, *, time: Any = 
     return warn_outside(encoder, space, tvals, where=where)
 
 
-def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
+def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,  # noqa: C901 - one branch per target layout, kept together
                   dtype: Any = None, condition: Sequence[str] = (),
                   condition_scaler: Scaler | None = None) -> TargetPoints:
     """Encode new coordinates for prediction, remembering how to label the outputs.
@@ -1208,7 +1205,7 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None,
         keep.setdefault(n, target[n].variable)
     cds = xr.Dataset(coords=keep)
     for n in names:
-        if _is_dask(cds[n]):
+        if is_dask_backed(cds[n]):
             cds = cds.assign_coords({n: cds[n].compute()})
     size = int(np.prod(sizes, dtype=np.int64))
     flat = np.arange(size)
@@ -1363,8 +1360,9 @@ def to_fields(
     """
     import torch
 
-    ds, variables = _prepare(obj, variables)
-    sample_dims = (sample_dim,) if isinstance(sample_dim, (str,)) or not isinstance(sample_dim, Sequence) else tuple(sample_dim)
+    ds, variables = prepare_variables(obj, variables)
+    sample_dims = ((sample_dim,) if isinstance(sample_dim, (str,)) or not isinstance(sample_dim, Sequence)
+                   else tuple(sample_dim))
     das = []
     for v in variables:
         da = decode_variable(_get_variable(ds, v))

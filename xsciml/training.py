@@ -1040,7 +1040,74 @@ def fit(
     >>> model.weight.detach().round(decimals=2)
     tensor([[ 2., -1.]])
     """
-    # ---- arguments
+    steps, callbacks = _check_fit_args(
+        model, loss_fn, val_loss_fn, steps=steps, epochs=epochs, batch_size=batch_size, val_every=val_every,
+        checkpoint_every=checkpoint_every, early_stopping=early_stopping, val_fraction=val_fraction, lr=lr,
+        weight_decay=weight_decay, grad_clip=grad_clip, resume=resume, checkpoint=checkpoint,
+        callbacks=callbacks, seed=seed)
+
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    ckpt = _read_checkpoint(ckpt_path) if resume and ckpt_path is not None and ckpt_path.exists() else None
+
+    base_seed = int(ckpt["seed"]) if ckpt is not None else (seed if seed is not None else secrets.randbits(62))
+    seed_everything(seed)
+    dev = resolve_device(device)
+    model.to(dev)
+
+    # ---- data
+    kind = _data_kind(data, "data")
+    data, val_data = _split_validation(kind, data, val_data, val_fraction, epochs, base_seed)
+    stream = _make_stream(kind, data, batch_size, base_seed)
+    val_pass = None
+    if val_data is not None:
+        val_pass = _val_batches(_data_kind(val_data, "val_data"), val_data, batch_size, base_seed)
+    if early_stopping is not None and val_pass is None:
+        raise ValueError("early_stopping needs validation data: pass val_data= or val_fraction=.")
+    total_steps = steps
+    if epochs is not None:
+        per_epoch = stream.batches_per_epoch
+        total_steps = None if per_epoch is None else epochs * per_epoch
+
+    # ---- optimisation
+    opt = _make_optimizer(optimizer, model, params, lr, weight_decay)
+    _check_param_devices(opt, dev)
+    sched = _make_scheduler(scheduler, opt, total_steps)
+
+    run = _FitRun(model, loss_fn, val_loss_fn if val_loss_fn is not None else loss_fn, opt, sched, stream,
+                  val_pass, dev, epochs=epochs, total_steps=total_steps, grad_clip=grad_clip,
+                  val_every=val_every, early_stopping=early_stopping, restore_best=restore_best,
+                  ckpt_path=ckpt_path, checkpoint_every=checkpoint_every, callbacks=callbacks,
+                  base_seed=base_seed, desc=desc)
+    if ckpt is not None:
+        run.load_checkpoint(ckpt)
+    params_device = next((str(p.device) for p in model.parameters()), str(dev))
+    run.history.device = params_device
+    if log.isEnabledFor(logging.INFO):
+        n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
+        val_size = None
+        if val_data is not None:
+            val_kind = _data_kind(val_data, "val_data")
+            val_size = (f"{_tensor_len(val_data, 'val_data')} samples" if val_kind == "tensors"
+                        else val_kind)
+        log.info("%s: %s with %d trainable parameters on %s; budget %s; data %s (batch_size %d); "
+                 "validation %s; optimizer %s, lr %g, weight_decay %g, scheduler %s, grad_clip %s, "
+                 "early_stopping %s, seed %s", desc, type(model).__name__, n_params,
+                 params_device, f"{steps} steps" if epochs is None else f"{epochs} epochs",
+                 _data_size(kind, data, stream), batch_size,
+                 f"{val_size} every {val_every} steps" if val_pass is not None else "none",
+                 type(opt).__name__, lr, weight_decay, _name(scheduler), grad_clip,
+                 early_stopping, seed if seed is not None else f"random ({base_seed})")
+        if ckpt is not None:
+            log.info("%s: resumed from %s at step %d", desc, ckpt_path, run.history.steps)
+    return run.run(progress)
+
+
+def _check_fit_args(model: Any, loss_fn: Any, val_loss_fn: Any, *, steps: int | None, epochs: int | None,
+                    batch_size: int, val_every: int, checkpoint_every: int, early_stopping: int | None,
+                    val_fraction: float, lr: float, weight_decay: float, grad_clip: float | None,
+                    resume: bool, checkpoint: Any, callbacks: Any, seed: int | None,
+                    ) -> tuple[int | None, tuple[Callable[[TrainState], bool | None], ...]]:
+    """Check :func:`fit`'s settings; the step budget (``1000`` by default) and the callbacks."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if not callable(loss_fn):
@@ -1077,17 +1144,12 @@ def fit(
         raise TypeError("callbacks must be a sequence of callables cb(state) -> bool | None.")
     if seed is not None:
         _check_int(seed, "seed", 0)
+    return steps, callbacks
 
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    ckpt = _read_checkpoint(ckpt_path) if resume and ckpt_path is not None and ckpt_path.exists() else None
 
-    base_seed = int(ckpt["seed"]) if ckpt is not None else (seed if seed is not None else secrets.randbits(62))
-    seed_everything(seed)
-    dev = resolve_device(device)
-    model.to(dev)
-
-    # ---- data
-    kind = _data_kind(data, "data")
+def _split_validation(kind: str, data: Any, val_data: Any, val_fraction: float, epochs: int | None,
+                      base_seed: int) -> tuple[Any, Any]:
+    """``(data, val_data)``: ``val_fraction`` of in-memory tensor data held out (seeded split)."""
     if kind == "callable" and epochs is not None:
         raise ValueError("a callable data(generator) has no epochs; pass steps= instead.")
     if val_fraction > 0:
@@ -1098,81 +1160,69 @@ def fit(
                              "forms pass val_data=.")
         split_generator = torch.Generator().manual_seed(_derive_seed(base_seed, 1))
         data, val_data = _split_tensors(data, val_fraction, split_generator)
-    stream = _make_stream(kind, data, batch_size, base_seed)
-    val_pass = None
-    if val_data is not None:
-        val_pass = _val_batches(_data_kind(val_data, "val_data"), val_data, batch_size, base_seed)
-    validating = val_pass is not None
-    if early_stopping is not None and not validating:
-        raise ValueError("early_stopping needs validation data: pass val_data= or val_fraction=.")
-    total_steps = steps
-    if epochs is not None:
-        per_epoch = stream.batches_per_epoch
-        total_steps = None if per_epoch is None else epochs * per_epoch
+    return data, val_data
 
-    # ---- optimisation
-    opt = _make_optimizer(optimizer, model, params, lr, weight_decay)
-    _check_param_devices(opt, dev)
-    clip_params = [p for g in opt.param_groups for p in g["params"]]
-    sched = _make_scheduler(scheduler, opt, total_steps)
-    plateau = isinstance(sched, ReduceLROnPlateau)
-    v_loss_fn = val_loss_fn if val_loss_fn is not None else loss_fn
 
-    history = History()
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_checks = 0
-    if ckpt is not None:
+class _FitRun:
+    """The state of one :func:`fit` run: the step loop, validation, checkpoints."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any],
+                 v_loss_fn: Callable[[nn.Module, Any], Any], opt: Optimizer, sched: Any, stream: Any,
+                 val_pass: Callable[[], Iterable[Any]] | None, dev: torch.device, *, epochs: int | None,
+                 total_steps: int | None, grad_clip: float | None, val_every: int,
+                 early_stopping: int | None, restore_best: bool, ckpt_path: Path | None,
+                 checkpoint_every: int, callbacks: Sequence[Callable[[TrainState], bool | None]],
+                 base_seed: int, desc: str) -> None:
+        self.model, self.loss_fn, self.v_loss_fn = model, loss_fn, v_loss_fn
+        self.opt, self.sched, self.stream, self.val_pass, self.dev = opt, sched, stream, val_pass, dev
+        self.epochs, self.total_steps, self.grad_clip = epochs, total_steps, grad_clip
+        self.val_every, self.early_stopping, self.restore_best = val_every, early_stopping, restore_best
+        self.ckpt_path, self.checkpoint_every, self.callbacks = ckpt_path, checkpoint_every, callbacks
+        self.base_seed, self.desc = base_seed, desc
+        self.clip_params = [p for g in opt.param_groups for p in g["params"]]
+        self.plateau = isinstance(sched, ReduceLROnPlateau)
+        self.validating = val_pass is not None
+        self.history = History()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_checks = 0
+        self.wall0, self.t0 = 0.0, 0.0
+
+    def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        """Continue from ``ckpt``: weights, optimizer, scheduler, data position, history, RNGs."""
+        where = str(self.ckpt_path)
         try:
-            model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
-            raise ValueError(f"the checkpoint {str(ckpt_path)!r} does not match the model: {err}") from err
+            raise ValueError(f"the checkpoint {where!r} does not match the model: {err}") from err
         try:
-            opt.load_state_dict(ckpt["optimizer"])
+            self.opt.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as err:
-            raise ValueError(f"the checkpoint {str(ckpt_path)!r} does not match the optimizer "
+            raise ValueError(f"the checkpoint {where!r} does not match the optimizer "
                              f"(different parameters or param groups): {err}") from err
-        if (ckpt.get("scheduler") is None) != (sched is None):
-            raise ValueError(f"the checkpoint {str(ckpt_path)!r} was written "
-                             f"{'without' if sched is not None else 'with'} a scheduler; use the "
+        if (ckpt.get("scheduler") is None) != (self.sched is None):
+            raise ValueError(f"the checkpoint {where!r} was written "
+                             f"{'without' if self.sched is not None else 'with'} a scheduler; use the "
                              "same scheduler= to resume, or resume=False.")
-        if sched is not None:
-            sched.load_state_dict(ckpt["scheduler"])
-        stream.load_state_dict(ckpt["stream"])
-        history = History.from_dict(ckpt["history"])
-        best_state = ckpt.get("best_state")
-        bad_checks = int(ckpt.get("bad_checks", 0))
+        if self.sched is not None:
+            self.sched.load_state_dict(ckpt["scheduler"])
+        self.stream.load_state_dict(ckpt["stream"])
+        self.history = History.from_dict(ckpt["history"])
+        self.best_state = ckpt.get("best_state")
+        self.bad_checks = int(ckpt.get("bad_checks", 0))
         _set_rng_state(ckpt["rng"])
-    params_device = next((str(p.device) for p in model.parameters()), str(dev))
-    history.device = params_device
-    if log.isEnabledFor(logging.INFO):
-        n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
-        val_size = None
-        if val_data is not None:
-            val_kind = _data_kind(val_data, "val_data")
-            val_size = (f"{_tensor_len(val_data, 'val_data')} samples" if val_kind == "tensors"
-                        else val_kind)
-        log.info("%s: %s with %d trainable parameters on %s; budget %s; data %s (batch_size %d); "
-                 "validation %s; optimizer %s, lr %g, weight_decay %g, scheduler %s, grad_clip %s, "
-                 "early_stopping %s, seed %s", desc, type(model).__name__, n_params,
-                 params_device, f"{steps} steps" if epochs is None else f"{epochs} epochs",
-                 _data_size(kind, data, stream), batch_size,
-                 f"{val_size} every {val_every} steps" if validating else "none",
-                 type(opt).__name__, lr, weight_decay, _name(scheduler), grad_clip,
-                 early_stopping, seed if seed is not None else f"random ({base_seed})")
-        if ckpt is not None:
-            log.info("%s: resumed from %s at step %d", desc, ckpt_path, history.steps)
 
-    def validate(step: int) -> float:
-        nonlocal best_state, bad_checks
-        assert val_pass is not None
+    def validate(self, step: int) -> float:
+        """Mean validation loss at ``step``, recorded; keeps the best weights."""
+        model, dev, history = self.model, self.dev, self.history
+        assert self.val_pass is not None
         model.eval()
         try:
             with torch.no_grad():
                 total = torch.zeros((), dtype=torch.float64, device=dev)
                 weight = 0
-                for batch in val_pass():
+                for batch in self.val_pass():
                     batch = _move(batch, dev, False)
-                    loss, _ = _split_loss_output(v_loss_fn(model, batch), "val_loss_fn")
+                    loss, _ = _split_loss_output(self.v_loss_fn(model, batch), "val_loss_fn")
                     w = _batch_len(batch) or 1
                     total = total + loss.detach().to(total.device, torch.float64) * w
                     weight += w
@@ -1184,134 +1234,163 @@ def fit(
         history.val_loss.append((step, value))
         if history.best_val_loss is None or value < history.best_val_loss:
             history.best_val_loss, history.best_step = value, step
-            bad_checks = 0
-            if restore_best:
-                best_state = _cpu_state(model)
+            self.bad_checks = 0
+            if self.restore_best:
+                self.best_state = _cpu_state(model)
         else:
-            bad_checks += 1
-        log.info("%s: step %d: loss %.4g, val_loss %.4g (best %.4g at step %d)", desc, step,
+            self.bad_checks += 1
+        log.info("%s: step %d: loss %.4g, val_loss %.4g (best %.4g at step %d)", self.desc, step,
                  history.loss[-1] if history.loss else math.nan, value, history.best_val_loss,
                  history.best_step)
         return value
 
-    def save(step: int) -> None:
-        assert ckpt_path is not None
-        history.steps = step
-        history.wall_time = wall0 + (time.perf_counter() - t0)
-        _write_checkpoint(ckpt_path, {
+    def save(self, step: int) -> None:
+        """Write the checkpoint at ``step``."""
+        assert self.ckpt_path is not None
+        self.history.steps = step
+        self.history.wall_time = self.wall0 + (time.perf_counter() - self.t0)
+        _write_checkpoint(self.ckpt_path, {
             "format": _CKPT_FORMAT,
             "version": _CKPT_VERSION,
-            "seed": base_seed,
+            "seed": self.base_seed,
             "step": step,
-            "epoch": stream.epoch,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "stream": stream.state_dict(),
-            "history": history.to_dict(),
-            "best_state": best_state,
-            "bad_checks": bad_checks,
-            "rng": _rng_state(dev),
+            "epoch": self.stream.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": None if self.sched is None else self.sched.state_dict(),
+            "stream": self.stream.state_dict(),
+            "history": self.history.to_dict(),
+            "best_state": self.best_state,
+            "bad_checks": self.bad_checks,
+            "rng": _rng_state(self.dev),
         })
 
-    # ---- train
-    was_training = model.training
-    step = history.steps
-    wall0, t0 = history.wall_time, time.perf_counter()
-    finished_early = history.stop_reason == "early_stopping"
-    if not finished_early:
-        history.stopped_early, history.stop_reason = False, None
-    last_val = history.val_loss[-1][1] if history.val_loss else None
-    bar = progress_bar(total=total_steps, desc=desc, progress=progress, initial=step)
-    try:
-        model.train()
-        while not finished_early:
-            if epochs is None and step >= total_steps:  # type: ignore[operator]
-                break
-            batch = stream.next()
-            if batch is _END:
-                if epochs is not None and stream.epoch >= epochs:
-                    break
-                continue
-            batch = _move(batch, dev, False)
+    def optimizer_step(self, batch: Any, step: int) -> tuple[float, dict[str, float], float]:
+        """One optimizer step on ``batch``: ``(loss, logs, lr)`` (``step`` is the count before it)."""
+        opt = self.opt
+        opt.zero_grad(set_to_none=True)
+        loss, logs = _split_loss_output(self.loss_fn(self.model, batch), "loss_fn")
+        loss_value = float(loss.detach())
+        current_lr = float(opt.param_groups[0]["lr"])
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"the training loss is {loss_value} at step {step + 1}; try a lower lr "
+                f"(now {current_lr:g}), grad_clip=1.0, or check the data for NaN/inf."
+            )
+        if not loss.requires_grad:
+            raise ValueError("loss_fn returned a loss that does not depend on any trainable "
+                             "parameter; call the model inside loss_fn, not under torch.no_grad().")
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.clip_params, self.grad_clip)
+        opt.step()
+        if self.sched is not None and not self.plateau:
+            self.sched.step()
+        return loss_value, logs, current_lr
 
-            opt.zero_grad(set_to_none=True)
-            loss, logs = _split_loss_output(loss_fn(model, batch), "loss_fn")
-            loss_value = float(loss.detach())
-            current_lr = float(opt.param_groups[0]["lr"])
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"the training loss is {loss_value} at step {step + 1}; try a lower lr "
-                    f"(now {current_lr:g}), grad_clip=1.0, or check the data for NaN/inf."
-                )
-            if not loss.requires_grad:
-                raise ValueError("loss_fn returned a loss that does not depend on any trainable "
-                                 "parameter; call the model inside loss_fn, not under torch.no_grad().")
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(clip_params, grad_clip)
-            opt.step()
-            if sched is not None and not plateau:
-                sched.step()
-            step += 1
-
-            history.loss.append(loss_value)
-            history.lr.append(current_lr)
-            for key, value in logs.items():
-                history.logs.setdefault(key, [math.nan] * (step - 1)).append(value)
-            for values in history.logs.values():
-                if len(values) < step:
-                    values.append(math.nan)
-            history.steps = step
-
-            val_value = None
-            if step % val_every == 0:
-                if validating:
-                    val_value = last_val = validate(step)
-                    if plateau:
-                        sched.step(val_value)
-                elif plateau:
-                    sched.step(float(np.mean(history.loss[-val_every:])))
-            stop = None
-            if early_stopping is not None and bad_checks >= early_stopping:
-                stop = "early_stopping"
-            state = TrainState(step=step, epoch=stream.epoch, loss=loss_value, model=model,
-                               optimizer=opt, history=history, scheduler=sched,
-                               val_loss=val_value, logs=logs)
-            for cb in callbacks:
-                if cb(state) is True and stop is None:
-                    stop = "callback"
-
-            postfix = {"loss": f"{loss_value:.4g}"}
-            if last_val is not None:
-                postfix["val"] = f"{last_val:.4g}"
-                if history.best_step is not None and history.best_val_loss != last_val:
-                    # the weights kept at the end (restore_best) are those of the best check
-                    postfix["best"] = f"{history.best_val_loss:.4g}@{history.best_step}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-
-            if stop is not None:
-                history.stopped_early, history.stop_reason = True, stop
-                break
-            if ckpt_path is not None and step % checkpoint_every == 0:
-                save(step)
-
-        if (validating and step > 0 and history.stop_reason != "callback"
-                and (not history.val_loss or history.val_loss[-1][0] != step)):
-            validate(step)
+    def record(self, step: int, loss_value: float, current_lr: float, logs: dict[str, float]) -> None:
+        """Append the step's loss, learning rate and logs to the history."""
+        history = self.history
+        history.loss.append(loss_value)
+        history.lr.append(current_lr)
+        for key, value in logs.items():
+            history.logs.setdefault(key, [math.nan] * (step - 1)).append(value)
+        for values in history.logs.values():
+            if len(values) < step:
+                values.append(math.nan)
         history.steps = step
-        history.wall_time = wall0 + (time.perf_counter() - t0)
-        if ckpt_path is not None:
-            save(step)
-        if validating and restore_best and best_state is not None:
-            model.load_state_dict(best_state)
-        _log_end(desc, history, restore_best and best_state is not None)
-    finally:
-        bar.close()
-        model.train(was_training)
-    return history
 
+    def check(self, step: int) -> float | None:
+        """Validate (and step a plateau scheduler) every ``val_every`` steps."""
+        if step % self.val_every != 0:
+            return None
+        val_value = None
+        if self.validating:
+            val_value = self.validate(step)
+            if self.plateau:
+                self.sched.step(val_value)
+        elif self.plateau:
+            self.sched.step(float(np.mean(self.history.loss[-self.val_every:])))
+        return val_value
+
+    def stop_reason(self, state: TrainState) -> str | None:
+        """Why training stops after this step (early stopping, a callback), or ``None``."""
+        stop = None
+        if self.early_stopping is not None and self.bad_checks >= self.early_stopping:
+            stop = "early_stopping"
+        for cb in self.callbacks:
+            if cb(state) is True and stop is None:
+                stop = "callback"
+        return stop
+
+    def postfix(self, loss_value: float, last_val: float | None) -> dict[str, str]:
+        """The progress bar's postfix."""
+        history = self.history
+        postfix = {"loss": f"{loss_value:.4g}"}
+        if last_val is not None:
+            postfix["val"] = f"{last_val:.4g}"
+            if history.best_step is not None and history.best_val_loss != last_val:
+                # the weights kept at the end (restore_best) are those of the best check
+                postfix["best"] = f"{history.best_val_loss:.4g}@{history.best_step}"
+        return postfix
+
+    def run(self, progress: bool | None) -> History:
+        """The step loop, the final validation and checkpoint; restores the best weights."""
+        model, history, stream, epochs = self.model, self.history, self.stream, self.epochs
+        was_training = model.training
+        step = history.steps
+        self.wall0, self.t0 = history.wall_time, time.perf_counter()
+        finished_early = history.stop_reason == "early_stopping"
+        if not finished_early:
+            history.stopped_early, history.stop_reason = False, None
+        last_val = history.val_loss[-1][1] if history.val_loss else None
+        bar = progress_bar(total=self.total_steps, desc=self.desc, progress=progress, initial=step)
+        try:
+            model.train()
+            while not finished_early:
+                if epochs is None and step >= self.total_steps:  # type: ignore[operator]
+                    break
+                batch = stream.next()
+                if batch is _END:
+                    if epochs is not None and stream.epoch >= epochs:
+                        break
+                    continue
+                batch = _move(batch, self.dev, False)
+                loss_value, logs, current_lr = self.optimizer_step(batch, step)
+                step += 1
+                self.record(step, loss_value, current_lr, logs)
+
+                val_value = self.check(step)
+                if val_value is not None:
+                    last_val = val_value
+                state = TrainState(step=step, epoch=stream.epoch, loss=loss_value, model=model,
+                                   optimizer=self.opt, history=history, scheduler=self.sched,
+                                   val_loss=val_value, logs=logs)
+                stop = self.stop_reason(state)
+                bar.set_postfix(self.postfix(loss_value, last_val), refresh=False)
+                bar.update(1)
+
+                if stop is not None:
+                    history.stopped_early, history.stop_reason = True, stop
+                    break
+                if self.ckpt_path is not None and step % self.checkpoint_every == 0:
+                    self.save(step)
+
+            if (self.validating and step > 0 and history.stop_reason != "callback"
+                    and (not history.val_loss or history.val_loss[-1][0] != step)):
+                self.validate(step)
+            history.steps = step
+            history.wall_time = self.wall0 + (time.perf_counter() - self.t0)
+            if self.ckpt_path is not None:
+                self.save(step)
+            restored = self.validating and self.restore_best and self.best_state is not None
+            if restored:
+                model.load_state_dict(self.best_state)  # type: ignore[arg-type]
+            _log_end(self.desc, history, self.restore_best and self.best_state is not None)
+        finally:
+            bar.close()
+            model.train(was_training)
+        return history
 
 def _name(obj: Any) -> str:
     """A setting for the log: strings as they are, objects by their type's name."""

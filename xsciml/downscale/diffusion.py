@@ -629,9 +629,9 @@ class DiffusionPrior(Estimator):
 # =========================================================================== fitting
 def _training_array(obj: xr.Dataset | xr.DataArray, variable: str | None, sample_dim: str,
                     space: Sequence[str] | None) -> tuple[xr.Dataset, str, tuple[str, str]]:
-    from ..tensors import _prepare, decode_variable
+    from ..tensors import decode_variable, prepare_variables
 
-    ds, names = _prepare(obj, variable, "obj")
+    ds, names = prepare_variables(obj, variable, "obj")
     if len(names) != 1:
         raise ValueError(f"fit_diffusion models one variable; got {names}. Fit one prior per variable.")
     name = names[0]

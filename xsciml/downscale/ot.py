@@ -913,7 +913,7 @@ def _transform_kernel(model: Debias, x: np.ndarray, *rest: np.ndarray, device: t
 
 
 # =========================================================================== public fit
-def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Dataset, *,
+def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Dataset, *,  # noqa: C901 - one flat pass of argument checks and fitting steps
                variable: str | None = None, method: str = "gaussian", sample_dim: str = "time",
                group: str | None = None, reg: float = 0.05, reg_cov: float = 1e-3,
                max_iter: int | None = None, tol: float | None = None, batch_size: int | None = None,

@@ -55,7 +55,8 @@ SIGNAL_THRESHOLD = 0.68
 
 
 # --------------------------------------------------------------------------- helpers
-def _spacing_tuple(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+def spacing_tuple(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
+    """Grid spacing as one positive float per dimension (a scalar is repeated ``ndim`` times)."""
     if isinstance(spacing, torch.Tensor):
         spacing = spacing.tolist()
     if isinstance(spacing, (int, float, np.floating, np.integer)):
@@ -81,7 +82,8 @@ def _check_ndim(x: torch.Tensor, ndim: int) -> None:
         raise TypeError(f"expected a real floating-point tensor, got dtype {x.dtype}.")
 
 
-def _is_dataarray(x: Any) -> bool:
+def is_dataarray(x: Any) -> bool:
+    """Whether ``x`` is an xarray DataArray (``False`` when xarray is not installed)."""
     try:
         import xarray as xr
     except ImportError:  # pragma: no cover
@@ -145,7 +147,8 @@ def grid_spacing(da: Any, dims: Sequence[Hashable]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _resolve_dims(da: Any, dims: Sequence[Hashable] | None, ndim: int) -> tuple[Hashable, ...]:
+def resolve_dims(da: Any, dims: Sequence[Hashable] | None, ndim: int) -> tuple[Hashable, ...]:
+    """The ``ndim`` spatial dims of ``da``: ``dims`` checked, or its last ``ndim`` dims."""
     if dims is None:
         if da.ndim < ndim:
             raise ValueError(f"the DataArray has {da.ndim} dims but {ndim} spatial dims are needed.")
@@ -167,8 +170,8 @@ def _apply_spatial(func: Callable[[np.ndarray, tuple[float, ...]], tuple[np.ndar
     """
     import xarray as xr
 
-    dims = _resolve_dims(da, dims, ndim)
-    h = grid_spacing(da, dims) if spacing is None else _spacing_tuple(spacing, len(dims))
+    dims = resolve_dims(da, dims, ndim)
+    h = grid_spacing(da, dims) if spacing is None else spacing_tuple(spacing, len(dims))
     if da.chunks is not None:
         chunked = [d for d in dims if len(da.chunksizes[d]) > 1]
         if chunked:
@@ -226,7 +229,7 @@ def wavenumbers_squared(
     tensor([0.0000, 0.0625, 0.2500, 0.0625], dtype=torch.float64)
     """
     shape = tuple(int(n) for n in shape)
-    h = _spacing_tuple(spacing, len(shape))
+    h = spacing_tuple(spacing, len(shape))
     k2 = torch.zeros(shape, dtype=dtype, device=device)
     for axis, (n, d) in enumerate(zip(shape, h, strict=True)):
         k = torch.fft.fftfreq(n, d=d, dtype=dtype, device=device)
@@ -359,13 +362,13 @@ def diffuse(
     >>> torch.allclose(out, wave * math.exp(-0.5 * 4 * math.pi**2 * (2 / n) ** 2))
     True
     """
-    if _is_dataarray(x):
+    if is_dataarray(x):
         def run(values: np.ndarray, h: tuple[float, ...]) -> tuple[np.ndarray]:
             return (diffuse(torch.from_numpy(values), amount, spacing=h, ndim=len(h)).numpy(),)
 
         return _apply_spatial(run, x, dims, spacing, ndim)[0]
     _check_ndim(x, ndim)
-    h = _spacing_tuple(1.0 if spacing is None else spacing, ndim)
+    h = spacing_tuple(1.0 if spacing is None else spacing, ndim)
     gain = heat_gain(x.shape[-ndim:], amount, h, dtype=x.dtype, device=x.device)
     return fourier_filter(x, gain, ndim=ndim)
 
@@ -533,8 +536,8 @@ def inverse_diffuse(
     >>> bool(((inv.estimate - x) ** 2).sum() < ((y - x) ** 2).sum())
     True
     """
-    if _is_dataarray(y):
-        if _is_dataarray(uncertainty) or isinstance(uncertainty, (torch.Tensor, np.ndarray)):
+    if is_dataarray(y):
+        if is_dataarray(uncertainty) or isinstance(uncertainty, (torch.Tensor, np.ndarray)):
             raise TypeError(
                 "for DataArray input, uncertainty must be a scalar (per-cell std); for a "
                 "spatially varying one, invert the underlying tensor."
@@ -549,7 +552,7 @@ def inverse_diffuse(
         unc.name = f"{y.name}_uncertainty" if y.name is not None else "uncertainty"
         return DampedInverse(est, unc, None, None)
     _check_ndim(y, ndim)
-    h = _spacing_tuple(1.0 if spacing is None else spacing, ndim)
+    h = spacing_tuple(1.0 if spacing is None else spacing, ndim)
     gain = heat_gain(y.shape[-ndim:], amount, h, dtype=y.dtype, device=y.device)
     return damped_inverse(y, gain, uncertainty=uncertainty, signal_std=signal_std,
                           noise_floor=noise_floor, ndim=ndim)
@@ -646,7 +649,7 @@ class FourierOperator:
         if not isinstance(ndim, int) or ndim < 1:
             raise ValueError(f"ndim must be a positive integer, got {ndim!r}.")
         self.ndim = ndim
-        self.spacing = _spacing_tuple(spacing, ndim)
+        self.spacing = spacing_tuple(spacing, ndim)
         if relative_uncertainty < 0 or noise_floor < 0 or signal_std <= 0:
             raise ValueError("need relative_uncertainty >= 0, noise_floor >= 0 and signal_std > 0.")
         self.relative_uncertainty = float(relative_uncertainty)

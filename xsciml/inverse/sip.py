@@ -44,9 +44,9 @@ from ..nn.unet import UNet
 from .heat import (
     DampedInverse,
     FourierOperator,
-    _resolve_dims,
-    _spacing_tuple,
     operator_from_config,
+    resolve_dims,
+    spacing_tuple,
 )
 
 __all__ = [
@@ -569,9 +569,9 @@ class LearnedInversion(Estimator):
         >>> res = inv.predict(y)                      # doctest: +SKIP
         >>> res.estimate, res.uncertainty             # doctest: +SKIP
         """
-        from .heat import _is_dataarray
+        from .heat import is_dataarray
 
-        if _is_dataarray(y):
+        if is_dataarray(y):
             return invert(y, self, noise=noise, batch_size=batch_size, device=device, **invert_kwargs)
         t = _to_tensor(y)
         if t.ndim not in (2, 3):
@@ -1016,9 +1016,9 @@ def invert(
     >>> res.estimate.plot(); res.uncertainty.plot()  # doctest: +SKIP
     """
 
-    from .heat import _is_dataarray, grid_spacing
+    from .heat import grid_spacing, is_dataarray
 
-    if not _is_dataarray(obs):
+    if not is_dataarray(obs):
         raise TypeError(
             f"obs must be an xarray.DataArray (use inversion.predict for tensors), got {type(obs).__name__}."
         )
@@ -1027,7 +1027,7 @@ def invert(
             f"inversion must be a LearnedInversion (from xsciml.inverse.fit_inversion), got "
             f"{type(inversion).__name__}."
         )
-    dims = _resolve_dims(obs, dims, 2)
+    dims = resolve_dims(obs, dims, 2)
     if len(dims) != 2:
         raise ValueError(f"dims must name exactly two spatial dims, got {dims!r}.")
     name = "obs" if obs.name is None else repr(obs.name)
@@ -1041,7 +1041,7 @@ def invert(
         )
     if all(d in obs.coords for d in dims):
         h = grid_spacing(obs, dims)
-        expected = _spacing_tuple(inversion.operator.spacing, 2)
+        expected = spacing_tuple(inversion.operator.spacing, 2)
         if not np.allclose(h, expected, rtol=1e-5):
             raise ValueError(
                 f"the coordinates of {dims} have spacing {h}, but the inversion was trained on a "

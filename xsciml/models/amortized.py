@@ -46,9 +46,17 @@ from .._utils import seed_everything, to_numpy
 from ..base import Estimator, output_attrs, register_estimator
 from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
+from ..parallel import is_dask_backed
 from ..tensors import decode_variable
-from ._snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
-                                  reference_entries, validation_lines, warn_if_worse)
+from ._snapshot_validation import (
+    MAX_SNAPSHOTS,
+    MIN_SNAPSHOTS,
+    SnapshotValidation,
+    rank_cap,
+    reference_entries,
+    validation_lines,
+    warn_if_worse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +294,9 @@ def _refuse_empty_snapshots(observed: np.ndarray) -> None:
         )
 
 
-def _is_dask(da: xr.DataArray) -> bool:
-    return da.chunks is not None
-
-
 def _check_space_chunks(das: Sequence[xr.DataArray], core: Sequence[str]) -> None:
     for da in das:
-        if not _is_dask(da):
+        if not is_dask_backed(da):
             continue
         split = [d for d in core if len(da.chunksizes[d]) > 1]
         if split:
@@ -326,7 +330,7 @@ def _latent_input(z: Any, latent_dim: int, sample_dim: Hashable) -> xr.DataArray
             raise ValueError(f"an array z must be [latent] or [samples, latent], got shape {arr.shape}")
     if z.sizes["latent"] != latent_dim:
         raise ValueError(f"z has {z.sizes['latent']} latent values per sample, the model needs {latent_dim}")
-    if _is_dask(z) and len(z.chunksizes["latent"]) > 1:
+    if is_dask_backed(z) and len(z.chunksizes["latent"]) > 1:
         z = z.chunk({"latent": -1})
     return z
 
@@ -858,7 +862,7 @@ def _stack_snapshots(das: Sequence[xr.DataArray], sample_dim: str) -> Any:
     """``[S, C * n_points]`` float64 matrix (NumPy, or dask for dask-backed input)."""
     arrays = [da.transpose(sample_dim, ...).data for da in das]
     S = das[0].sizes[sample_dim]
-    if any(_is_dask(da) for da in das):
+    if any(is_dask_backed(da) for da in das):
         import dask.array as dsa
 
         mats = [dsa.asarray(a).astype(np.float64).reshape(S, -1) for a in arrays]
@@ -1240,7 +1244,7 @@ class AutoEncoder(_GridModel):
                 f"stochastic={self.stochastic})")
 
 
-def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_dim: int,
+def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_dim: int,  # noqa: C901 - training set-up kept in one place
                  stochastic: bool, weights: Any, center: bool, model_kwargs: Mapping[str, Any],
                  beta: float, input_dropout: float, steps: int, batch_size: int, lr: float,
                  weight_decay: float, scheduler: Any, val_fraction: float,

@@ -658,6 +658,45 @@ def _input_scale_default(space_vals: dict[str, np.ndarray]) -> float:
     return float(max(4.0, min(cells) / 2.0))
 
 
+def _check_space_coords(ds: xr.Dataset, space: Sequence[str], frame_dims: tuple[Any, ...]) -> None:
+    """Each space coordinate exists and is the same in every frame (not along ``frame_dims``)."""
+    for n in space:
+        if n not in ds.variables:
+            raise KeyError(f"space coordinate {n!r} not found; coordinates are {list(ds.coords)}")
+        bad = [d for d in ds[n].dims if d in frame_dims]
+        if bad:
+            raise ValueError(f"space coordinate {n!r} varies along {bad}; DINo needs the same points "
+                             "in every frame (put NaN where a frame is unobserved)")
+
+
+def _check_dino_settings(latent_dim: int, steps: int, batch_size: int | None, n_points: int | None,
+                         loss: str, rollout_weight: float) -> None:
+    """Check the training settings of :func:`fit_dino`."""
+    check_positive_int(latent_dim, "latent_dim")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    check_positive_int(n_points, "n_points", allow_none=True)
+    if loss not in ("mse", "relative"):
+        raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
+    if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
+        raise ValueError(f"rollout_weight must be a finite number >= 0, got {rollout_weight!r}")
+
+
+def _periods_in_ode_time(clock: Clock, periods: Any) -> list[float]:
+    """``periods`` (one or a sequence; timedeltas, strings or numbers) in the ODE's time units."""
+    if isinstance(periods, (str, bytes)) or not isinstance(periods, (Sequence, np.ndarray)):
+        periods = [periods]
+    if not len(periods):
+        return []
+    import pandas as pd
+
+    vals = [pd.Timedelta(p).to_timedelta64() if isinstance(p, str) else p for p in periods]
+    per_units, _ = clock.parse_lead(vals, "periods")
+    if np.any(per_units <= 0):
+        raise ValueError(f"periods must be positive, got {list(periods)}")
+    return [float(p) / clock.scale for p in per_units]
+
+
 def fit_dino(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -742,40 +781,16 @@ def fit_dino(
     ds, variables, tdim, sample_dim_eff, space = (traj.ds, traj.variables, traj.time_dim,
                                                   traj.sample_dim, traj.space)
     T = traj.n_frames
-    for n in space:
-        if n not in ds.variables:
-            raise KeyError(f"space coordinate {n!r} not found; coordinates are {list(ds.coords)}")
-        bad = [d for d in ds[n].dims if d in (tdim, sample_dim_eff)]
-        if bad:
-            raise ValueError(f"space coordinate {n!r} varies along {bad}; DINo needs the same points "
-                             "in every frame (put NaN where a frame is unobserved)")
+    _check_space_coords(ds, space, (tdim, sample_dim_eff))
     sdims = traj.check_dims()
-    check_positive_int(latent_dim, "latent_dim")
-    check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size", allow_none=True)
-    check_positive_int(n_points, "n_points", allow_none=True)
-    if loss not in ("mse", "relative"):
-        raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
-    if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
-        raise ValueError(f"rollout_weight must be a finite number >= 0, got {rollout_weight!r}")
+    _check_dino_settings(latent_dim, steps, batch_size, n_points, loss, rollout_weight)
 
     # ---- time
     clock = Clock.fit(ds[time].values, time_units)
     ode = ode_settings(clock, solver, rtol, atol, ode_step)
     t_abs = clock.to_float(ds[time].values)
     tau = clock.elapsed(ds[time].values) / clock.scale
-    if isinstance(periods, (str, bytes)) or not isinstance(periods, (Sequence, np.ndarray)):
-        periods = [periods]
-    if len(periods):
-        import pandas as pd
-
-        vals = [pd.Timedelta(p).to_timedelta64() if isinstance(p, str) else p for p in periods]
-        per_units, _ = clock.parse_lead(vals, "periods")
-        if np.any(per_units <= 0):
-            raise ValueError(f"periods must be positive, got {list(periods)}")
-        periods_ode = [float(p) / clock.scale for p in per_units]
-    else:
-        periods_ode = []
+    periods_ode = _periods_in_ode_time(clock, periods)
 
     # ---- values [S, T, P, C] and points
     S = traj.n_samples

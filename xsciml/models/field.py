@@ -22,8 +22,14 @@ from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..interpolation import LocalKriging, fit_kriging, frame_rbf
-from ..tensors import (CoordinateData, Scaler, TargetPoints, check_target_domain, target_points,
-                       to_tensors)
+from ..tensors import (
+    CoordinateData,
+    Scaler,
+    TargetPoints,
+    check_target_domain,
+    target_points,
+    to_tensors,
+)
 
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
@@ -46,7 +52,7 @@ class FieldModule(nn.Module):
         return self.network(features)
 
 
-def _extent_cells(data: CoordinateData) -> list[int]:
+def extent_cells(data: CoordinateData) -> list[int]:
     """Number of distinct positions along each space feature (for default resolutions)."""
     enc = data.encoder
     ds = data._coords
@@ -58,7 +64,8 @@ def _extent_cells(data: CoordinateData) -> list[int]:
             nlat = ds[enc.lat_name].size if ds[enc.lat_name].ndim == 1 else int(math.sqrt(ds[enc.lat_name].size))
             sizes += [2 * nlat] * 3
             continue
-        if c.ndim == 1 and c.dims[0] in ds.dims and c.dims[0] not in (ds[m].dims[0] for m in names if m != n and ds[m].ndim == 1):
+        other_dims = (ds[m].dims[0] for m in names if m != n and ds[m].ndim == 1)
+        if c.ndim == 1 and c.dims[0] in ds.dims and c.dims[0] not in other_dims:
             sizes.append(int(c.size))
         else:
             sizes.append(int(round(np.unique(np.asarray(c.values)).size ** (1.0 / max(1, len(names))))))
@@ -77,10 +84,11 @@ def _n_times(data: CoordinateData) -> int:
         return len(set(values.tolist()))
 
 
-def _default_network_kwargs(kind: str, data: CoordinateData) -> dict[str, Any]:
+def default_network_kwargs(kind: str, data: CoordinateData) -> dict[str, Any]:
+    """Default network settings of ``kind`` sized to the grid extent of ``data``."""
     from ..nn import default_grid_resolutions
 
-    ext = _extent_cells(data)
+    ext = extent_cells(data)
     if kind == "grid":
         n_space = data.encoder.n_space_features
         kw = {"n_space": n_space,
@@ -741,7 +749,7 @@ def fit_field(
     ['u_mean', 'u_std']
     >>> field.info["predictor"] in ("field", "field+kriging", "kriging")
     True
-    """
+    """  # noqa: E501
     from .._utils import seed_everything
     from ..likelihoods import build_likelihood
     from ..nn import build_network
@@ -758,7 +766,7 @@ def fit_field(
         kind = type(model).__name__
     else:
         kind = str(model).lower()
-        kw = _default_network_kwargs(kind, data)
+        kw = default_network_kwargs(kind, data)
         kw.update(model_kwargs or {})
         net = build_network(kind, in_features=in_features, out_features=lik.n_params, **kw)
     module = FieldModule(net, lik)

@@ -41,9 +41,16 @@ from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
-from ._snapshot_validation import (MAX_SNAPSHOTS, MIN_SNAPSHOTS, SnapshotValidation, rank_cap,
-                                  reference_entries, validation_lines, warn_if_worse)
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
+from ._snapshot_validation import (
+    MAX_SNAPSHOTS,
+    MIN_SNAPSHOTS,
+    SnapshotValidation,
+    rank_cap,
+    reference_entries,
+    validation_lines,
+    warn_if_worse,
+)
 
 __all__ = ["LatentInterpolator", "fit_latent", "LatentModule"]
 
@@ -717,6 +724,43 @@ def _append_codes(li: LatentInterpolator, held: xr.Dataset) -> None:
     li.train_code_std = torch.cat([li.train_code_std, std])
 
 
+def _check_init_noise(kind: str, model: str, init: str | None, noise: str | float
+                      ) -> tuple[str | None, str | float]:
+    """``init`` and ``noise`` of :func:`fit_latent` checked, with ``"auto"`` resolved."""
+    init = ("pca" if kind == "basis" else None) if init == "auto" else init
+    if init not in (None, "pca"):
+        raise ValueError(f"init must be 'auto', 'pca' or None, got {init!r}")
+    if init == "pca" and kind != "basis":
+        raise ValueError(f"init='pca' needs model='basis' (a decoder containing the linear model), got {model!r}")
+    if noise == "auto":
+        noise = "cv" if init == "pca" else "learn"
+    if isinstance(noise, str) and noise not in ("learn", "cv", "discarded"):
+        raise ValueError(f"noise must be 'auto', 'learn', 'cv', 'discarded' or a positive float, got {noise!r}")
+    if noise in ("cv", "discarded") and init != "pca":
+        raise ValueError(f"noise={noise!r} estimates the noise from the PCA start: pass init='pca' (model='basis')")
+    if not isinstance(noise, str) and not float(noise) > 0:
+        raise ValueError(f"noise must be a positive float (sigma in the variables' units), got {noise!r}")
+    return init, noise
+
+
+def _network_kwargs(kind: str, data: Any, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoder network's settings: defaults for ``kind`` sized to ``data``, then ``model_kwargs``."""
+    n_space = data.encoder.n_space_features
+    kw: dict[str, Any] = {"width": 128, "depth": 3}
+    if kind in ("mfn", "fouriernet"):
+        from .field import extent_cells
+
+        kw["input_scale"] = float(max(4.0, min(extent_cells(data)) / 2.0))
+    elif kind == "grid":
+        from .field import default_network_kwargs
+
+        kw = default_network_kwargs("grid", data)
+    elif kind == "basis":
+        kw = {"resolution": _grid_resolution(data, n_space), "n_space": n_space, "width": 64, "depth": 2}
+    kw.update(model_kwargs or {})
+    return kw
+
+
 def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_dim: int,
               space: Any, time: Any, model: str, model_kwargs: dict[str, Any] | None, init: str | None,
               noise: str | float, variational: bool, time_features: Any, steps: int, batch_size: int,
@@ -731,33 +775,9 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
     if S < 2:
         raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
     kind = str(model).lower()
-    init = ("pca" if kind == "basis" else None) if init == "auto" else init
-    if init not in (None, "pca"):
-        raise ValueError(f"init must be 'auto', 'pca' or None, got {init!r}")
-    if init == "pca" and kind != "basis":
-        raise ValueError(f"init='pca' needs model='basis' (a decoder containing the linear model), got {model!r}")
-    if noise == "auto":
-        noise = "cv" if init == "pca" else "learn"
-    if isinstance(noise, str) and noise not in ("learn", "cv", "discarded"):
-        raise ValueError(f"noise must be 'auto', 'learn', 'cv', 'discarded' or a positive float, got {noise!r}")
-    if noise in ("cv", "discarded") and init != "pca":
-        raise ValueError(f"noise={noise!r} estimates the noise from the PCA start: pass init='pca' (model='basis')")
-    if not isinstance(noise, str) and not float(noise) > 0:
-        raise ValueError(f"noise must be a positive float (sigma in the variables' units), got {noise!r}")
+    init, noise = _check_init_noise(kind, model, init, noise)
     ny = len(data.variables)
-    n_space = data.encoder.n_space_features
-    kw: dict[str, Any] = {"width": 128, "depth": 3}
-    if kind in ("mfn", "fouriernet"):
-        from .field import _extent_cells
-
-        kw["input_scale"] = float(max(4.0, min(_extent_cells(data)) / 2.0))
-    elif kind == "grid":
-        from .field import _default_network_kwargs
-
-        kw = _default_network_kwargs("grid", data)
-    elif kind == "basis":
-        kw = {"resolution": _grid_resolution(data, n_space), "n_space": n_space, "width": 64, "depth": 2}
-    kw.update(model_kwargs or {})
+    kw = _network_kwargs(kind, data, model_kwargs)
     with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
         if seed is not None:
             torch.manual_seed(seed)

@@ -799,7 +799,7 @@ def _autoencoder_loss(m: SmoothModule, u: Tensor, feats: Tensor, *, consistency:
 
 
 # =========================================================================== fitting
-def fit_smooth_dynamics(
+def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fitting phases
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
     *,

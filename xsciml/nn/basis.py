@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import CoordinateNetwork, _check_int, get_activation
+from .._utils import check_positive_int
+from .layers import CoordinateNetwork, get_activation
 
 __all__ = ["BasisField"]
 
@@ -89,7 +90,7 @@ class BasisField(CoordinateNetwork):
         super().__init__(in_features, out_features, code_dim)
         if self.code_dim < 1:
             raise ValueError("BasisField needs code_dim >= 1 (the number of basis fields).")
-        n_space = self.in_features if n_space is None else _check_int(n_space, "n_space")
+        n_space = self.in_features if n_space is None else check_positive_int(n_space, "n_space")
         if not 1 <= n_space <= min(3, self.in_features):
             raise ValueError(
                 f"n_space={n_space}: grids support 1 to 3 space columns and there are "
@@ -97,15 +98,15 @@ class BasisField(CoordinateNetwork):
             )
         if isinstance(resolution, int):
             resolution = (resolution,) * n_space
-        resolution = tuple(_check_int(r, "resolution entries", minimum=2) for r in resolution)
+        resolution = tuple(check_positive_int(r, "resolution entries", minimum=2) for r in resolution)
         if len(resolution) != n_space:
             raise ValueError(
                 f"resolution {resolution} has {len(resolution)} entries for n_space={n_space}; "
                 "give one node count per space column or a single int."
             )
-        depth = _check_int(depth, "depth", minimum=0)
-        width = _check_int(width, "width")
-        n_features = _check_int(n_features, "n_features", minimum=0)
+        depth = check_positive_int(depth, "depth", minimum=0)
+        width = check_positive_int(width, "width")
+        n_features = check_positive_int(n_features, "n_features", minimum=0)
         if depth == 0 and self.in_features > n_space:
             raise ValueError(
                 f"{self.in_features - n_space} time column(s) need the residual network "

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_positive_int
 from .grid import MultiResGrid
 from .layers import (
     MLP,
     CoordinateNetwork,
     FourierFeatures,
     SineLayer,
-    _check_int,
-    _check_scale,
-    _scale_vector,
+    check_scale,
+    scale_vector,
 )
 
 __all__ = ["NETWORK_KINDS", "FourierFeatureMLP", "FourierNet", "MFN", "SIREN", "build_network"]
@@ -93,7 +93,7 @@ class FourierFeatureMLP(CoordinateNetwork):
         seed: int = 0,
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
-        scale = _check_scale(scale, self.in_features, "scale")
+        scale = check_scale(scale, self.in_features, "scale")
         self.encoding = FourierFeatures(
             self.in_features, n_frequencies, scale=scale, learnable=learnable, seed=seed
         )
@@ -176,8 +176,8 @@ class SIREN(CoordinateNetwork):
         modulation: str = "shift",
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
-        width = _check_int(width, "width")
-        depth = _check_int(depth, "depth")
+        width = check_positive_int(width, "width")
+        depth = check_positive_int(depth, "depth")
         if modulation not in self._MODULATIONS:
             raise ValueError(
                 f"modulation={modulation!r} is unknown; choose one of {self._MODULATIONS}."
@@ -280,13 +280,13 @@ class FourierNet(CoordinateNetwork):
         code_dim: int = 0,
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
-        width = _check_int(width, "width")
-        depth = _check_int(depth, "depth")
-        input_scale = _check_scale(input_scale, self.in_features, "input_scale")
+        width = check_positive_int(width, "width")
+        depth = check_positive_int(depth, "depth")
+        input_scale = check_scale(input_scale, self.in_features, "input_scale")
         if not weight_scale > 0:
             raise ValueError(f"weight_scale must be positive, got {weight_scale}.")
         self.width, self.depth = width, depth
-        gamma = _scale_vector(input_scale, self.in_features) / math.sqrt(depth + 1)
+        gamma = scale_vector(input_scale, self.in_features) / math.sqrt(depth + 1)
         self.filters = nn.ModuleList(nn.Linear(self.in_features, width) for _ in range(depth + 1))
         self.linears = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.head = nn.Linear(width, self.out_features)

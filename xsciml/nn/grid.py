@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import MLP, CoordinateNetwork, _check_int
+from .._utils import check_positive_int
+from .layers import MLP, CoordinateNetwork
 
 __all__ = ["MultiResGrid", "default_grid_resolutions"]
 
@@ -51,11 +52,11 @@ def default_grid_resolutions(
     """
     if isinstance(extent_cells, int):
         extent_cells = (extent_cells,)
-    extent = tuple(_check_int(e, "extent_cells entries", minimum=2) for e in extent_cells)
+    extent = tuple(check_positive_int(e, "extent_cells entries", minimum=2) for e in extent_cells)
     if not extent:
         raise ValueError("extent_cells must name at least one dimension, e.g. (64, 128).")
-    n_levels = _check_int(n_levels, "n_levels")
-    coarsest = _check_int(coarsest, "coarsest", minimum=2)
+    n_levels = check_positive_int(n_levels, "n_levels")
+    coarsest = check_positive_int(coarsest, "coarsest", minimum=2)
     short = min(extent)
     start = min(coarsest, short)
     if n_levels == 1:
@@ -83,9 +84,9 @@ def _normalise_resolutions(resolutions: Any, n_space: int) -> list[tuple[int, ..
                     f"resolution {tuple(r)} has {len(r)} entries but n_space={n_space}; give "
                     "one size per space dimension or a single int."
                 )
-            res = tuple(_check_int(v, "resolutions entries", minimum=2) for v in r)
+            res = tuple(check_positive_int(v, "resolutions entries", minimum=2) for v in r)
         else:
-            res = (_check_int(r, "resolutions entries", minimum=2),) * n_space
+            res = (check_positive_int(r, "resolutions entries", minimum=2),) * n_space
         out.append(res)
     cells = [math.prod(r) for r in out]
     if any(b < a for a, b in itertools.pairwise(cells)):
@@ -180,7 +181,7 @@ class MultiResGrid(CoordinateNetwork):
         smoothness: str = "l2",
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
-        n_space = self.in_features if n_space is None else _check_int(n_space, "n_space")
+        n_space = self.in_features if n_space is None else check_positive_int(n_space, "n_space")
         if n_space > min(self.in_features, _MAX_SPACE_DIMS):
             raise ValueError(
                 f"n_space={n_space} but grids support 1 to {_MAX_SPACE_DIMS} space dimensions "
@@ -191,8 +192,8 @@ class MultiResGrid(CoordinateNetwork):
         self.n_time = self.in_features - n_space
         self.resolutions = _normalise_resolutions(resolutions, n_space)
         self.n_levels = len(self.resolutions)
-        self.n_features = _check_int(n_features, "n_features")
-        self.hash_size = _check_int(hash_size, "hash_size")
+        self.n_features = check_positive_int(n_features, "n_features")
+        self.hash_size = check_positive_int(hash_size, "hash_size")
         if not init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {init_scale}.")
         if smoothness not in ("l2", "tv"):
@@ -240,7 +241,7 @@ class MultiResGrid(CoordinateNetwork):
         n_time_levels = (
             math.ceil(self.n_levels / 2)
             if n_time_levels is None
-            else _check_int(n_time_levels, "n_time_levels", 0)
+            else check_positive_int(n_time_levels, "n_time_levels", minimum=0)
         )
         if n_time_levels > self.n_levels:
             raise ValueError(f"n_time_levels={n_time_levels} exceeds the {self.n_levels} levels.")

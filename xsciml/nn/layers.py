@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_positive_int
+
 __all__ = [
     "ACTIVATIONS",
     "CoordinateNetwork",
@@ -64,14 +66,7 @@ def get_activation(name: str) -> nn.Module:
     return ACTIVATIONS[key]()
 
 
-def _check_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int >= minimum`` (NumPy integers accepted; bools and floats refused)."""
-    from .._utils import check_positive_int
-
-    return check_positive_int(value, name, minimum=minimum)
-
-
-def _check_scale(scale: float | Sequence[float], n: int, name: str) -> float | list[float]:
+def check_scale(scale: float | Sequence[float], n: int, name: str) -> float | list[float]:
     """Validate a positive scalar or a per-input sequence of length ``n``."""
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not scale > 0:
@@ -91,7 +86,8 @@ def _check_scale(scale: float | Sequence[float], n: int, name: str) -> float | l
     return values
 
 
-def _scale_vector(scale: float | list[float], n: int) -> Tensor:
+def scale_vector(scale: float | list[float], n: int) -> Tensor:
+    """A checked scale (see :func:`check_scale`) as a length-``n`` float tensor."""
     if isinstance(scale, float):
         return torch.full((n,), scale)
     return torch.tensor(scale, dtype=torch.float32)
@@ -120,9 +116,9 @@ class CoordinateNetwork(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, code_dim: int = 0) -> None:
         super().__init__()
-        self.in_features = _check_int(in_features, "in_features")
-        self.out_features = _check_int(out_features, "out_features")
-        self.code_dim = _check_int(code_dim, "code_dim", minimum=0)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.code_dim = check_positive_int(code_dim, "code_dim", minimum=0)
         self._config: dict[str, Any] = {
             "in_features": self.in_features,
             "out_features": self.out_features,
@@ -232,12 +228,12 @@ class FourierFeatures(nn.Module):
         include_input: bool = True,
     ) -> None:
         super().__init__()
-        self.in_features = _check_int(in_features, "in_features")
-        self.n_frequencies = _check_int(n_frequencies, "n_frequencies")
-        scale = _check_scale(scale, self.in_features, "scale")
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.n_frequencies = check_positive_int(n_frequencies, "n_frequencies")
+        scale = check_scale(scale, self.in_features, "scale")
         generator = torch.Generator().manual_seed(int(seed))
         B = torch.randn(self.n_frequencies, self.in_features, generator=generator)
-        B = B * _scale_vector(scale, self.in_features)
+        B = B * scale_vector(scale, self.in_features)
         if learnable:
             self.B = nn.Parameter(B)
         else:
@@ -344,8 +340,8 @@ class MLP(CoordinateNetwork):
         code_dim: int = 0,
     ) -> None:
         super().__init__(in_features, out_features, code_dim)
-        width = _check_int(width, "width")
-        depth = _check_int(depth, "depth", minimum=0)
+        width = check_positive_int(width, "width")
+        depth = check_positive_int(depth, "depth", minimum=0)
         get_activation(activation)  # validate early
         layers: list[nn.Module] = []
         n_in = self.in_features + self.code_dim

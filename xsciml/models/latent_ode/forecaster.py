@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ...base import Estimator
 from ...coords import CoordinateEncoder
+from ...parallel import is_dask_backed
 from ...tensors import (
     Scaler,
     TargetPoints,
@@ -53,11 +54,6 @@ def _codes_tensor(codes: Any, latent_dim: int, name: str = "codes"
         lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
     return a, lead_dims, coords
 
-
-
-def _is_dask(obj: Any) -> bool:
-    data = getattr(obj, "data", None)
-    return data is not None and type(data).__module__.startswith("dask")
 
 
 # =========================================================================== estimator
@@ -265,7 +261,7 @@ class LatentForecaster(Estimator):
         """
         offsets, lead_coord = self.clock.parse_lead(lead)
         ds = self._init_dataset(ds_init, "initial state")
-        if any(_is_dask(ds[v]) for v in self.variables):
+        if any(is_dask_backed(ds[v]) for v in self.variables):
             return self._forecast_lazy(ds, offsets, lead_coord, target, options, device=device,
                                        seed=seed, batch_size=batch_size)
         states = self._states(ds)
