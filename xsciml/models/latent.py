@@ -943,9 +943,9 @@ def fit_latent(
         on the rest, next to PCA-MAP (the classical Bayesian-ridge reconstruction on the
         leading EOFs, at its rank chosen on the same validation) on the same points. With ``"basis"``, the trained
         decoder is kept only if it does at least as well there as its PCA start at
-        every fraction. The held-out
-        snapshots' codes are then encoded from all their points, so :attr:`codes` covers
-        every snapshot. The scores are in ``info["validation"]`` and
+        every fraction. When the PCA start is kept it is refitted on every snapshot;
+        a kept trained decoder encodes the held-out snapshots from all their points, so
+        :attr:`codes` covers every snapshot either way. The scores are in ``info["validation"]`` and
         :meth:`LatentInterpolator.summary`; a warning names both numbers when PCA-MAP
         does better. Validation needs at least 10 snapshots (fewer: skipped, as
         ``info["validation"]`` says); ``0`` turns it off.
@@ -1035,9 +1035,16 @@ def fit_latent(
             li.network.load_state_dict(trained_state["network"])
             li.log_sigma = trained_state["log_sigma"]
     val.update(kept=kept, latent_dim_chosen=latent_dim is None, **reference_entries(selection))
-    _append_codes(li, held)
-    if obj[sample_dim].dtype.kind in "iuf" and sample_dim in obj.coords:
-        li.info["sample_coords"] = obj[sample_dim].values.tolist()
+    if kept == "pca" and li.info.get("init") == "pca":
+        # the PCA start is cheap: refit it on every snapshot, the held-out (latest) ones included
+        history = li.history
+        li, _ = _fit_core(obj, variables, latent_dim=k, **{**settings, "steps": 0})
+        li.history = history
+        li.fit_progress = progress
+    else:
+        _append_codes(li, held)
+        if obj[sample_dim].dtype.kind in "iuf" and sample_dim in obj.coords:
+            li.info["sample_coords"] = obj[sample_dim].values.tolist()
     li.info["validation"] = val
     li.info["n_snapshots"] = S
     warn_if_worse(val, "fit_latent")
