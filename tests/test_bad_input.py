@@ -386,3 +386,19 @@ def test_latent_decode_outside_warns():
         warnings.simplefilter("error")
         li.decode(z, {"y": x, "x": np.linspace(0.0, 1.0, 9)})
         li.decode(z, {"y": x, "x": np.linspace(0.0, 3.0, 4)}, check_domain=False)
+
+
+def test_non_numeric_data_one_error_for_every_entry_point():
+    """One check, one error type: a NonNumericError is a TypeError and a ValueError."""
+    import numpy as np
+    import xarray as xr
+
+    from xsciml._utils import NonNumericError
+
+    ds = xr.Dataset({"u": (("time", "x"), np.array([["a"] * 4] * 12))},
+                    coords={"time": np.arange(12), "x": np.arange(4.0)})
+    for call in (lambda: ds.sciml.to_tensors("u", space="x"),
+                 lambda: ds.sciml.fit_autoencoder("u", sample_dim="time")):
+        with pytest.raises(NonNumericError, match="variable 'u' has non-numeric dtype <U1") as info:
+            call()
+        assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)

@@ -12,7 +12,33 @@ from typing import Any, Literal, overload
 import numpy as np
 
 __all__ = ["resolve_device", "seed_everything", "progress_bar", "progress_enabled", "to_numpy",
-           "check_positive_int", "check_positive_number"]
+           "check_positive_int", "check_positive_number", "check_numeric", "NonNumericError"]
+
+
+class NonNumericError(TypeError, ValueError):
+    """Data or coordinates of a non-numeric dtype where numbers are needed.
+
+    A :class:`TypeError`, and a :class:`ValueError` too, so that code catching either
+    (both have been raised for this in the past) keeps working.
+    """
+
+
+def check_numeric(obj: Any, what: str, hint: str = "") -> None:
+    """Raise :class:`NonNumericError` naming ``what`` unless ``obj`` has a numeric dtype
+    (bool, integer, unsigned or float).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_numeric(np.arange(3), "variable 'u'")
+    >>> check_numeric(np.array(["a"]), "variable 'u'")
+    Traceback (most recent call last):
+    ...
+    xsciml._utils.NonNumericError: variable 'u' has non-numeric dtype <U1
+    """
+    dtype = obj.dtype if hasattr(obj, "dtype") else np.asarray(obj).dtype
+    if dtype.kind not in "biuf":
+        raise NonNumericError(f"{what} has non-numeric dtype {dtype}{hint}")
 
 
 @overload

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._utils import check_positive_int
+from ._utils import check_numeric, check_positive_int
 from .coords import CoordinateEncoder, time_kind
 from .parallel import is_dask_backed
 
@@ -96,11 +96,8 @@ def _get_variable(ds: xr.Dataset, name: Hashable, role: str = "variable") -> xr.
 
 
 def _check_numeric(da: xr.DataArray, name: Hashable, role: str) -> None:
-    if da.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{role} {name!r} has non-numeric dtype {da.dtype}; only numbers can become tensors"
-            + (" (decode times with xr.decode_cf or pass it as the time coordinate)" if da.dtype.kind == "M" else "")
-        )
+    hint = " (decode times with xr.decode_cf or pass it as the time coordinate)" if da.dtype.kind == "M" else ""
+    check_numeric(da, f"{role} {name!r}", "; only numbers can become tensors" + hint)
 
 
 def _check_time_axis(ds: xr.Dataset, time: str, space: Sequence[str]) -> None:
@@ -453,8 +450,7 @@ def space_values(ds: xr.Dataset, space: Sequence[str], dims: Sequence[Hashable])
     out = {}
     for n in space:
         c = decode_variable(ds[n])
-        if c.dtype.kind not in "biuf":
-            raise ValueError(f"space coordinate {n!r} has non-numeric dtype {c.dtype}")
+        check_numeric(c, f"space coordinate {n!r}")
         coords = xr.Dataset(coords={n: c.variable})
         out[n] = _gather_coord(coords, n, dims, shape, flat).astype(np.float64)
     return out
@@ -1018,8 +1014,7 @@ def to_tensors(  # noqa: C901 - one branch per input layout, kept together
             )
         if name in space:
             c = decode_variable(c)
-            if c.dtype.kind not in "biuf":
-                raise ValueError(f"space coordinate {name!r} has non-numeric dtype {c.dtype}")
+            check_numeric(c, f"space coordinate {name!r}")
             ds = ds.assign_coords({name: c}) if name in ds.coords else ds.assign({name: c})
     for name in list(space) + ([time] if time else []):
         if is_dask_backed(ds[name]):
@@ -1213,8 +1208,7 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None, 
     ok = np.ones(size, dtype=bool)
     for n in encoder.space:
         vals = decode_variable(cds[n])
-        if vals.dtype.kind not in "biuf":
-            raise ValueError(f"target coordinate {n!r} has non-numeric dtype {vals.dtype}")
+        check_numeric(vals, f"target coordinate {n!r}")
         cds = cds.assign_coords({n: vals})
         space[n] = _gather_coord(cds, n, dims, sizes, flat).astype(np.float64)
         ok &= np.isfinite(space[n])

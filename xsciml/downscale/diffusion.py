@@ -51,7 +51,7 @@ import xarray as xr
 from torch import nn
 
 from .._grid import Grid, sample_info
-from .._utils import progress_bar, resolve_device, seed_everything
+from .._utils import check_numeric, progress_bar, resolve_device, seed_everything
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn import UNet
 from ..nn.layers import FourierFeatures
@@ -638,8 +638,7 @@ def _training_array(obj: xr.Dataset | xr.DataArray, variable: str | None, sample
     if name not in ds.data_vars:
         raise KeyError(f"variable {name!r} not found; available data variables: {list(ds.data_vars)}")
     da = decode_variable(ds[name])
-    if da.dtype.kind not in "biuf":
-        raise TypeError(f"variable {name!r} has non-numeric dtype {da.dtype}.")
+    check_numeric(da, f"variable {name!r}")
     if sample_dim not in da.dims:
         raise KeyError(
             f"sample_dim {sample_dim!r} is not a dimension of {name!r}; its dims are {da.dims}. "

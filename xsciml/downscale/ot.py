@@ -90,7 +90,7 @@ import torch
 import xarray as xr
 
 from .._grid import Grid, as_dataset, sample_info
-from .._utils import progress_bar, resolve_device
+from .._utils import check_numeric, progress_bar, resolve_device
 from ..base import Estimator, append_history, output_attrs, register_estimator
 from ..units import units_of as _units_of
 
@@ -612,8 +612,7 @@ def _as_variable(obj: Any, variable: str | None, argname: str) -> tuple[xr.DataA
 
 def _matrix(da: xr.DataArray, grid: Grid, sample_dim: str, what: str) -> np.ndarray:
     """Snapshots ``[n, P]`` (float64), checked for inf."""
-    if da.dtype.kind not in "biuf":
-        raise TypeError(f"{what} has non-numeric dtype {da.dtype}")
+    check_numeric(da, what)
     arr = np.asarray(da.transpose(sample_dim, *grid.space_dims).values, dtype=np.float64)
     arr = arr.reshape(arr.shape[0], -1)
     if np.isinf(arr).any():

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._utils import progress_bar
+from .._utils import check_numeric, progress_bar
 from ..base import output_attrs
 from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
 
@@ -239,8 +239,7 @@ def _coarse_dataarray(coarse: xr.Dataset | xr.DataArray, prior: DiffusionPrior,
             f"the coarse field is {coarse.name!r} but the prior was trained on {prior.variable!r}; "
             "downscale with a prior of the same variable (or rename if they really are the same)."
         )
-    if coarse.dtype.kind not in "biuf":
-        raise TypeError(f"the coarse field has non-numeric dtype {coarse.dtype}.")
+    check_numeric(coarse, "the coarse field")
     if units:  # to the prior's units (xsciml.units: converted, or a clear error)
         from ..units import check_units
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 import xarray as xr
 
+from .._utils import check_numeric
 from ..eofs import RankSelection
 
 __all__ = ["SnapshotValidation", "snapshot_matrix", "rank_cap", "MIN_SNAPSHOTS", "MAX_SNAPSHOTS",
@@ -37,6 +38,8 @@ def rank_cap(n_train: int, n_points: int) -> int:
 def snapshot_matrix(ds: xr.Dataset, names: list[str], sample_dim: Hashable, dims: list[Hashable]) -> np.ndarray:
     """``[S, C * P]``: the variables' values per snapshot, one block of points per variable."""
     n = int(ds.sizes[sample_dim])
+    for v in names:
+        check_numeric(ds[v], f"variable {v!r}")
     return np.concatenate([np.asarray(ds[v].transpose(sample_dim, *dims).values, dtype=np.float64).reshape(n, -1)
                            for v in names], axis=1)
 

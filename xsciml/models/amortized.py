@@ -42,7 +42,7 @@ import xarray as xr
 from torch import nn
 
 from .._grid import Grid, as_dataset, sample_info, variable_from_state, variable_state
-from .._utils import seed_everything, to_numpy
+from .._utils import check_numeric, seed_everything, to_numpy
 from ..base import Estimator, output_attrs, register_estimator
 from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
@@ -915,8 +915,7 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
              n_oversamples: int, seed: int | None, noise: str = "cv") -> PCA:
     das = [decode_variable(ds[v]).transpose(sample_dim, *grid.space_dims) for v in grid.variables]
     for v, da in zip(grid.variables, das, strict=True):
-        if da.dtype.kind not in "biuf":
-            raise TypeError(f"variable {v!r} has non-numeric dtype {da.dtype}")
+        check_numeric(da, f"variable {v!r}")
     Y = _stack_snapshots(das, sample_dim)
     S = Y.shape[0]
     C, P = len(grid.variables), grid.n_points
@@ -1266,8 +1265,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
         )
     das = [decode_variable(ds[v]) for v in grid.variables]
     for v, da in zip(grid.variables, das, strict=True):
-        if da.dtype.kind not in "biuf":
-            raise TypeError(f"variable {v!r} has non-numeric dtype {da.dtype}")
+        check_numeric(da, f"variable {v!r}")
     Y = np.asarray(_stack_snapshots(das, sample_dim))  # a dask input is loaded here
     S = Y.shape[0]
     Y = Y.reshape((S, C) + grid.shape)
