@@ -40,12 +40,10 @@ SPLIT = np.datetime64("2019-03-24")
 
 
 def masks(n_test: int, n_pix: int, frac: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    k = max(1, int(round(frac * n_pix)))
-    m = np.zeros((n_test, n_pix), dtype=bool)
-    for s in range(n_test):
-        m[s, rng.choice(n_pix, k, replace=False)] = True
-    return m
+    """Per snapshot, ``round(frac * n_pix)`` random observed points (rng seed ``seed``)."""
+    from xsciml.eofs import validation_masks
+
+    return validation_masks(n_test, n_pix, frac, seed=seed)
 
 
 def nrmse(pred: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> float:

@@ -123,3 +123,19 @@ def test_bad_val_fraction_and_latent_dim():
         ds.sciml.fit_latent("u", sample_dim="time", val_fraction=1.5, steps=0)
     with pytest.raises(ValueError, match="latent_dim"):
         ds.sciml.fit_latent("u", sample_dim="time", latent_dim=0, steps=0)
+
+
+def test_eof_kernels_refuse_gappy_or_mismatched_matrices():
+    Y = lowrank(S=20, P=30)
+    bad = Y.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="Y has 1 NaN or infinite values"):
+        eofs.eof_decomposition(bad)
+    val = Y[15:].copy()
+    val[0, 0] = np.inf
+    with pytest.raises(ValueError, match="validation has 1 NaN or infinite"):
+        eofs.select_rank(Y[:15], val)
+    with pytest.raises(ValueError, match="validation has 29 points per snapshot, train 30"):
+        eofs.select_rank(Y[:15], Y[15:, :29])
+    with pytest.raises(ValueError, match=r"must be a \[snapshots, points\] matrix"):
+        eofs.eof_decomposition(Y[0])

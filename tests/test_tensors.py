@@ -399,3 +399,13 @@ def test_real_canesm2_noleap():
     assert data.encoder.calendar == "noleap"
     assert isinstance(ds.time.values[0], cftime.datetime)
     assert_roundtrip(ds, data, ["tasmax"])
+
+
+def test_unnamed_dataarray_takes_the_requested_name_and_several_variables_need_naming():
+    da = xr.DataArray(np.arange(6.0).reshape(2, 3), dims=("y", "x"),
+                      coords={"y": [0.0, 1.0], "x": [0.0, 1.0, 2.0]})
+    data = xsciml.to_tensors(da, "u", space=("y", "x"), time=None)
+    assert data.variables == ["u"] and len(data) == 6
+    ds = xr.Dataset({"u": da, "v": da})
+    with pytest.raises(ValueError, match=r"several data variables, \['u', 'v'\]: name the one"):
+        xsciml.to_tensors(ds, space=("y", "x"), time=None)

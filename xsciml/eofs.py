@@ -41,7 +41,7 @@ def eof_decomposition(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     >>> V.shape, bool(np.allclose(V @ V.T, np.eye(len(lam))))
     ((5, 40), True)
     """
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = _check_matrix(Y, "Y")
     mean = Y.mean(0)
     A = Y - mean
     if A.shape[0] < A.shape[1]:
@@ -118,6 +118,16 @@ def map_reconstruct(Y: np.ndarray, observed: np.ndarray, mean: np.ndarray, compo
         z = np.linalg.solve(lhs, B @ (Y[s, o] - mean[o]) / noise_var)
         out[s] = mean + z @ components
     return out
+
+
+def _check_matrix(Y: np.ndarray, name: str) -> np.ndarray:
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or min(Y.shape) < 1:
+        raise ValueError(f"{name} must be a [snapshots, points] matrix, got shape {Y.shape}")
+    if not np.isfinite(Y).all():
+        raise ValueError(f"{name} has {int((~np.isfinite(Y)).sum())} NaN or infinite values; EOFs need complete "
+                         "snapshots (drop the points missing in some snapshot first)")
+    return Y
 
 
 def _nrmse_unobserved(pred: np.ndarray, truth: np.ndarray, observed: np.ndarray) -> float:
@@ -202,8 +212,10 @@ def select_rank(train: np.ndarray, validation: np.ndarray, *, max_rank: int | No
     >>> sel.rank >= 4
     True
     """
-    train = np.asarray(train, dtype=np.float64)
-    validation = np.asarray(validation, dtype=np.float64)
+    train = _check_matrix(train, "train")
+    validation = _check_matrix(validation, "validation")
+    if validation.shape[1] != train.shape[1]:
+        raise ValueError(f"validation has {validation.shape[1]} points per snapshot, train {train.shape[1]}")
     mean, vt, lam = eof_decomposition(train)
     cap = len(lam) if max_rank is None else max(1, min(int(max_rank), len(lam)))
     ks = _candidate_ranks(cap)

@@ -874,7 +874,8 @@ def prepare_variables(obj: xr.Dataset | xr.DataArray, variables, argname: str = 
              ) -> tuple[xr.Dataset, list[str]]:
     """A Dataset and the list of variable names to use (the only one when not named)."""
     if isinstance(obj, xr.DataArray):
-        name = obj.name if obj.name is not None else "values"
+        # an unnamed DataArray takes the one name it is asked for, else "values"
+        name = obj.name if obj.name is not None else (variables if isinstance(variables, str) else "values")
         obj = obj.to_dataset(name=name)
         if variables is None:
             variables = [name]
@@ -883,8 +884,8 @@ def prepare_variables(obj: xr.Dataset | xr.DataArray, variables, argname: str = 
     if variables is None:
         if len(obj.data_vars) != 1:
             raise ValueError(
-                "name the variable(s) to use, e.g. to_tensors(ds, 'sst'); the Dataset has "
-                f"{list(obj.data_vars)}"
+                f"{argname} has several data variables, {list(obj.data_vars)}: name the one(s) to "
+                "use, e.g. 'sst' or ['u', 'v']"
             )
         variables = list(obj.data_vars)
     variables = [variables] if isinstance(variables, str) else [str(v) for v in variables]

@@ -15,31 +15,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..._grid import as_dataset
 from ...tensors import decode_variable, default_space, space_dims, space_values
 
 __all__ = ["Trajectories", "prepare_trajectories"]
 
 
 # =========================================================================== training data
-def _as_dataset(obj: Any, variables: Any, role: str) -> tuple[xr.Dataset, list[str]]:
-    if isinstance(obj, xr.DataArray):
-        name = obj.name if obj.name is not None else (variables if isinstance(variables, str) else "values")
-        obj = obj.to_dataset(name=name)
-        variables = variables if variables is not None else [name]
-    if not isinstance(obj, xr.Dataset):
-        raise TypeError(f"{role} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
-    if variables is None:
-        variables = list(obj.data_vars)
-        if len(variables) != 1:
-            raise ValueError(f"name the variable(s) to model, e.g. fit_dynamics(ds, 'u'); the "
-                             f"Dataset has {variables}")
-    variables = [variables] if isinstance(variables, str) else list(variables)
-    missing = [v for v in variables if v not in obj.data_vars]
-    if missing:
-        raise KeyError(f"variable(s) {missing} not found in the {role}; it has {list(obj.data_vars)}")
-    return obj, variables
-
-
 @dataclass
 class Trajectories:
     """Training trajectories ``(sample, time, space...)`` of a latent-dynamics model.
@@ -155,7 +137,7 @@ def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Has
     >>> traj.space, traj.values(traj.check_dims()).shape
     (['y', 'x'], (2, 3, 64, 1))
     """
-    ds, variables = _as_dataset(obj, variables, "training data")
+    ds, variables = as_dataset(obj, variables, "training data")
     if time not in ds.coords:
         raise KeyError(f"time coordinate {time!r} not found; coordinates are {list(ds.coords)}")
     if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
