@@ -501,6 +501,8 @@ class CoordinateData(_PointSet):
         self._features = None
         self._y = None
         self._valid = None
+        #: How the last :meth:`split_indices` chose its held-out points.
+        self.split_info: dict[str, Any] = {"pattern": "random"}
         self.scaler: Scaler
         self.condition_scaler: Scaler | None = None
         coord_names = [n for n in list(encoder.space) + ([encoder.time] if encoder.time else [])]
@@ -810,12 +812,40 @@ class CoordinateData(_PointSet):
         ti, vi = self.split_indices(fraction, seed)
         return (self.features[ti], self.y[ti]), (self.features[vi], self.y[vi])
 
-    def split_indices(self, fraction: float = 0.1, seed: int = 0):
-        """Indices ``(train, validation)`` of the random split of :meth:`split`."""
+    def split_indices(self, fraction: float = 0.1, seed: int = 0, pattern: str = "random"):
+        """Indices ``(train, validation)`` of a train/validation split of the valid points.
+
+        Parameters
+        ----------
+        fraction
+            Share of the points held out for validation.
+        seed
+            Seed of the split.
+        pattern
+            ``"random"``: random points (the split of :meth:`split`). ``"auto"``: on
+            gridded data whose gaps are organised (clouds, swaths), disks of points
+            that lie as far from the remaining observations as the gap points lie
+            from the observations (:func:`xsciml._holdout.gap_shaped_holdout`);
+            random points otherwise. The choice is in :attr:`split_info`.
+        """
         import torch
 
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        if pattern not in ("random", "auto"):
+            raise ValueError(f"pattern must be 'random' or 'auto', got {pattern!r}")
+        self.split_info = {"pattern": "random"}
+        if pattern == "auto":
+            from ._holdout import gap_shaped_holdout
+
+            space_dims = {d for n in self.encoder.space for d in self._coords[n].dims}
+            if self.encoder.time is not None and set(self._coords[self.encoder.time].dims) & space_dims:
+                self.split_info["reason"] = "scattered points (time varies along the spatial dims)"
+            else:
+                held, self.split_info = gap_shaped_holdout(
+                    self.layout.valid, self.dims, self.shape, sorted(space_dims, key=str), fraction, seed)
+                if held is not None:
+                    return torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))
         n = len(self)
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(n, generator=g)

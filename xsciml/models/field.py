@@ -540,7 +540,7 @@ class NeuralField(Estimator):
         >>> print(field.summary())  # doctest: +SKIP
         NeuralField(variables=['u'], ...)
         predictor: field+kriging
-        validation (902 held-out points)   nRMSE
+        validation (902 held-out points, random)   nRMSE
           field                            0.0501
           ...
         """
@@ -549,7 +549,12 @@ class NeuralField(Estimator):
             lines.append(f"  ({self.info['predictor_note']})")
         val = self.info.get("validation")
         if val:
-            lines.append(f"validation ({val['n_points']} held-out points)   nRMSE")
+            hold = val.get("holdout", {})
+            shape = ("gap-shaped holes" if hold.get("pattern") == "gap-shaped" else "random")
+            lines.append(f"validation ({val['n_points']} held-out points, {shape})   nRMSE")
+            if hold.get("pattern") == "gap-shaped":
+                lines.append(f"  (median distance to the data: gaps {hold['gap_distance_median']:.3g}, "
+                             f"held-out points {hold['held_distance_median']:.3g} grid cells)")
             for name in ("field", "field+kriging", "kriging"):
                 if f"nrmse_{name}" in val:
                     mark = "  <- kept" if name == self.info.get("predictor") else ""
@@ -627,6 +632,7 @@ def fit_field(
     weight_decay: float = 0.0,
     regularization: float | None = None,
     val_fraction: float = 0.1,
+    val_pattern: str = "auto",
     val_every: int = 100,
     early_stopping: int | None = None,
     calibrate: bool = True,
@@ -644,8 +650,10 @@ def fit_field(
     :math:`\mathcal N(f_\theta(x_n, t_n), \sigma^2)` — or :math:`\sigma(x_n, t_n)` with the
     heteroscedastic likelihood — and :math:`\theta^* = \arg\min_\theta` of the mean
     negative log-likelihood over minibatches, through :func:`xsciml.training.fit`. A
-    random ``val_fraction`` of the points is held out: the weights best on it are kept
-    and, with ``calibrate=True``, the predictive σ is rescaled so that the held-out
+    share ``val_fraction`` of the points is held out -- random points, or on gridded
+    data with organised gaps, holes as far from the data as the gaps are
+    (``val_pattern``) -- : the weights best on it are kept, the predictor is chosen on
+    it and, with ``calibrate=True``, the predictive σ is rescaled so that the held-out
     normalised residuals have unit variance (this corrects the σ collapse of a
     network that fits its training points too well).
 
@@ -692,6 +700,18 @@ def fit_field(
         Learning-rate schedule, see :func:`xsciml.training.fit`.
     weight_decay
         Weight decay of the optimizer.
+    val_fraction
+        Share of the observations held out for validation (0: none; no predictor
+        choice, calibration or reference then).
+    val_pattern
+        Which points are held out. ``"auto"`` (default): on gridded data whose gaps
+        are organised (clouds, swaths, missing sectors), disks of observed points
+        sized so that the held-out points lie as far from the remaining data as the
+        gap points lie from the data (:func:`xsciml.tensors.CoordinateData.split_indices`),
+        so the predictor is chosen and σ calibrated for the gaps it will fill; random
+        points when the gaps are scattered points, for scattered data and when
+        nothing is missing. ``"random"``: always random points.
+        ``info["validation"]["holdout"]`` says which was used.
     val_every
         Steps between evaluations on the held-out points.
     early_stopping
@@ -807,7 +827,7 @@ def fit_field(
         vf = 0.0
     else:
         if val_fraction > 0:
-            split = data.split_indices(val_fraction, seed=seed or 0)
+            split = data.split_indices(val_fraction, seed=seed or 0, pattern=val_pattern)
             ti, vi = split
             train, val = (data.features[ti], data.y[ti]), (data.features[vi], data.y[vi])
         else:
@@ -941,6 +961,7 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
     choice = "field+kriging" if residual == "kriging" and note is None else min(scores, key=scores.get)
     validation: dict[str, Any] = {f"nrmse_{k}": v for k, v in scores.items()}
     validation["n_points"] = int(len(vi))
+    validation["holdout"] = dict(data.split_info)
     mean_v, std_v = preds[choice]
     if choice != "field" and calibrate:
         z2 = (((zv - mean_v) / std_v) ** 2).mean(0)
