@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for name, truth, observed, noise in cases:
         t0 = time.perf_counter()
-        ev = model.evaluate(truth, n_frames_train=N_TRAIN_FRAMES, observed=observed,
+        ev = model.score(truth, n_frames_train=N_TRAIN_FRAMES, observed=observed,
                             **enc_kw, encode_noise=noise,
                             device=args.device,
                             progress=False)

@@ -72,7 +72,7 @@ def fitted_field(model: str, steps: int) -> NeuralField:
     'mlp'
     """
     ds = xsciml.datasets.default_dataset("heat").isel(trajectory=0)
-    return ds.sciml.fit_field("u", space=("y", "x"), time="time", model=model, steps=steps,
+    return ds.sciml.fit_field("u", space=("y", "x"), time="time", network=model, steps=steps,
                               val_fraction=0.0, progress=False, seed=0, device="cpu")
 
 

@@ -13,7 +13,7 @@ of the withheld truth values). Baselines computed here, on the same masks:
 
 Models, all with their defaults (no settings but the variable and ``sample_dim``):
 
-* ``fit_autoencoder(kind="pca")``: rank chosen by validation on held-out training
+* ``fit_autoencoder(network="pca")``: rank chosen by validation on held-out training
   snapshots, out-of-sample noise;
 * ``fit_latent``: the ``"basis"`` decoder ``m(x) + B(x) z + r(x, z)`` started from
   probabilistic PCA at the validated rank, then ELBO training (kept only if it fills the
@@ -117,7 +117,7 @@ def main() -> int:
     test = test_ds.t2m.values.reshape(S, -1).astype(np.float64)
     settings = {"steps": 300} if args.quick else {}  # --quick: fewer ELBO steps, else defaults only
     t0 = time.perf_counter()
-    pca = train_ds.sciml.fit_autoencoder("t2m", sample_dim="time", kind="pca")
+    pca = train_ds.sciml.fit_autoencoder("t2m", sample_dim="time", network="pca")
     fit_pca_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     li = train_ds.sciml.fit_latent("t2m", sample_dim="time", progress=False, **settings)

@@ -26,7 +26,7 @@ Methods, run in the same process:
   ``neighbors=64`` (local systems; the global pooled system would have ~45 000
   unknowns at 10 %);
 * ``xsciml`` -- ``ds.where(observed).sciml.fit_field("tg_mean", space=("lat", "lon"),
-  time="time", model="grid", ...)`` with the settings in :data:`FIELD_SETTINGS`, for
+  time="time", network="grid", ...)`` with the settings in :data:`FIELD_SETTINGS`, for
   the ``gaussian`` and the ``heteroscedastic`` likelihood, scored with
   ``field.score(ds.where(withheld))`` (nRMSE, mean NLL in degC units, 90 % central
   interval coverage).
@@ -62,6 +62,7 @@ from scipy.interpolate import RBFInterpolator, griddata
 
 import xsciml  # noqa: F401  (registers the .sciml accessor)
 from xsciml._utils import seed_everything
+from xsciml.metrics import as_dict
 
 FILE = "NRCAN_SECan_1981-2010.nc"
 VARIABLE = "tg_mean"
@@ -87,12 +88,12 @@ def field_settings(n_times: int, quick: bool = False) -> dict[str, Any]:
 
     Examples
     --------
-    >>> field_settings(30)["model_kwargs"]["time_frequencies"]
+    >>> field_settings(30)["network_kwargs"]["time_frequencies"]
     15
     """
     return {
         "model": "grid",
-        "model_kwargs": {"time_frequencies": max(1, n_times // 2), "n_time_levels": 4},
+        "network_kwargs": {"time_frequencies": max(1, n_times // 2), "n_time_levels": 4},
         "steps": 150 if quick else 1000,
     }
 
@@ -224,7 +225,7 @@ def fit_xsciml(da: xr.DataArray, observed: np.ndarray, withheld: np.ndarray, lik
         field = ds.where(obs_mask).sciml.fit_field(
             VARIABLE, space=("lat", "lon"), time="time", likelihood=likelihood, seed=SEED,
             device="cpu", progress=False, **settings)
-    score = field.score(ds.where(held_mask), device="cpu")
+    score = as_dict(field.score(ds.where(held_mask), device="cpu"))
     return {"nrmse": score["nrmse"], "nll": score["nll"], "coverage": score["coverage"],
             "seconds": t.seconds, "best_step": field.history.best_step}
 

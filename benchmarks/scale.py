@@ -61,8 +61,8 @@ def fit_model() -> Any:
                     coords={"time": t, "y": y, "x": x})
     # residual="none": this benchmark measures the network's per-chunk throughput (a
     # residual kriging adds tens of microseconds per point, see docs/gap-filling.md)
-    return ds.sciml.fit_field("u", space=("y", "x"), time="time", model="siren", steps=20,
-                              model_kwargs={"width": 32, "depth": 2}, progress=False, seed=0,
+    return ds.sciml.fit_field("u", space=("y", "x"), time="time", network="siren", steps=20,
+                              network_kwargs={"width": 32, "depth": 2}, progress=False, seed=0,
                               residual="none")
 
 

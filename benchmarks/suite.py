@@ -50,6 +50,7 @@ import xarray as xr
 from _common import BENCH_DIR, DATA_DIR, Timer, make_parser, print_table
 
 import xsciml  # noqa: F401  (registers the .sciml accessor)
+from xsciml.metrics import as_dict
 
 NEIGHBORS = 64
 SEED = 0
@@ -382,7 +383,7 @@ def fit_xsciml(case: Case) -> dict[str, Any]:
         field = ds.where(obs).sciml.fit_field(var, space=case.space, time=case.time, progress=False,
                                               **FIT_SETTINGS)
     with Timer() as tp:
-        score = field.score(ds.where(held))
+        score = as_dict(field.score(ds.where(held)))
     val = field.info.get("validation", {})
     return {"nrmse": score["nrmse"], "coverage": score["coverage"], "fit_s": t.seconds,
             "score_s": tp.seconds, "predictor": field.info.get("predictor"),

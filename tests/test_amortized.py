@@ -249,8 +249,8 @@ def waves():
 
 @pytest.fixture(scope="module")
 def mlp_ae(waves):
-    return fit_autoencoder(waves, "u", sample_dim="sample", kind="mlp", latent_dim=2, steps=300,
-                           lr=3e-3, model_kwargs={"hidden": (64,)}, progress=False)
+    return fit_autoencoder(waves, "u", sample_dim="sample", network="mlp", latent_dim=2, steps=300,
+                           lr=3e-3, network_kwargs={"hidden": (64,)}, progress=False)
 
 
 def test_mlp_autoencoder_learns_two_dim_manifold(waves, mlp_ae):
@@ -270,9 +270,9 @@ def test_mlp_autoencoder_learns_two_dim_manifold(waves, mlp_ae):
 
 
 def test_vae_kl_finite_and_encoder_std_positive(waves):
-    vae = fit_autoencoder(waves, "u", sample_dim="sample", kind="mlp", latent_dim=2,
+    vae = fit_autoencoder(waves, "u", sample_dim="sample", network="mlp", latent_dim=2,
                           stochastic=True, steps=150, lr=3e-3,
-                          model_kwargs={"hidden": (32,)}, progress=False)
+                          network_kwargs={"hidden": (32,)}, progress=False)
     kl = np.asarray(vae.history.logs["kl"])
     assert np.isfinite(kl).all() and (kl >= 0).all() and kl[-1] > 0
     z = vae.encode(waves)
@@ -285,8 +285,8 @@ def test_vae_kl_finite_and_encoder_std_positive(waves):
 
 
 def test_conv_autoencoder_masked_grid(ds):
-    ae = fit_autoencoder(ds, "t", kind="conv", latent_dim=3, steps=120, lr=3e-3, batch_size=16,
-                         model_kwargs={"widths": (8, 8)}, progress=False)
+    ae = fit_autoencoder(ds, "t", network="conv", latent_dim=3, steps=120, lr=3e-3, batch_size=16,
+                         network_kwargs={"widths": (8, 8)}, progress=False)
     rec = ae.reconstruct(ds)
     assert rec.dims == ("time", "lat", "lon") and rec.attrs["units"] == "K"
     assert np.isnan(rec.values[:, :2, :3]).all() and np.isfinite(rec.values[:, 2:, 3:]).all()
@@ -298,8 +298,8 @@ def test_conv_autoencoder_masked_grid(ds):
 
 
 def test_input_dropout_helps_partial_snapshots(waves):
-    kw = dict(sample_dim="sample", kind="mlp", latent_dim=2, steps=400, lr=5e-3,
-              model_kwargs={"hidden": (64,)}, progress=False)
+    kw = dict(sample_dim="sample", network="mlp", latent_dim=2, steps=400, lr=5e-3,
+              network_kwargs={"hidden": (64,)}, progress=False)
     plain = fit_autoencoder(waves, "u", **kw)
     robust = fit_autoencoder(waves, "u", input_dropout=0.9, **kw)
     part = waves.u.where(np.random.default_rng(1).random(waves.u.shape) < 0.3)
@@ -367,19 +367,19 @@ def test_all_masked_snapshot(ds, pca):
     with pytest.raises(ValueError, match="all-masked"):
         fit_autoencoder(bad, "t", latent_dim=2)
     with pytest.raises(ValueError, match="all-masked"):
-        fit_autoencoder(bad, "t", kind="mlp", latent_dim=2, steps=1, progress=False)
+        fit_autoencoder(bad, "t", network="mlp", latent_dim=2, steps=1, progress=False)
     with pytest.raises(ValueError, match="all-masked snapshot cannot be encoded"):
         pca.encode(bad)
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    ({"kind": "svd"}, ValueError, "kind must be one of"),
+    ({"network": "svd"}, ValueError, "network must be one of"),
     ({"latent_dim": 0}, ValueError, "latent_dim must be a positive integer"),
     ({"stochastic": True}, ValueError, "stochastic=True needs a neural encoder"),
     ({"sample_dim": "member"}, KeyError, "sample_dim 'member'"),
     ({"weights": "area"}, ValueError, "weights must be None, 'coslat'"),
     ({"weights": xr.DataArray(np.ones(3), dims="z")}, ValueError, "only the space dims"),
-    ({"kind": "mlp", "noise_var": 1.0}, ValueError, "noise_var applies to kind='pca'"),
+    ({"network": "mlp", "noise_var": 1.0}, ValueError, "noise_var applies to network='pca'"),
 ])
 def test_bad_arguments(ds, kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -391,8 +391,8 @@ def test_bad_data():
     d = d.assign_coords(yy=("yy", np.arange(NY), {}))
     with pytest.raises(ValueError, match="needs a latitude coordinate"):
         fit_autoencoder(d, "t", latent_dim=2, weights="coslat")
-    with pytest.raises(ValueError, match="kind='conv' needs exactly 2 space dims"):
-        fit_autoencoder(d.isel(yy=0), "t", kind="conv", latent_dim=2)
+    with pytest.raises(ValueError, match="network='conv' needs exactly 2 space dims"):
+        fit_autoencoder(d.isel(yy=0), "t", network="conv", latent_dim=2)
     with pytest.raises(KeyError, match="not found"):
         fit_autoencoder(d, "sst")
     gappy = lowrank_ds(S=6, land=False)

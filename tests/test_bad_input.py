@@ -344,7 +344,7 @@ def test_predict_on_training_grid_and_finer_grid_does_not_warn(uk_field):
         warnings.simplefilter("error")
         field.predict(ds)
         field.predict(fine)
-        field.sample(ds, n=2)
+        field.sample(2, ds)
         field.predict(ds.chunk({"time": 1}))  # lazy target: coordinates only
 
 
@@ -356,9 +356,9 @@ def test_check_domain_false_silences(uk_field):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         field.predict(target, time=ds.time.values[0], check_domain=False)
-        field.sample(target, n=2, time=ds.time.values[0], check_domain=False)
+        field.sample(2, target, time=ds.time.values[0], check_domain=False)
     with pytest.warns(UserWarning, match=r"sample: 100 % .* of 'lat'"):
-        field.sample(target, n=2, time=ds.time.values[0])
+        field.sample(2, target, time=ds.time.values[0])
 
 
 def test_lazy_target_outside_warns_without_computing(uk_field):
@@ -377,7 +377,7 @@ def test_latent_decode_outside_warns():
     ds = xr.Dataset({"u": (("time", "y", "x"), rng.normal(size=(6, 5, 5)))},
                     coords={"time": np.arange(6), "y": x, "x": x})
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, steps=5, progress=False,
-                             seed=0, model_kwargs={"width": 8, "depth": 1})
+                             seed=0, network_kwargs={"width": 8, "depth": 1})
     z = np.zeros((1, 2))
     with pytest.warns(UserWarning, match=r"decode: 50 % of the target points lie outside the "
                       r"training range of 'x' \(0 \.\. 1\)"):

@@ -121,6 +121,6 @@ def test_debias_units_of_new_data_precipitation_and_missing_units():
     np.testing.assert_allclose(out.values, ref.values, atol=1e-6)
     np.testing.assert_allclose(deb.transform((mod * 86400.0).assign_attrs(units="mm day-1")).values,
                                ref.values, atol=1e-6)
-    with pytest.warns(UserWarning, match=r"model_new 'pr' has no 'units' attribute; assuming "
+    with pytest.warns(UserWarning, match=r"simulated 'pr' has no 'units' attribute; assuming "
                                          r"'kg m-2 s-1', the units of the model data"):
         np.testing.assert_allclose(deb.transform(mod.drop_attrs()).values, ref.values, atol=1e-6)

@@ -60,8 +60,8 @@ def field():
     u = np.sin(3 * y)[None, :, None] * np.cos(2 * x)[None, None, :] + 0.1 * t[:, None, None]
     ds = xr.Dataset({"t2m": (("time", "y", "x"), 280 + u, dict(SOURCE))},
                     coords={"time": t, "y": y, "x": x}, attrs={"history": "global line"})
-    return ds.sciml.fit_field("t2m", space=("y", "x"), time="time", steps=20, model="mlp",
-                              model_kwargs={"width": 8, "depth": 1}, progress=False, device="cpu",
+    return ds.sciml.fit_field("t2m", space=("y", "x"), time="time", steps=20, network="mlp",
+                              network_kwargs={"width": 8, "depth": 1}, progress=False, device="cpu",
                               residual="none", seed=0)
 
 
@@ -82,7 +82,7 @@ def test_predictions_are_labelled_and_append_to_history(field):
     assert match and match.group(1) == xsciml.__version__
     assert match.group(2) == "NeuralField.predict: predictive mean and standard deviation of t2m"
     assert pred.attrs["xsciml_model"] == "NeuralField"
-    draws = field.sample(target, n=3, device="cpu")
+    draws = field.sample(3, target, device="cpu")
     assert draws.attrs["standard_name"] == "air_temperature"
     assert draws.attrs["long_name"] == "2 m temperature (draw from the predictive distribution)"
     assert LINE.match(draws.attrs["history"].split("\n")[-1]).group(2).startswith("NeuralField.sample")

@@ -63,7 +63,7 @@ def test_units_are_converted_and_refused() -> None:
     # new data in Fahrenheit are converted too
     fahr = (model * 9 / 5 + 32).assign_attrs(units="degF")
     np.testing.assert_allclose(deb.transform(fahr).values, c.values, atol=1e-8)
-    with pytest.raises(ValueError, match=r"model 'tas' must be in units convertible to the "
+    with pytest.raises(ValueError, match=r"simulated 'tas' must be in units convertible to the "
                        r"reference's \('K'\).*'mm/day', which cannot be converted to 'K'"):
         fit_debias(model.assign_attrs(units="mm/day"), c, progress=False)
     with pytest.raises(ValueError, match="units"):

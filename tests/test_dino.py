@@ -138,8 +138,8 @@ def test_forecasts_past_the_horizon_better_than_persistence_and_zero(fitted, hea
     persistence = rel_mse(u.isel(time=0).broadcast_like(u).isel(time=out), u.isel(time=out))
     assert model < 0.6, model  # predicting zero scores exactly 1
     assert model < 0.2 * persistence, (model, persistence)
-    # the evaluate table agrees with the direct computation
-    ev = fitted.evaluate(test, n_frames_train=5, encode_steps=100)
+    # the score table agrees with the direct computation
+    ev = fitted.score(test, n_frames_train=5, encode_steps=100)
     np.testing.assert_allclose(float(ev["rel_mse"].sel(horizon="Out-t", grid="all")), model, rtol=1e-4)
 
 
@@ -236,9 +236,9 @@ def test_cftime_time_axis():
 
 
 # ----------------------------------------------------------------------------- evaluation
-def test_evaluate_table_shape_and_identities(fitted, heat_data):
+def test_score_table_shape_and_identities(fitted, heat_data):
     _, test = heat_data
-    ev = fitted.evaluate(test, encode_steps=50)
+    ev = fitted.score(test, encode_steps=50)
     assert ev["mse"].dims == ("horizon", "grid")
     assert list(ev["horizon"].values) == ["In-t", "Out-t"]
     assert list(ev["grid"].values) == ["In-s", "Out-s", "all"]
@@ -248,7 +248,7 @@ def test_evaluate_table_shape_and_identities(fitted, heat_data):
     assert ev.attrs["n_frames_train"] == 5
     # with half the points observed, "all" is the count-weighted mean of In-s and Out-s
     obs = xsciml.datasets.sample_points(test, 0.5, seed=3, dims=("y", "x"))
-    ev2 = fitted.evaluate(test, observed=obs, encode_steps=50)
+    ev2 = fitted.score(test, observed=obs, encode_steps=50)
     n_in = float(obs.sum())
     n_out = obs.size - n_in
     mix = (ev2["mse"].sel(grid="In-s") * n_in + ev2["mse"].sel(grid="Out-s") * n_out) / obs.size
@@ -261,7 +261,7 @@ def test_training_on_a_subgrid_defines_in_s():
     keep = xsciml.datasets.sample_points(ds, 0.5, seed=1, dims=("y", "x"))
     model = fit_dynamics(ds.where(keep), "u", steps=5, seed=0, **TINY)
     np.testing.assert_array_equal(model.observed_mask(ds).values, keep.values)
-    ev = model.evaluate(ds, encode_steps=5)
+    ev = model.score(ds, encode_steps=5)
     assert np.isfinite(ev["mse"].sel(horizon="In-t")).all()
     assert ev.attrs["observed_fraction"] == pytest.approx(0.5, abs=0.01)
 
@@ -587,7 +587,7 @@ def test_gls_encoding_on_training_points_only(fitted, heat_data, tmp_path):
         fitted.encode(sparse, steps=1, noise="gls")
     with pytest.raises(ValueError, match="shrinkage"):
         fitted.encode(sparse, steps=1, noise="correlated", shrinkage=0.0)
-    # the forecast and evaluate forward the option
+    # the forecast and score forward the option
     fc_w = fitted.forecast(sparse, lead=[1.0], encode_steps=30, encode_noise="white")
     fc_c = fitted.forecast(sparse, lead=[1.0], encode_steps=30, encode_noise="correlated")
     assert np.abs(fc_w.values - fc_c.values).max() > 1e-5

@@ -52,7 +52,7 @@ def test_grid_field_reconstructs_withheld_points(gappy, grid_field):
 @pytest.mark.parametrize("model,bar", [("mlp", 0.1), ("fourier", 0.35), ("siren", 0.45), ("mfn", 0.3)])
 def test_other_models_fit(gappy, model, bar):
     ds, keep = gappy
-    f = ds.where(keep).sciml.fit_field("u", space=("y", "x"), time="time", model=model,
+    f = ds.where(keep).sciml.fit_field("u", space=("y", "x"), time="time", network=model,
                                        steps=300, progress=False, seed=0)
     assert f.score(ds.where(~keep))["nrmse"] < bar
 
@@ -80,11 +80,11 @@ def test_sample_and_log_prob_agree_with_moments(gappy, grid_field):
     ds, keep = gappy
     target = ds.isel(time=[0])
     pred = grid_field.predict(target)
-    s = grid_field.sample(target, n=400, seed=3)
+    s = grid_field.sample(400, target, seed=3)
     assert s.dims == ("sample", "time", "y", "x") and s.sizes["sample"] == 400
     np.testing.assert_allclose(s.mean("sample"), pred.u_mean, atol=5 * float(pred.u_std.max()) / 20)
     np.testing.assert_allclose(s.std("sample"), pred.u_std, rtol=0.2)
-    s2 = grid_field.sample(target, n=400, seed=3)
+    s2 = grid_field.sample(400, target, seed=3)
     xr.testing.assert_equal(s, s2)
     lp = grid_field.log_prob(ds.where(~keep).isel(time=[0]))
     ref = scipy.stats.norm.logpdf(ds.u.isel(time=[0]).values, pred.u_mean.values, pred.u_std.values)
@@ -109,8 +109,8 @@ def test_heteroscedastic_noise_is_learned_and_calibrated():
     sigma = np.where(x > 0, 0.3, 0.03)
     ds = xr.Dataset({"v": ("x", np.sin(3 * x) + sigma * rng.normal(size=x.size))}, coords={"x": x})
     keep = xr.DataArray(rng.random(x.size) < 0.5, dims="x")
-    f = ds.where(keep).sciml.fit_field("v", space="x", time=None, model="mlp", likelihood="heteroscedastic",
-                                      model_kwargs={"width": 64, "depth": 2}, steps=1500, lr=3e-3,
+    f = ds.where(keep).sciml.fit_field("v", space="x", time=None, network="mlp", likelihood="heteroscedastic",
+                                      network_kwargs={"width": 64, "depth": 2}, steps=1500, lr=3e-3,
                                       progress=False, seed=0)
     pred = f.predict({"x": [-0.5, 0.5]})
     lo, hi = pred.v_std.values
@@ -126,8 +126,8 @@ def test_conditional_field():
     mu = np.array([0.0, 1.0, 2.0, 3.0])
     v = np.sin(3 * x)[None, :] + mu[:, None]
     ds = xr.Dataset({"v": (("member", "x"), v), "mu": ("member", mu)}, coords={"x": x})
-    f = ds.sciml.fit_field("v", space="x", time=None, condition=["mu"], model="mlp",
-                           model_kwargs={"width": 64, "depth": 3}, steps=800, lr=3e-3,
+    f = ds.sciml.fit_field("v", space="x", time=None, condition=["mu"], network="mlp",
+                           network_kwargs={"width": 64, "depth": 3}, steps=800, lr=3e-3,
                            progress=False, seed=0)
     new = xr.Dataset({"mu": ("member", [1.5])}, coords={"x": x})
     pred = f.predict(new)
@@ -149,20 +149,20 @@ def test_lazy_input_streams(tmp_path):
 def test_custom_module_and_bad_inputs(gappy, grid_field):
     ds, keep = gappy
     net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-    f = ds.where(keep).sciml.fit_field("u", space=("y", "x"), time="time", model=net, steps=50, progress=False)
+    f = ds.where(keep).sciml.fit_field("u", space=("y", "x"), time="time", network=net, steps=50, progress=False)
     assert f.predict(ds).u_mean.shape == ds.u.shape
     bad = torch.nn.Linear(3, 5)
     with pytest.raises(ValueError, match="needs \\[N, 1\\]"):
-        ds.sciml.fit_field("u", space=("y", "x"), time="time", model=bad, steps=5, progress=False)
+        ds.sciml.fit_field("u", space=("y", "x"), time="time", network=bad, steps=5, progress=False)
     with pytest.raises(ValueError, match="heteroscedastic.*needs \\[N, 2\\]"):
-        ds.sciml.fit_field("u", space=("y", "x"), time="time", model=torch.nn.Linear(3, 1),
+        ds.sciml.fit_field("u", space=("y", "x"), time="time", network=torch.nn.Linear(3, 1),
                            likelihood="heteroscedastic", steps=5, progress=False)
     with pytest.raises(ValueError, match="1-D"):
         grid_field.predict({"y": np.zeros((2, 2)), "x": [0.0], "time": [0.0]})
     with pytest.raises(KeyError, match="x"):
         grid_field.predict({"y": [0.0], "time": [0.0]})
     with pytest.raises(ValueError, match="unknown network kind"):
-        ds.sciml.fit_field("u", space=("y", "x"), model="transformer", steps=5, progress=False)
+        ds.sciml.fit_field("u", space=("y", "x"), network="transformer", steps=5, progress=False)
     cal = ds.assign_coords(time=xr.date_range("2000-01-01", periods=3, calendar="360_day", use_cftime=True))
     f360 = cal.sciml.fit_field("u", space=("y", "x"), time="time", steps=20, progress=False)
     with pytest.raises(ValueError, match="calendar"):

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from scipy.ndimage import distance_transform_edt
 
-import xsciml
+import xsciml  # noqa: F401  (registers the .sciml accessor)
 from xsciml._holdout import gap_shaped_holdout
 from xsciml.tensors import to_tensors
 

@@ -349,7 +349,7 @@ def test_sip_trains_better_than_gradient_descent_through_physics():
     errors = {}
     for method in ("sip", "gd"):
         inv = fit_inversion(op, data, method=method, steps=40, progress=False, device="cpu",
-                            network={"base_channels": 8, "levels": 3}, seed=0,
+                            network_kwargs={"base_channels": 8, "levels": 3}, seed=0,
                             calibration_examples=0)
         assert len(inv.history.loss) == 40 and len(inv.history.logs["x_l2"]) == 40
         errors[method] = source_errors(inv.predict(y_test).estimate, x_test)["x_l2"].mean().item()
@@ -365,7 +365,7 @@ def test_sip_trains_better_than_gradient_descent_through_physics():
 @pytest.fixture(scope="module")
 def tiny_inversion() -> LearnedInversion:
     data = RandomRectangles((16, 16), batch_size=4, max_half_size=4.0)
-    return fit_inversion(HeatOperator(1.0), data, steps=3, network=TINY_NET, progress=False,
+    return fit_inversion(HeatOperator(1.0), data, steps=3, network_kwargs=TINY_NET, progress=False,
                          device="cpu")
 
 
@@ -383,7 +383,7 @@ def test_fit_inversion_records_history_and_config(tiny_inversion):
 
 def test_same_seed_same_network_and_data():
     data = RandomRectangles((16, 16), batch_size=2, max_half_size=3.0)
-    kw = dict(steps=2, network=TINY_NET, progress=False, device="cpu", seed=3)
+    kw = dict(steps=2, network_kwargs=TINY_NET, progress=False, device="cpu", seed=3)
     a = fit_inversion(HeatOperator(1.0), data, **kw)
     b = fit_inversion(HeatOperator(1.0), data, **kw)
     assert a.history.loss == b.history.loss
@@ -467,7 +467,7 @@ def test_fit_inversion_argument_errors():
         fit_inversion(op, lambda g: torch.zeros(2, 16, 16), batch_size=4)
     with pytest.raises(ValueError, match="shape"):
         fit_inversion(op, lambda g: torch.zeros(16, 16), steps=1, progress=False, device="cpu",
-                      network=TINY_NET)
+                      network_kwargs=TINY_NET)
     with pytest.raises(ValueError, match="amount"):
         HeatOperator(-1.0)
     with pytest.raises(KeyError, match="unknown operator"):
@@ -479,14 +479,14 @@ def test_gd_and_supervised_methods_and_supplied_observations():
     op = HeatOperator(1.0)
     for method in ("gd", "supervised"):
         inv = fit_inversion(op, data, method=method, steps=2, optimizer="sgd", lr=1e-4,
-                            network=TINY_NET, progress=False, device="cpu")
+                            network_kwargs=TINY_NET, progress=False, device="cpu")
         assert inv.method == method and inv.training["optimizer"] == "sgd"
 
     def pairs(g):  # the caller supplies (sources, noisy observations)
         x = data(g)
         return x, op(x) + 0.01 * torch.randn(x.shape, generator=g, dtype=x.dtype)
 
-    inv = fit_inversion(op, pairs, steps=2, network=TINY_NET, progress=False, device="cpu")
+    inv = fit_inversion(op, pairs, steps=2, network_kwargs=TINY_NET, progress=False, device="cpu")
     assert len(inv.history.loss) == 2 and all(math.isfinite(v) for v in inv.history.loss)
 
 
@@ -509,7 +509,7 @@ def test_custom_operator_trains_and_roundtrips(tmp_path):
     op = _ScreenedPoisson(2.0, spacing=0.5)
     assert math.isclose(op.mean_gain, 0.25)
     data = RandomRectangles((16, 16), batch_size=2, max_half_size=2.0, spacing=0.5)
-    inv = fit_inversion(op, data, steps=1, network=TINY_NET, progress=False, device="cpu",
+    inv = fit_inversion(op, data, steps=1, network_kwargs=TINY_NET, progress=False, device="cpu",
                         bounds=None)
     loaded = xsciml.load(inv.save(tmp_path / "sp.xsciml"))
     assert isinstance(loaded.operator, _ScreenedPoisson) and loaded.operator.kappa == 2.0
@@ -550,7 +550,7 @@ def test_sip_loss_iterations_and_bounds_make_a_projected_solver_target():
 def test_residual_network_starts_exactly_at_the_physics_inverse():
     op = HeatOperator(1.0)
     data = RandomRectangles((16, 16), batch_size=4, max_half_size=4.0)
-    inv = fit_inversion(op, data, steps=1, lr=0.0, bounds=None, network=TINY_NET,
+    inv = fit_inversion(op, data, steps=1, lr=0.0, bounds=None, network_kwargs=TINY_NET,
                         calibration_examples=0, progress=False, device="cpu")
     y = op(data.sample(3, torch.Generator().manual_seed(5)))
     res = inv.predict(y)
@@ -568,7 +568,7 @@ def test_bounds_auto_from_the_generator_and_clipped_estimates():
     assert RandomRectangles(strength=(-1.0, 1.0)).bounds == (None, None)
     op = HeatOperator(1.0)
     data = RandomRectangles((16, 16), batch_size=2, max_half_size=4.0)
-    kw = dict(steps=1, network=TINY_NET, calibration_examples=0, progress=False, device="cpu")
+    kw = dict(steps=1, network_kwargs=TINY_NET, calibration_examples=0, progress=False, device="cpu")
     inv = fit_inversion(op, data, **kw)
     assert inv.bounds == (0.0, None)
     y = op(data.sample(2, torch.Generator().manual_seed(0)))
@@ -583,7 +583,7 @@ def test_bounds_auto_from_the_generator_and_clipped_estimates():
 def test_calibrated_uncertainty_matches_held_out_errors():
     op = HeatOperator(2.0)
     data = RandomRectangles((32, 32), batch_size=8, max_half_size=5.0)
-    inv = fit_inversion(op, data, steps=15, network={"base_channels": 8, "levels": 3},
+    inv = fit_inversion(op, data, steps=15, network_kwargs={"base_channels": 8, "levels": 3},
                         calibration_examples=64, progress=False, device="cpu", seed=1)
     x = data.sample(64, torch.Generator().manual_seed(2024))
     res = inv.predict(op(x))
@@ -642,7 +642,7 @@ def test_noise_outside_the_trained_range_falls_back_to_the_physics_inverse(tiny_
 def test_noisy_training_accepts_its_own_noise_level():
     op = HeatOperator(1.0)
     data = RandomRectangles((16, 16), batch_size=4, max_half_size=4.0)
-    inv = fit_inversion(op, data, steps=2, observation_noise=0.01, network=TINY_NET,
+    inv = fit_inversion(op, data, steps=2, observation_noise=0.01, network_kwargs=TINY_NET,
                         calibration_examples=8, progress=False, device="cpu")
     y = op(data.sample(2, torch.Generator().manual_seed(1)))
     assert inv.observation_noise == 0.01

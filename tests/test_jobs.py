@@ -28,8 +28,8 @@ def model_path(tmp_path_factory) -> Path:
     u = np.sin(3 * y)[None, :, None] * np.cos(2 * x)[None, None, :] + 0.1 * t[:, None, None]
     ds = xr.Dataset({"u": (("time", "y", "x"), u, {"units": "K"})},
                     coords={"time": xr.date_range("2000-01-01", periods=4, freq="D"), "y": y, "x": x})
-    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", steps=30, seed=0, model="mlp",
-                               model_kwargs={"width": 16, "depth": 2}, progress=False)
+    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", steps=30, seed=0, network="mlp",
+                               network_kwargs={"width": 16, "depth": 2}, progress=False)
     return field.save(tmp_path_factory.mktemp("model") / "field.xsciml")
 
 
@@ -173,14 +173,14 @@ def test_registered_task_plugs_in(model_path, input_store, tmp_path, monkeypatch
 
     @register_task("test-draws")
     def _draws(model, ds, n=2, **kwargs):
-        return model.sample(ds, n=n, seed=0, **kwargs)
+        return model.sample(n, ds, seed=0, **kwargs)
 
     assert "test-draws" in registered_tasks()
     report = run_job("test-draws", model_path, input_store, tmp_path / "s.zarr", progress=False,
                      region_dim="time", region_size=6, device="cpu")
     out = xr.open_zarr(tmp_path / "s.zarr")
     assert report.n_regions == 2 and out.u.dims == ("sample", "time", "y", "x")
-    direct = xsciml.load(model_path).sample(xr.open_zarr(input_store), n=2, seed=0, device="cpu")
+    direct = xsciml.load(model_path).sample(2, xr.open_zarr(input_store), seed=0, device="cpu")
     xr.testing.assert_allclose(out.u.load(), direct.compute(), atol=1e-6)
 
 

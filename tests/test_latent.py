@@ -24,7 +24,7 @@ def manifold(n_snap=48, n=20, seed=0):
 def fitted():
     ds = manifold()
     li = ds.isel(time=slice(0, 40)).sciml.fit_latent(
-        "u", sample_dim="time", latent_dim=4, model_kwargs={"width": 32, "depth": 1},
+        "u", sample_dim="time", latent_dim=4, network_kwargs={"width": 32, "depth": 1},
         steps=150, batch_size=2048, progress=False, seed=0)
     return ds, li
 
@@ -56,8 +56,8 @@ def test_decode_other_grid_and_prior_samples(fitted):
 
 def test_map_variant_and_save_load(tmp_path):
     ds = manifold(n_snap=12, n=12)
-    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=3, variational=False, model="siren",
-                             model_kwargs={"width": 32, "depth": 2}, steps=100, progress=False)
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=3, variational=False, network="siren",
+                             network_kwargs={"width": 32, "depth": 2}, steps=100, progress=False)
     z = li.encode(ds.isel(time=[0, 1]), steps=20, progress=False)
     assert isinstance(z, xr.DataArray) and z.shape == (2, 3)
     path = li.save(tmp_path / "li.xsciml")
@@ -73,7 +73,7 @@ def test_latent_bad_input():
     with pytest.raises(ValueError, match="at least 2 snapshots"):
         ds.isel(time=[0]).sciml.fit_latent("u", sample_dim="time", steps=1, progress=False)
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, steps=5, progress=False,
-                             model="mfn", model_kwargs={"width": 16, "depth": 1})
+                             network="mfn", network_kwargs={"width": 16, "depth": 1})
     bad = ds.isel(time=[0, 1]).copy(deep=True)
     bad["u"][1] = np.nan
     with pytest.raises(ValueError, match="no valid point"):
@@ -106,7 +106,7 @@ def numpy_ppca(train, k, sigma):
 def test_basis_pca_init_reproduces_ppca_on_training_grid():
     ds = lowrank(noise=0.05)
     k, sigma = 3, 0.05
-    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=k, model_kwargs={"depth": 0},
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=k, network_kwargs={"depth": 0},
                              noise=sigma, steps=0, val_fraction=0, progress=False)
     train = ds.u.values.reshape(len(ds.time), -1)
     mean, vt, scale, lam = numpy_ppca(train, k, sigma)
@@ -122,7 +122,7 @@ def test_basis_encode_partial_matches_closed_form_map(variational):
     ds = lowrank(n_snap=40, noise=0.05)
     train, test = ds.isel(time=slice(0, 32)), ds.isel(time=slice(32, 40))
     k, sigma = 3, 0.1
-    li = train.sciml.fit_latent("u", sample_dim="time", latent_dim=k, model_kwargs={"depth": 0},
+    li = train.sciml.fit_latent("u", sample_dim="time", latent_dim=k, network_kwargs={"depth": 0},
                                 noise=sigma, variational=variational, steps=0, val_fraction=0,
                                 progress=False)
     keep = xsciml.datasets.sample_points(test.u, 0.15, seed=3).values.reshape(len(test.time), -1)
@@ -145,7 +145,7 @@ def test_basis_encode_partial_matches_closed_form_map(variational):
 
 def test_basis_decode_on_another_grid_is_bilinear():
     ds = lowrank()
-    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=3, model_kwargs={"depth": 0},
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=3, network_kwargs={"depth": 0},
                              steps=0, progress=False)
     codes = li.codes.isel(time=[0, 5])
     on_grid = li.decode(codes, ds)
@@ -160,7 +160,7 @@ def test_basis_gap_filling_and_residual_training(tmp_path):
     ds = lowrank(n_snap=40, noise=0.0)
     train, test = ds.isel(time=slice(0, 32)), ds.isel(time=slice(32, 40))
     keep = xsciml.datasets.sample_points(test.u, 0.1, seed=1)
-    li = train.sciml.fit_latent("u", sample_dim="time", latent_dim=3, model_kwargs={"width": 16, "depth": 1},
+    li = train.sciml.fit_latent("u", sample_dim="time", latent_dim=3, network_kwargs={"width": 16, "depth": 1},
                                 steps=30, batch_size=512, progress=False)
     assert li.history is not None and len(li.history.loss) == 30
     z = li.encode(test.where(keep), steps=20, progress=False)
@@ -175,7 +175,7 @@ def test_basis_gap_filling_and_residual_training(tmp_path):
 def test_basis_cv_noise_estimates_the_noise():
     sigma = 0.2
     ds = lowrank(n_snap=60, ny=15, nx=17, rank=2, noise=sigma, seed=2)
-    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, model_kwargs={"depth": 0},
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, network_kwargs={"depth": 0},
                              steps=0, progress=False)
     assert li.info["noise"] == "cv"
     est = float(li.log_sigma.exp()[0]) * li.scaler.std[0]
@@ -184,8 +184,8 @@ def test_basis_cv_noise_estimates_the_noise():
 
 def test_basis_bad_input():
     ds = lowrank(n_snap=6)
-    with pytest.raises(ValueError, match="init='pca' needs model='basis'"):
-        ds.sciml.fit_latent("u", sample_dim="time", model="mfn", init="pca", steps=0, progress=False)
+    with pytest.raises(ValueError, match="init='pca' needs network='basis'"):
+        ds.sciml.fit_latent("u", sample_dim="time", network="mfn", init="pca", steps=0, progress=False)
     with pytest.raises(ValueError, match="noise must be"):
         ds.sciml.fit_latent("u", sample_dim="time", noise="huge", steps=0, progress=False)
     with pytest.raises(ValueError, match="positive float"):

@@ -56,7 +56,7 @@ def test_fit_and_job_log_what_they_do(caplog, tmp_path):
                     coords={"time": xr.date_range("2000-01-01", periods=3, freq="D"), "y": yy, "x": xx})
     caplog.set_level(logging.INFO, logger="xsciml")
     field = ds.sciml.fit_field("u", space=("y", "x"), time="time", steps=20, val_every=10, seed=0,
-                               model="mlp", model_kwargs={"width": 8, "depth": 1}, progress=False,
+                               network="mlp", network_kwargs={"width": 8, "depth": 1}, progress=False,
                                device="cpu", residual="none")
     text = "\n".join(_messages(caplog, "xsciml.training"))
     assert "fit_field[mlp]:" in text and "on cpu" in text and "val_loss" in text and "done: 20 steps" in text

@@ -43,7 +43,7 @@ def _target(nt: int = 5, ny: int = 13, nx: int = 11) -> xr.Dataset:
 def field():
     # width 64: the serialised model (~35 kB) is far larger than any task's own payload
     return _train_ds().sciml.fit_field("u", space=("y", "x"), time="time", steps=40, seed=0,
-                                       model="mlp", model_kwargs={"width": 64, "depth": 3},
+                                       network="mlp", network_kwargs={"width": 64, "depth": 3},
                                        progress=False)
 
 
@@ -167,12 +167,12 @@ def test_lazy_predict_nan_coordinates_time_argument_and_bad_device(field):
 
 def test_lazy_sample_is_reproducible_with_predictive_moments(field):
     target = _target().chunk({"x": 4})
-    draws = field.sample(target, n=8, seed=3, device="cpu")
+    draws = field.sample(8, target, seed=3, device="cpu")
     assert draws.dims == ("sample", "time", "y", "x") and draws.chunks is not None
     assert draws.dtype == np.float32 and draws.attrs["xsciml_model"] == "NeuralField"
     a = draws.compute()
-    xr.testing.assert_identical(a, field.sample(target, n=8, seed=3, device="cpu").compute())
-    assert not np.array_equal(a.values, field.sample(target, n=8, seed=4, device="cpu").values)
+    xr.testing.assert_identical(a, field.sample(8, target, seed=3, device="cpu").compute())
+    assert not np.array_equal(a.values, field.sample(8, target, seed=4, device="cpu").values)
     pred = field.predict(target, device="cpu").compute()
     z = ((a - pred.u_mean) / pred.u_std).values.ravel()  # 8 x 715 standard normals
     assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05
@@ -185,7 +185,7 @@ def test_lazy_decode_equals_eager():
     u = a[:, None, None] * np.sin(np.pi * x) + b[:, None, None] * np.cos(np.pi * x)[:, None]
     ds = xr.Dataset({"u": (("time", "y", "x"), u)}, coords={"time": np.arange(8), "y": x, "x": x})
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=3, steps=10, progress=False,
-                             model_kwargs={"width": 16, "depth": 2})
+                             network_kwargs={"width": 16, "depth": 2})
     eager = li.decode(li.codes, ds, device="cpu")
     for z, target, kw in ((li.codes.chunk({"time": 3}), ds, {"batch_size": 40}),
                           (li.codes, ds.chunk({"y": 4, "x": 6}), {}),

@@ -83,8 +83,8 @@ def test_silenced_fit_then_encode_writes_nothing(capfd, monkeypatch):
     a = rng.normal(size=(6, 1, 1))
     ds = xr.Dataset({"u": (("time", "y", "x"), a * np.sin(np.pi * x)[None, None, :] * np.ones((6, 8, 1)),
                            {"units": "m"})}, coords={"time": np.arange(6), "y": x, "x": x})
-    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, model="mlp",
-                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False,
+    li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, network="mlp",
+                             network_kwargs={"width": 8, "depth": 1}, steps=5, progress=False,
                              device="cpu")
     capfd.readouterr()
     z = li.encode(ds.isel(time=[0, 1]), steps=5, device="cpu")  # progress=None: as the fit

@@ -93,7 +93,7 @@ def test_forecast_job_cli_and_lead_errors(trained, init_store, eager, tmp_path):
 def test_lazy_encode_decode_send_the_model_once_and_equal_eager(kind, dask_client):
     ds = xsciml.datasets.gaussian_random_field((10, 12), n=24, seed=0)
     kw = {} if kind == "pca" else {"steps": 20, "progress": False}
-    model = ds.sciml.fit_autoencoder("u", sample_dim="sample", kind=kind, latent_dim=4, **kw)
+    model = ds.sciml.fit_autoencoder("u", sample_dim="sample", network=kind, latent_dim=4, **kw)
     part = ds.u.where(np.random.default_rng(1).random(ds.u.shape) < 0.6)
     z_eager = model.encode(part)
     z_lazy = model.encode(part.chunk({"sample": 8}))
@@ -114,7 +114,7 @@ def test_lazy_encode_decode_send_the_model_once_and_equal_eager(kind, dask_clien
 def test_lazy_latent_encode_equals_eager_on_cluster(dask_client):
     ds = xsciml.datasets.gaussian_random_field((10, 12), n=30, seed=0)
     li = ds.isel(sample=slice(0, 24)).sciml.fit_latent(
-        "u", sample_dim="sample", latent_dim=4, model_kwargs={"depth": 0}, noise=0.05, steps=0,
+        "u", sample_dim="sample", latent_dim=4, network_kwargs={"depth": 0}, noise=0.05, steps=0,
         progress=False)
     new = ds.u.isel(sample=slice(24, 30))
     part = new.where(np.random.default_rng(2).random(new.shape) < 0.3)

@@ -214,9 +214,9 @@ def test_timedelta_leads_and_datetime_axis():
         m.forecast(ds.isel(time=0), lead="6h")
 
 
-def test_evaluate_table_matches_manual_errors(model):
+def test_score_table_matches_manual_errors(model):
     test = travelling_waves(2, seed=4)
-    table = model.evaluate(test, n_frames_train=5)
+    table = model.score(test, n_frames_train=5)
     assert table["mse"].dims == ("horizon", "grid")
     assert list(table["horizon"].values) == ["In-t", "Out-t"]
     fc = model.forecast(test.isel(time=0), lead=test["time"].values)
@@ -256,7 +256,7 @@ def test_dask_initial_state_gives_lazy_identical_forecast(model, waves):
 
 def test_mlp_decoder_on_2d_heat():
     ds = xsciml.datasets.heat(3, 16, n_frames=4, seed=0)
-    m = fit_smooth_dynamics(ds, "u", decoder="mlp", latent_dim=6, width=8, n_freq=2, steps=20,
+    m = fit_smooth_dynamics(ds, "u", network="mlp", latent_dim=6, width=8, n_freq=2, steps=20,
                             dynamics_steps=5, encoder_width=4, dynamics_width=16, dynamics_depth=1,
                             device="cpu", progress=False)
     assert m.latent_dim == 6
@@ -368,7 +368,7 @@ def test_smoothness_option_fits_and_is_recorded(waves):
                             consistency=1.0, consistency_target="free", encoder_width=8,
                             dynamics_width=8, dynamics_depth=1, device="cpu", progress=False)
     assert m.info["smoothness"] == 1.0 and m.info["consistency_target"] == "free"
-    assert np.isfinite(m.history["autoencoder"].logs["roughness"]).all()
+    assert np.isfinite(m.history.stage("autoencoder").logs["roughness"]).all()
     fc = m.forecast(waves.isel(time=0), lead=[0.0, 0.25], device="cpu", progress=False)
     assert np.isfinite(fc.values).all()
 
@@ -383,8 +383,8 @@ def test_bad_input_raises_clear_errors(waves):
     irregular = waves.assign_coords(x=np.r_[0.0, np.cumsum(np.linspace(0.05, 0.08, 31))])
     with pytest.raises(ValueError, match="uniform spacing"):
         fit_smooth_dynamics(irregular, "u", **kw)
-    with pytest.raises(ValueError, match="decoder must be"):
-        fit_smooth_dynamics(waves, "u", decoder="siren", **kw)
+    with pytest.raises(ValueError, match="network must be"):
+        fit_smooth_dynamics(waves, "u", network="siren", **kw)
     with pytest.raises(ValueError, match="consistency"):
         fit_smooth_dynamics(waves, "u", consistency=-1.0, **kw)
     with pytest.raises(ValueError, match="consistency_target"):

@@ -156,8 +156,8 @@ def test_autoencoder_encode_converts_the_input(kind):
     from xsciml.models.amortized import fit_autoencoder
 
     ds = _kelvin(xsciml.datasets.gaussian_random_field((8, 8), n=12, seed=0))
-    extra = {} if kind == "pca" else {"steps": 5, "model_kwargs": {"hidden": (8,)}}
-    model = fit_autoencoder(ds, "u", sample_dim="sample", kind=kind, latent_dim=3, device="cpu",
+    extra = {} if kind == "pca" else {"steps": 5, "network_kwargs": {"hidden": (8,)}}
+    model = fit_autoencoder(ds, "u", sample_dim="sample", network=kind, latent_dim=3, device="cpu",
                             progress=False, **extra)
 
     def enc(d):
@@ -172,7 +172,7 @@ def test_latent_interpolator_encode_converts_the_input():
 
     ds = _kelvin(manifold()).isel(time=slice(0, 6))
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2,
-                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+                             network_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
 
     def enc(d):
         return li.encode(d, steps=5, device="cpu", progress=False)
@@ -188,10 +188,10 @@ def test_neural_field_score_and_log_prob_convert_the_observations():
     from .test_field import smooth_ds
 
     ds = _kelvin(smooth_ds())
-    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", model="mlp",
-                               model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+    field = ds.sciml.fit_field("u", space=("y", "x"), time="time", network="mlp",
+                               network_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
     want, got = field.score(ds, device="cpu"), field.score(_celsius(ds), device="cpu")
-    assert got["rmse"] == pytest.approx(want["rmse"], rel=1e-4)
+    assert float(got["rmse"]) == pytest.approx(float(want["rmse"]), rel=1e-4)
     np.testing.assert_allclose(field.log_prob(_celsius(ds), device="cpu").values,
                                field.log_prob(ds, device="cpu").values, rtol=1e-4)
     _assert_refused_and_warned(lambda d: field.score(d, device="cpu"), ds, "input")
@@ -206,7 +206,7 @@ def test_lazy_encode_and_forecast_convert_once_and_do_not_warn(heat_k):
 
     ds = _kelvin(manifold()).isel(time=slice(0, 6))
     li = ds.sciml.fit_latent("u", sample_dim="time", latent_dim=2, variational=False,
-                             model_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
+                             network_kwargs={"width": 8, "depth": 1}, steps=5, progress=False, seed=0)
     model = fit_dynamics(heat_k, "u", steps=5, seed=0, latent_dim=4, width=8, depth=1,
                          dynamics_width=8, dynamics_depth=1, n_points=32, progress=False)
     init = heat_k.isel(time=0)

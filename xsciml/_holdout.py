@@ -114,8 +114,8 @@ def gap_shaped_holdout(valid: np.ndarray, dims: Sequence[Hashable], shape: Seque
     Examples
     --------
     >>> import numpy as np
-    >>> obs = np.zeros((4, 40, 40), bool)
-    >>> obs[:, :, ::10] = True          # observed columns, wide gaps between them
+    >>> t, y, x = np.ogrid[:6, :40, :40]
+    >>> obs = ((x + y // 2 + 3 * t) % 10) < 2   # observed stripes, shifted every frame
     >>> held, info = gap_shaped_holdout(np.flatnonzero(obs), ("t", "y", "x"), obs.shape,
     ...                                 ("y", "x"), 0.1)
     >>> info["pattern"], bool(held.mean() > 0.09)

@@ -84,7 +84,7 @@ def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
     --------
     >>> @register_task("doc-sample")
     ... def _sample(model, ds, n=10, **kwargs):
-    ...     return model.sample(ds, n=n, **kwargs)
+    ...     return model.sample(n, ds, **kwargs)
     >>> "doc-sample" in registered_tasks()
     True
     """

@@ -44,9 +44,31 @@ __all__ = [
     "kde_kld",
     "wasserstein1",
     "crps_ensemble",
+    "as_dict",
 ]
 
 _DENSITY_FLOOR = 1e-12  # densities are floored here before taking logs in kde_kld
+
+
+def as_dict(scores: xr.Dataset) -> dict[str, Any]:
+    """The variables of a scores Dataset (from an estimator's ``score``) as plain Python values.
+
+    0-d variables become floats (ints for integer dtypes), others nested lists; e.g. for
+    JSON or a table.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> as_dict(xr.Dataset({"rmse": 0.5, "n_points": 10}))
+    {'rmse': 0.5, 'n_points': 10}
+    """
+    if not isinstance(scores, xr.Dataset):
+        raise TypeError(f"scores must be an xarray Dataset (the result of score), got {type(scores).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in scores.data_vars.items():
+        vals = np.asarray(v.values)
+        out[str(k)] = vals.item() if vals.ndim == 0 else vals.tolist()
+    return out
 
 
 # =========================================================================== helpers

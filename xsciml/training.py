@@ -90,6 +90,9 @@ class History:
         Seconds spent training (across resumes).
     device : str
         Where the model trained (and still lives).
+    stages : list of (str, int, int)
+        For a fit in several stages (:meth:`chain`): ``(name, first step, last step)``
+        of each, steps counted in the chained history; empty otherwise.
 
     Examples
     --------
@@ -109,6 +112,63 @@ class History:
     steps: int = 0
     wall_time: float = 0.0
     device: str = "cpu"
+    stages: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def chain(cls, stages: Mapping[str, History]) -> History:
+        """One history of a fit in several stages, run one after the other.
+
+        Losses, learning rates and logs are concatenated (a log a stage did not report
+        is NaN there), validation steps are shifted to the chained step count, and
+        :attr:`stages` records where each stage starts and ends; :meth:`stage` gives a
+        stage back. ``best_step`` / ``best_val_loss`` are those of the last stage that
+        validated.
+
+        Examples
+        --------
+        >>> h = History.chain({"a": History(loss=[3.0, 2.0], steps=2),
+        ...                    "b": History(loss=[1.0], val_loss=[(1, 0.5)], best_step=1, steps=1)})
+        >>> h.loss, h.val_loss, h.stages, h.best_step
+        ([3.0, 2.0, 1.0], [(3, 0.5)], [('a', 1, 2), ('b', 3, 3)], 3)
+        >>> h.stage("b").loss
+        [1.0]
+        """
+        if not stages:
+            raise ValueError("History.chain needs at least one stage")
+        out = cls()
+        keys = [k for h in stages.values() for k in h.logs]
+        keys = list(dict.fromkeys(keys))
+        for name, h in stages.items():
+            if not isinstance(h, History):
+                raise TypeError(f"stage {name!r} is a {type(h).__name__}, not a History")
+            offset, n = len(out.loss), len(h.loss)
+            out.loss += list(h.loss)
+            out.lr += list(h.lr[:n]) + [math.nan] * (n - len(h.lr[:n]))
+            for k in keys:
+                vals = list(h.logs.get(k, []))[:n]
+                out.logs.setdefault(k, []).extend(vals + [math.nan] * (n - len(vals)))
+            out.val_loss += [(offset + st, v) for st, v in h.val_loss]
+            if h.best_step is not None:
+                out.best_step, out.best_val_loss = offset + h.best_step, h.best_val_loss
+            out.stopped_early = out.stopped_early or h.stopped_early
+            out.stop_reason = h.stop_reason or out.stop_reason
+            out.steps += int(h.steps)
+            out.wall_time += float(h.wall_time)
+            out.device = h.device
+            out.stages.append((str(name), offset + 1, offset + n))
+        return out
+
+    def stage(self, name: str) -> History:
+        """The part of a chained history (:meth:`chain`) that stage ``name`` ran."""
+        for st, first, last in self.stages:
+            if st == name:
+                lo, hi = first - 1, last
+                return History(loss=self.loss[lo:hi], lr=self.lr[lo:hi],
+                               val_loss=[(s - lo, v) for s, v in self.val_loss if first <= s <= last],
+                               logs={k: v[lo:hi] for k, v in self.logs.items()
+                                     if not all(math.isnan(x) for x in v[lo:hi])},
+                               steps=hi - lo, device=self.device)
+        raise KeyError(f"no stage {name!r}; the stages are {[s for s, _, _ in self.stages]}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-friendly dictionary (lists, floats, ints, strings, ``None``).
@@ -131,6 +191,7 @@ class History:
             "steps": int(self.steps),
             "wall_time": float(self.wall_time),
             "device": str(self.device),
+            "stages": [[str(n), int(a), int(b)] for n, a, b in self.stages],
         }
 
     @classmethod
@@ -158,6 +219,7 @@ class History:
             steps=int(d.get("steps", len(d.get("loss", [])))),
             wall_time=float(d.get("wall_time", 0.0)),
             device=str(d.get("device", "cpu")),
+            stages=[(str(n), int(a), int(b)) for n, a, b in d.get("stages", [])],
         )
 
     def to_dataframe(self) -> pd.DataFrame:

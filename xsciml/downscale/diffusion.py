@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from .._utils import check_numeric, progress_bar, resolve_device, seed_everythin
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn import UNet
 from ..nn.layers import FourierFeatures
+from ..training import History
 
 __all__ = [
     "DiffusionPrior",
@@ -454,7 +455,7 @@ class DiffusionPrior(Estimator):
         self.scale = float(scale)
         self.sample_dim = str(sample_dim)
         self.info = dict(info or {})
-        self.history = None
+        self.history = History()  # the training loop's (empty after loading: not saved)
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -517,6 +518,7 @@ class DiffusionPrior(Estimator):
     def sample(
         self,
         n: int,
+        target: xr.Dataset | xr.DataArray | None = None,
         *,
         steps: int = 24,
         sampler: str = "heun",
@@ -535,6 +537,9 @@ class DiffusionPrior(Estimator):
         ----------
         n
             Number of samples.
+        target
+            Data on the prior's grid (same space dims and sizes) whose coordinates label
+            the draws; default the grid the prior was fitted on.
         steps
             Noise levels of the schedule (Heun evaluates the denoiser ``2 steps - 1``
             times, Euler-Maruyama ``steps`` times).
@@ -571,6 +576,7 @@ class DiffusionPrior(Estimator):
         """
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}.")
+        coords = self._target_coords(target)
         dev = resolve_device(device)
         net = self.net.to(dev).eval()
         lo, hi = self._default_sigmas(sigma_min, sigma_max)
@@ -585,7 +591,6 @@ class DiffusionPrior(Estimator):
                                 steps=steps, sigma_min=lo, sigma_max=hi, rho=rho, churn=churn,
                                 device=dev, progress=bar.update)
                 out[a:a + len(rows)] = self.denormalise(z[:, 0].double()).cpu().numpy()
-        coords = dict(self.grid.coords)
         attrs = {**output_attrs(self.attrs, name=self.variable),
                  **self._provenance(f"sample: {n} draws of {self.variable} from the diffusion prior",
                                     self.attrs),
@@ -593,6 +598,20 @@ class DiffusionPrior(Estimator):
                  "xsciml_sampler_nfe": nfe}
         return xr.DataArray(out, dims=("sample", *self.space_dims), coords=coords,
                             name=self.variable, attrs=attrs)
+
+    def _target_coords(self, target: xr.Dataset | xr.DataArray | None) -> dict[Hashable, Any]:
+        """Coordinates of the draws: the fitted grid's, or those of ``target`` on that grid."""
+        if target is None:
+            return dict(self.grid.coords)
+        if not isinstance(target, (xr.Dataset, xr.DataArray)):
+            raise TypeError(f"target must be an xarray Dataset or DataArray on the prior's grid, "
+                            f"got {type(target).__name__}")
+        sizes = dict(zip(self.space_dims, self.shape, strict=True))
+        got = {d: int(target.sizes[d]) for d in self.space_dims if d in target.sizes}
+        if got != sizes:
+            raise ValueError(f"target must be on the prior's grid {sizes} (space dims and sizes), got "
+                             f"{dict(target.sizes)}; regrid it first or leave target=None")
+        return {k: c.variable for k, c in target.coords.items() if set(c.dims) <= set(self.space_dims)}
 
     # -- state -----------------------------------------------------------------------
     def _get_config(self) -> dict[str, Any]:

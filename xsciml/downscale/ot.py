@@ -659,7 +659,7 @@ class Debias(Estimator):
     Examples
     --------
     >>> deb = fit_debias(model, reference, variable="tas", method="entropic")  # doctest: +SKIP
-    >>> deb.transform(model_new)  # doctest: +SKIP
+    >>> deb.transform(simulated)  # doctest: +SKIP
     """
 
 
@@ -741,13 +741,13 @@ class Debias(Estimator):
         return out.reshape(x.shape).astype(_out_dtype(x.dtype), copy=False)
 
     # ------------------------------------------------------------------ labeled
-    def transform(self, model_new: xr.DataArray | xr.Dataset, *, device: Any = "auto",
+    def transform(self, simulated: xr.DataArray | xr.Dataset, *, device: Any = "auto",
                   batch_size: int | None = None) -> xr.DataArray | xr.Dataset:
         """Debias new model snapshots.
 
         Parameters
         ----------
-        model_new : DataArray or Dataset
+        simulated : DataArray or Dataset
             Snapshots on the training grid (same space dims and coordinates, any order;
             any other dims, e.g. ``time`` or ``member``, are looped over). With grouped
             maps it needs the ``sample_dim`` times. Units are converted to the
@@ -776,35 +776,35 @@ class Debias(Estimator):
 
         Examples
         --------
-        >>> deb.transform(model_new)  # doctest: +SKIP
+        >>> deb.transform(simulated)  # doctest: +SKIP
         """
         from ..parallel import apply_model, check_core_chunks
 
-        is_da = isinstance(model_new, xr.DataArray)
+        is_da = isinstance(simulated, xr.DataArray)
         if is_da:
-            ds = model_new.to_dataset(name=self.variable)
-        elif isinstance(model_new, xr.Dataset):
-            if self.variable not in model_new.data_vars:
+            ds = simulated.to_dataset(name=self.variable)
+        elif isinstance(simulated, xr.Dataset):
+            if self.variable not in simulated.data_vars:
                 raise KeyError(
-                    f"model_new has no variable {self.variable!r} (the map was fitted on it); data "
-                    f"variables: {list(model_new.data_vars)}"
+                    f"simulated has no variable {self.variable!r} (the map was fitted on it); data "
+                    f"variables: {list(simulated.data_vars)}"
                 )
-            ds = model_new
+            ds = simulated
         else:
-            raise TypeError(f"model_new must be an xarray DataArray or Dataset, got {type(model_new).__name__}")
+            raise TypeError(f"simulated must be an xarray DataArray or Dataset, got {type(simulated).__name__}")
         (da,) = self.grid.check(ds)
-        da = check_core_chunks(da, self.grid.space_dims, argname="model_new",
+        da = check_core_chunks(da, self.grid.space_dims, argname="simulated",
                                why="debiasing maps whole snapshots")
         src = _units_of(da)
         if src is None and self.units is not None:
             warnings.warn(
-                f"model_new {self.variable!r} has no 'units' attribute; assuming "
+                f"simulated {self.variable!r} has no 'units' attribute; assuming "
                 f"{self.model_units or self.units!r}, the units of the model data the map was "
                 "fitted on. Set attrs['units'] to have it checked and converted.",
                 UserWarning, stacklevel=2)
             src = self.model_units
         if self.units is not None and src is not None:
-            da = _convert(da, src, self.units, f"model_new {self.variable!r}")
+            da = _convert(da, src, self.units, f"simulated {self.variable!r}")
         codes = self._codes(da)
         args = [da]
         core: list[list[Hashable]] = [list(self.grid.space_dims)]
@@ -819,7 +819,7 @@ class Debias(Estimator):
         out = apply_model(_transform_kernel, self, *args, input_core_dims=core,
                           output_core_dims=[list(self.grid.space_dims)],
                           output_dtypes=[_out_dtype(da.dtype)], device=device, kwargs=kwargs)
-        orig = model_new if is_da else model_new[self.variable]
+        orig = simulated if is_da else simulated[self.variable]
         out = out.transpose(*orig.dims).assign_coords(orig.coords)
         action = f"transform: {self.variable} debiased ({self.method} map)"
         attrs = output_attrs(orig.attrs, name=self.variable)
@@ -830,10 +830,10 @@ class Debias(Estimator):
         out.encoding = {k: v for k, v in orig.encoding.items()
                         if k not in ("scale_factor", "add_offset", "_FillValue", "dtype", "missing_value")}
         if is_da:
-            return out.rename(model_new.name)
-        res = model_new.assign({self.variable: out})
-        res.attrs = {**model_new.attrs, "history": append_history(
-            model_new.attrs.get("history"), f"{type(self).__name__}.{action}")}
+            return out.rename(simulated.name)
+        res = simulated.assign({self.variable: out})
+        res.attrs = {**simulated.attrs, "history": append_history(
+            simulated.attrs.get("history"), f"{type(self).__name__}.{action}")}
         return res
 
     def __repr__(self) -> str:
@@ -845,12 +845,12 @@ class Debias(Estimator):
         prop = _parse_group(self.group, self.sample_dim)
         if prop is None:
             return None
-        labels = _group_labels(da, self.sample_dim, prop, "model_new")
+        labels = _group_labels(da, self.sample_dim, prop, "simulated")
         index = {lab: i for i, lab in enumerate(self.groups)}
         missing = sorted(set(labels) - set(index))
         if missing:
             raise KeyError(
-                f"model_new has snapshots in group(s) {missing} of {self.group!r}, which have no "
+                f"simulated data have snapshots in group(s) {missing} of {self.group!r}, which have no "
                 f"fitted map (fitted: {self.groups}); fit with training data covering them."
             )
         return xr.DataArray(np.array([index[lab] for lab in labels], dtype=np.int64),
@@ -912,24 +912,25 @@ def _transform_kernel(model: Debias, x: np.ndarray, *rest: np.ndarray, device: t
 
 
 # =========================================================================== public fit
-def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Dataset, *,  # noqa: C901 - one flat pass of argument checks and fitting steps
+def fit_debias(simulated: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Dataset, *,  # noqa: C901 - one flat pass of argument checks and fitting steps
                variable: str | None = None, method: str = "gaussian", sample_dim: str = "time",
                group: str | None = None, reg: float = 0.05, reg_cov: float = 1e-3,
                max_iter: int | None = None, tol: float | None = None, batch_size: int | None = None,
                max_support: int | None = None, standardize: str = "global",
                device: Any = "auto", seed: int | None = 0, progress: bool | None = None,
                ) -> Debias:
-    r"""Learn an OT map from model snapshots to reference snapshots (unpaired).
+    r"""Learn an OT map from simulated snapshots to reference snapshots (unpaired).
 
     See :mod:`xsciml.downscale.ot` for the methods and formulas.
 
     Parameters
     ----------
-    model : DataArray or Dataset
-        Model snapshots along ``sample_dim``; every other dim is space (flattened). Dask-backed
+    simulated : DataArray or Dataset
+        Model-output snapshots along ``sample_dim`` (the historical run: xsdba's ``hist``);
+        every other dim is space (flattened). Dask-backed
         input is loaded (the fit needs all snapshots).
     reference : DataArray or Dataset
-        Reference snapshots, with the same space dims, sizes and coordinates as ``model``;
+        Reference snapshots, with the same space dims, sizes and coordinates as ``simulated``;
         lengths, calendars and time spans may differ.
     variable : str, optional
         Variable to debias (needed for a Dataset with several variables).
@@ -943,7 +944,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     reg : float
         Entropic methods: :math:`\varepsilon` relative to the mean cost. ``"emd"``: the
         out-of-sample kernel bandwidth relative to the mean squared distance between
-        model snapshots.
+        simulated snapshots.
     reg_cov : float
         ``"gaussian"``: covariance shrinkage :math:`\lambda \in [0, 1)`.
     max_iter : int, optional
@@ -1016,13 +1017,13 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
         raise ValueError(f"max_support must be None or an integer >= 2, got {max_support!r}")
     rng = np.random.default_rng(seed)
 
-    mod_da, name = _as_variable(model, variable, "model")
+    mod_da, name = _as_variable(simulated, variable, "simulated")
     ref_var = variable
     if ref_var is None and isinstance(reference, xr.Dataset) and name in reference.data_vars:
         ref_var = name
     ref_da, _ = _as_variable(reference, ref_var, "reference")
     ref_da = ref_da.rename(name)
-    for what, da in (("model", mod_da), ("reference", ref_da)):
+    for what, da in (("simulated", mod_da), ("reference", ref_da)):
         if sample_dim not in da.dims:
             raise KeyError(
                 f"{what} variable {name!r} has no dimension {sample_dim!r} (dims {da.dims}); pass "
@@ -1035,7 +1036,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     grid = Grid.from_data(mod_ds, [name], sample_dim)
     if set(ref_da.dims) - {sample_dim} != set(grid.space_dims):
         raise ValueError(
-            f"model and reference {name!r} have different space dims: {grid.space_dims} vs "
+            f"simulated and reference {name!r} have different space dims: {grid.space_dims} vs "
             f"{tuple(d for d in ref_da.dims if d != sample_dim)}; regrid one onto the other first."
         )
     (ref_da,) = grid.check(ref_ds)
@@ -1044,22 +1045,22 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     mu, ru = _units_of(mod_da), _units_of(ref_da)
     if (mu is None) != (ru is None):
         raise ValueError(
-            f"only the {'model' if ru is None else 'reference'} {name!r} has a 'units' attribute "
+            f"only the {'simulated' if ru is None else 'reference'} {name!r} has a 'units' attribute "
             f"({mu if ru is None else ru!r}); set attrs['units'] on both so units can be checked."
         )
-    mod_da = _convert(mod_da, mu, ru, f"model {name!r}")
+    mod_da = _convert(mod_da, mu, ru, f"simulated {name!r}")
 
-    X_all = _matrix(mod_da, grid, sample_dim, f"model {name!r}")
+    X_all = _matrix(mod_da, grid, sample_dim, f"simulated {name!r}")
     Y_all = _matrix(ref_da, grid, sample_dim, f"reference {name!r}")
-    vm = _valid_points(X_all, grid, f"model {name!r}", sample_dim)
+    vm = _valid_points(X_all, grid, f"simulated {name!r}", sample_dim)
     vr = _valid_points(Y_all, grid, f"reference {name!r}", sample_dim)
     if not np.array_equal(vm, vr):
         raise ValueError(
-            f"model and reference {name!r} have different NaN masks ({int((vm != vr).sum())} grid "
+            f"simulated and reference {name!r} have different NaN masks ({int((vm != vr).sum())} grid "
             "points valid in one only); apply the same mask to both."
         )
     X_all, Y_all = X_all[:, vm], Y_all[:, vm]
-    lab_m = _group_labels(mod_da, sample_dim, prop, "model")
+    lab_m = _group_labels(mod_da, sample_dim, prop, "simulated")
     lab_r = _group_labels(ref_da, sample_dim, prop, "reference")
 
     pooled = np.concatenate([X_all, Y_all])
@@ -1079,9 +1080,9 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     common = [g for g in order if g in set(lab_m) and g in set(lab_r)]
     dropped = sorted((set(lab_m) | set(lab_r)) - set(common))
     if not common:
-        raise ValueError(f"model and reference share no {group!r} group; nothing to fit.")
+        raise ValueError(f"simulated and reference share no {group!r} group; nothing to fit.")
     if dropped:
-        warnings.warn(f"groups {dropped} of {group!r} are not in both model and reference; "
+        warnings.warn(f"groups {dropped} of {group!r} are not in both simulated and reference; "
                       "they get no map.", UserWarning, stacklevel=2)
     maps: dict[str, _Map] = {}
     sizes: dict[str, list[int]] = {}
@@ -1090,7 +1091,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
         X, Y = Xs[lab_m == lab], Ys[lab_r == lab]
         if len(X) < 2 or len(Y) < 2:
             raise ValueError(
-                f"group {lab!r}: {len(X)} model and {len(Y)} reference snapshot(s); at least 2 each "
+                f"group {lab!r}: {len(X)} simulated and {len(Y)} reference snapshot(s); at least 2 each "
                 "are needed."
             )
         if method == "gaussian":
@@ -1120,7 +1121,7 @@ def fit_debias(model: xr.DataArray | xr.Dataset, reference: xr.DataArray | xr.Da
     params = {"reg": float(reg), "reg_cov": float(reg_cov), "max_iter": int(max_iter),
               "tol": float(tol), "standardize": standardize, "max_support": max_support,
               "seed": seed}
-    log.info("fit_debias[%s]: %s: %d model and %d reference snapshots, %d grid points, %d "
+    log.info("fit_debias[%s]: %s: %d simulated and %d reference snapshots, %d grid points, %d "
              "group(s)%s", method, name, info["n_model"], info["n_reference"], info["n_points"],
              len(maps), f"; {len(notes)} warning(s)" if notes else "")
     return Debias(method=method, variable=name, sample_dim=sample_dim, grid=grid, valid=vm,

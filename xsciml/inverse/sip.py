@@ -41,6 +41,7 @@ from torch import nn
 from .._utils import resolve_device
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn.unet import UNet
+from ..training import History
 from .heat import (
     DampedInverse,
     FourierOperator,
@@ -448,7 +449,7 @@ class LearnedInversion(Estimator):
     --------
     >>> from xsciml.inverse import HeatOperator, RandomRectangles, fit_inversion
     >>> inv = fit_inversion(HeatOperator(2.0), RandomRectangles((16, 16), batch_size=4,
-    ...                     max_half_size=4.0), steps=2, network={"base_channels": 4,
+    ...                     max_half_size=4.0), steps=2, network_kwargs={"base_channels": 4,
     ...                     "levels": 2}, calibration_examples=8, progress=False, device="cpu")
     >>> res = inv.predict(torch.zeros(2, 16, 16))
     >>> res.estimate.shape, res.uncertainty.shape, res.source
@@ -475,7 +476,7 @@ class LearnedInversion(Estimator):
         self.network = network
         self.method = method
         self.training = dict(training or {})
-        self.history = history
+        self.history = history if history is not None else History()
         self.calibration = None if calibration is None else {
             k: torch.as_tensor(v).detach().cpu().float() for k, v in calibration.items()}
 
@@ -759,7 +760,8 @@ def fit_inversion(
     method: str = "sip",
     steps: int = 150,
     batch_size: int | None = None,
-    network: dict[str, Any] | None = None,
+    network: str = "unet",
+    network_kwargs: dict[str, Any] | None = None,
     residual: bool = True,
     bounds: str | tuple[float | None, float | None] | None = "auto",
     solver_steps: int = 1,
@@ -807,6 +809,8 @@ def fit_inversion(
     batch_size
         Override the generator's batch size (needs ``data.sample(n, generator)``).
     network
+        The network family: ``"unet"`` (:class:`~xsciml.nn.unet.UNet`, the only one).
+    network_kwargs
         :class:`~xsciml.nn.unet.UNet` keyword overrides (default: 4 levels x 16
         filters with batch norm, the SIP reference).
     residual
@@ -884,14 +888,17 @@ def fit_inversion(
         raise ValueError(f"calibration_examples must be an integer >= 0, got {calibration_examples!r}.")
     if not (math.isfinite(observation_noise) and observation_noise >= 0):
         raise ValueError(f"observation_noise must be finite and >= 0, got {observation_noise!r}.")
-    if network is not None and not isinstance(network, dict):
-        raise TypeError(f"network must be a dict of UNet keyword arguments, got {type(network).__name__}.")
+    if network != "unet":
+        raise ValueError(f"network must be 'unet' (the only network for inversion), got {network!r}.")
+    if network_kwargs is not None and not isinstance(network_kwargs, dict):
+        raise TypeError(f"network_kwargs must be a dict of UNet keyword arguments, "
+                        f"got {type(network_kwargs).__name__}.")
     resolved_bounds = _resolve_bounds(bounds, data)
     noise = float(observation_noise)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = InversionNet(network, mean_gain=operator.mean_gain, residual=residual)
+        net = InversionNet(network_kwargs, mean_gain=operator.mean_gain, residual=residual)
     batches = _observation_batch(data, operator, batch_size, noise)
     opt_name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Validation of latent models on held-out snapshots observed at a few fractions of
 their points, with PCA-MAP on the same points as the reference.
 
-Shared by :func:`xsciml.fit_latent` and :func:`xsciml.fit_autoencoder` (``kind="pca"``):
+Shared by :func:`xsciml.fit_latent` and :func:`xsciml.fit_autoencoder` (``network="pca"``):
 the last contiguous block of snapshots is held out (neighbouring snapshots are
 correlated, so a random pick would leak), each held-out snapshot is observed at random
 10 % and 2 % of its points, reconstructed, and scored (nRMSE) on the others.

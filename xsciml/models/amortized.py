@@ -5,13 +5,13 @@ variables on a fixed grid gets a latent vector :math:`z_s = T_E(y_s)` from an *e
 and is rebuilt by a *decoder*, :math:`\hat y_s = T_D(z_s)`. :func:`fit_autoencoder`
 (``ds.sciml.fit_autoencoder``) fits
 
-* ``kind="pca"`` — the linear pair: empirical orthogonal functions (EOFs) from the
+* ``network="pca"`` — the linear pair: empirical orthogonal functions (EOFs) from the
   SVD of the (weighted, centred) data matrix; exact SVD in memory, a randomized
   :func:`dask.array.linalg.svd_compressed` for dask-backed data (never a dense load).
   :meth:`PCA.encode` of a *partial* snapshot (NaN at unobserved points) is the
   Gaussian posterior mean of its coefficients given the observed points — a
   Bayesian-ridge / MAP fit batched over all snapshots at once;
-* ``kind="mlp"`` / ``"conv"`` — neural encoder and decoder trained on
+* ``network="mlp"`` / ``"conv"`` — neural encoder and decoder trained on
   :math:`\lVert y - T_D(T_E(y))\rVert^2 / 2\sigma^2` over the valid points through
   :func:`xsciml.training.fit`; with ``stochastic=True`` a Gaussian encoder
   :math:`q(z \mid y)` and the VAE objective (reconstruction NLL + KL to
@@ -48,6 +48,7 @@ from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
 from ..parallel import is_dask_backed
 from ..tensors import decode_variable
+from ..training import History
 from ._snapshot_validation import (
     MAX_SNAPSHOTS,
     MIN_SNAPSHOTS,
@@ -69,7 +70,7 @@ __all__ = [
     "AUTOENCODER_KINDS",
 ]
 
-#: Values accepted by ``fit_autoencoder(kind=...)``.
+#: Values accepted by ``fit_autoencoder(network=...)``.
 AUTOENCODER_KINDS: tuple[str, ...] = ("pca", "mlp", "conv")
 
 _LOG_STD_RANGE = (-9.0, 4.0)  # clamp of the stochastic encoder's log std
@@ -441,7 +442,7 @@ class _GridModel(Estimator):
         raise NotImplementedError
 
     def _provenance_extra(self) -> dict[str, Any]:
-        extra = {"xsciml_kind": self.info.get("kind", ""), "xsciml_latent_dim": self.latent_dim}
+        extra = {"xsciml_network": self.info.get("network", ""), "xsciml_latent_dim": self.latent_dim}
         if "training_period" in self.info:
             extra["xsciml_training_period"] = self.info["training_period"]
         return extra
@@ -501,7 +502,7 @@ def _flip_signs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class PCA(_GridModel):
     r"""Principal component analysis (EOFs) of gridded snapshots.
 
-    Built by :func:`fit_autoencoder` with ``kind="pca"``. Conventions, for snapshots
+    Built by :func:`fit_autoencoder` with ``network="pca"``. Conventions, for snapshots
     :math:`y_s` (the variables of one sample, flattened over the grid points valid in
     *every* training snapshot):
 
@@ -567,8 +568,8 @@ class PCA(_GridModel):
         self.weights = str(weights)
         self.latent_dim = int(self._components.shape[0])
         self.info = dict(info or {})
-        self.info.setdefault("kind", "pca")
-        self.history = None
+        self.info.setdefault("network", "pca")
+        self.history = History()  # the training loop's (empty for PCA and after loading)
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
@@ -906,7 +907,7 @@ def _fit_pca_validated(ds: xr.Dataset, variables: list[str], sample_dim: str, la
                            "latent_dim_chosen": latent_dim is None, **reference_entries(selection)}
     model = fit_pca(ds, k, how)
     model.info["validation"] = val
-    warn_if_worse(val, "fit_autoencoder(kind='pca')", stacklevel=4)
+    warn_if_worse(val, "fit_autoencoder(network='pca')", stacklevel=4)
     return model
 
 
@@ -1029,7 +1030,7 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
             raise ValueError(f"noise_var must be a positive number, got {noise_var!r}")
         noise_how = "given"
     sample_coord, info = sample_info(ds, sample_dim)
-    info.update(kind="pca", svd=method, n_points=int(basis.size), noise=noise_how)
+    info.update(network="pca", svd=method, n_points=int(basis.size), noise=noise_how)
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
     log.info("fit_autoencoder[pca]: %d snapshots x %d grid points, %d modes by %s (weights %s, "
              "center %s): %.3g of the variance explained, noise variance %.3g", S,
@@ -1045,7 +1046,7 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
 class AutoEncoder(_GridModel):
     r"""A fitted neural autoencoder (MLP or convolutional, optionally stochastic).
 
-    Built by :func:`fit_autoencoder` with ``kind="mlp"`` or ``"conv"``. Snapshots are
+    Built by :func:`fit_autoencoder` with ``network="mlp"`` or ``"conv"``. Snapshots are
     standardised, :math:`x = (y - \bar y) / c_v` (:math:`\bar y` the per-point mean over
     training snapshots with ``center=True``, else the per-variable mean; :math:`c_v`
     the std of variable :math:`v`'s anomalies), missing points are zero-filled and
@@ -1081,8 +1082,8 @@ class AutoEncoder(_GridModel):
         self.stochastic = bool(network.config["stochastic"])
         self.latent_dim = int(network.config["latent_dim"])
         self.info = dict(info or {})
-        self.info.setdefault("kind", self.kind)
-        self.history = None
+        self.info.setdefault("network", self.kind)
+        self.history = History()  # the training loop's (empty for PCA and after loading)
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
@@ -1155,7 +1156,7 @@ class AutoEncoder(_GridModel):
         --------
         >>> import xsciml
         >>> ds = xsciml.datasets.gaussian_random_field((8, 8), n=16, seed=0)
-        >>> ae = fit_autoencoder(ds, "u", sample_dim="sample", kind="mlp", latent_dim=3,
+        >>> ae = fit_autoencoder(ds, "u", sample_dim="sample", network="mlp", latent_dim=3,
         ...                      steps=5, progress=False)
         >>> ae.encode(ds).sizes["latent"]
         3
@@ -1213,7 +1214,7 @@ class AutoEncoder(_GridModel):
         --------
         >>> import numpy as np, xsciml
         >>> ds = xsciml.datasets.gaussian_random_field((8, 8), n=16, seed=0)
-        >>> ae = fit_autoencoder(ds, "u", sample_dim="sample", kind="mlp", latent_dim=2,
+        >>> ae = fit_autoencoder(ds, "u", sample_dim="sample", network="mlp", latent_dim=2,
         ...                      steps=5, progress=False)
         >>> ae.decode(np.zeros((3, 2))).dims
         ('sample', 'y', 'x')
@@ -1238,13 +1239,13 @@ class AutoEncoder(_GridModel):
         return out.reshape(lead + shape)
 
     def __repr__(self) -> str:
-        return (f"AutoEncoder(kind={self.kind!r}, variables={self.variables}, "
+        return (f"AutoEncoder(network={self.kind!r}, variables={self.variables}, "
                 f"sample_dim={self.sample_dim!r}, latent_dim={self.latent_dim}, "
                 f"stochastic={self.stochastic})")
 
 
 def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_dim: int,  # noqa: C901 - training set-up kept in one place
-                 stochastic: bool, weights: Any, center: bool, model_kwargs: Mapping[str, Any],
+                 stochastic: bool, weights: Any, center: bool, network_kwargs: Mapping[str, Any],
                  beta: float, input_dropout: float, steps: int, batch_size: int, lr: float,
                  weight_decay: float, scheduler: Any, val_fraction: float,
                  early_stopping: int | None, device: Any, seed: int | None,
@@ -1260,8 +1261,8 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
     C = len(grid.variables)
     if kind == "conv" and len(grid.space_dims) != 2:
         raise ValueError(
-            f"kind='conv' needs exactly 2 space dims, the data have {grid.space_dims}; use "
-            "kind='mlp' (any number of space dims) or select/stack dims first"
+            f"network='conv' needs exactly 2 space dims, the data have {grid.space_dims}; use "
+            "network='mlp' (any number of space dims) or select/stack dims first"
         )
     das = [decode_variable(ds[v]) for v in grid.variables]
     for v, da in zip(grid.variables, das, strict=True):
@@ -1303,7 +1304,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
         wmap /= wmap[valid].mean()
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
 
-    kw = dict(model_kwargs)
+    kw = dict(network_kwargs)
     if kind == "mlp":
         points = np.flatnonzero(valid.ravel())
         net: nn.Module = MLPAutoEncoder((C,) + grid.shape, points=points.size, latent_dim=latent_dim,
@@ -1366,7 +1367,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
     log_sigma = 0.5 * torch.log((se / nv.clamp_min(1.0)).clamp_min(1e-12))
     net = net.cpu()
     _, info = sample_info(ds, sample_dim)
-    info.update(kind=kind, steps=int(history.steps), beta=float(beta),
+    info.update(network=kind, steps=int(history.steps), beta=float(beta),
                 input_dropout=float(input_dropout))
     ae = AutoEncoder(net, grid, sample_dim, mean=mean.astype(np.float32),
                      scales=scales.astype(np.float32), valid=valid,
@@ -1381,7 +1382,7 @@ def fit_autoencoder(
     variables: str | Sequence[str] | None = None,
     *,
     sample_dim: str = "time",
-    kind: str = "pca",
+    network: str = "pca",
     latent_dim: int | None = None,
     stochastic: bool = False,
     weights: None | str | xr.DataArray = None,
@@ -1390,7 +1391,7 @@ def fit_autoencoder(
     svd: str = "auto",
     n_power_iter: int = 4,
     n_oversamples: int = 10,
-    model_kwargs: Mapping[str, Any] | None = None,
+    network_kwargs: Mapping[str, Any] | None = None,
     beta: float = 1.0,
     input_dropout: float = 0.0,
     steps: int = 2000,
@@ -1406,7 +1407,7 @@ def fit_autoencoder(
 ) -> PCA | AutoEncoder:
     r"""Fit an encoder/decoder pair to the snapshots of a gridded field.
 
-    ``kind="pca"`` solves for the EOFs in closed form (see :class:`PCA`). The
+    ``network="pca"`` solves for the EOFs in closed form (see :class:`PCA`). The
     autoencoders minimise, over minibatches of standardised snapshots :math:`x` and
     through :func:`xsciml.training.fit`,
     :math:`\sum_p w_p m_p\,(x_p - T_D(T_E(x))_p)^2 / 2\sigma^2` over the valid points
@@ -1429,7 +1430,7 @@ def fit_autoencoder(
         Variable(s) to model; several become channels (each scaled by its anomaly std).
     sample_dim
         The dimension indexing snapshots (time steps, ensemble members...).
-    kind
+    network
         ``"pca"`` (EOFs; see :class:`PCA` for the conventions), ``"mlp"``
         (:class:`MLPAutoEncoder`, any number of space dims) or ``"conv"``
         (:class:`ConvAutoEncoder`, 2 space dims).
@@ -1466,7 +1467,7 @@ def fit_autoencoder(
         Power iterations of the randomized SVD.
     n_oversamples
         Oversampling of the randomized SVD.
-    model_kwargs
+    network_kwargs
         Network options: ``hidden`` (MLP widths, default ``(256, 128)``), ``widths``
         (conv channels per resolution, default ``(16, 32, 64)``), ``activation``.
     beta
@@ -1509,7 +1510,7 @@ def fit_autoencoder(
     ------
     ValueError
         ``latent_dim`` larger than the snapshots allow (PCA), an all-masked snapshot,
-        no grid point observed in every snapshot (PCA), unknown ``kind``, bad weights.
+        no grid point observed in every snapshot (PCA), unknown ``network``, bad weights.
     KeyError
         Unknown variable or ``sample_dim``.
 
@@ -1517,16 +1518,16 @@ def fit_autoencoder(
     --------
     >>> import xsciml
     >>> ds = xsciml.datasets.gaussian_random_field((16, 16), n=30, seed=0)
-    >>> pca = ds.sciml.fit_autoencoder("u", sample_dim="sample", kind="pca", latent_dim=5)
+    >>> pca = ds.sciml.fit_autoencoder("u", sample_dim="sample", network="pca", latent_dim=5)
     >>> pca.components.dims, pca.principal_components.dims
     (('mode', 'y', 'x'), ('sample', 'mode'))
     >>> bool(pca.explained_variance_ratio.sum() < 1)
     True
     """
     ds, variables = as_dataset(obj, variables)
-    if not isinstance(kind, str) or kind.lower() not in AUTOENCODER_KINDS:
-        raise ValueError(f"kind must be one of {list(AUTOENCODER_KINDS)}, got {kind!r}")
-    kind = kind.lower()
+    if not isinstance(network, str) or network.lower() not in AUTOENCODER_KINDS:
+        raise ValueError(f"network must be one of {list(AUTOENCODER_KINDS)}, got {network!r}")
+    kind = network.lower()
     if latent_dim is not None:
         latent_dim = _check_positive_int(latent_dim, "latent_dim")
     if not isinstance(sample_dim, str):
@@ -1535,7 +1536,7 @@ def fit_autoencoder(
     if kind == "pca":
         if stochastic:
             raise ValueError(
-                "stochastic=True needs a neural encoder (kind='mlp' or 'conv'); PCA's encode "
+                "stochastic=True needs a neural encoder (network='mlp' or 'conv'); PCA's encode "
                 "gives posterior codes with return_std=True instead"
             )
         seed_everything(seed)
@@ -1551,9 +1552,9 @@ def fit_autoencoder(
         return _fit_pca_validated(ds, variables, sample_dim, latent_dim, float(val_fraction), seed, fit_pca)
     latent_dim = 16 if latent_dim is None else latent_dim
     if noise_var is not None:
-        raise ValueError("noise_var applies to kind='pca' only")
+        raise ValueError("noise_var applies to network='pca' only")
     return _fit_network(ds, grid, sample_dim, kind, latent_dim, bool(stochastic), weights,
-                        bool(center), model_kwargs or {}, float(beta), float(input_dropout),
+                        bool(center), network_kwargs or {}, float(beta), float(input_dropout),
                         _check_positive_int(steps, "steps"), _check_positive_int(batch_size, "batch_size"),
                         float(lr), float(weight_decay), scheduler, float(val_fraction),
                         early_stopping, device, seed, progress)

@@ -157,7 +157,7 @@ class DINo(LatentForecaster):
 
     Built by :func:`xsciml.models.fit_dynamics` (``ds.sciml.fit_dynamics``). Forecast with
     :meth:`forecast` (``ds_init.sciml.forecast(model, ...)``), score with
-    :meth:`evaluate`, save with :meth:`save` and reload with :func:`xsciml.load`.
+    :meth:`score`, save with :meth:`save` and reload with :func:`xsciml.load`.
     """
 
     def __init__(self, module: DINoModule, encoder: CoordinateEncoder, scaler: Scaler,
@@ -596,7 +596,7 @@ class DINo(LatentForecaster):
         return out
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
+    def score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int | None = None,
                  encode_optimizer: str = "gauss-newton",
                  encode_lr: float = 0.1, encode_init: str = "auto", encode_reg: float = 1e-2,
@@ -632,7 +632,7 @@ class DINo(LatentForecaster):
 
         Examples
         --------
-        >>> model.evaluate(test, n_frames_train=10)["rel_mse"]  # doctest: +SKIP
+        >>> model.score(test, n_frames_train=10)["rel_mse"]  # doctest: +SKIP
         """
         fc_kw = {"encode_steps": encode_steps, "encode_optimizer": encode_optimizer, "encode_lr": encode_lr,
                  "encode_init": encode_init, "encode_reg": encode_reg, "encode_noise": encode_noise}

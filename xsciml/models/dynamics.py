@@ -216,14 +216,14 @@ def fit_dynamics(
 
 def forecast(
     ds_init: xr.Dataset | xr.DataArray,
-    model: Estimator,
+    estimator: Estimator,
     *,
     lead: Any,
     **kwargs: Any,
 ) -> xr.DataArray | xr.Dataset:
     """Forecast from initial state(s) with a fitted dynamics model (``ds_init.sciml.forecast``).
 
-    Calls ``model.forecast(ds_init, lead=lead, **kwargs)``: see
+    Calls ``estimator.forecast(ds_init, lead=lead, **kwargs)``: see
     :meth:`~xsciml.models.dino.DINo.forecast` (``target``, ``encode_steps``, ``residual``...) or
     :meth:`~xsciml.models.smooth.SmoothDynamics.forecast` for the options each model takes;
     an option the model does not know is an error, never silently dropped.
@@ -232,13 +232,13 @@ def forecast(
     --------
     >>> import numpy as np, xsciml
     >>> ds = xsciml.datasets.heat(4, 16, n_frames=6, seed=0)
-    >>> model = xsciml.models.fit_dynamics(ds, "u", latent_dim=8, width=16, steps=5,
-    ...                                    progress=False)
-    >>> fc = forecast(ds.isel(time=0), model, lead=np.array([0.0, 2.0]), encode_steps=5)
+    >>> dyn = xsciml.models.fit_dynamics(ds, "u", latent_dim=8, width=16, steps=5,
+    ...                                  progress=False)
+    >>> fc = forecast(ds.isel(time=0), dyn, lead=np.array([0.0, 2.0]), encode_steps=5)
     >>> fc.sizes["lead"], fc.dims[0]
     (2, 'trajectory')
     """
-    if not isinstance(model, Estimator) or not callable(getattr(model, "forecast", None)):
-        raise TypeError(f"model must be a fitted dynamics model, a DINo or SmoothDynamics (from "
-                        f"fit_dynamics / xsciml.load), got {type(model).__name__}")
-    return model.forecast(ds_init, lead=lead, **kwargs)
+    if not isinstance(estimator, Estimator) or not callable(getattr(estimator, "forecast", None)):
+        raise TypeError(f"estimator must be a fitted dynamics model, a DINo or SmoothDynamics (from "
+                        f"fit_dynamics / xsciml.load), got {type(estimator).__name__}")
+    return estimator.forecast(ds_init, lead=lead, **kwargs)

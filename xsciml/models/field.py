@@ -30,6 +30,7 @@ from ..tensors import (
     target_points,
     to_tensors,
 )
+from ..training import History
 
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
@@ -173,7 +174,7 @@ class NeuralField(Estimator):
         n = len(self.variables)
         self.std_scale = std_scale if std_scale is not None else torch.ones(n)
         self.info = info or {}
-        self.history = None
+        self.history = History()  # the training loop's (empty after loading: not saved)
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
@@ -403,10 +404,13 @@ class NeuralField(Estimator):
                       None)
         return self._provenance(self._ACTIONS[what].format(", ".join(self.variables)), source)
 
-    def sample(self, target: Any, n: int = 20, *, seed: int | None = 0, time: Any = None,
+    def sample(self, n: int = 20, target: Any = None, *, seed: int | None = 0, time: Any = None,
                batch_size: int | None = None, device: Any = "auto",
                check_domain: bool = True) -> xr.DataArray | xr.Dataset:
-        """Draws from the predictive distribution, with a leading ``sample`` dim.
+        """``n`` draws from the predictive distribution at ``target``, with a leading ``sample`` dim.
+
+        ``target`` is what :meth:`predict` takes (a Dataset or DataArray whose
+        coordinates are the points, or a mapping of coordinate arrays); it is required.
 
         ``check_domain`` warns as in :meth:`predict` for targets outside the training range.
 
@@ -417,10 +421,13 @@ class NeuralField(Estimator):
 
         Examples
         --------
-        >>> ens = field.sample({"y": y_fine, "x": x_fine, "time": times}, n=20)  # doctest: +SKIP
+        >>> ens = field.sample(20, {"y": y_fine, "x": x_fine, "time": times})  # doctest: +SKIP
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if target is None:
+            raise ValueError("NeuralField.sample needs a target: the Dataset, DataArray or mapping of "
+                             "coordinates to draw at, as for predict (field.sample(n, ds))")
         if check_domain:
             check_target_domain(self.encoder, target, time=time, where="sample")
         blocks = self._target_blocks(target, time)
@@ -497,13 +504,19 @@ class NeuralField(Estimator):
                           torch.as_tensor(c, dtype=data.features.dtype)], 1)
 
     def score(self, ds: xr.Dataset | xr.DataArray, *, level: float = 0.9,
-              batch_size: int | None = None, device: Any = "auto") -> dict[str, float]:
+              batch_size: int | None = None, device: Any = "auto") -> xr.Dataset:
         """RMSE, nRMSE (RMSE / std of the observations), mean NLL and interval coverage.
 
-        Scores every valid point of ``ds`` (e.g. withheld observations), averaged over
-        variables in standard units for nRMSE/coverage and per variable otherwise
-        (keys ``rmse``, ``nrmse``, ``nll``, ``coverage``; with several variables also
-        ``<var>_rmse`` ...).
+        Scores every valid point of ``ds`` (e.g. withheld observations). Returns a
+        Dataset of scalars: ``rmse``, ``nrmse``, ``nll`` (averaged over variables, RMSE
+        and NLL in each variable's units), ``coverage`` (of the central ``level``
+        interval) and ``n_points``; with several variables also ``<var>_rmse``, ...
+        :func:`xsciml.metrics.as_dict` turns it into a dict of floats.
+
+        Examples
+        --------
+        >>> scores = field.score(ds.where(withheld))  # doctest: +SKIP
+        >>> float(scores["nrmse"]), xsciml.metrics.as_dict(scores)  # doctest: +SKIP
         """
         data = self._observed(ds)
         tp = TargetPoints(self.encoder, data.layout, self._condition_features(data), None)
@@ -525,7 +538,14 @@ class NeuralField(Estimator):
         out.update({"rmse": float(arr[:, 0].mean()), "nrmse": float(arr[:, 1].mean()),
                     "nll": float(arr[:, 2].mean()), "coverage": float(arr[:, 3].mean()),
                     "n_points": float(len(y))})
-        return out
+        long_names = {"rmse": "root-mean-square error", "nrmse": "RMSE / standard deviation of the data",
+                      "nll": "mean negative log-likelihood", "coverage": f"coverage of the {level:.0%} interval",
+                      "n_points": "number of scored points"}
+        def long_name(k: str) -> str:
+            return long_names.get(k, long_names.get(k.rsplit("_", 1)[-1], k))
+
+        return xr.Dataset({k: xr.DataArray(v, attrs={"long_name": long_name(k)}) for k, v in out.items()},
+                          attrs={"xsciml_level": level, "xsciml_estimator": type(self).__name__})
 
     def summary(self) -> str:
         """What was fitted and how it did on the held-out validation points.
@@ -620,9 +640,9 @@ def fit_field(
     space: str | Sequence[str] | None = None,
     time: str | None = "auto",
     condition: str | Sequence[str] = (),
-    model: str | nn.Module = "grid",
+    network: str | nn.Module = "grid",
     likelihood: str = "gaussian",
-    model_kwargs: dict[str, Any] | None = None,
+    network_kwargs: dict[str, Any] | None = None,
     sphere: bool | str = "auto",
     time_features: Any = (),
     steps: int | None = None,
@@ -677,7 +697,7 @@ def fit_field(
     time_features
         Cyclical time features (``"hour"``, ``"doy"``, ...), as in
         :func:`xsciml.tensors.to_tensors`.
-    model
+    network
         ``"grid"`` (multi-resolution learned grids, Instant-NGP style; the default),
         ``"mlp"``, ``"fourier"`` (random Fourier features + MLP), ``"siren"``, ``"mfn"``
         (multiplicative filter network), or a ``torch.nn.Module`` of your own mapping
@@ -686,7 +706,7 @@ def fit_field(
     likelihood
         ``"gaussian"`` (learned σ), ``"heteroscedastic"`` (σ(x, t) from a second head),
         or ``"mse"``.
-    model_kwargs
+    network_kwargs
         Overrides of the network's defaults (width, depth, resolutions, scales...).
         Defaults are derived from the coordinate spacing.
     steps
@@ -781,13 +801,13 @@ def fit_field(
     n_out = len(data.variables)
     lik = build_likelihood(likelihood, n_out)
     in_features = data.features.shape[1] if not data.is_lazy else data.encoder.n_features + len(data.condition)
-    if isinstance(model, nn.Module):
-        net = model
-        kind = type(model).__name__
+    if isinstance(network, nn.Module):
+        net = network
+        kind = type(network).__name__
     else:
-        kind = str(model).lower()
+        kind = str(network).lower()
         kw = default_network_kwargs(kind, data)
-        kw.update(model_kwargs or {})
+        kw.update(network_kwargs or {})
         net = build_network(kind, in_features=in_features, out_features=lik.n_params, **kw)
     module = FieldModule(net, lik)
     # a quick shape check (clear error for a user module of the wrong output size)
@@ -796,7 +816,7 @@ def fit_field(
         out = net(probe)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, lik.n_params):
             raise ValueError(
-                f"the model maps [N, {in_features}] features to {tuple(getattr(out, 'shape', ()))} "
+                f"the network maps [N, {in_features}] features to {tuple(getattr(out, 'shape', ()))} "
                 f"but the {likelihood!r} likelihood needs [N, {lik.n_params}] "
                 f"({lik.n_params_per_output} per variable x {n_out} variables)"
             )

@@ -15,7 +15,7 @@ s_s^2)` per snapshot (``variational=True``), or the MAP objective of an auto-dec
 :math:`\theta` frozen, from whatever points they have — any subset of the grid, another
 grid — batched over all snapshots at once.
 
-The default decoder, ``model="basis"`` (:class:`~xsciml.nn.basis.BasisField`),
+The default decoder, ``network="basis"`` (:class:`~xsciml.nn.basis.BasisField`),
 contains the linear model: :math:`f(x, z) = m(x) + B(x) z + r(x, z)` with :math:`m`,
 :math:`B` interpolated from grid nodes and a small residual MLP :math:`r` that starts at
 zero. With ``init="pca"`` it starts as probabilistic PCA of the training snapshots
@@ -42,6 +42,7 @@ from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
+from ..training import History
 from ._snapshot_validation import (
     MAX_SNAPSHOTS,
     MIN_SNAPSHOTS,
@@ -215,7 +216,7 @@ class LatentInterpolator(Estimator):
         self.train_code_std = train_code_std
         self.var_attrs = var_attrs or {}
         self.info = info or {}
-        self.history = None
+        self.history = History()  # the training loop's (empty after loading: not saved)
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
@@ -537,8 +538,21 @@ class LatentInterpolator(Estimator):
                for j, v in enumerate(self.variables)}
         return self._labeled(das)
 
-    def sample(self, n: int, target: Any, *, seed: int | None = 0, **kw: Any) -> xr.DataArray | xr.Dataset:
-        """Draw ``n`` fields from the prior: z ~ N(0, I), decoded on ``target``."""
+    def sample(self, n: int, target: Any = None, *, seed: int | None = 0, **kw: Any) -> xr.DataArray | xr.Dataset:
+        """Draw ``n`` fields from the prior: z ~ N(0, I), decoded on ``target``.
+
+        ``target`` is what :meth:`decode` takes (required: the decoder has no grid of
+        its own).
+
+        Examples
+        --------
+        >>> fields = li.sample(5, ds.isel(time=0))  # doctest: +SKIP
+        """
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if target is None:
+            raise ValueError("LatentInterpolator.sample needs a target: the Dataset, DataArray or "
+                             "mapping of coordinates to decode on, as for decode (li.sample(n, ds))")
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         z = torch.randn(n, self.latent_dim, generator=g)
         return self.decode(xr.DataArray(z.numpy(), dims=("sample", "latent")), target, **kw)
@@ -724,27 +738,27 @@ def _append_codes(li: LatentInterpolator, held: xr.Dataset) -> None:
     li.train_code_std = torch.cat([li.train_code_std, std])
 
 
-def _check_init_noise(kind: str, model: str, init: str | None, noise: str | float
+def _check_init_noise(kind: str, network: str, init: str | None, noise: str | float
                       ) -> tuple[str | None, str | float]:
     """``init`` and ``noise`` of :func:`fit_latent` checked, with ``"auto"`` resolved."""
     init = ("pca" if kind == "basis" else None) if init == "auto" else init
     if init not in (None, "pca"):
         raise ValueError(f"init must be 'auto', 'pca' or None, got {init!r}")
     if init == "pca" and kind != "basis":
-        raise ValueError(f"init='pca' needs model='basis' (a decoder containing the linear model), got {model!r}")
+        raise ValueError(f"init='pca' needs network='basis' (a decoder containing the linear model), got {network!r}")
     if noise == "auto":
         noise = "cv" if init == "pca" else "learn"
     if isinstance(noise, str) and noise not in ("learn", "cv", "discarded"):
         raise ValueError(f"noise must be 'auto', 'learn', 'cv', 'discarded' or a positive float, got {noise!r}")
     if noise in ("cv", "discarded") and init != "pca":
-        raise ValueError(f"noise={noise!r} estimates the noise from the PCA start: pass init='pca' (model='basis')")
+        raise ValueError(f"noise={noise!r} estimates the noise from the PCA start: pass init='pca' (network='basis')")
     if not isinstance(noise, str) and not float(noise) > 0:
         raise ValueError(f"noise must be a positive float (sigma in the variables' units), got {noise!r}")
     return init, noise
 
 
-def _network_kwargs(kind: str, data: Any, model_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """The decoder network's settings: defaults for ``kind`` sized to ``data``, then ``model_kwargs``."""
+def _network_kwargs(kind: str, data: Any, network_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoder network's settings: defaults for ``kind`` sized to ``data``, then ``network_kwargs``."""
     n_space = data.encoder.n_space_features
     kw: dict[str, Any] = {"width": 128, "depth": 3}
     if kind in ("mfn", "fouriernet"):
@@ -757,12 +771,12 @@ def _network_kwargs(kind: str, data: Any, model_kwargs: dict[str, Any] | None) -
         kw = default_network_kwargs("grid", data)
     elif kind == "basis":
         kw = {"resolution": _grid_resolution(data, n_space), "n_space": n_space, "width": 64, "depth": 2}
-    kw.update(model_kwargs or {})
+    kw.update(network_kwargs or {})
     return kw
 
 
 def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_dim: int,
-              space: Any, time: Any, model: str, model_kwargs: dict[str, Any] | None, init: str | None,
+              space: Any, time: Any, network: str, network_kwargs: dict[str, Any] | None, init: str | None,
               noise: str | float, variational: bool, time_features: Any, steps: int, batch_size: int,
               lr: float, latent_lr: float, linear_lr: float | None, scheduler: Any, device: Any,
               seed: int | None, progress: bool | None) -> tuple[LatentInterpolator, dict | None]:
@@ -774,10 +788,10 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
     S = int(obj.sizes[sample_dim])
     if S < 2:
         raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
-    kind = str(model).lower()
-    init, noise = _check_init_noise(kind, model, init, noise)
+    kind = str(network).lower()
+    init, noise = _check_init_noise(kind, network, init, noise)
     ny = len(data.variables)
-    kw = _network_kwargs(kind, data, model_kwargs)
+    kw = _network_kwargs(kind, data, network_kwargs)
     with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
         if seed is not None:
             torch.manual_seed(seed)
@@ -845,8 +859,8 @@ def fit_latent(
     latent_dim: int | None = None,
     space: str | Sequence[str] | None = None,
     time: str | None = None,
-    model: str = "basis",
-    model_kwargs: dict[str, Any] | None = None,
+    network: str = "basis",
+    network_kwargs: dict[str, Any] | None = None,
     init: str | None = "auto",
     noise: str | float = "auto",
     variational: bool = True,
@@ -892,12 +906,12 @@ def fit_latent(
         entirely to its code. With ``"basis"``, time columns feed the residual only.
     time_features
         Cyclical time features given to the decoder (see :func:`~xsciml.tensors.to_tensors`).
-    model
+    network
         Decoder: ``"basis"`` (default; :class:`~xsciml.nn.basis.BasisField`, mean + basis fields
         on a grid at the data's resolution + a residual MLP ``width`` x ``depth`` fed with z),
         ``"mfn"`` (FourierNet, shift modulation by z), ``"siren"`` (shift modulation), ``"mlp"`` or
         ``"grid"`` (z concatenated).
-    model_kwargs
+    network_kwargs
         Options of the decoder, e.g. ``{"depth": 0}`` for the linear model ``m + B z``.
     init
         ``"pca"`` starts a ``"basis"`` decoder as probabilistic PCA of the snapshots
@@ -981,7 +995,7 @@ def fit_latent(
     S = int(obj.sizes[sample_dim])
     if S < 2:
         raise ValueError(f"need at least 2 snapshots along {sample_dim!r}, got {S}")
-    settings = dict(sample_dim=sample_dim, space=space, time=time, model=model, model_kwargs=model_kwargs,
+    settings = dict(sample_dim=sample_dim, space=space, time=time, network=network, network_kwargs=network_kwargs,
                     init=init, noise=noise, variational=variational, time_features=time_features,
                     steps=steps, batch_size=batch_size, lr=lr, latent_lr=latent_lr, linear_lr=linear_lr,
                     scheduler=scheduler, device=device, seed=seed, progress=progress)
@@ -1014,7 +1028,7 @@ def fit_latent(
     cap = rank_cap(S - n_val, check.n_points_total)
     selection = check.select(cap)
     k = latent_dim if latent_dim is not None else selection.rank
-    if noise == "auto" and latent_dim is None and (init == "auto" and str(model).lower() == "basis" or init == "pca"):
+    if noise == "auto" and latent_dim is None and (init == "auto" and str(network).lower() == "basis" or init == "pca"):
         settings["noise"] = selection.noise  # the noise estimate chosen with the rank
     li, start = _fit_core(fit_part, variables, latent_dim=k, **settings)
     scores = check.score(_reconstructor(li))

@@ -415,7 +415,7 @@ class SmoothDynamics(LatentForecaster):
 
     Built by :func:`fit_smooth_dynamics`. Same interface as
     :class:`~xsciml.models.dino.DINo`: :meth:`encode`, :meth:`decode`, :meth:`forecast`,
-    :meth:`evaluate`, :meth:`save` / :func:`xsciml.load`; :attr:`nfe` is the number of
+    :meth:`score`, :meth:`save` / :func:`xsciml.load`; :attr:`nfe` is the number of
     ODE function evaluations of the last forecast.
     """
 
@@ -733,20 +733,20 @@ class SmoothDynamics(LatentForecaster):
         out["xsciml_ode_solver"] = str(options["solver"])
         return out
 
-    def evaluate(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
+    def score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 0, encode_lr: float = 1e-2,
                  encode_reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
                  progress: bool | None = None) -> xr.Dataset:
         """The DINo table: MSE and relative MSE, In-t / Out-t × In-s / Out-s / all.
 
-        Same as :meth:`xsciml.models.dino.DINo.evaluate`: every trajectory is forecast
+        Same as :meth:`xsciml.models.dino.DINo.score`: every trajectory is forecast
         from its first frame to all its times on its own grid. In-s are the points of the
         training grid; with ``observed`` masking points of the initial state the encoder
         needs ``encode_steps > 0``.
 
         Examples
         --------
-        >>> model.evaluate(test, n_frames_train=21)["rel_mse"]  # doctest: +SKIP
+        >>> model.score(test, n_frames_train=21)["rel_mse"]  # doctest: +SKIP
         """
         fc_kw = {"encode_steps": encode_steps, "encode_lr": encode_lr, "encode_reg": encode_reg}
         return self._score(ds_truth, n_frames_train, observed, fc_kw, device=device, seed=seed,
@@ -756,7 +756,7 @@ class SmoothDynamics(LatentForecaster):
     def __repr__(self) -> str:
         kind = self.module.decoder.config()["kind"]
         return (f"SmoothDynamics(variables={self.variables}, space={list(self.space)}, "
-                f"time={self.time!r}, decoder={kind!r}, latent_dim={self.latent_dim}, "
+                f"time={self.time!r}, network={kind!r}, latent_dim={self.latent_dim}, "
                 f"ode={self.ode.get('method')!r})")
 
 
@@ -807,7 +807,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     time: str = "time",
     sample_dim: Hashable | None = "trajectory",
     train_until: Any = None,
-    decoder: str = "fourier",
+    network: str = "fourier",
     modes: int = 4,
     waves: int = 4,
     latent_dim: int = 16,
@@ -859,8 +859,8 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         dimension coordinates other than time and ``sample_dim``).
     time, sample_dim, train_until
         As in :func:`xsciml.models.fit_dynamics`.
-    decoder
-        ``"fourier"`` (nonlinear Fourier ansatz) or ``"mlp"`` (hypernetwork MLP).
+    network
+        The decoder: ``"fourier"`` (nonlinear Fourier ansatz) or ``"mlp"`` (hypernetwork MLP).
     modes, waves
         :math:`K` and :math:`J` of the Fourier ansatz (``latent_dim`` follows from them).
     latent_dim, width, depth, n_freq
@@ -918,7 +918,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     >>> fc.dims, model.nfe > 0
     (('trajectory', 'lead', 'x'), True)
     """
-    from ..training import fit
+    from ..training import History, fit
 
     traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
                                 train_until=train_until, space=space, latlon=False)
@@ -930,8 +930,8 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         if n not in ds.coords:
             raise KeyError(f"space coordinate {n!r} not found; coordinates are {list(ds.coords)}")
     traj.check_dims()
-    if decoder not in ("fourier", "mlp"):
-        raise ValueError(f"decoder must be 'fourier' or 'mlp', got {decoder!r}")
+    if network not in ("fourier", "mlp"):
+        raise ValueError(f"network must be 'fourier' or 'mlp', got {network!r}")
     if consistency_target not in ("fixed", "free"):
         raise ValueError(f"consistency_target must be 'fixed' or 'free', got {consistency_target!r}")
     for name, val in (("consistency", consistency), ("smoothness", smoothness)):
@@ -970,7 +970,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
 
     seed_everything(seed)
     D = len(space)
-    if decoder == "fourier":
+    if network == "fourier":
         dec = FourierAnsatz(D, C, modes=int(modes), waves=int(waves))
     else:
         dec = HyperMLP(D, C, latent_dim=int(latent_dim), width=int(width), depth=int(depth),
@@ -1065,7 +1065,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     tvals = ds[time].values
     info = {"n_trajectories": S, "n_frames_train": T, "steps": int(hist1.steps),
             "dynamics_steps": int(hist2.steps), "consistency": gamma,
-            "consistency_target": consistency_target, "smoothness": smooth_w, "decoder": decoder,
+            "consistency_target": consistency_target, "smoothness": smooth_w, "network": network,
             "training_period": f"{tvals[0]} .. {tvals[-1]}",
             "final_reconstruction_loss": float(np.mean(hist1.logs.get("reconstruction", [np.nan])[-20:])),
             "final_consistency_loss": float(np.mean(hist1.logs.get("consistency", [np.nan])[-20:])),
@@ -1075,5 +1075,5 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     model = SmoothDynamics(module, coord_enc, scaler, variables, sample_dim=sample_dim, time=time,
                            clock=clock, ode=ode, grid=grid, periods=periods,
                            coord_units=traj.coord_units(), var_attrs=traj.var_attrs(), info=info)
-    model.history = {"autoencoder": hist1, "dynamics": hist2}
+    model.history = History.chain({"autoencoder": hist1, "dynamics": hist2})
     return model

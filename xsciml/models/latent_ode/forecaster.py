@@ -87,7 +87,7 @@ class LatentForecaster(Estimator):
     times, checks the initial state, branches to a lazy per-chunk forecast for dask
     input, encodes, integrates, decodes and labels the output (``lead``, ``valid_time``).
 
-    Subclasses provide ``forecast``, ``encode``, ``decode`` and ``evaluate`` (checking
+    Subclasses provide ``forecast``, ``encode``, ``decode`` and ``score`` (checking
     their own options and handing them on), persistence, and the hooks:
 
     * ``_states(ds) -> InitialStates``: the initial states of a Dataset as encoder input;
@@ -487,7 +487,7 @@ class LatentForecaster(Estimator):
     def _score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None,
                observed: xr.DataArray | None, forecast_kw: dict[str, Any], *, device: Any,
                seed: int | None, progress: bool | None, attrs: dict[str, Any]) -> xr.Dataset:
-        """The In-t / Out-t × In-s / Out-s table of ``evaluate`` (``forecast_kw``: the
+        """The In-t / Out-t × In-s / Out-s table of ``score`` (``forecast_kw``: the
         subclass's encoding options; ``attrs``: what the table records of them)."""
         ds = self._init_dataset(ds_truth, "truth")
         if self.time not in ds.dims:
