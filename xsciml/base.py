@@ -17,6 +17,12 @@ Outputs are labelled in one place: :func:`output_attrs` gives the attrs of a var
 estimator computes from data (the predictive mean, standard deviation, a draw, an
 ensemble statistic), following the CF conventions, and :meth:`Estimator._provenance`
 the provenance attrs, with a ``history`` line (:func:`append_history`).
+
+What an estimator can do is named by four runtime-checkable protocols: :class:`Predictor`
+(``predict``), :class:`Forecaster` (``forecast``), :class:`Transformer` (``transform``)
+and :class:`Encoder` (``encode``). ``isinstance(model, Predictor)`` tells whether a
+model (an :class:`Estimator` or any other object) has the method; batch jobs
+(:mod:`xsciml.jobs`) dispatch on them.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import pathlib
 import pkgutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +49,10 @@ __all__ = [
     "output_attrs",
     "append_history",
     "STATISTICS",
+    "Predictor",
+    "Forecaster",
+    "Transformer",
+    "Encoder",
 ]
 
 _EstimatorT = TypeVar("_EstimatorT", bound="Estimator")
@@ -556,3 +566,111 @@ class Estimator:
         if len(config) > max_items:
             parts.append(f"... +{len(config) - max_items} more")
         return f"{name}({', '.join(parts)})"
+
+
+# ----------------------------------------------------------------------------------
+# inference protocols
+# ----------------------------------------------------------------------------------
+# The methods take ``*args: Any, **kwargs: Any`` after the first, positional-only
+# argument: type checkers then accept every estimator's own signature (its argument
+# names and options) as an implementation, and ``isinstance`` checks only that the
+# method exists (and is not ``None``).
+@runtime_checkable
+class Predictor(Protocol):
+    """A model that predicts at target locations: ``predict(target, ...)``.
+
+    ``target`` says where (a Dataset or DataArray whose coordinates are the points, a
+    mapping of coordinate arrays, observations to invert...); the result is the
+    prediction there, e.g. the predictive mean and standard deviation of a
+    :class:`~xsciml.models.NeuralField` or the estimate of a
+    :class:`~xsciml.inverse.LearnedInversion`. Any object with a ``predict`` method
+    is a ``Predictor``: ``isinstance`` checks the method exists, not its signature.
+
+    Examples
+    --------
+    >>> from xsciml.models import DINo, NeuralField
+    >>> issubclass(NeuralField, Predictor), issubclass(DINo, Predictor)
+    (True, False)
+    >>> class Doubler:
+    ...     def predict(self, target):
+    ...         return 2 * target
+    >>> isinstance(Doubler(), Predictor), isinstance(object(), Predictor)
+    (True, False)
+    """
+
+    def predict(self, target: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """The prediction at ``target``; the options depend on the model."""
+        ...
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """A model that runs initial states forward: ``forecast(ds_init, *, lead, ...)``.
+
+    ``ds_init`` holds the initial states (fields, one per trajectory or start time),
+    the keyword ``lead`` the lead times (numbers in the model's time unit, or
+    timedeltas); the result gains a ``lead`` dimension. :class:`~xsciml.models.DINo`
+    and :class:`~xsciml.models.SmoothDynamics` are forecasters. ``isinstance`` checks
+    that a ``forecast`` method exists, not its signature.
+
+    Examples
+    --------
+    >>> from xsciml.models import DINo, NeuralField, SmoothDynamics
+    >>> [issubclass(cls, Forecaster) for cls in (DINo, SmoothDynamics, NeuralField)]
+    [True, True, False]
+    >>> class Persistence:
+    ...     def forecast(self, ds_init, *, lead):
+    ...         return [ds_init for _ in lead]
+    >>> isinstance(Persistence(), Forecaster)
+    True
+    """
+
+    def forecast(self, ds_init: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Forecasts from ``ds_init`` at the lead times ``lead=`` (a required keyword)."""
+        ...
+
+
+@runtime_checkable
+class Transformer(Protocol):
+    """A model that maps data to data of the same kind: ``transform(obj, ...)``.
+
+    E.g. :class:`~xsciml.downscale.Debias` maps model output onto the distribution
+    of the reference it was fitted to, keeping dims, coords and attrs. ``isinstance``
+    checks that a ``transform`` method exists, not its signature.
+
+    Examples
+    --------
+    >>> from xsciml.downscale import Debias
+    >>> issubclass(Debias, Transformer)
+    True
+    >>> class Shift:
+    ...     def transform(self, obj):
+    ...         return obj + 0.5
+    >>> isinstance(Shift(), Transformer), isinstance(0.5, Transformer)
+    (True, False)
+    """
+
+    def transform(self, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """``obj`` transformed; the options depend on the model."""
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A model that maps snapshots to latent codes: ``encode(obj, ...)``.
+
+    ``obj`` holds one or more snapshots, possibly partial (NaN where unobserved);
+    the result has one code (a ``latent`` dimension) per snapshot. PCA and the
+    autoencoders, latent interpolators and the latent dynamics models are encoders.
+    ``isinstance`` checks that an ``encode`` method exists, not its signature.
+
+    Examples
+    --------
+    >>> from xsciml.models import PCA, LatentInterpolator, NeuralField
+    >>> [issubclass(cls, Encoder) for cls in (PCA, LatentInterpolator, NeuralField)]
+    [True, True, False]
+    """
+
+    def encode(self, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """The latent codes of the snapshots in ``obj``; the options depend on the model."""
+        ...

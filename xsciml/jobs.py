@@ -48,6 +48,7 @@ import numpy as np
 import xarray as xr
 
 from ._utils import check_positive_int
+from .base import Forecaster, Predictor, Transformer, registered_estimators
 
 __all__ = ["run_job", "register_task", "registered_tasks", "JobReport", "read_manifest",
            "MANIFEST_NAME"]
@@ -116,14 +117,44 @@ def task_builder(name: str) -> TaskBuilder:
     return _TASKS[name]
 
 
+#: The protocol (:mod:`xsciml.base`) a model needs for each built-in model task, and
+#: the call the task makes.
+_TASK_PROTOCOLS: dict[str, tuple[type, str]] = {
+    "predict": (Predictor, "predict(target)"),
+    "forecast": (Forecaster, "forecast(ds_init, lead=...)"),
+    "transform": (Transformer, "transform(obj)"),
+}
+
+
+def _wrong_model(model: Any, task: str, problem: str) -> TypeError:
+    """The error of a model task given a model without the protocol it needs.
+
+    It says which protocol the task needs and which registered estimators have it,
+    and which task the model can run instead (when it has another of the protocols).
+    """
+    name = type(model).__name__
+    protocol, call = _TASK_PROTOCOLS[task]
+    examples = sorted(n for n, cls in registered_estimators().items() if issubclass(cls, protocol))
+    hint = f" (e.g. a saved {' or '.join(examples[:3])})" if examples else ""
+    message = (f"a {name} {problem}; choose another task (known: {registered_tasks()}). The {task!r} task "
+               f"needs an xsciml.base.{protocol.__name__}, a model with {call}{hint}; ")
+    others = [(t, p.__name__) for t, (p, _) in _TASK_PROTOCOLS.items() if t != task and isinstance(model, p)]
+    if others:
+        message += "this one is " + " and ".join(f"a {p}: run the {t!r} task" for t, p in others) + "."
+    else:
+        names = [p.__name__ for p, _ in _TASK_PROTOCOLS.values()]
+        message += (f"a {name} is none of {', '.join(names[:-1])} or {names[-1]} (the models of the "
+                    f"{', '.join(repr(t) for t in _TASK_PROTOCOLS)} tasks): pass one of those, or register "
+                    "a task for it (xsciml.jobs.register_task).")
+    return TypeError(message)
+
+
 @register_task("predict")
 def _predict_task(model: Any, ds: xr.Dataset, **kwargs: Any) -> xr.Dataset | xr.DataArray:
     """``model.predict(ds, **kwargs)``: e.g. a neural field on the input's coordinates."""
-    predict = getattr(model, "predict", None)
-    if predict is None:
-        raise TypeError(f"a {type(model).__name__} has no predict(); choose another task "
-                        f"(known: {registered_tasks()}).")
-    return predict(ds, **kwargs)
+    if not isinstance(model, Predictor):
+        raise _wrong_model(model, "predict", "has no predict()")
+    return model.predict(ds, **kwargs)
 
 
 def _parse_lead(lead: Any) -> Any:
@@ -150,22 +181,18 @@ def _forecast_task(model: Any, ds: xr.Dataset, lead: Any = None, **kwargs: Any) 
     ``trajectory``, each chunk holding whole fields); ``lead`` is a list of numbers or
     timedelta strings.
     """
-    forecast = getattr(model, "forecast", None)
-    if forecast is None:
-        raise TypeError(f"a {type(model).__name__} cannot forecast; choose another task "
-                        f"(known: {registered_tasks()}).")
-    return forecast(ds, lead=_parse_lead(lead), **kwargs)
+    if not isinstance(model, Forecaster):
+        raise _wrong_model(model, "forecast", "cannot forecast")
+    return model.forecast(ds, lead=_parse_lead(lead), **kwargs)
 
 
 @register_task("transform")
 def _transform_task(model: Any, ds: xr.Dataset, variable: str | None = None,
                     **kwargs: Any) -> xr.Dataset | xr.DataArray:
     """``model.transform(ds[variable], **kwargs)``: e.g. debiasing coarse model output."""
-    transform = getattr(model, "transform", None)
-    if transform is None:
-        raise TypeError(f"a {type(model).__name__} has no transform(); choose another task "
-                        f"(known: {registered_tasks()}).")
-    return transform(ds if variable is None else ds[variable], **kwargs)
+    if not isinstance(model, Transformer):
+        raise _wrong_model(model, "transform", "has no transform()")
+    return model.transform(ds if variable is None else ds[variable], **kwargs)
 
 
 @register_task("downscale")
