@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import xsciml
-from xsciml.models.amortized import PCA, AutoEncoder, fit_autoencoder
+from xsciml.models.amortized import AutoEncoder, fit_autoencoder
 
 NY, NX = 10, 12
 
@@ -309,18 +309,6 @@ def test_input_dropout_helps_partial_snapshots(waves):
 
 
 # ------------------------------------------------------------------------------ save / load
-def test_pca_save_load_identical(tmp_path, ds, pca):
-    path = pca.save(tmp_path / "pca.xsciml")
-    back = xsciml.load(path)
-    assert isinstance(back, PCA) and repr(back) == repr(pca)
-    part = ds.t.where(np.random.default_rng(2).random(ds.t.shape) < 0.4)
-    xr.testing.assert_identical(back.encode(part), pca.encode(part))
-    xr.testing.assert_identical(back.components, pca.components)
-    xr.testing.assert_identical(back.principal_components, pca.principal_components)
-    xr.testing.assert_identical(back.reconstruct(ds), pca.reconstruct(ds))
-    assert back.noise_var == pca.noise_var
-
-
 def test_save_load_keeps_cftime_samples_and_custom_weights(tmp_path):
     d = lowrank_ds(S=10)
     d = d.assign_coords(time=xr.date_range("2001-02-25", periods=10, calendar="noleap",
@@ -332,13 +320,6 @@ def test_save_load_keeps_cftime_samples_and_custom_weights(tmp_path):
     xr.testing.assert_identical(back.principal_components, model.principal_components)
     assert back.principal_components.time.values[4].calendar == "noleap"
     xr.testing.assert_identical(back.decode(np.ones(3)), model.decode(np.ones(3)))
-
-
-def test_autoencoder_save_load_identical(tmp_path, waves, mlp_ae):
-    back = AutoEncoder.load(mlp_ae.save(tmp_path / "ae.xsciml"))
-    xr.testing.assert_identical(back.encode(waves), mlp_ae.encode(waves))
-    xr.testing.assert_identical(back.reconstruct(waves), mlp_ae.reconstruct(waves))
-    xr.testing.assert_identical(back.noise_std, mlp_ae.noise_std)
 
 
 # ------------------------------------------------------------------------------ bad input

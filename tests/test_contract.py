@@ -157,7 +157,7 @@ def _pca_cftime_custom_weights() -> Any:
 
 @case("AutoEncoder", "AutoEncoder", _grid_model_outputs)
 def _autoencoder() -> Any:
-    return xsciml.models.fit_autoencoder(_snapshots(), "u", sample_dim="sample", kind="mlp", latent_dim=2,
+    return xsciml.models.fit_autoencoder(_snapshots(), "u", sample_dim="sample", network="mlp", latent_dim=2,
                                          steps=5, device="cpu", progress=False)
 
 

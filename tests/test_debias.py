@@ -9,7 +9,6 @@ import pytest
 import torch
 import xarray as xr
 
-import xsciml
 from xsciml.downscale.ot import Debias, entropic_map, fit_debias, sinkhorn_potentials
 
 from .conftest import real_data
@@ -268,17 +267,6 @@ def test_dask_is_lazy_and_equal_to_eager(method: str, dask_client) -> None:
     np.testing.assert_allclose(lazy.compute().values, deb.transform(model).values, atol=1e-12)
     with pytest.raises(ValueError, match="one chunk"):
         deb.transform(model.chunk({"time": 40, "lat": 1}))
-
-
-@pytest.mark.parametrize("method", ["gaussian", "entropic", "emd", "scalable"])
-def test_save_load_round_trip(method: str, tmp_path) -> None:
-    model, ref = snapshots(59, 20) + 1.0, snapshots(50, 21)  # January and February
-    deb = fit_debias(model, ref, method=method, group="time.month", progress=False)
-    path = deb.save(tmp_path / "deb.xsciml")
-    back = xsciml.load(path)
-    assert isinstance(back, Debias) and back.method == method and back.groups == deb.groups
-    new = snapshots(10, 22, start="2001-01-05") + 1.0
-    xr.testing.assert_identical(back.transform(new), deb.transform(new))
 
 
 def test_real_sdba_tasmax_monthly(tmp_path) -> None:

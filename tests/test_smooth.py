@@ -228,18 +228,6 @@ def test_score_table_matches_manual_errors(model):
     assert np.isnan(float(table["mse"].sel(horizon="In-t", grid="Out-s")))  # every point is In-s
 
 
-def test_save_load_round_trip(model, waves, tmp_path):
-    path = model.save(tmp_path / "smooth.xsciml")
-    back = xsciml.load(path)
-    assert isinstance(back, SmoothDynamics)
-    assert back.latent_dim == model.latent_dim and back.periods == model.periods
-    init = waves.isel(time=0)
-    a = model.forecast(init, lead=[0.0, 0.4])
-    b = back.forecast(init, lead=[0.0, 0.4])
-    np.testing.assert_allclose(a.values, b.values, atol=1e-6)
-    assert back.nfe == model.nfe
-
-
 def test_dask_initial_state_gives_lazy_identical_forecast(model, waves):
     # fixed-step solver: an adaptive one shares its steps across the states of a batch,
     # so per-chunk solves agree only to within its tolerance

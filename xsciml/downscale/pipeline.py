@@ -40,7 +40,7 @@ import torch
 import xarray as xr
 
 from .._utils import check_numeric, progress_bar
-from ..base import output_attrs
+from ..base import Transformer, output_attrs
 from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
 
 __all__ = ["coarsen", "project", "upsample", "downscale", "COARSEN_MODES"]
@@ -392,8 +392,9 @@ def downscale(
     space = prior.space_dims
     check_core_chunks(da, space, argname="coarse", why="each snapshot is downscaled whole")
     if debias is not None:
-        if not hasattr(debias, "transform"):
-            raise TypeError(f"debias must be a fitted Debias (with .transform), got {type(debias).__name__}.")
+        if not isinstance(debias, Transformer):
+            raise TypeError(f"debias must be a fitted Debias (an xsciml.base.Transformer, with .transform), "
+                            f"got {type(debias).__name__}.")
         attrs, name = dict(da.attrs), da.name
         da = debias.transform(da)
         if not isinstance(da, xr.DataArray):

@@ -14,7 +14,7 @@ from typing import Any
 
 import xarray as xr
 
-from ..base import Estimator
+from ..base import Estimator, Forecaster
 from .dino import DINo, fit_dino
 from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from .smooth import SmoothDynamics, fit_smooth_dynamics
@@ -238,7 +238,7 @@ def forecast(
     >>> fc.sizes["lead"], fc.dims[0]
     (2, 'trajectory')
     """
-    if not isinstance(estimator, Estimator) or not callable(getattr(estimator, "forecast", None)):
+    if not isinstance(estimator, Estimator) or not isinstance(estimator, Forecaster):
         raise TypeError(f"estimator must be a fitted dynamics model, a DINo or SmoothDynamics (from "
                         f"fit_dynamics / xsciml.load), got {type(estimator).__name__}")
     return estimator.forecast(ds_init, lead=lead, **kwargs)
