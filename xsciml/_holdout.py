@@ -24,7 +24,7 @@ is already sparse is not made sparser than any real frame.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def _carve(obs: np.ndarray, target: int, radii: np.ndarray, rng: np.random.Gener
         if n_held >= target:
             break
         k = int(frames[rng.integers(frames.size)])
-        centre = np.unravel_index(int(obs_idx[k][rng.integers(obs_idx[k].size)]), spatial)
+        centre = tuple(int(c) for c in np.unravel_index(int(obs_idx[k][rng.integers(obs_idx[k].size)]), spatial))
         r = float(radii[rng.integers(radii.size)])
         if r < 1.0:
             box = tuple(slice(c, c + 1) for c in centre)
@@ -66,7 +66,8 @@ def _carve(obs: np.ndarray, target: int, radii: np.ndarray, rng: np.random.Gener
             box = tuple(slice(max(0, c - int(r)), min(n, c + int(r) + 1))
                         for c, n in zip(centre, spatial, strict=True))
             grids = np.ogrid[box]
-            inside = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= r * r
+            # a sum of (at least one) arrays: an array
+            inside = cast(np.ndarray, sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= r * r)
         new = obs[k][box] & inside & ~held[k][box]
         held[k][box] |= new
         n_held += int(new.sum())
@@ -140,7 +141,7 @@ def gap_shaped_holdout(valid: np.ndarray, dims: Sequence[Hashable], shape: Seque
     if int(np.prod(spatial)) < _MIN_CELLS:
         info["reason"] = "too few grid cells per frame"
         return None, info
-    domain = obs.any(0)
+    domain = cast(np.ndarray, obs.any(0))  # obs is [frames, *spatial]: an array
     gaps = domain[None] & ~obs
     share = float(gaps.sum() / max(1, domain.sum() * obs.shape[0]))
     info["gap_share"] = round(share, 4)

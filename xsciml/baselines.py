@@ -33,7 +33,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -513,7 +513,8 @@ def blend(members: Mapping[str, xr.DataArray] | Sequence[xr.DataArray],
             if missing.size:
                 raise ValueError(f"no blend weight for {d} = {list(missing[:3])}; fit the weights "
                                  f"on the same {d} values")
-    out = sum(weights.sel(member=n, drop=True) * mem[n] for n in names)
+    # names is not empty (weights has a member dimension): a sum of DataArrays
+    out = cast(xr.DataArray, sum(weights.sel(member=n, drop=True) * mem[n] for n in names))
     out = out.transpose(*first.dims).assign_coords(
         {k: c for k, c in first.coords.items() if k not in out.coords})
     return out.rename(first.name).assign_attrs(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -236,7 +236,7 @@ def time_calendar(values: np.ndarray) -> str:
     return cal
 
 
-def calendars_compatible(a: str, b: str) -> bool:
+def calendars_compatible(a: str | None, b: str | None) -> bool:
     """Whether times in calendars ``a`` and ``b`` can share one float time axis."""
     a, b = _normalise_calendar(a), _normalise_calendar(b)
     if a == b:
@@ -586,12 +586,13 @@ class CoordinateEncoder:
             if self.sphere and name == self.lat_name:
                 continue
             if self.sphere and name == self.lon_name:
-                lat = np.deg2rad(np.asarray(space[self.lat_name], dtype=np.float64))
+                lat_name = cast(str, self.lat_name)  # sphere=True needs a latitude (see fit)
+                lat = np.deg2rad(np.asarray(space[lat_name], dtype=np.float64))
                 lon = np.deg2rad(v)
                 cols += [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)]
                 continue
             if name == self.lon_name:
-                v = _wrap_longitude(v, self.lon_center)
+                v = _wrap_longitude(v, cast(float, self.lon_center))  # fit sets it with lon_name
             cols.append(self._affine(name, v, self.space_min[name], self.space_max[name]))
         if not cols:
             n = len(next(iter(space.values()))) if space else 0
@@ -613,10 +614,11 @@ class CoordinateEncoder:
     def encode_time(self, time: np.ndarray) -> np.ndarray:
         """Time feature columns ``[N, 1 + 2 * n_cyclical]`` from raw time values."""
         tf = self.time_float(time)
-        cols = [self._affine(self.time, tf, self.time_min, self.time_max)]
+        # fitted with a time coordinate: fit sets time_min, time_max and calendar
+        cols = [self._affine(cast(str, self.time), tf, cast(float, self.time_min), cast(float, self.time_max))]
         for fname, period in self.time_features:
             if period is None:
-                phase = _cyclical_phase(time, fname, self.calendar)
+                phase = _cyclical_phase(time, fname, cast(str, self.calendar))
             else:
                 phase = np.mod(tf / period, 1.0)
             cols += [np.sin(2 * math.pi * phase), np.cos(2 * math.pi * phase)]
@@ -636,10 +638,12 @@ class CoordinateEncoder:
 
     def decode_time(self, encoded: np.ndarray) -> np.ndarray:
         """Encoded time column back to float ``time_units since time_origin``."""
-        span = self.time_max - self.time_min
+        # fitted with a time coordinate: fit sets time_min and time_max
+        time_min, time_max = cast(float, self.time_min), cast(float, self.time_max)
+        span = time_max - time_min
         if span <= 0:
-            return np.asarray(encoded) + self.time_min
-        return (np.asarray(encoded) + 1.0) * 0.5 * span + self.time_min
+            return np.asarray(encoded) + time_min
+        return (np.asarray(encoded) + 1.0) * 0.5 * span + time_min
 
     # -- the training domain -----------------------------------------------------
     def check_latitude(self, values: np.ndarray, role: str = "target") -> None:
@@ -717,7 +721,9 @@ class CoordinateEncoder:
                                           self.space_step.get(name, 0.0))
         if self.time is not None and time is not None:
             tf = self.time_float(np.asarray(time).ravel())
-            out[self.time] = _fraction_outside(tf, self.time_min, self.time_max, self.time_step)
+            # fitted with a time coordinate: fit sets time_min and time_max
+            out[self.time] = _fraction_outside(tf, cast(float, self.time_min), cast(float, self.time_max),
+                                               self.time_step)
         return out
 
     def _check_fitted(self) -> None:

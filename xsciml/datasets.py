@@ -75,7 +75,7 @@ def _cell_coords(
 
 
 def _squared_wavenumber(
-    shape: tuple[int, ...], lengths: Sequence[float], rfft: bool = False
+    shape: tuple[int, ...], lengths: Sequence[float] | np.ndarray, rfft: bool = False
 ) -> np.ndarray:
     """``|2 pi k / L|^2`` on the FFT grid (last axis halved when ``rfft``)."""
     axes = []

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -217,8 +217,9 @@ class LocalKriging:
                              f"and {tuple(self.values.shape)}")
         self.groups = [list(map(int, g)) for g in groups]
         self.kernel = kernel
-        self.params = {k: (list(map(float, v)) if isinstance(v, (list, tuple)) else float(v))
-                       for k, v in params.items()}
+        # the log-lengths are lists (one per column group), every other parameter a float
+        self.params: dict[str, list[float] | float] = {
+            k: (list(map(float, v)) if isinstance(v, (list, tuple)) else float(v)) for k, v in params.items()}
         if "log_var_static" in self.params and time_column is None:
             raise ValueError("a time-invariant kriging component needs time_column")
         self.neighbors = int(neighbors)
@@ -247,7 +248,7 @@ class LocalKriging:
     @property
     def lengths(self) -> list[float]:
         """Length scale of each column group (coordinate units)."""
-        return [math.exp(v) for v in self.params["log_lengths"]]
+        return [math.exp(v) for v in cast(list[float], self.params["log_lengths"])]
 
     def _nugget_mean(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.tensor(self.params["log_nugget"], dtype=torch.float64),
@@ -280,7 +281,7 @@ class LocalKriging:
         ln, lm = self._nugget_mean()
         k = min(self.neighbors, len(self.points))
         qs = q[torch.as_tensor(ok)]
-        offset = float(self.params.get("offset", 0.0))
+        offset = float(cast(float, self.params.get("offset", 0.0)))
         out_m, out_v = [], []
         with torch.no_grad():
             for i in range(0, len(qs), batch_size):
@@ -306,7 +307,7 @@ class LocalKriging:
                                                [(zq * inv.sqrt()).numpy() for _, inv in comps], k,
                                                exclude=idx))
         d2_nn, d2_qn = _sq_differences(self.points, zq, nb)
-        offset = float(self.params.get("offset", 0.0))
+        offset = float(cast(float, self.params.get("offset", 0.0)))
         with torch.no_grad():
             m, v = _solve_sq(d2_nn, d2_qn, self.values[nb] - offset, comps, self.kernel,
                              *self._nugget_mean())
@@ -340,12 +341,14 @@ class LocalKriging:
         p = self.params
         static = ""
         if "log_var_static" in p:
-            static_lengths = [f'{math.exp(v):.3g}' for g, v in enumerate(p['log_lengths_static'])
+            static_lengths = [f'{math.exp(v):.3g}'
+                              for g, v in enumerate(cast(list[float], p['log_lengths_static']))
                               if [self.time_column] != self.groups[g]]
-            static = (f", static variance={math.exp(p['log_var_static']):.3g}, static lengths="
+            static = (f", static variance={math.exp(cast(float, p['log_var_static'])):.3g}, static lengths="
                       f"{static_lengths}")
-        return (f"LocalKriging(kernel={self.kernel!r}, variance={math.exp(p['log_var']):.3g}, "
-                f"nugget={math.exp(p['log_nugget']):.3g}, lengths={[f'{v:.3g}' for v in self.lengths]}"
+        return (f"LocalKriging(kernel={self.kernel!r}, variance={math.exp(cast(float, p['log_var'])):.3g}, "
+                f"nugget={math.exp(cast(float, p['log_nugget'])):.3g}, "
+                f"lengths={[f'{v:.3g}' for v in self.lengths]}"
                 f"{static}, neighbors={self.neighbors}, n_points={len(self.points)})")
 
 
@@ -495,10 +498,10 @@ def fit_kriging(points: Any, values: Any, *, groups: Sequence[Sequence[int]],  #
             for g in time_groups:
                 ll[g] = math.log(starts[g][ti])
             share = 0.45 if static else 0.9
-            theta = [math.log(share * var0), math.log(0.05 * var0), math.log(var0), *ll]
+            start = [math.log(share * var0), math.log(0.05 * var0), math.log(var0), *ll]
             if static:
-                theta += [math.log(0.45 * var0), *ll]
-            trials.append(torch.tensor(theta, dtype=torch.float64))
+                start += [math.log(0.45 * var0), *ll]
+            trials.append(torch.tensor(start, dtype=torch.float64))
 
     # the starting point of every family: the best of a few length combinations
     # (scored with the middle family, Matérn 3/2)

@@ -448,7 +448,8 @@ def _array_hash(values: Any) -> str:
     if arr.dtype.hasobject:
         h.update(json.dumps([str(v) for v in arr.ravel()]).encode())
     else:
-        h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1) if arr.size else b"")
+        # numpy's stubs give ndarray the buffer protocol (__buffer__) for Python >= 3.12 only
+        h.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1) if arr.size else b"")  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -704,7 +705,8 @@ def run_job(task: str, model_path: str | os.PathLike[str], input_store: Any,
 
                 sl = region_slice(i)
                 t_region = time.perf_counter()
-                write = result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl},
+                # xarray's stubs key region by str; dimension names are any Hashable
+                write = result.drop_vars(static).isel({dim: sl}).to_zarr(out, region={dim: sl},  # type: ignore[call-overload]
                                                                          compute=False)
                 # the region's input digests are computed in the same graph as the region,
                 # so the input chunks are read once

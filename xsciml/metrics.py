@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -147,7 +147,8 @@ def rmse(pred: xr.DataArray, truth: xr.DataArray,
     """
     pred, truth = _align(pred, truth)
     dims = _dims(dims, _shared(pred, truth), (pred, truth))
-    return np.sqrt(((pred - truth) ** 2).mean(dims)).rename("rmse")
+    # a ufunc on a DataArray is a DataArray (__array_ufunc__); numpy's stubs say ndarray
+    return cast(xr.DataArray, np.sqrt(((pred - truth) ** 2).mean(dims))).rename("rmse")
 
 
 def bias(pred: xr.DataArray, truth: xr.DataArray,
@@ -366,7 +367,8 @@ def constraint_rmse(fine: xr.DataArray, coarse: xr.DataArray, factor: int | Mapp
     red = [d for d in diff.dims if d not in keep_dims]
     num = (diff**2).sum(red, skipna=True)
     den = (coarse.broadcast_like(diff) ** 2).where(diff.notnull()).sum(red, skipna=True)
-    return np.sqrt(num / den).rename("constraint_rmse")
+    # a ufunc on a DataArray is a DataArray (__array_ufunc__); numpy's stubs say ndarray
+    return cast(xr.DataArray, np.sqrt(num / den)).rename("constraint_rmse")
 
 
 # =========================================================================== spectra
@@ -465,7 +467,8 @@ def energy_spectrum(field: xr.DataArray, dims: Sequence[Hashable] | None = None,
     vals = vals.reshape(lead + (-1, ny, nx))
     spec = _spectrum_array(vals, shell, kmax).mean(axis=len(keep))
     n = max(ny, nx)
-    coords = {d: arr[d] for d in keep if d in arr.coords}
+    coords: dict[Hashable, xr.DataArray | tuple[str, np.ndarray, dict[str, str]]] = {
+        d: arr[d] for d in keep if d in arr.coords}
     coords["wavenumber"] = ("wavenumber", np.arange(1, kmax + 1),
                             {"long_name": f"radial wavenumber (cycles per {n} grid steps)"})
     return xr.DataArray(spec, dims=(*keep, "wavenumber"), coords=coords, name="energy",

@@ -758,8 +758,9 @@ def target_blocks(target: Any, names: Sequence[str], *, data_names: Sequence[str
     dims = tuple(d for d in ds.dims if any(d in ds[n].dims for n in names))
     chunk_of: dict[Hashable, tuple[int, ...]] = {}
     for v in ds.data_vars:
-        if ds[v].chunks is not None:
-            for d, c in zip(ds[v].dims, ds[v].chunks, strict=True):
+        da = ds[v]
+        if da.chunks is not None:
+            for d, c in zip(da.dims, da.chunks, strict=True):
                 if d in dims:
                     chunk_of.setdefault(d, tuple(int(n) for n in c))
     chunks = tuple(chunk_of.get(d, (int(ds.sizes[d]),)) for d in dims)

@@ -29,7 +29,7 @@ PDE, its parameters and the solver settings.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -75,6 +75,20 @@ def _etdrk4_coefficients(lin: torch.Tensor, h: float, n_contour: int = 64):
     return torch.exp(hl), torch.exp(hl / 2), q, f1, f2, f3
 
 
+@overload
+def solve_spectral(u0: Any, t: Any, *, length: float, linear: torch.Tensor | np.ndarray,
+                   nonlinear_coef: float = ..., dt: float = ..., dealias: bool = ...,
+                   device: str | torch.device = ..., return_info: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def solve_spectral(u0: Any, t: Any, *, length: float, linear: torch.Tensor | np.ndarray,
+                   nonlinear_coef: float = ..., dt: float = ..., dealias: bool = ...,
+                   device: str | torch.device = ..., return_info: Literal[True]
+                   ) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def solve_spectral(u0: Any, t: Any, *, length: float, linear: torch.Tensor | np.ndarray,
+                   nonlinear_coef: float = ..., dt: float = ..., dealias: bool = ...,
+                   device: str | torch.device = ..., return_info: bool = ...
+                   ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]: ...
 def solve_spectral(
     u0: Any,
     t: Any,
@@ -209,6 +223,17 @@ def _lin_kdv(n: int, length: float, beta: float) -> torch.Tensor:
     return 1j * beta * _wavenumbers(n, length, torch.device("cpu")).to(torch.complex128) ** 3
 
 
+@overload
+def solve_burgers(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                  device: str | torch.device = ..., return_info: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def solve_burgers(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                  device: str | torch.device = ..., return_info: Literal[True]
+                  ) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def solve_burgers(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                  device: str | torch.device = ..., return_info: bool = ...
+                  ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]: ...
 def solve_burgers(u0: Any, t: Any, *, length: float = 2 * math.pi, nu: float = 0.05,
                   dt: float = 1e-3, device: str | torch.device = "cpu",
                   return_info: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
@@ -228,6 +253,18 @@ def solve_burgers(u0: Any, t: Any, *, length: float = 2 * math.pi, nu: float = 0
                           device=device, return_info=return_info)
 
 
+@overload
+def solve_kuramoto_sivashinsky(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                               device: str | torch.device = ..., return_info: Literal[False] = ...
+                               ) -> np.ndarray: ...
+@overload
+def solve_kuramoto_sivashinsky(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                               device: str | torch.device = ..., return_info: Literal[True]
+                               ) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def solve_kuramoto_sivashinsky(u0: Any, t: Any, *, length: float = ..., nu: float = ..., dt: float = ...,
+                               device: str | torch.device = ..., return_info: bool = ...
+                               ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]: ...
 def solve_kuramoto_sivashinsky(u0: Any, t: Any, *, length: float = 32 * math.pi, nu: float = 1.0,
                                dt: float = 0.05, device: str | torch.device = "cpu",
                                return_info: bool = False
@@ -250,6 +287,18 @@ def solve_kuramoto_sivashinsky(u0: Any, t: Any, *, length: float = 32 * math.pi,
                           device=device, return_info=return_info)
 
 
+@overload
+def solve_kdv(u0: Any, t: Any, *, length: float = ..., alpha: float = ..., beta: float = ...,
+              dt: float = ..., device: str | torch.device = ..., return_info: Literal[False] = ...
+              ) -> np.ndarray: ...
+@overload
+def solve_kdv(u0: Any, t: Any, *, length: float = ..., alpha: float = ..., beta: float = ...,
+              dt: float = ..., device: str | torch.device = ..., return_info: Literal[True]
+              ) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def solve_kdv(u0: Any, t: Any, *, length: float = ..., alpha: float = ..., beta: float = ...,
+              dt: float = ..., device: str | torch.device = ..., return_info: bool = ...
+              ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]: ...
 def solve_kdv(u0: Any, t: Any, *, length: float = 20.0, alpha: float = 6.0, beta: float = 1.0,
               dt: float = 1e-3, device: str | torch.device = "cpu",
               return_info: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
@@ -327,7 +376,7 @@ def _to_dataset(u: np.ndarray, times: np.ndarray, x: np.ndarray, *, title: str, 
     }
     da = xr.DataArray(u.astype(dtype), dims=("trajectory", "time", "x"), coords=coords,
                       attrs={"units": "1", "long_name": long_name, "description": equation})
-    attrs = {"title": title, "equation": equation,
+    attrs: dict[str, str | int | float] = {"title": title, "equation": equation,
              "source": "xsciml.pde1d (pseudo-spectral, ETDRK4, 2/3 dealiasing)"}
     attrs.update({k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in params.items()})
     return xr.Dataset({"u": da}, attrs=attrs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import xarray as xr
@@ -29,6 +29,9 @@ import xarray as xr
 from ._utils import check_numeric, check_positive_int
 from .coords import CoordinateEncoder, time_kind
 from .parallel import is_dask_backed
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CoordinateData",
@@ -187,17 +190,17 @@ class Scaler:
         return cls(list(d["mean"]), list(d["std"]))
 
 
-def _block_stats(*blocks) -> np.ndarray:
+def _block_stats(*blocks: Any) -> np.ndarray:
     """Per variable ``[count, mean, M2, n_inf, n_finite]`` of one block (jointly valid points)."""
-    blocks = [np.asarray(b) for b in blocks]
+    arrays = [np.asarray(b) for b in blocks]
     valid = None
-    out = np.zeros((len(blocks), 5))
-    for i, b in enumerate(blocks):
+    out = np.zeros((len(arrays), 5))
+    for i, b in enumerate(arrays):
         fin = np.isfinite(b)
         out[i, 3] = np.count_nonzero(np.isinf(b))
         out[i, 4] = np.count_nonzero(fin)
         valid = fin if valid is None else np.logical_and(valid, fin, out=valid)
-    for i, b in enumerate(blocks):
+    for i, b in enumerate(arrays):
         vals = b[valid].astype(np.float64)
         n = vals.size
         if n:
@@ -306,8 +309,11 @@ class _PointSet:
     """Shared part of training data and prediction targets: coordinates → features."""
 
     encoder: CoordinateEncoder
-    layout: PointLayout
     _features: Any
+
+    if TYPE_CHECKING:  # an attribute of TargetPoints, a computed property of CoordinateData
+        @property
+        def layout(self) -> PointLayout: ...
 
     @property
     def features(self):
@@ -353,7 +359,8 @@ class TargetPoints(_PointSet):
         return self.layout.unflatten(values, name, attrs, leading_dims, leading_coords)
 
 
-def _resolve_space_time(ds: xr.Dataset, space, time, role="coordinate"):
+def _resolve_space_time(ds: xr.Dataset, space: str | Sequence[str] | None, time: str | None,
+                        role: str = "coordinate") -> tuple[tuple[str, ...], str | None]:
     space = (space,) if isinstance(space, str) else tuple(space or ())
     for name in list(space) + ([time] if time is not None else []):
         if name not in ds.variables:
@@ -499,8 +506,8 @@ class CoordinateData(_PointSet):
         self.shape = tuple(first.shape)
         self.is_lazy = any(is_dask_backed(ds[v]) for v in variables + condition)
         self._features = None
-        self._y = None
-        self._valid = None
+        self._y: torch.Tensor | None = None
+        self._valid: np.ndarray | None = None
         #: How the last :meth:`split_indices` chose its held-out points.
         self.split_info: dict[str, Any] = {"pattern": "random"}
         self.scaler: Scaler
@@ -542,7 +549,10 @@ class CoordinateData(_PointSet):
         else:
             parts = [_block_stats(*arrays)]
         stats = _combine_stats(parts)
-        means, stds, cmeans, cstds = [], [], [], []
+        means: list[float] = []
+        stds: list[float] = []
+        cmeans: list[float] = []
+        cstds: list[float] = []
         for i, v in enumerate(names):
             n, mean, m2, n_inf, n_fin = stats[i]
             role = "variable" if v in self.variables else "condition variable"
@@ -580,13 +590,14 @@ class CoordinateData(_PointSet):
         dt = self._np_dtype()
         names = self.variables + self.condition
         vals = []
-        valid = None
+        valid: np.ndarray | None = None
         for v in names:
             a = block[v] if isinstance(block, dict) else np.asarray(block[v].transpose(*self.dims).values)
             a = np.asarray(a).reshape(-1)
             vals.append(a)
             fin = np.isfinite(a)
             valid = fin if valid is None else np.logical_and(valid, fin, out=valid)
+        assert valid is not None  # names holds at least one variable
         flat = np.flatnonzero(valid)
         del valid
         feats, ok = self._features_at(flat, shape, offsets, dt)
@@ -598,6 +609,7 @@ class CoordinateData(_PointSet):
             y[:, i] = vals[i][flat]
         if self.condition:
             c = np.stack([vals[nv + i][flat] for i in range(len(self.condition))], -1)
+            assert self.condition_scaler is not None  # fitted with the condition variables
             feats = np.concatenate([feats, self.condition_scaler.transform(c).astype(dt)], axis=-1)
         return flat, feats, y
 
@@ -730,6 +742,7 @@ class CoordinateData(_PointSet):
             order = rng.permutation(n) if shuffle else np.arange(n)
             order_t = torch.as_tensor(order)
             stop = n - (n % batch_size) if drop_last else n
+            assert self._y is not None  # materialised together with _features
             for i in range(0, stop, batch_size):
                 idx = order_t[i:i + batch_size]
                 yield self._features[idx], self._y[idx]
@@ -842,8 +855,9 @@ class CoordinateData(_PointSet):
             if self.encoder.time is not None and set(self._coords[self.encoder.time].dims) & space_dims:
                 self.split_info["reason"] = "scattered points (time varies along the spatial dims)"
             else:
+                valid = cast(np.ndarray, self.layout.valid)  # CoordinateData lists its valid points
                 held, self.split_info = gap_shaped_holdout(
-                    self.layout.valid, self.dims, self.shape, sorted(space_dims, key=str), fraction, seed)
+                    valid, self.dims, self.shape, sorted(space_dims, key=str), fraction, seed)
                 if held is not None:
                     return torch.from_numpy(np.flatnonzero(~held)), torch.from_numpy(np.flatnonzero(held))
         n = len(self)
@@ -1036,17 +1050,17 @@ def to_tensors(  # noqa: C901 - one branch per input layout, kept together
             space = default_space(ds, dims, time)
         space, time = _resolve_space_time(ds, space, time)
     for name in list(space) + ([time] if time else []):
-        c = ds[name]
-        extra = [d for d in c.dims if d not in dims]
-        if extra:
+        coord = ds[name]
+        extra_dims = [d for d in coord.dims if d not in dims]
+        if extra_dims:
             raise ValueError(
-                f"coordinate {name!r} has dimension(s) {extra} that variable {variables[0]!r} "
+                f"coordinate {name!r} has dimension(s) {extra_dims} that variable {variables[0]!r} "
                 f"{tuple(dims)} does not have; select or broadcast first"
             )
         if name in space:
-            c = decode_variable(c)
-            check_numeric(c, f"space coordinate {name!r}")
-            ds = ds.assign_coords({name: c}) if name in ds.coords else ds.assign({name: c})
+            coord = decode_variable(coord)
+            check_numeric(coord, f"space coordinate {name!r}")
+            ds = ds.assign_coords({name: coord}) if name in ds.coords else ds.assign({name: coord})
     for name in list(space) + ([time] if time else []):
         if is_dask_backed(ds[name]):
             computed = {name: ds[name].compute()}
@@ -1272,8 +1286,8 @@ def target_points(encoder: CoordinateEncoder, target: Any, *, time: Any = None, 
     if condition:
         if condition_scaler is None:
             raise ValueError("condition_scaler is needed with condition variables")
-        c = np.stack([cv[idx] for cv in cvals], axis=-1)
-        feats = np.concatenate([feats, condition_scaler.transform(c)], axis=-1)
+        cstack = np.stack([cv[idx] for cv in cvals], axis=-1)
+        feats = np.concatenate([feats, condition_scaler.transform(cstack)], axis=-1)
     layout = PointLayout(tuple(dims), sizes, cds, None if ok.all() else idx)
     return TargetPoints(encoder, layout, torch.as_tensor(feats, dtype=dtype), dtype)
 

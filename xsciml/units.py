@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -226,8 +226,11 @@ def convert(values: Any, from_units: str, to_units: str, *, variable: Any = "val
     return out
 
 
-def check_units(data: Any, units: str | None, *, variable: Any, role: str = "input",
-                model: str = "the model") -> Any:
+_T = TypeVar("_T")
+
+
+def check_units(data: _T, units: str | None, *, variable: Any, role: str = "input",
+                model: str = "the model") -> _T:
     """Bring data entering a fitted model to the units the model was trained in.
 
     Parameters

@@ -83,7 +83,7 @@ import math
 import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -816,9 +816,11 @@ class Debias(Estimator):
                 codes = codes.chunk({self.sample_dim: da.chunksizes[self.sample_dim]})
             args.append(codes)
             core.append([])
-        out = apply_model(_transform_kernel, self, *args, input_core_dims=core,
-                          output_core_dims=[list(self.grid.space_dims)],
-                          output_dtypes=[_out_dtype(da.dtype)], device=device, kwargs=kwargs)
+        # one output core dims entry: one DataArray
+        out = cast(xr.DataArray, apply_model(_transform_kernel, self, *args, input_core_dims=core,
+                                             output_core_dims=[list(self.grid.space_dims)],
+                                             output_dtypes=[_out_dtype(da.dtype)], device=device,
+                                             kwargs=kwargs))
         orig = simulated if is_da else simulated[self.variable]
         out = out.transpose(*orig.dims).assign_coords(orig.coords)
         action = f"transform: {self.variable} debiased ({self.method} map)"

@@ -33,7 +33,8 @@ convolutions).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Hashable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -209,7 +210,9 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
             sl = slice(a, min(a + batch_size, total))
             yb = y_norm[rows[sl]][:, None].to(device)
             guided = GuidedDenoiser(prior, yb, factor, how, guidance)
-            z = run_sampler(sampler, guided, RowNoise(seeds[sl]), (len(yb), 1, H, W), steps=steps,
+            # RowNoise only iterates its seeds: an integer array does
+            noise = RowNoise(cast(Sequence[int], seeds[sl]))
+            z = run_sampler(sampler, guided, noise, (len(yb), 1, H, W), steps=steps,
                             sigma_min=lo, sigma_max=hi, rho=rho, churn=churn, device=device,
                             progress=bar.update)
             x = prior.denormalise(z[:, 0].double().cpu())
@@ -395,12 +398,12 @@ def downscale(
         if not isinstance(debias, Transformer):
             raise TypeError(f"debias must be a fitted Debias (an xsciml.base.Transformer, with .transform), "
                             f"got {type(debias).__name__}.")
-        attrs, name = dict(da.attrs), da.name
+        attrs, da_name = dict(da.attrs), da.name
         da = debias.transform(da)
         if not isinstance(da, xr.DataArray):
             raise TypeError(f"debias.transform returned {type(da).__name__}, expected a DataArray.")
         da.attrs = {**attrs, **da.attrs}
-        da = _coarse_dataarray(da.rename(name) if da.name is None else da, prior)
+        da = _coarse_dataarray(da.rename(da_name) if da.name is None else da, prior)
         check_core_chunks(da, space, argname="debias.transform(coarse)",
                           why="each snapshot is downscaled whole")
     loop = [d for d in da.dims if d not in space]
@@ -417,11 +420,12 @@ def downscale(
                   sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=float(rho),
                   churn=float(churn), seed=int(seed), batch_size=int(batch_size),
                   progress=False if da.chunks is not None else prior._progress(progress))
-    sizes = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
-    out = apply_model(_downscale_kernel, prior, da, index,
-                      input_core_dims=[list(cdims.values()), []],
-                      output_core_dims=[["sample", *space]], output_dtypes=[np.float64],
-                      output_sizes=sizes, device=device, kwargs=kwargs)
+    sizes: dict[Hashable, int] = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
+    # one output core dims entry: one DataArray
+    out = cast(xr.DataArray, apply_model(_downscale_kernel, prior, da, index,
+                                         input_core_dims=[list(cdims.values()), []],
+                                         output_core_dims=[["sample", *space]], output_dtypes=[np.float64],
+                                         output_sizes=sizes, device=device, kwargs=kwargs))
     out = out.transpose("sample", *loop, *space)
     out = out.assign_coords({k: v for k, v in prior.grid.coords.items()})
     out.name = prior.variable

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
 __all__ = ["RandomRectangles", "make_heat_dataset"]
+
+
+class _DrawOptions(TypedDict):
+    """Keyword arguments of the ``torch.rand`` draws of :meth:`RandomRectangles.sample`."""
+
+    generator: torch.Generator | None
+    device: torch.device
+    dtype: torch.dtype
 
 
 class RandomRectangles:
@@ -142,7 +150,7 @@ class RandomRectangles:
         nd = len(self.shape)
         slots = self.count[1]
         dev = generator.device if generator is not None else torch.device("cpu")
-        kw = dict(generator=generator, device=dev, dtype=torch.float64)
+        kw: _DrawOptions = dict(generator=generator, device=dev, dtype=torch.float64)
         ext = torch.tensor(self.extent, dtype=torch.float64, device=dev)
         n_active = torch.floor(self.count[0] + (slots - self.count[0] + 1) * torch.rand(n, **kw))
         centre = (torch.rand(n, slots, nd, **kw) - 0.5) * ext * 0.8 + ext * 0.5

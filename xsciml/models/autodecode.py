@@ -66,7 +66,7 @@ def decode_codes(decoder: nn.Module, features: Tensor, codes: Tensor) -> Tensor:
     >>> bool(torch.allclose(out, ref, atol=1e-5))
     True
     """
-    if isinstance(decoder, FourierNet) and getattr(decoder, "code_dim", 0):
+    if isinstance(decoder, FourierNet) and decoder.code_dim:
         shifts = decoder.shift(codes.to(features.dtype)).unsqueeze(-2).split(decoder.width, dim=-1)
         h = torch.sin(decoder.filters[0](features))
         for lin, filt, shift in zip(decoder.linears, decoder.filters[1:], shifts, strict=True):
@@ -281,6 +281,7 @@ def _encode_objective(decoder: nn.Module, features: Tensor, y: Tensor, mask: Ten
     if gls is None:
         fit = e.pow(2).sum((1, 2))
     else:  # generalised least squares: correlated residuals discounted
+        assert chol is not None  # given with gls (_check_encode_inputs)
         fit = gls_quadratic(e.reshape(len(e), -1), gls, chol)
     mu, sd = code_mean.reshape(-1), code_std.reshape(-1)
     prior = ((alpha - mu) / sd).pow(2).mean(1)  # Gaussian prior fitted to the training codes
@@ -366,6 +367,7 @@ def gauss_newton_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Te
     uniq, inv = torch.unique(m, dim=0, return_inverse=True)  # one normal matrix per mask
     Jm = uniq.double()[:, :, None] * J  # [U, n, d]
     if gls is not None:
+        assert chol is not None  # given with gls (_check_encode_inputs)
         WJ = _gls_apply(Jm, gls.double(), chol.double()[_first_of_each(inv, len(uniq))])
     else:
         WJ = Jm

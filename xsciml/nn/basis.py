@@ -73,6 +73,10 @@ class BasisField(CoordinateNetwork):
     """
 
     kind = "basis"
+    # buffers registered in __init__ (declared for the type checker)
+    _strides: Tensor
+    _sizes: Tensor
+    _corners: Tensor
 
     def __init__(
         self,
@@ -196,6 +200,7 @@ class BasisField(CoordinateNetwork):
         k, out = self.code_dim, self.out_features
         x = features.reshape(-1, self.in_features)
         rows, w = self.interpolation(x[:, : self.n_space])
+        assert z is not None  # code_dim >= 1: _check_inputs refuses a missing code
         z = z.to(self.basis.dtype)
         if z.ndim >= 2 and len(lead) >= 2 and z.shape[-2] == 1:
             # one code per group of points (decoding snapshots on a target): combine the

@@ -287,15 +287,17 @@ class FourierNet(CoordinateNetwork):
             raise ValueError(f"weight_scale must be positive, got {weight_scale}.")
         self.width, self.depth = width, depth
         gamma = scale_vector(input_scale, self.in_features) / math.sqrt(depth + 1)
-        self.filters = nn.ModuleList(nn.Linear(self.in_features, width) for _ in range(depth + 1))
-        self.linears = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        filters = [nn.Linear(self.in_features, width) for _ in range(depth + 1)]
+        self.filters = nn.ModuleList(filters)
+        linears = [nn.Linear(width, width) for _ in range(depth)]
+        self.linears = nn.ModuleList(linears)
         self.head = nn.Linear(width, self.out_features)
         bound = math.sqrt(weight_scale / width)
         with torch.no_grad():
-            for f in self.filters:
+            for f in filters:
                 f.weight.uniform_(-1.0, 1.0).mul_(gamma)
                 f.bias.uniform_(-math.pi, math.pi)
-            for lin in self.linears:
+            for lin in linears:
                 lin.weight.uniform_(-bound, bound)
         if self.code_dim:
             # one map for all layers: W' = [W'_1; ...; W'_depth]

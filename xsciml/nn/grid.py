@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -162,6 +162,11 @@ class MultiResGrid(CoordinateNetwork):
     """
 
     kind = "grid"
+    # buffers registered in __init__ (declared for the type checker)
+    _multipliers: Tensor
+    _sizes: Tensor
+    _corners: Tensor
+    _time_freqs: Tensor
 
     def __init__(
         self,
@@ -231,7 +236,8 @@ class MultiResGrid(CoordinateNetwork):
             freqs = [float(k) for k in range(1, time_frequencies + 1)]
         else:
             try:
-                freqs = [float(f) for f in time_frequencies]
+                # a bool is no sequence: iterating it raises the TypeError below
+                freqs = [float(f) for f in cast(Sequence[float], time_frequencies)]
             except TypeError:
                 raise TypeError(
                     "time_frequencies must be an int K or a sequence of floats, "

@@ -13,6 +13,7 @@ Pure torch: nothing here knows about xarray.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,17 @@ __all__ = ["UNet", "ConvBlock"]
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
 _NORMS = ("batch", "group", "instance", None)
 _PADDING = ("zeros", "circular", "reflect", "replicate")
+_PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+class _BlockOptions(TypedDict):
+    """The keyword arguments every :class:`ConvBlock` of a :class:`UNet` shares."""
+
+    norm: str | None
+    activation: str
+    padding_mode: str
+    cond_dim: int
+    groups: int
 
 
 def _make_norm(kind: str | None, channels: int, groups: int) -> nn.Module:
@@ -76,9 +88,10 @@ class ConvBlock(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+        mode = cast(_PaddingMode, padding_mode)  # nn.Conv2d checks the value
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=mode)
         self.norm1 = _make_norm(norm, out_channels, groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, padding_mode=mode)
         self.norm2 = _make_norm(norm, out_channels, groups)
         self.act = _ACTIVATIONS[activation]()
         self.film: nn.Linear | None = None
@@ -195,7 +208,7 @@ class UNet(nn.Module):
             groups=groups,
         )
         self.cond_dim = cond_dim
-        kw = dict(
+        kw: _BlockOptions = dict(
             norm=norm,
             activation=activation,
             padding_mode=padding_mode,

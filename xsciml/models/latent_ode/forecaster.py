@@ -9,9 +9,9 @@ In-s mask and the In-t / Out-t × In-s / Out-s table.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ...tensors import (
     space_values,
     target_points,
 )
-from .ode import Clock, integrate_latent
+from .ode import Clock, LatentDynamics, integrate_latent
 
 __all__ = ["InitialStates", "LatentForecaster"]
 
@@ -54,6 +54,21 @@ def _codes_tensor(codes: Any, latent_dim: int, name: str = "codes"
         lead_dims = tuple(f"dim_{i}" for i in range(a.ndim - 1))
     return a, lead_dims, coords
 
+
+
+class _Configurable(Protocol):
+    def config(self) -> dict[str, Any]: ...
+
+
+class _LatentModule(Protocol):
+    """What the forecasters' networks (``DINoModule``, ``SmoothModule``) hold."""
+
+    decoder: _Configurable
+    dynamics: LatentDynamics
+
+    def normalise(self, z: Tensor) -> Tensor: ...
+
+    def denormalise(self, z: Tensor) -> Tensor: ...
 
 
 # =========================================================================== estimator
@@ -105,6 +120,29 @@ class LatentForecaster(Estimator):
     * optionally ``_finish_forecast`` / ``_finish_block`` (e.g. DINo's persisted residual).
     """
 
+    if TYPE_CHECKING:  # provided by the subclasses (see above), declared for the type checker
+        train_points: np.ndarray
+        train_observed: np.ndarray
+        forecast: Callable[..., xr.DataArray | xr.Dataset]
+
+        @property
+        def latent_dim(self) -> int: ...
+
+        def _states(self, ds: xr.Dataset) -> InitialStates: ...
+
+        def _block_states(self, arrays: list[np.ndarray], context: Any, /) -> InitialStates: ...
+
+        def _encode_states(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                           seed: int | None, progress: bool | None, batch_size: int) -> Tensor: ...
+
+        def _integrate(self, codes0: Tensor, offsets: np.ndarray, device: Any, options: dict[str, Any],
+                       t0: np.ndarray | None, /) -> Tensor: ...
+
+        def _decode_tensor(self, codes: Tensor, tp: TargetPoints, device: Any, batch_size: int, /
+                           ) -> Tensor: ...
+
+        def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]: ...
+
     def __init__(self, module: nn.Module, encoder: CoordinateEncoder, scaler: Scaler,
                  variables: Sequence[str], *, sample_dim: Hashable | None, time: str,
                  clock: Clock, ode: dict[str, Any], coord_units: dict[str, str] | None = None,
@@ -121,7 +159,7 @@ class LatentForecaster(Estimator):
         self.var_attrs = var_attrs or {}
         self.info = info or {}
         self.history = None
-        self.last_nfe = None
+        self.last_nfe: int | None = None
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -130,7 +168,7 @@ class LatentForecaster(Estimator):
 
     def _common_config(self) -> dict[str, Any]:
         """The JSON config entries of the shared state plus the networks'."""
-        m = self.module
+        m = cast(_LatentModule, self.module)
         return {
             "variables": self.variables,
             "sample_dim": None if self.sample_dim is None else str(self.sample_dim),
@@ -162,14 +200,14 @@ class LatentForecaster(Estimator):
 
     def _initial_times(self, ds: xr.Dataset, bdims: Sequence[Hashable]) -> np.ndarray | None:
         """Absolute float times ``[N]`` of the initial states (for forcing phases), else None."""
-        if not self.module.dynamics.periods:
+        if not cast(_LatentModule, self.module).dynamics.periods:
             return None
         return self.clock.to_float(np.asarray(self._state_times(ds, bdims).values).reshape(-1))
 
     @property
     def forcing_periods(self) -> list[float]:
         """Periods of the known forcings the dynamics receive, in the model's time units."""
-        return [p * self.clock.scale for p in self.module.dynamics.periods]
+        return [p * self.clock.scale for p in cast(_LatentModule, self.module).dynamics.periods]
 
     def _init_dataset(self, obj: Any, role: str) -> xr.Dataset:
         if isinstance(obj, xr.DataArray):
@@ -195,7 +233,7 @@ class LatentForecaster(Estimator):
 
         return check_dataset_units(obj, self.var_attrs, self.variables, role=role)
 
-    def _check_units(self, coords: Mapping[str, Any], role: str) -> None:
+    def _check_units(self, coords: Mapping[Hashable, Any], role: str) -> None:
         """Refuse space coordinates whose ``units`` attribute differs from training's.
 
         ``coords`` maps names to coordinates (a Dataset, or a target dict whose values may
@@ -271,7 +309,8 @@ class LatentForecaster(Estimator):
         tp = self._target(ds if target is None else target)
         vals = self._decode_tensor(codes.reshape(-1, self.latent_dim), tp, device, batch_size)
         vals = vals.reshape(*states.bshape, len(offsets), *vals.shape[1:])
-        coords = dict(states.bcoords)
+        coords: dict[Hashable, xr.Variable | tuple[Hashable | tuple[Hashable, ...], np.ndarray]] = dict(
+            states.bcoords)
         coords["lead"] = ("lead", lead_coord)
         if self.time in ds.coords and set(ds[self.time].dims) <= set(states.bdims):
             t0 = ds[self.time].transpose(*[d for d in states.bdims if d in ds[self.time].dims])
@@ -314,7 +353,7 @@ class LatentForecaster(Estimator):
         from ..._utils import resolve_device
 
         dev = resolve_device(device)
-        m = self.module.to(dev).eval()
+        m = cast(_LatentModule, self.module.to(dev).eval())
         z0 = m.normalise(codes0.to(dev))
         d = z0.shape[-1]
         if m.dynamics.periods:
@@ -386,7 +425,7 @@ class LatentForecaster(Estimator):
         nlead = len(offsets)
         inputs = [d.transpose(*bdims, *sdims) for d in das]
         core = [list(sdims)] * len(das)
-        with_time = bool(self.module.dynamics.periods)
+        with_time = bool(cast(_LatentModule, self.module).dynamics.periods)
         if with_time:  # forced dynamics: each state's initial time travels with its chunk
             t = self._state_times(ds, bdims)  # a clear error here, not in a task
             inputs.append(t.chunk({d: das[0].chunksizes[d] for d in bdims if d in das[0].chunksizes})

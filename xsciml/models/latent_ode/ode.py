@@ -15,7 +15,7 @@ import datetime as _dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -82,6 +82,8 @@ class LatentDynamics(nn.Module):
     torch.Size([5, 10])
     """
 
+    omega: Tensor  # a buffer registered in __init__ (declared for the type checker)
+
     def __init__(self, latent_dim: int, width: int = 256, depth: int = 3, linear: bool = True,
                  periods: Sequence[float] = ()) -> None:
         super().__init__()
@@ -96,7 +98,7 @@ class LatentDynamics(nn.Module):
         n_in = self.latent_dim + 2 * len(self.periods)
         self.net = MLP(n_in, latent_dim, width=width, depth=depth, activation="swish")
         with torch.no_grad():  # start close to "nothing moves": a gentle initial flow
-            last = self.net.net[-1]
+            last = cast(nn.Linear, self.net.net[-1])  # the MLP's output layer
             last.weight.mul_(0.1)
             last.bias.zero_()
         self.linear = nn.Linear(latent_dim, latent_dim) if linear else None
@@ -508,7 +510,8 @@ def dynamics_loss(m: nn.Module, z: Tensor, u: Tensor, t_out: Tensor, where: Tens
     B, w, d = z.shape
     steps = torch.arange(w - 1, device=z.device)
     mark = torch.ones(B, w - 1, dtype=torch.bool, device=z.device)
-    mark[:, 1:] = u[:, 2:] < m.teacher_forcing
+    # m holds teacher_forcing (a float) and dynamics; nn.Module types its attributes Tensor | Module
+    mark[:, 1:] = u[:, 2:] < cast(float, m.teacher_forcing)
     start = torch.where(mark, steps, torch.full_like(steps, -1)).cummax(dim=1).values  # [B, w-1]
     b = torch.arange(B, device=z.device)[:, None].expand(-1, w - 1)
     pairs, pair_of = torch.unique(b * w + start, return_inverse=True)
@@ -517,7 +520,7 @@ def dynamics_loss(m: nn.Module, z: Tensor, u: Tensor, t_out: Tensor, where: Tens
         z0 = torch.cat([z0, phase.to(z0)[pairs % w]], dim=-1)
     ti = where[start, (steps + 1).expand(B, -1)]  # offset index of (start, target)
     n_t = int(ti.max()) + 1
-    sol = integrate_latent(m.dynamics, z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d(+phases)]
+    sol = integrate_latent(cast(LatentDynamics, m.dynamics), z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d(+phases)]
     pred = sol[ti, pair_of][..., :d]
     loss = (pred - z[:, 1:]).pow(2).mean()
     return (loss, pred) if return_pred else loss
