@@ -92,7 +92,7 @@ def field_settings(n_times: int, quick: bool = False) -> dict[str, Any]:
     15
     """
     return {
-        "model": "grid",
+        "network": "grid",
         "network_kwargs": {"time_frequencies": max(1, n_times // 2), "n_time_levels": 4},
         "steps": 150 if quick else 1000,
     }

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     dsteps = args.dynamics_steps or (20 if args.quick else 2000)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XSCIML_PROGRESS", "0")
-    fit_kw = dict(decoder=args.decoder, modes=4, waves=args.waves, latent_dim=args.latent_dim, encoder_width=32,
+    fit_kw = dict(network=args.decoder, modes=4, waves=args.waves, latent_dim=args.latent_dim, encoder_width=32,
                   dynamics_width=args.dynamics_width, steps=steps, dynamics_steps=dsteps, window=10,
                   dynamics_batch_size=64, batch_size=64, lr=2e-3, dynamics_lr=3e-3, solver="dopri5",
                   rtol=1e-3, atol=1e-4, consistency_target=args.consistency_target,
