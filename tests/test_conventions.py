@@ -103,6 +103,23 @@ def test_debiased_dataset_history_is_appended_not_copied():
     assert out.tas.attrs["history"].split("\n")[0] == "model run"
 
 
+def test_forecasts_and_decoded_fields_are_labelled_and_append_to_history():
+    ds = xsciml.datasets.heat(3, 8, n_frames=4, seed=0)
+    ds["u"].attrs.update(SOURCE)
+    dyn = xsciml.models.fit_dynamics(ds, "u", latent_dim=4, width=8, steps=2, progress=False, device="cpu")
+    fc = dyn.forecast(ds.isel(time=0), lead=np.array([0.0, 1.0]), encode_steps=2, progress=False)
+    assert fc.attrs["units"] == "K" and fc.attrs["standard_name"] == "air_temperature"
+    assert fc.attrs["cell_methods"] == "time: mean"
+    assert not {"valid_range", "_FillValue"} & set(fc.attrs)
+    old, line = fc.attrs["history"].split("\n")
+    assert old == SOURCE["history"] and LINE.match(line).group(2) == "DINo.forecast of u"
+    lazy = dyn.forecast(ds.isel(time=0).chunk({"trajectory": 1}), lead=np.array([0.0, 1.0]), encode_steps=2)
+    assert isinstance(lazy, xr.DataArray) and lazy.chunks is not None
+    assert LINE.match(lazy.attrs["history"].split("\n")[1]).group(2) == "DINo.forecast of u"
+    rec = dyn.decode(dyn.encode(ds.isel(time=0), steps=2, progress=False), ds.isel(time=0))
+    assert LINE.match(rec.attrs["history"].split("\n")[1]).group(2) == "DINo.decode of u"
+
+
 def test_history_dataframe_draws_a_validation_line():
     h = History(loss=list(np.linspace(1, 0.1, 10)), lr=[0.1] * 10,
                 val_loss=[(3, 0.8), (6, 0.5), (9, 0.4), (10, 0.45)])

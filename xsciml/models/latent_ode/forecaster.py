@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from ...base import Estimator
+from ...base import Estimator, output_attrs
 from ...coords import CoordinateEncoder
 from ...parallel import is_dask_backed
 from ...tensors import (
@@ -276,15 +276,25 @@ class LatentForecaster(Estimator):
         self._check_domain(tp.features.numpy(), "target")
         return tp
 
-    def _to_xarray(self, vals: Tensor, tp, lead_dims, lead_coords, extra_attrs=None):
+    def _output_attrs(self, variable: str, action: str) -> dict[str, Any]:
+        """CF attrs of a decoded or forecast field of ``variable`` (its units, standard
+        name and cell methods, not its packing or history) and the provenance attrs, with
+        a ``history`` line for ``action``."""
+        source = self.var_attrs.get(variable, {})
+        return {**output_attrs(source, "value", name=variable),
+                **self._provenance(f"{action} of {variable}", source)}
+
+    def _to_xarray(self, vals: Tensor, tp, lead_dims, lead_coords, extra_attrs=None, action: str = "decode"):
         das = {}
         for j, v in enumerate(self.variables):
-            attrs = {**self.var_attrs.get(v, {}), **self._provenance(), **(extra_attrs or {})}
+            attrs = {**self._output_attrs(v, action), **(extra_attrs or {})}
             das[v] = tp.to_dataarray(vals[..., j], name=v, attrs=attrs, leading_dims=tuple(lead_dims),
                                      leading_coords=lead_coords)
         if len(das) == 1:
             return next(iter(das.values()))
-        return xr.Dataset(das, attrs={**self._provenance(), **(extra_attrs or {})})
+        first = das[self.variables[0]].attrs
+        return xr.Dataset(das, attrs={k: first[k] for k in ("xsciml_version", "xsciml_model", "history")
+                                      if k in first} | dict(extra_attrs or {}))
 
 
     # ------------------------------------------------------------------ forecasting (template)
@@ -316,7 +326,7 @@ class LatentForecaster(Estimator):
             t0 = ds[self.time].transpose(*[d for d in states.bdims if d in ds[self.time].dims])
             coords["valid_time"] = ((*t0.dims, "lead"), self.clock.add(t0.values, offsets))
         out = self._to_xarray(vals, tp, (*states.bdims, "lead"), coords,
-                              self._forecast_attrs(options, self.last_nfe))
+                              self._forecast_attrs(options, self.last_nfe), action="forecast")
         return self._finish_forecast(out, ds, states, codes0, tp, options, device=device,
                                      batch_size=batch_size)
 
@@ -445,7 +455,7 @@ class LatentForecaster(Estimator):
         res = xr.Dataset()
         for name, da in zip(self.variables, outs, strict=True):
             da = da.assign_coords(lead=("lead", lead_coord))
-            da.attrs = {**self.var_attrs.get(name, {}), **self._provenance(), **extra}
+            da.attrs = {**self._output_attrs(name, "forecast"), **extra}
             res[name] = da.transpose(*bdims, "lead", *sdims)
         res = res.assign_coords({k: c for k, c in ds.coords.items()
                                  if c.dims and set(c.dims) <= set(bdims) | set(sdims)
