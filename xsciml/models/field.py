@@ -892,6 +892,10 @@ def fit_field(
 
 #: Fewest training points for which residual kriging and the references are fitted.
 _MIN_KRIGING_POINTS = 20
+# fewer held-out points than this cannot choose a predictor nor fit the residual covariance
+_MIN_VALIDATION_POINTS = 4
+# below this many held-out points the validation scores are said to be uncertain
+_FEW_VALIDATION_POINTS = 20
 
 
 def _nrmse(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -956,6 +960,15 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
         note = "the field alone: kriging does not take condition variables"
     elif len(ti) < _MIN_KRIGING_POINTS:
         note = f"the field alone: {len(ti)} training points are too few to fit a kriging covariance"
+    elif len(vi) < _MIN_VALIDATION_POINTS:
+        note = (f"the field alone: {len(vi)} held-out points are too few to choose a predictor "
+                f"(at least {_MIN_VALIDATION_POINTS})")
+    if len(vi) < _FEW_VALIDATION_POINTS:
+        warnings.warn(
+            f"fit_field: only {len(vi)} of {len(ti) + len(vi)} observations were held out for "
+            f"validation; its scores, the choice of predictor and the σ calibration rest on them "
+            "and are uncertain (more observations, or a larger val_fraction, give firmer numbers)",
+            UserWarning, stacklevel=3)
     if note is None:
         hetero = field.module.likelihood.kind == "heteroscedastic"
         candidates = {"field+kriging": (z - mean_z, mean_z)}
@@ -995,7 +1008,7 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
         field.kriging = [kr.with_data(zc, target_all[:, j]) for j, kr in enumerate(krigs[choice])]
         field.trend = "field" if choice == "field+kriging" else "constant"
         validation["kriging"] = [repr(kr) for kr in krigs[choice]]
-    if reference and len(ti) >= _MIN_KRIGING_POINTS:
+    if reference and len(ti) >= _MIN_KRIGING_POINTS and len(vi) >= _MIN_VALIDATION_POINTS:
         ref, how = _reference_rbf(data, z, ti, vi, zc)
         validation["reference"] = how
         if ref is not None:
