@@ -436,7 +436,8 @@ class DINo(LatentForecaster):
                                     max_points=max_points)
         try:
             with torch.enable_grad():
-                for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
+                for a in progress_bar(range(0, N, per), desc="encode", progress=self._progress(progress),
+                                      leave=False):
                     yt = torch.as_tensor(ys[a:a + per], dtype=torch.float32, device=dev)
                     mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
                     chol = None if gls is None else gls_factors(gls, mt.reshape(len(mt), -1), floor)
@@ -922,6 +923,7 @@ def fit_dino(
                  var_attrs=traj.var_attrs(), info=info,
                  residual_factor=factor, residual_var=rvar)
     model.history = history
+    model.fit_progress = progress  # encode / forecast show bars as the fit did
     return model
 
 

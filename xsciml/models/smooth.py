@@ -561,7 +561,7 @@ class SmoothDynamics(LatentForecaster):
         seed_everything(seed)
         out = torch.empty(N, self.latent_dim)
         feats = self._grid_features(dev)
-        for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
+        for a in progress_bar(range(0, N, per), desc="encode", progress=self._progress(progress), leave=False):
             yt = torch.as_tensor(np.where(mask[a:a + per], ys[a:a + per], 0.0), dtype=torch.float32,
                                  device=dev)
             with torch.inference_mode():
@@ -1076,4 +1076,5 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
                            clock=clock, ode=ode, grid=grid, periods=periods,
                            coord_units=traj.coord_units(), var_attrs=traj.var_attrs(), info=info)
     model.history = History.chain({"autoencoder": hist1, "dynamics": hist2})
+    model.fit_progress = progress  # encode / forecast show bars as the fit did
     return model
