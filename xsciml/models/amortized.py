@@ -1306,6 +1306,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
 
     kw = dict(network_kwargs)
+    seed_everything(seed)  # the initial weights come from the seed
     if kind == "mlp":
         points = np.flatnonzero(valid.ravel())
         net: nn.Module = MLPAutoEncoder((C,) + grid.shape, points=points.size, latent_dim=latent_dim,
