@@ -876,7 +876,8 @@ def fit_diffusion(
                   optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
                   params=[p for p in net.parameters() if p.requires_grad],
                   seed=seed, progress=progress, desc="fit_diffusion[EDM]",
-                  callbacks=[*steps_done, *callbacks], checkpoint=checkpoint, resume=resume,
+                  callbacks=[*steps_done, *((callbacks,) if callable(callbacks) else callbacks)],
+                  checkpoint=checkpoint, resume=resume,
                   time_limit=time_limit)
     final = copy.deepcopy(averaged.module) if averaged is not None else net
     final = final.cpu().eval()

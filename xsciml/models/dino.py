@@ -929,7 +929,8 @@ def fit_dino(
               {"params": list(module.dynamics.parameters()), "lr": dynamics_lr}]
     history = fit(module, loss_fn, draw, steps=int(steps), optimizer="adam", lr=lr, params=groups,
                   scheduler=scheduler, grad_clip=grad_clip, device=device, seed=seed,
-                  progress=progress, desc="fit_dynamics[DINo]", callbacks=[on_step, *callbacks],
+                  progress=progress, desc="fit_dynamics[DINo]",
+                  callbacks=[on_step, *((callbacks,) if callable(callbacks) else callbacks)],
                   checkpoint=checkpoint, resume=resume, time_limit=time_limit)
     module = module.cpu().eval()
     module.update_statistics()
