@@ -10,7 +10,8 @@ with labeled outputs: :meth:`~NeuralField.predict` (mean and std on any coordina
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from ..tensors import (
     target_points,
     to_tensors,
 )
-from ..training import History
+from ..training import History, TrainState
 
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
@@ -661,8 +662,10 @@ def fit_field(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
-    checkpoint: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> NeuralField:
     r"""Fit a neural field :math:`f_\theta(x, t[, \mu])` to every valid observation.
 
@@ -742,10 +745,21 @@ def fit_field(
         Seed of the weights, the held-out split and the minibatches.
     progress
         Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
-    checkpoint
-        Checkpoint file, see :func:`xsciml.training.fit`.
-    resume
-        Resume from ``checkpoint`` when it exists.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
     regularization
         Weight of the network's own penalty (for ``"grid"``: the roughness of the
         grids, :meth:`~xsciml.nn.MultiResGrid.regularization`), divided by the number
@@ -859,7 +873,7 @@ def fit_field(
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_field[{kind}]", val_every=val_every,
                   early_stopping=early_stopping, restore_best=val is not None,
-                  checkpoint=checkpoint, resume=resume)
+                  checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit)
     module = module.cpu()
     info = {"network": kind, "likelihood": likelihood, "n_train_points": int(data.n_valid),
             "steps": int(history.steps)}
