@@ -172,3 +172,17 @@ def test_dask_target_gives_lazy_result_equal_to_eager(gappy, grid_field, tmp_pat
     pred.to_zarr(tmp_path / "p.zarr")
     np.testing.assert_allclose(xr.open_zarr(tmp_path / "p.zarr").u_mean.values,
                                eager.u_mean.transpose(*pred.u_mean.dims).values, atol=1e-6)
+
+
+def test_training_stops_once_the_held_out_loss_stops_improving():
+    # pure noise: nothing to learn, so the held-out loss soon stops improving
+    ds = smooth_ds(n=16, frames=2)
+    ds["u"].values = np.random.default_rng(3).normal(size=ds.u.shape)
+    kw = dict(space=("y", "x"), time="time", steps=600, val_every=20, residual="none", progress=False)
+    field = ds.sciml.fit_field("u", **kw)
+    hist = field.history
+    assert field.info["steps"] < 600 and hist.stopped_early and hist.stop_reason == "early_stopping"
+    # three evaluations without improvement after the best one, whose weights are kept
+    checked = [step for step, _ in hist.val_loss]
+    assert len(checked) - 1 - checked.index(hist.best_step) == 3
+    assert ds.sciml.fit_field("u", early_stopping=None, **kw).info["steps"] == 600

@@ -655,7 +655,7 @@ def fit_field(
     val_fraction: float = 0.1,
     val_pattern: str = "auto",
     val_every: int = 100,
-    early_stopping: int | None = None,
+    early_stopping: int | None = 3,
     calibrate: bool = True,
     residual: str = "auto",
     reference: bool = True,
@@ -738,7 +738,10 @@ def fit_field(
     val_every
         Steps between evaluations on the held-out points.
     early_stopping
-        Stop after this many evaluations without improvement (``None``: never).
+        Stop after this many evaluations on the held-out points (every ``val_every``
+        steps) without improvement, keeping the best weights (``None``: train all
+        ``steps``). Needs held-out points: ignored when ``val_fraction=0`` or the data
+        are lazy.
     device
         Where to train (``"auto"``: CUDA when present).
     seed
@@ -872,7 +875,7 @@ def fit_field(
                   batch_size=batch_size, optimizer="adam", lr=(5e-3 if kind == "grid" else 1e-3) if lr is None else lr,
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_field[{kind}]", val_every=val_every,
-                  early_stopping=early_stopping, restore_best=val is not None,
+                  early_stopping=early_stopping if val is not None else None, restore_best=val is not None,
                   checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit)
     module = module.cpu()
     info = {"network": kind, "likelihood": likelihood, "n_train_points": int(data.n_valid),
