@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -335,8 +335,10 @@ def _move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
         moved = {k: _move(v, device, non_blocking) for k, v in batch.items()}
+        # a concrete Mapping subclass built from a dict (dict, OrderedDict, ...); the abstract type cannot say so
+        rebuild = cast("Callable[[dict[Any, Any]], Any]", type(batch))
         try:
-            return type(batch)(moved)
+            return rebuild(moved)
         except TypeError:
             return moved
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # named tuple
@@ -545,7 +547,11 @@ class _ShuffledStream(_Stream):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         # the permutation of the current epoch is re-drawn from its starting state
-        start = self._epoch_start if self._it is not None else self.generator.get_state()
+        if self._it is not None:
+            assert self._epoch_start is not None  # set by _permutation when the epoch's first batch was drawn
+            start = self._epoch_start
+        else:
+            start = self.generator.get_state()
         state["generator"] = start.clone()
         return state
 
@@ -795,7 +801,8 @@ def _make_optimizer(optimizer: Any, model: nn.Module, params: Iterable[Any] | No
                 )
             opt = getattr(torch.optim, _OPTIMIZERS[key])(plist, lr=lr, weight_decay=weight_decay)
         elif isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
-            opt = optimizer(plist, lr=lr, weight_decay=weight_decay)
+            opt_cls: Callable[..., Optimizer] = optimizer  # subclasses take lr=/weight_decay=, the base does not
+            opt = opt_cls(plist, lr=lr, weight_decay=weight_decay)
         elif callable(optimizer):
             opt = optimizer(plist)
             if not isinstance(opt, Optimizer):
@@ -885,7 +892,8 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default, spelled out: numpy's stubs get the default wrong
+    assert isinstance(np_state, tuple)  # the global RandomState is MT19937, whose legacy state is a tuple
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -108,6 +108,8 @@ class EDMDenoiser(nn.Module):
     >>> net(x, torch.full((3,), 0.5)).shape
     torch.Size([3, 1, 16, 16])
     """
+
+    static: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -248,7 +250,7 @@ class RowNoise:
     True
     """
 
-    def __init__(self, seeds: Sequence[int]) -> None:
+    def __init__(self, seeds: Sequence[int] | np.ndarray) -> None:
         self.generators = [torch.Generator().manual_seed(int(s) % (2**63)) for s in seeds]
 
     def __len__(self) -> int:
@@ -836,12 +838,13 @@ def fit_diffusion(
 
     def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
         (zb,) = batch
-        return edm_loss(m, zb, P_mean, P_std)
+        return edm_loss(cast(EDMDenoiser, m), zb, P_mean, P_std)  # fit passes the module it trains, net
 
     history = fit(net, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=min(batch_size, len(z)),
                   optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
                   seed=seed, progress=progress, desc="fit_diffusion[EDM]", callbacks=callbacks)
-    final = copy.deepcopy(averaged.module) if averaged is not None else net
+    # the averaged model wraps a copy of net
+    final = cast(EDMDenoiser, copy.deepcopy(averaged.module)) if averaged is not None else net
     final = final.cpu().eval()
     grid = Grid.from_data(ds, [name], sample_dim)
     _, info = sample_info(ds, sample_dim)
