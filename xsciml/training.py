@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["History", "TrainState", "fit", "iterate_minibatches", "move_to_device"]
+
+_M = TypeVar("_M", bound=nn.Module)  # the module fit trains, as loss_fn receives it
 
 log = logging.getLogger(__name__)
 
@@ -959,8 +961,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
+    model: _M,
+    loss_fn: Callable[[_M, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
     data: Any,
     *,
     val_data: Any = None,
@@ -1233,11 +1235,11 @@ def _split_validation(kind: str, data: Any, val_data: Any, val_fraction: float, 
     return data, val_data
 
 
-class _FitRun:
+class _FitRun(Generic[_M]):
     """The state of one :func:`fit` run: the step loop, validation, checkpoints."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any],
-                 v_loss_fn: Callable[[nn.Module, Any], Any], opt: Optimizer, sched: Any, stream: Any,
+    def __init__(self, model: _M, loss_fn: Callable[[_M, Any], Any],
+                 v_loss_fn: Callable[[_M, Any], Any], opt: Optimizer, sched: Any, stream: Any,
                  val_pass: Callable[[], Iterable[Any]] | None, dev: torch.device, *, epochs: int | None,
                  total_steps: int | None, grad_clip: float | None, val_every: int,
                  early_stopping: int | None, restore_best: bool, ckpt_path: Path | None,

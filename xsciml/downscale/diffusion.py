@@ -836,9 +836,9 @@ def fit_diffusion(
 
         callbacks.append(update_ema)
 
-    def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+    def loss_fn(m: EDMDenoiser, batch: Any) -> torch.Tensor:
         (zb,) = batch
-        return edm_loss(cast(EDMDenoiser, m), zb, P_mean, P_std)  # fit passes the module it trains, net
+        return edm_loss(m, zb, P_mean, P_std)
 
     history = fit(net, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=min(batch_size, len(z)),
                   optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
