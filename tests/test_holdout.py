@@ -65,6 +65,7 @@ def test_holes_follow_the_dimension_order_of_the_array():
 @pytest.mark.parametrize("obs, reason", [
     (np.ones((3, 10, 10), bool), "no gaps to mimic"),
     (np.ones((3, 3, 3), bool), "too few grid cells"),
+    (np.eye(10, dtype=bool)[None], "too few observations (10)"),
 ])
 def test_nothing_to_mimic_falls_back_to_random_points(obs, reason):
     held, info = gap_shaped_holdout(np.flatnonzero(obs), ("t", "y", "x"), obs.shape, ("y", "x"), 0.1)
@@ -118,3 +119,17 @@ def test_fit_field_validates_on_gap_shaped_points_and_says_so():
     with pytest.raises(ValueError, match="pattern must be 'random' or 'auto'"):
         da.where(obs).to_dataset().sciml.fit_field("u", space=("y", "x"), time="time", steps=2,
                                                    val_pattern="blobs", progress=False)
+
+
+def test_too_few_held_out_points_keep_the_field_alone_and_say_so():
+    rng = np.random.default_rng(0)
+    values = np.full((4, 10, 10), np.nan)
+    for frame in values:  # 8 observations a frame: 3 held out of 32
+        frame.flat[rng.choice(100, 8, replace=False)] = rng.normal(size=8)
+    ds = xr.Dataset({"u": (("time", "lat", "lon"), values)},
+                    coords={"time": np.arange(4.0), "lat": np.linspace(40, 50, 10), "lon": np.linspace(0, 10, 10)})
+    with pytest.warns(UserWarning, match="only 3 of 32 observations were held out"):
+        field = ds.sciml.fit_field("u", space=("lat", "lon"), time="time", steps=20, progress=False)
+    assert field.info["predictor"] == "field"
+    assert "3 held-out points are too few to choose a predictor" in field.summary()
+    assert "nrmse_rbf" not in field.info["validation"]

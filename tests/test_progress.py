@@ -9,6 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
+import xsciml
 from xsciml._utils import bar_summary, progress_bar
 from xsciml.training import fit
 
@@ -113,3 +114,18 @@ def test_bar_shows_the_best_validation_loss_once_a_later_check_is_worse(capfd):
         device="cpu", progress=True, desc="probe-val")
     last = _last_line(capfd.readouterr().err)
     assert last.startswith("probe-val: 6/6 it") and "val=1.5" in last and "best=0.5@2" in last
+
+
+@pytest.mark.parametrize("method", ["dino", "smooth"])
+def test_silenced_dynamics_fit_then_forecast_writes_nothing(capfd, monkeypatch, method):
+    monkeypatch.delenv("XSCIML_PROGRESS", raising=False)  # bars on by default
+    ds = xsciml.datasets.heat(2, 8, n_frames=4, seed=0)
+    kw = ({"latent_dim": 4, "width": 8, "depth": 1, "dynamics_width": 8, "dynamics_depth": 1}
+          if method == "dino" else {"modes": 1, "waves": 1, "dynamics_steps": 2})
+    model = ds.sciml.fit_dynamics("u", space=("y", "x"), method=method, steps=3, progress=False,
+                                  device="cpu", **kw)
+    capfd.readouterr()
+    out = model.forecast(ds.isel(time=[0]), lead=[0.1], device="cpu")  # progress=None: as the fit
+    assert out.sizes["lead"] == 1
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -127,8 +127,11 @@ def gap_shaped_holdout(valid: np.ndarray, dims: Sequence[Hashable], shape: Seque
     dims = tuple(dims)
     space_axes = [dims.index(d) for d in dims if d in set(space_dims)]
     info: dict[str, Any] = {"pattern": "random"}
-    if not space_axes or len(valid) < 20:
+    if not space_axes:
         info["reason"] = "no spatial grid"
+        return None, info
+    if len(valid) < 20:
+        info["reason"] = f"too few observations ({len(valid)}) to measure the gaps"
         return None, info
     frame_axes = [i for i in range(len(dims)) if i not in space_axes]
     full = np.zeros(int(np.prod(shape)), bool)

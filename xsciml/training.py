@@ -17,8 +17,10 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,8 @@ from xsciml._utils import progress_bar, resolve_device, seed_everything
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["History", "TrainState", "fit", "iterate_minibatches", "move_to_device"]
+__all__ = ["History", "TrainState", "checkpoint_step", "fit", "iterate_minibatches", "move_to_device",
+           "parse_time_limit"]
 
 _M = TypeVar("_M", bound=nn.Module)  # the module fit trains, as loss_fn receives it
 
@@ -83,9 +86,10 @@ class History:
     best_val_loss : float or None
         The lowest validation loss (``None`` without validation).
     stopped_early : bool
-        True when training ended before its budget (early stopping or a callback).
+        True when training ended before its budget (early stopping, a callback or the
+        time limit).
     stop_reason : str or None
-        ``"early_stopping"``, ``"callback"`` or ``None``.
+        ``"early_stopping"``, ``"callback"``, ``"time_limit"`` or ``None``.
     steps : int
         Optimizer steps taken in total (across resumes).
     wall_time : float
@@ -957,6 +961,78 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+_TIME_UNITS = {"h": 3600.0, "min": 60.0, "s": 1.0}
+_TIME_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(h|min|s)")
+
+
+def parse_time_limit(value: float | str | None, name: str = "time_limit") -> float | None:
+    """A wall-clock budget in seconds, from a number of seconds or a string with units.
+
+    Parameters
+    ----------
+    value : float, int, str or None
+        Seconds (a number > 0), or a string of one or more ``<number><unit>`` parts with
+        the units ``h``, ``min`` and ``s``: ``"90s"``, ``"10min"``, ``"1.5h"``,
+        ``"2h30min"``, ``"1h 5min 30s"``. ``None``: no limit.
+    name : str, default "time_limit"
+        The argument's name, for the error message.
+
+    Returns
+    -------
+    float or None
+        The budget in seconds (``None`` for no limit).
+
+    Raises
+    ------
+    ValueError
+        Anything else, including a budget of zero or less.
+
+    Examples
+    --------
+    >>> parse_time_limit(90), parse_time_limit("10min"), parse_time_limit("1.5h")
+    (90.0, 600.0, 5400.0)
+    >>> parse_time_limit("2h30min"), parse_time_limit(None)
+    (9000.0, None)
+    """
+    if value is None:
+        return None
+    forms = ("seconds as a number > 0, or a string such as '90s', '10min', '1.5h' or "
+             "'2h30min' (units h, min, s)")
+    seconds: float | None = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text, pos, total, parts = value.strip().lower(), 0, 0.0, 0
+        while pos < len(text):
+            m = _TIME_PART.match(text, pos)
+            if m is None:
+                break
+            total += float(m.group(1)) * _TIME_UNITS[m.group(2)]
+            pos, parts = m.end(), parts + 1
+        if parts and pos == len(text):
+            seconds = total
+    if seconds is None or not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be {forms}; got {value!r}.")
+    return seconds
+
+
+def checkpoint_step(checkpoint: str | os.PathLike[str] | None) -> int:
+    """The optimizer steps a training checkpoint written by :func:`fit` has done.
+
+    ``0`` when ``checkpoint`` is ``None`` or the file does not exist (a run with
+    ``resume=True`` then starts afresh). Useful to set up step-dependent state (a
+    schedule applied by a callback) before resuming.
+
+    Examples
+    --------
+    >>> checkpoint_step("no-such-checkpoint.pt")
+    0
+    """
+    if checkpoint is None or not Path(checkpoint).exists():
+        return 0
+    return int(_read_checkpoint(Path(checkpoint))["step"])
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -988,6 +1064,7 @@ def fit(
     resume: bool = False,
     callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
     val_loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+    time_limit: float | str | None = None,
 ) -> History:
     """Train ``model`` by minimising ``loss_fn(model, batch)`` over ``data``.
 
@@ -1084,6 +1161,14 @@ def fit(
         stops training (resumable: no extra validation is run).
     val_loss_fn : callable, optional
         Validation loss, ``val_loss_fn(model, batch)``; defaults to ``loss_fn``.
+    time_limit : float or str, optional
+        Wall-clock budget of this call: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`parse_time_limit`). When it runs
+        out, training stops after the current step as a callback stop does (no extra
+        validation, so a resumed run continues as if uninterrupted): the best weights
+        are restored (``restore_best``), the checkpoint is written, the history records
+        ``stop_reason="time_limit"``, and a :class:`UserWarning` says how many of the
+        steps were done.
 
     Returns
     -------
@@ -1117,6 +1202,7 @@ def fit(
         checkpoint_every=checkpoint_every, early_stopping=early_stopping, val_fraction=val_fraction, lr=lr,
         weight_decay=weight_decay, grad_clip=grad_clip, resume=resume, checkpoint=checkpoint,
         callbacks=callbacks, seed=seed)
+    limit = parse_time_limit(time_limit)
 
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     ckpt = _read_checkpoint(ckpt_path) if resume and ckpt_path is not None and ckpt_path.exists() else None
@@ -1149,7 +1235,7 @@ def fit(
                   val_pass, dev, epochs=epochs, total_steps=total_steps, grad_clip=grad_clip,
                   val_every=val_every, early_stopping=early_stopping, restore_best=restore_best,
                   ckpt_path=ckpt_path, checkpoint_every=checkpoint_every, callbacks=callbacks,
-                  base_seed=base_seed, desc=desc)
+                  base_seed=base_seed, desc=desc, time_limit=limit)
     if ckpt is not None:
         run.load_checkpoint(ckpt)
     params_device = next((str(p.device) for p in model.parameters()), str(dev))
@@ -1244,13 +1330,13 @@ class _FitRun(Generic[_M]):
                  total_steps: int | None, grad_clip: float | None, val_every: int,
                  early_stopping: int | None, restore_best: bool, ckpt_path: Path | None,
                  checkpoint_every: int, callbacks: Sequence[Callable[[TrainState], bool | None]],
-                 base_seed: int, desc: str) -> None:
+                 base_seed: int, desc: str, time_limit: float | None = None) -> None:
         self.model, self.loss_fn, self.v_loss_fn = model, loss_fn, v_loss_fn
         self.opt, self.sched, self.stream, self.val_pass, self.dev = opt, sched, stream, val_pass, dev
         self.epochs, self.total_steps, self.grad_clip = epochs, total_steps, grad_clip
         self.val_every, self.early_stopping, self.restore_best = val_every, early_stopping, restore_best
         self.ckpt_path, self.checkpoint_every, self.callbacks = ckpt_path, checkpoint_every, callbacks
-        self.base_seed, self.desc = base_seed, desc
+        self.base_seed, self.desc, self.time_limit = base_seed, desc, time_limit
         self.clip_params = [p for g in opt.param_groups for p in g["params"]]
         self.plateau = isinstance(sched, ReduceLROnPlateau)
         self.validating = val_pass is not None
@@ -1393,7 +1479,28 @@ class _FitRun(Generic[_M]):
         for cb in self.callbacks:
             if cb(state) is True and stop is None:
                 stop = "callback"
+        if (stop is None and self.time_limit is not None
+                and time.perf_counter() - self.t0 >= self.time_limit and not self.finished(state)):
+            stop = "time_limit"
         return stop
+
+    def finished(self, state: TrainState) -> bool:
+        """Whether the step of ``state`` was the last of the budget."""
+        if self.epochs is None:
+            return state.step >= self.total_steps  # type: ignore[operator]
+        return self.total_steps is not None and state.step >= self.total_steps
+
+    def warn_time_limit(self, step: int) -> None:
+        """The warning of a run stopped by its time limit after ``step`` steps."""
+        if self.epochs is None:
+            asked = f"{self.total_steps} steps"
+        elif self.total_steps is not None:
+            asked = f"{self.epochs} epochs ({self.total_steps} steps)"
+        else:
+            asked = f"{self.epochs} epochs"
+        resume = " (resume from the checkpoint to continue)" if self.ckpt_path is not None else ""
+        warnings.warn(f"{self.desc}: the time limit of {self.time_limit:g} s was reached after {step} "
+                      f"steps of the {asked} asked for; training stopped there{resume}.", UserWarning, stacklevel=4)
 
     def postfix(self, loss_value: float, last_val: float | None) -> dict[str, str]:
         """The progress bar's postfix."""
@@ -1448,7 +1555,7 @@ class _FitRun(Generic[_M]):
                 if self.ckpt_path is not None and step % self.checkpoint_every == 0:
                     self.save(step)
 
-            if (self.validating and step > 0 and history.stop_reason != "callback"
+            if (self.validating and step > 0 and history.stop_reason not in ("callback", "time_limit")
                     and (not history.val_loss or history.val_loss[-1][0] != step)):
                 self.validate(step)
             history.steps = step
@@ -1459,6 +1566,8 @@ class _FitRun(Generic[_M]):
             if restored:
                 model.load_state_dict(self.best_state)  # type: ignore[arg-type]
             _log_end(self.desc, history, self.restore_best and self.best_state is not None)
+            if history.stop_reason == "time_limit":
+                self.warn_time_limit(step)
         finally:
             bar.close()
             model.train(was_training)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, cast
 
@@ -55,7 +56,7 @@ from .._utils import check_numeric, progress_bar, resolve_device, seed_everythin
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn import UNet
 from ..nn.layers import FourierFeatures
-from ..training import History
+from ..training import History, TrainState
 
 __all__ = [
     "DiffusionPrior",
@@ -690,6 +691,15 @@ def _training_array(obj: xr.Dataset | xr.DataArray, variable: str | None, sample
     return out, name, (others[0], others[1])
 
 
+class _WithAverage(nn.Module):
+    """The denoiser and its running average, one module for :func:`xsciml.training.fit`
+    (only ``net``'s parameters are optimised; its checkpoints hold both)."""
+
+    def __init__(self, net: nn.Module, average: nn.Module) -> None:
+        super().__init__()
+        self.net, self.average = net, average
+
+
 def fit_diffusion(
     obj: xr.Dataset | xr.DataArray,
     variable: str | None = None,
@@ -713,6 +723,10 @@ def fit_diffusion(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> DiffusionPrior:
     r"""Fit an EDM diffusion prior to the snapshots of one gridded variable.
 
@@ -763,6 +777,23 @@ def fit_diffusion(
         The seed (weights, noise and batches).
     progress
         Show a progress bar.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
+        The checkpoint holds the averaged (EMA) weights too, so a resumed fit
+        continues the average where it stopped.
 
     Returns
     -------
@@ -825,24 +856,31 @@ def fit_diffusion(
     dev = resolve_device(device)
     net.to(dev)
     averaged = None
-    callbacks = []
+    steps_done: list[Callable[[TrainState], bool | None]] = []
+    trained: nn.Module = net
     if ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
+        # trained together so that the checkpoint holds (and a resumed fit restores) the average
+        trained = _WithAverage(net, averaged)
 
-        def update_ema(state: Any) -> None:
-            averaged.update_parameters(state.model)
+        def update_ema(state: TrainState) -> None:
+            averaged.update_parameters(net)
 
-        callbacks.append(update_ema)
+        steps_done.append(update_ema)
 
-    def loss_fn(m: EDMDenoiser, batch: Any) -> torch.Tensor:
+    def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
         (zb,) = batch
-        return edm_loss(m, zb, P_mean, P_std)
+        return edm_loss(net, zb, P_mean, P_std)
 
-    history = fit(net, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=min(batch_size, len(z)),
+    history = fit(trained, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=min(batch_size, len(z)),
                   optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
-                  seed=seed, progress=progress, desc="fit_diffusion[EDM]", callbacks=callbacks)
+                  params=[p for p in net.parameters() if p.requires_grad],
+                  seed=seed, progress=progress, desc="fit_diffusion[EDM]",
+                  callbacks=[*steps_done, *((callbacks,) if callable(callbacks) else callbacks)],
+                  checkpoint=checkpoint, resume=resume,
+                  time_limit=time_limit)
     # the averaged model wraps a copy of net
     final = cast(EDMDenoiser, copy.deepcopy(averaged.module)) if averaged is not None else net
     final = final.cpu().eval()

@@ -29,6 +29,7 @@ average over examples.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -41,7 +42,7 @@ from torch import nn
 from .._utils import resolve_device
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn.unet import UNet
-from ..training import History
+from ..training import History, TrainState
 from .heat import (
     DampedInverse,
     FourierOperator,
@@ -778,7 +779,10 @@ def fit_inversion(
     device: Any = "auto",
     seed: int = 0,
     progress: bool | None = None,
-    callbacks: Sequence[Any] = (),
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
     **fit_kwargs: Any,
 ) -> LearnedInversion:
     r"""Train a U-Net to invert ``operator`` on on-the-fly generated data.
@@ -846,11 +850,24 @@ def fit_inversion(
         initial networks and data streams.
     progress
         Show a progress bar.
-    callbacks
-        Passed to :func:`~xsciml.training.fit`.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
     **fit_kwargs
         Further :func:`~xsciml.training.fit` options (``scheduler``, ``grad_clip``,
-        ``checkpoint``, ...).
+        ``checkpoint_every``, ...).
 
     Returns
     -------
@@ -913,7 +930,8 @@ def fit_inversion(
                              solver_steps=solver_steps),
         batches, steps=steps, optimizer=optimizer, lr=lr,
         device=device, seed=seed, progress=progress, desc=f"fit_inversion[{method}]",
-        callbacks=callbacks, **fit_kwargs,
+        checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit,
+        **fit_kwargs,
     )
     wall = time.perf_counter() - start
     shape = getattr(data, "shape", None)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,7 @@ from ..eofs import out_of_sample_noise
 from ..likelihoods import DiagonalGaussian
 from ..parallel import is_dask_backed
 from ..tensors import decode_variable
-from ..training import History
+from ..training import History, TrainState, parse_time_limit
 from ._snapshot_validation import (
     MAX_SNAPSHOTS,
     MIN_SNAPSHOTS,
@@ -1265,7 +1266,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
                  beta: float, input_dropout: float, steps: int, batch_size: int, lr: float,
                  weight_decay: float, scheduler: Any, val_fraction: float,
                  early_stopping: int | None, device: Any, seed: int | None,
-                 progress: bool | None) -> AutoEncoder:
+                 progress: bool | None, training: Mapping[str, Any] | None = None) -> AutoEncoder:
     from ..training import fit
 
     if not 0.0 <= input_dropout < 1.0:
@@ -1321,6 +1322,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
 
     kw = dict(network_kwargs)
+    seed_everything(seed)  # the initial weights come from the seed
     net: _AutoEncoderNet
     if kind == "mlp":
         points = np.flatnonzero(valid.ravel())
@@ -1368,7 +1370,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
                   optimizer="adamw" if weight_decay else "adam", lr=lr,
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_autoencoder[{kind}]",
-                  early_stopping=early_stopping, restore_best=use_val > 0)
+                  early_stopping=early_stopping, restore_best=use_val > 0, **(training or {}))
     # the noise scale σ_v: RMS residual of the training snapshots (its maximum-likelihood value)
     dev = next(net.parameters()).device
     se = torch.zeros(C, dtype=torch.float64)
@@ -1421,6 +1423,10 @@ def fit_autoencoder(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> PCA | AutoEncoder:
     r"""Fit an encoder/decoder pair to the snapshots of a gridded field.
 
@@ -1518,6 +1524,24 @@ def fit_autoencoder(
         The seed (also of the randomized SVD and the validation masks).
     progress
         Show a progress bar.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
+
+        The exact PCA has no training: ``checkpoint``, ``resume`` and ``callbacks``
+        are errors with ``network="pca"``, and ``time_limit`` is ignored.
 
     Returns
     -------
@@ -1527,7 +1551,9 @@ def fit_autoencoder(
     ------
     ValueError
         ``latent_dim`` larger than the snapshots allow (PCA), an all-masked snapshot,
-        no grid point observed in every snapshot (PCA), unknown ``network``, bad weights.
+        no grid point observed in every snapshot (PCA), unknown ``network``, bad weights,
+        ``checkpoint``, ``resume`` or ``callbacks`` with ``network="pca"``, a bad
+        ``time_limit``.
     KeyError
         Unknown variable or ``sample_dim``.
 
@@ -1550,7 +1576,14 @@ def fit_autoencoder(
     if not isinstance(sample_dim, str):
         raise TypeError(f"sample_dim must be a dimension name (str), got {sample_dim!r}")
     grid = Grid.from_data(ds, variables, sample_dim)
+    callbacks = tuple(callbacks) if not callable(callbacks) else (callbacks,)
     if kind == "pca":
+        parse_time_limit(time_limit)  # checked, though the closed form needs no budget
+        given = [n for n, v in (("checkpoint", checkpoint is not None), ("resume", resume),
+                                ("callbacks", len(callbacks) > 0)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to the trained autoencoders (network='mlp' or "
+                             "'conv'); network='pca' is solved in closed form, without training steps")
         if stochastic:
             raise ValueError(
                 "stochastic=True needs a neural encoder (network='mlp' or 'conv'); PCA's encode "
@@ -1574,4 +1607,6 @@ def fit_autoencoder(
                         bool(center), network_kwargs or {}, float(beta), float(input_dropout),
                         _check_positive_int(steps, "steps"), _check_positive_int(batch_size, "batch_size"),
                         float(lr), float(weight_decay), scheduler, float(val_fraction),
-                        early_stopping, device, seed, progress)
+                        early_stopping, device, seed, progress,
+                        training=dict(checkpoint=checkpoint, resume=resume, callbacks=callbacks,
+                                      time_limit=time_limit))

@@ -54,7 +54,8 @@ GPU, and models load on either.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import os
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,6 +67,7 @@ from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, TargetPoints, decode_variable, space_dims, space_values
+from ..training import TrainState
 from .autodecode import (
     adam_codes,
     candidate_fields,
@@ -441,7 +443,8 @@ class DINo(LatentForecaster):
                                     max_points=max_points)
         try:
             with torch.enable_grad():
-                for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
+                for a in progress_bar(range(0, N, per), desc="encode", progress=self._progress(progress),
+                                      leave=False):
                     yt = torch.as_tensor(ys[a:a + per], dtype=torch.float32, device=dev)
                     mt = torch.as_tensor(mask[a:a + per], dtype=torch.float32, device=dev)
                     chol = None if gls is None else gls_factors(gls, mt.reshape(len(mt), -1), floor)
@@ -741,6 +744,10 @@ def fit_dino(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> DINo:
     r"""Learn the dynamics of a field from trajectories with DINo.
 
@@ -764,6 +771,23 @@ def fit_dino(
         ``lr=1e-2``).
     time_units, sphere, residual_rank, device, seed, progress
         As in :func:`xsciml.models.fit_dynamics`.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
+        The teacher-forcing schedule of a resumed fit continues from the
+        checkpoint's step.
 
     Returns
     -------
@@ -779,7 +803,7 @@ def fit_dino(
     ('trajectory', 'lead', 'y', 'x')
     """
     from ..nn import build_network
-    from ..training import fit
+    from ..training import checkpoint_step, fit, parse_time_limit
 
     traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
                                 train_until=train_until, space=space)
@@ -789,6 +813,7 @@ def fit_dino(
     _check_space_coords(ds, space, (tdim, sample_dim_eff))
     sdims = traj.check_dims()
     _check_dino_settings(latent_dim, steps, batch_size, n_points, loss, rollout_weight)
+    parse_time_limit(time_limit)  # a bad budget fails before the set-up
 
     # ---- time
     clock = Clock.fit(ds[time].values, time_units)
@@ -831,7 +856,8 @@ def fit_dino(
     frame_phase = dynamics.phases(t_abs / clock.scale)  # [T, 2 n_periods]
     module = DINoModule(decoder, dynamics, S, T)
     schedule = teacher_forcing_schedule(teacher_forcing, int(steps))
-    module.teacher_forcing = float(schedule(0))
+    # a resumed fit continues the schedule where the checkpoint stopped
+    module.teacher_forcing = float(schedule(checkpoint_step(checkpoint) if resume else 0))
 
     B = S if batch_size is None else int(min(max(1, batch_size), S))
     w = T if window is None else int(window)
@@ -909,7 +935,9 @@ def fit_dino(
               {"params": list(module.dynamics.parameters()), "lr": dynamics_lr}]
     history = fit(module, loss_fn, draw, steps=int(steps), optimizer="adam", lr=lr, params=groups,
                   scheduler=scheduler, grad_clip=grad_clip, device=device, seed=seed,
-                  progress=progress, desc="fit_dynamics[DINo]", callbacks=[on_step])
+                  progress=progress, desc="fit_dynamics[DINo]",
+                  callbacks=[on_step, *((callbacks,) if callable(callbacks) else callbacks)],
+                  checkpoint=checkpoint, resume=resume, time_limit=time_limit)
     module = module.cpu().eval()
     module.update_statistics()
 
@@ -927,6 +955,7 @@ def fit_dino(
                  var_attrs=traj.var_attrs(), info=info,
                  residual_factor=factor, residual_var=rvar)
     model.history = history
+    model.fit_progress = progress  # encode / forecast show bars as the fit did
     return model
 
 

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import os
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import xarray as xr
 
 from ..base import Estimator, Forecaster
+from ..training import TrainState
 from .dino import DINo, fit_dino
 from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from .smooth import SmoothDynamics, fit_smooth_dynamics
@@ -62,6 +64,10 @@ def fit_dynamics(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
     **kwargs: Any,
 ) -> DINo | SmoothDynamics:
     r"""Learn the dynamics of a field from trajectories (DINo, or the smooth model).
@@ -107,7 +113,8 @@ def fit_dynamics(
         smooth latent dynamics, :func:`xsciml.models.smooth.fit_smooth_dynamics`, which
         receives the shared arguments — data, ``space``, ``time``, ``sample_dim``,
         ``train_until``, ``solver``, ``rtol``, ``atol``, ``steps``, ``lr``, ``device``,
-        ``seed``, ``progress`` — and its own options through ``**kwargs``).
+        ``seed``, ``progress``, ``checkpoint``, ``resume``, ``callbacks``, ``time_limit`` —
+        and its own options through ``**kwargs``).
     solver
         torchdiffeq solver: fixed-step (``"rk4"``, ``"euler"``, ``"midpoint"``...) or
         adaptive (``"dopri5"``, ...).
@@ -165,6 +172,23 @@ def fit_dynamics(
         points times variables exceed 2**15 (memory).
     device, seed, progress
         Where to train, the seed, a progress bar.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
+        Both models take them (``"smooth"`` keeps one checkpoint file per training
+        stage, see :func:`xsciml.models.smooth.fit_smooth_dynamics`).
     **kwargs
         Options of the ``"smooth"`` method (none for DINo).
 
@@ -188,8 +212,9 @@ def fit_dynamics(
         given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
         return fit_smooth_dynamics(obj, variables, space=space, time=time, sample_dim=sample_dim,
                                    train_until=train_until, device=device, seed=seed,
-                                   progress=progress, **{k: v for k, v in given.items() if v is not None},
-                                   **kwargs)
+                                   progress=progress, checkpoint=checkpoint, resume=resume,
+                                   callbacks=callbacks, time_limit=time_limit,
+                                   **{k: v for k, v in given.items() if v is not None}, **kwargs)
     if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
         import warnings
 
@@ -212,7 +237,8 @@ def fit_dynamics(
                     code_lr=code_lr, dynamics_lr=dynamics_lr, scheduler=scheduler,
                     grad_clip=grad_clip, rollout_weight=rollout_weight, time_units=time_units,
                     sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
-                    progress=progress, **{k: v for k, v in given.items() if v is not None})
+                    progress=progress, checkpoint=checkpoint, resume=resume, callbacks=callbacks,
+                    time_limit=time_limit, **{k: v for k, v in given.items() if v is not None})
 
 
 def forecast(

@@ -10,6 +10,7 @@ with labeled outputs: :meth:`~NeuralField.predict` (mean and std on any coordina
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,7 +31,7 @@ from ..tensors import (
     target_points,
     to_tensors,
 )
-from ..training import History
+from ..training import History, TrainState
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..likelihoods import Likelihood
@@ -667,8 +668,10 @@ def fit_field(
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
-    checkpoint: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> NeuralField:
     r"""Fit a neural field :math:`f_\theta(x, t[, \mu])` to every valid observation.
 
@@ -748,10 +751,21 @@ def fit_field(
         Seed of the weights, the held-out split and the minibatches.
     progress
         Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
-    checkpoint
-        Checkpoint file, see :func:`xsciml.training.fit`.
-    resume
-        Resume from ``checkpoint`` when it exists.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
     regularization
         Weight of the network's own penalty (for ``"grid"``: the roughness of the
         grids, :meth:`~xsciml.nn.MultiResGrid.regularization`), divided by the number
@@ -867,7 +881,7 @@ def fit_field(
                   weight_decay=weight_decay, scheduler=scheduler, device=device, seed=seed,
                   progress=progress, desc=f"fit_field[{kind}]", val_every=val_every,
                   early_stopping=early_stopping, restore_best=val is not None,
-                  checkpoint=checkpoint, resume=resume)
+                  checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit)
     module = module.cpu()
     info = {"network": kind, "likelihood": likelihood, "n_train_points": int(data.n_valid),
             "steps": int(history.steps)}
@@ -900,6 +914,10 @@ def fit_field(
 
 #: Fewest training points for which residual kriging and the references are fitted.
 _MIN_KRIGING_POINTS = 20
+# fewer held-out points than this cannot choose a predictor nor fit the residual covariance
+_MIN_VALIDATION_POINTS = 4
+# below this many held-out points the validation scores are said to be uncertain
+_FEW_VALIDATION_POINTS = 20
 
 
 def _nrmse(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -964,6 +982,15 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
         note = "the field alone: kriging does not take condition variables"
     elif len(ti) < _MIN_KRIGING_POINTS:
         note = f"the field alone: {len(ti)} training points are too few to fit a kriging covariance"
+    elif len(vi) < _MIN_VALIDATION_POINTS:
+        note = (f"the field alone: {len(vi)} held-out points are too few to choose a predictor "
+                f"(at least {_MIN_VALIDATION_POINTS})")
+    if len(vi) < _FEW_VALIDATION_POINTS:
+        warnings.warn(
+            f"fit_field: only {len(vi)} of {len(ti) + len(vi)} observations were held out for "
+            f"validation; its scores, the choice of predictor and the σ calibration rest on them "
+            "and are uncertain (more observations, or a larger val_fraction, give firmer numbers)",
+            UserWarning, stacklevel=3)
     if note is None:
         hetero = field.module.likelihood.kind == "heteroscedastic"
         candidates = {"field+kriging": (z - mean_z, mean_z)}
@@ -1003,7 +1030,7 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
         field.kriging = [kr.with_data(zc, target_all[:, j]) for j, kr in enumerate(krigs[choice])]
         field.trend = "field" if choice == "field+kriging" else "constant"
         validation["kriging"] = [repr(kr) for kr in krigs[choice]]
-    if reference and len(ti) >= _MIN_KRIGING_POINTS:
+    if reference and len(ti) >= _MIN_KRIGING_POINTS and len(vi) >= _MIN_VALIDATION_POINTS:
         ref, how = _reference_rbf(data, z, ti, vi, zc)
         validation["reference"] = how
         if ref is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,7 +43,7 @@ from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
-from ..training import History
+from ..training import History, TrainState
 from ._snapshot_validation import (
     MAX_SNAPSHOTS,
     MIN_SNAPSHOTS,
@@ -791,7 +792,9 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
               space: Any, time: Any, network: str, network_kwargs: dict[str, Any] | None, init: str | None,
               noise: str | float, variational: bool, time_features: Any, steps: int, batch_size: int,
               lr: float, latent_lr: float, linear_lr: float | None, scheduler: Any, device: Any,
-              seed: int | None, progress: bool | None) -> tuple[LatentInterpolator, dict | None]:
+              seed: int | None, progress: bool | None, checkpoint: str | os.PathLike[str] | None = None,
+              resume: bool = False, callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+              time_limit: float | str | None = None) -> tuple[LatentInterpolator, dict | None]:
     """:func:`fit_latent` on given snapshots, without validation; also returns the PCA
     start's state (``None`` without training or PCA start)."""
     from ..training import fit
@@ -847,7 +850,8 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
             groups.append({"params": linear, "lr": lr / 10 if linear_lr is None else linear_lr})
         history = fit(module, loss_fn, (data.features, y_std, idx), steps=steps, batch_size=batch_size,
                       optimizer="adam", lr=lr, params=groups, scheduler=scheduler, device=device,
-                      seed=seed, progress=progress, desc=f"fit_latent[{kind}]")
+                      seed=seed, progress=progress, desc=f"fit_latent[{kind}]",
+                      checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit)
     module = module.cpu()
     sample_coords = obj[sample_dim].values if sample_dim in obj.coords else None
     info = {"network": kind, "n_snapshots": S, "steps": int(history.steps) if history else 0,
@@ -887,6 +891,10 @@ def fit_latent(
     val_fraction: float = 0.1,
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> LatentInterpolator:
     r"""Fit a latent interpolator: one code per snapshot and a shared neural-field decoder.
 
@@ -975,6 +983,21 @@ def fit_latent(
         :meth:`LatentInterpolator.summary`; a warning names both numbers when PCA-MAP
         does better. Validation needs at least 10 snapshots (fewer: skipped, as
         ``info["validation"]`` says); ``0`` turns it off.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
 
     Returns
     -------
@@ -1010,7 +1033,8 @@ def fit_latent(
     settings = dict(sample_dim=sample_dim, space=space, time=time, network=network, network_kwargs=network_kwargs,
                     init=init, noise=noise, variational=variational, time_features=time_features,
                     steps=steps, batch_size=batch_size, lr=lr, latent_lr=latent_lr, linear_lr=linear_lr,
-                    scheduler=scheduler, device=device, seed=seed, progress=progress)
+                    scheduler=scheduler, device=device, seed=seed, progress=progress,
+                    checkpoint=checkpoint, resume=resume, callbacks=callbacks, time_limit=time_limit)
     n_val = 0
     if val_fraction > 0 and S >= MIN_SNAPSHOTS:
         n_val = min(max(1, int(round(val_fraction * S))), MAX_SNAPSHOTS)

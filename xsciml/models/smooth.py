@@ -79,7 +79,11 @@ torchdiffeq); the number of function evaluations of the last forecast is
 from __future__ import annotations
 
 import math
+import os
+import time as _time
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +95,7 @@ from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, decode_variable, space_dims
+from ..training import TrainState
 from .latent_ode import (
     ADAPTIVE_METHODS,
     FIXED_STEP_METHODS,
@@ -575,7 +580,7 @@ class SmoothDynamics(LatentForecaster):
         seed_everything(seed)
         out = torch.empty(N, self.latent_dim)
         feats = self._grid_features(dev)
-        for a in progress_bar(range(0, N, per), desc="encode", progress=progress, leave=False):
+        for a in progress_bar(range(0, N, per), desc="encode", progress=self._progress(progress), leave=False):
             yt = torch.as_tensor(np.where(mask[a:a + per], ys[a:a + per], 0.0), dtype=torch.float32,
                                  device=dev)
             with torch.inference_mode():
@@ -813,6 +818,12 @@ def _autoencoder_loss(m: SmoothModule, u: Tensor, feats: Tensor, *, consistency:
 
 
 # =========================================================================== fitting
+def _stage_checkpoint(path: str | os.PathLike[str], stage: str) -> Path:
+    """The checkpoint file of one stage: ``<stem>.<stage><suffix>`` next to ``path``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{stage}{p.suffix}")
+
+
 def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fitting phases
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -854,6 +865,10 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     device: Any = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    time_limit: float | str | None = None,
 ) -> SmoothDynamics:
     r"""Learn smooth latent dynamics of a periodic field (encoder + consistency + ansatz).
 
@@ -918,6 +933,32 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         Float unit of datetime/cftime time axes.
     device, seed, progress
         Where to train, the seed, a progress bar.
+    checkpoint : str or os.PathLike, optional
+        Training checkpoint file, written atomically every 500 steps and at the end
+        (see :func:`xsciml.training.fit`).
+    resume : bool, default False
+        Continue the training from ``checkpoint`` when the file exists (same data and
+        settings; a larger ``steps`` trains further).
+    callbacks : sequence of callables, default ()
+        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
+        after every optimizer step; returning ``True`` stops the training.
+    time_limit : float or str, optional
+        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
+        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
+        When it runs out, training stops after the current step with a warning, the
+        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
+        ``"time_limit"``.
+
+        This fit trains in two stages, ``"autoencoder"`` then ``"dynamics"``, and each
+        stage has its own checkpoint file next to ``checkpoint``: ``run.pt`` gives
+        ``run.autoencoder.pt`` and ``run.dynamics.pt``. With ``resume=True`` a finished
+        stage is read back from its file without training and the stage that was
+        interrupted continues. The callbacks are called in both stages
+        (``state.step`` counts the steps of the stage, ``state.model`` is what the
+        stage trains); one returning ``True`` stops the fit, and the stages after it
+        are not run. ``time_limit`` covers the whole fit: each stage gets the time
+        that is left, and when it runs out the later stages are not run (their
+        history is empty, with ``stop_reason="time_limit"``).
 
     Returns
     -------
@@ -932,8 +973,13 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     >>> fc.dims, model.nfe > 0
     (('trajectory', 'lead', 'x'), True)
     """
-    from ..training import History, fit
+    from ..training import History, checkpoint_step, fit, parse_time_limit
 
+    limit = parse_time_limit(time_limit)
+    started = _time.perf_counter()
+    callbacks = (callbacks,) if callable(callbacks) else tuple(callbacks)
+    ckpt_ae, ckpt_dyn = (None, None) if checkpoint is None else (
+        _stage_checkpoint(checkpoint, "autoencoder"), _stage_checkpoint(checkpoint, "dynamics"))
     traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
                                 train_until=train_until, space=space, latlon=False)
     ds, variables, space = traj.ds, traj.variables, traj.space
@@ -1028,7 +1074,8 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     ae_params = [p for p in list(enc.parameters()) + list(dec.parameters()) if p.requires_grad]
     hist1 = fit(module, ae_loss, draw_frames, steps=int(steps), optimizer="adam", lr=lr,
                 params=ae_params, scheduler=scheduler, device=device, seed=seed, progress=progress,
-                desc="fit_smooth_dynamics[autoencoder]")
+                desc="fit_smooth_dynamics[autoencoder]", checkpoint=ckpt_ae, resume=resume,
+                callbacks=callbacks, time_limit=limit)
     module = module.cpu().eval()
 
     # ---- encode the training trajectories, standardise θ
@@ -1056,7 +1103,8 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         def __init__(self, dynamics: LatentDynamics) -> None:
             super().__init__()
             self.dynamics = dynamics
-            self.teacher_forcing = float(schedule(0))
+            # a resumed stage continues the schedule where its checkpoint stopped
+            self.teacher_forcing = float(schedule(checkpoint_step(ckpt_dyn) if resume else 0))
 
     holder = _Dyn(module.dynamics)
 
@@ -1074,9 +1122,20 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     def on_step(state) -> None:
         state.model.teacher_forcing = float(schedule(state.step))
 
-    hist2 = fit(holder, dyn_loss, draw_traj, steps=dsteps, optimizer="adam", lr=dynamics_lr,
-                scheduler=scheduler, device=device, seed=seed, progress=progress,
-                desc="fit_smooth_dynamics[dynamics]", callbacks=[on_step])
+    left = None if limit is None else limit - (_time.perf_counter() - started)
+    if hist1.stop_reason in ("callback", "time_limit") or (left is not None and left <= 0):
+        # stopped by a callback or out of time: the dynamics stage is not run
+        reason = hist1.stop_reason if hist1.stop_reason in ("callback", "time_limit") else "time_limit"
+        if hist1.stop_reason is None:  # the budget ran out exactly as the first stage ended
+            warnings.warn(f"fit_smooth_dynamics: the time limit of {limit:g} s was reached after the "
+                          f"autoencoder stage ({hist1.steps} steps); the dynamics stage ({dsteps} steps "
+                          "asked for) was not run.", UserWarning, stacklevel=2)
+        hist2 = History(stopped_early=True, stop_reason=reason, device=hist1.device)
+    else:
+        hist2 = fit(holder, dyn_loss, draw_traj, steps=dsteps, optimizer="adam", lr=dynamics_lr,
+                    scheduler=scheduler, device=device, seed=seed, progress=progress,
+                    desc="fit_smooth_dynamics[dynamics]", callbacks=[on_step, *callbacks],
+                    checkpoint=ckpt_dyn, resume=resume, time_limit=left)
     module = module.cpu().eval()
 
     tvals = ds[time].values
@@ -1086,11 +1145,12 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
             "training_period": f"{tvals[0]} .. {tvals[-1]}",
             "final_reconstruction_loss": float(np.mean(hist1.logs.get("reconstruction", [np.nan])[-20:])),
             "final_consistency_loss": float(np.mean(hist1.logs.get("consistency", [np.nan])[-20:])),
-            "final_dynamics_loss": float(np.mean(hist2.loss[-20:])),
+            "final_dynamics_loss": float(np.mean(hist2.loss[-20:])) if hist2.loss else float("nan"),
             "latent_roughness": smoothness,
             "wall_time": float(hist1.wall_time + hist2.wall_time)}
     model = SmoothDynamics(module, coord_enc, scaler, variables, sample_dim=sample_dim, time=time,
                            clock=clock, ode=ode, grid=grid, periods=periods,
                            coord_units=traj.coord_units(), var_attrs=traj.var_attrs(), info=info)
     model.history = History.chain({"autoencoder": hist1, "dynamics": hist2})
+    model.fit_progress = progress  # encode / forecast show bars as the fit did
     return model
