@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["History", "TrainState", "checkpoint_step", "fit", "iterate_minibatches", "move_to_device",
            "parse_time_limit"]
+
+_M = TypeVar("_M", bound=nn.Module)  # the module fit trains, as loss_fn receives it
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +341,10 @@ def _move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
         moved = {k: _move(v, device, non_blocking) for k, v in batch.items()}
+        # a concrete Mapping subclass built from a dict (dict, OrderedDict, ...); the abstract type cannot say so
+        rebuild = cast("Callable[[dict[Any, Any]], Any]", type(batch))
         try:
-            return type(batch)(moved)
+            return rebuild(moved)
         except TypeError:
             return moved
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # named tuple
@@ -549,7 +553,11 @@ class _ShuffledStream(_Stream):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         # the permutation of the current epoch is re-drawn from its starting state
-        start = self._epoch_start if self._it is not None else self.generator.get_state()
+        if self._it is not None:
+            assert self._epoch_start is not None  # set by _permutation when the epoch's first batch was drawn
+            start = self._epoch_start
+        else:
+            start = self.generator.get_state()
         state["generator"] = start.clone()
         return state
 
@@ -799,7 +807,8 @@ def _make_optimizer(optimizer: Any, model: nn.Module, params: Iterable[Any] | No
                 )
             opt = getattr(torch.optim, _OPTIMIZERS[key])(plist, lr=lr, weight_decay=weight_decay)
         elif isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
-            opt = optimizer(plist, lr=lr, weight_decay=weight_decay)
+            opt_cls: Callable[..., Optimizer] = optimizer  # subclasses take lr=/weight_decay=, the base does not
+            opt = opt_cls(plist, lr=lr, weight_decay=weight_decay)
         elif callable(optimizer):
             opt = optimizer(plist)
             if not isinstance(opt, Optimizer):
@@ -889,7 +898,8 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default, spelled out: numpy's stubs get the default wrong
+    assert isinstance(np_state, tuple)  # the global RandomState is MT19937, whose legacy state is a tuple
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -1027,8 +1037,8 @@ def checkpoint_step(checkpoint: str | os.PathLike[str] | None) -> int:
 
 
 def fit(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
+    model: _M,
+    loss_fn: Callable[[_M, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
     data: Any,
     *,
     val_data: Any = None,
@@ -1311,11 +1321,11 @@ def _split_validation(kind: str, data: Any, val_data: Any, val_fraction: float, 
     return data, val_data
 
 
-class _FitRun:
+class _FitRun(Generic[_M]):
     """The state of one :func:`fit` run: the step loop, validation, checkpoints."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any],
-                 v_loss_fn: Callable[[nn.Module, Any], Any], opt: Optimizer, sched: Any, stream: Any,
+    def __init__(self, model: _M, loss_fn: Callable[[_M, Any], Any],
+                 v_loss_fn: Callable[[_M, Any], Any], opt: Optimizer, sched: Any, stream: Any,
                  val_pass: Callable[[], Iterable[Any]] | None, dev: torch.device, *, epochs: int | None,
                  total_steps: int | None, grad_clip: float | None, val_every: int,
                  early_stopping: int | None, restore_best: bool, ckpt_path: Path | None,

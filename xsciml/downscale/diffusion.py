@@ -44,7 +44,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -109,6 +109,8 @@ class EDMDenoiser(nn.Module):
     >>> net(x, torch.full((3,), 0.5)).shape
     torch.Size([3, 1, 16, 16])
     """
+
+    static: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -249,7 +251,7 @@ class RowNoise:
     True
     """
 
-    def __init__(self, seeds: Sequence[int]) -> None:
+    def __init__(self, seeds: Sequence[int] | np.ndarray) -> None:
         self.generators = [torch.Generator().manual_seed(int(s) % (2**63)) for s in seeds]
 
     def __len__(self) -> int:
@@ -879,7 +881,8 @@ def fit_diffusion(
                   callbacks=[*steps_done, *((callbacks,) if callable(callbacks) else callbacks)],
                   checkpoint=checkpoint, resume=resume,
                   time_limit=time_limit)
-    final = copy.deepcopy(averaged.module) if averaged is not None else net
+    # the averaged model wraps a copy of net
+    final = cast(EDMDenoiser, copy.deepcopy(averaged.module)) if averaged is not None else net
     final = final.cpu().eval()
     grid = Grid.from_data(ds, [name], sample_dim)
     _, info = sample_info(ds, sample_dim)

@@ -323,7 +323,9 @@ class InversionNet(nn.Module):
         self.unet = UNet(2 if self.residual else 1, 1, **kwargs)
         if self.residual:  # start exactly at the physics estimate
             nn.init.zeros_(self.unet.outc.weight)
-            nn.init.zeros_(self.unet.outc.bias)
+            bias = self.unet.outc.bias
+            assert bias is not None  # the UNet's output conv has a bias
+            nn.init.zeros_(bias)
         self.mean_gain = None if mean_gain is None or mean_gain <= 0 else float(mean_gain)
 
     @property
@@ -589,6 +591,7 @@ class LearnedInversion(Estimator):
             )
         in_range = self._noise_in_range(noise)
         if not in_range:
+            assert noise is not None  # a missing noise level is always in range
             self._fallback_warning(float(noise))
         est, unc = self._predict_tensor(t[None] if t.ndim == 2 else t, noise=noise,
                                         use_network=in_range, batch_size=batch_size, device=device)
@@ -604,6 +607,7 @@ class LearnedInversion(Estimator):
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Estimate and uncertainty of ``(B, H, W)`` observations (float32, on the CPU)."""
         if not use_network:
+            assert noise is not None  # the physics fallback is taken only for a given, out-of-range noise
             res = _physics_estimate(self.operator, y, float(noise))
             return res.estimate.float().cpu(), res.uncertainty.float().cpu()
         est = self._run(y, batch_size=batch_size, device=device)
@@ -688,7 +692,9 @@ def _observation_batch(data: Callable, operator: FourierOperator, batch_size: in
         )
 
     def make(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        out = data.sample(batch_size, generator) if batch_size is not None else data(generator)
+        # batch_size= was checked above to come with a data.sample method
+        out = data.sample(batch_size, generator) if batch_size is not None and hasattr(data, "sample") \
+            else data(generator)
         if isinstance(out, (tuple, list)):
             if len(out) != 2:
                 raise ValueError("a data callable returning a tuple must return (sources, observations).")
@@ -1089,6 +1095,7 @@ def invert(
             )
     use_network = inversion._noise_in_range(noise)
     if not use_network:
+        assert noise is not None  # a missing noise level is always in range
         inversion._fallback_warning(float(noise), what=name)
     dtype = obs.dtype if np.issubdtype(obs.dtype, np.floating) else np.dtype(np.float64)
 

@@ -130,6 +130,8 @@ class MLPAutoEncoder(nn.Module):
     (torch.Size([2, 3]), torch.Size([2, 1, 4, 5]))
     """
 
+    points: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, grid_shape: Sequence[int], points: int, latent_dim: int,
                  hidden: Sequence[int] = (256, 128), stochastic: bool = False,
                  activation: str = "silu") -> None:
@@ -139,7 +141,7 @@ class MLPAutoEncoder(nn.Module):
         k = _check_positive_int(latent_dim, "latent_dim")
         hidden = [_check_positive_int(h, "hidden width") for h in hidden]
         act = _activation(activation)
-        self.config = {"kind": "mlp", "grid_shape": list(self.grid_shape), "points": n,
+        self.config: dict[str, Any] = {"kind": "mlp", "grid_shape": list(self.grid_shape), "points": n,
                        "latent_dim": k, "hidden": hidden, "stochastic": bool(stochastic),
                        "activation": activation}
         self.register_buffer("points", torch.arange(n, dtype=torch.long))
@@ -232,7 +234,7 @@ class ConvAutoEncoder(nn.Module):
             raise ValueError("widths must hold at least one channel count")
         act = _activation(activation)
         self.grid_shape = (C, H, W)
-        self.config = {"kind": "conv", "grid_shape": [C, H, W], "latent_dim": k, "widths": widths,
+        self.config: dict[str, Any] = {"kind": "conv", "grid_shape": [C, H, W], "latent_dim": k, "widths": widths,
                        "stochastic": bool(stochastic), "activation": activation}
         sizes = [(H, W)]
         layers: list[nn.Module] = [nn.Conv2d(2 * C, widths[0], 3, padding=1), act()]
@@ -259,7 +261,11 @@ class ConvAutoEncoder(nn.Module):
         return self.out(self.up(h))
 
 
-def _build_network(config: Mapping[str, Any]) -> nn.Module:
+#: The torch modules of an :class:`AutoEncoder`.
+_AutoEncoderNet = MLPAutoEncoder | ConvAutoEncoder
+
+
+def _build_network(config: Mapping[str, Any]) -> _AutoEncoderNet:
     cfg = dict(config)
     kind = cfg.pop("kind")
     if kind == "mlp":
@@ -344,6 +350,9 @@ class _GridModel(Estimator):
     sample_dim: str
     latent_dim: int
     info: dict[str, Any]
+    # defined by the subclasses, with their own keyword options
+    encode: Callable[..., xr.DataArray | xr.Dataset]
+    decode: Callable[..., xr.DataArray | xr.Dataset]
 
     @property
     def variables(self) -> list[str]:
@@ -374,7 +383,7 @@ class _GridModel(Estimator):
             output_sizes={"latent": self.latent_dim}, device=device,
             kwargs={"method": method, **kwargs},
         )
-        return list(res) if n_out > 1 else [res]
+        return list(res) if isinstance(res, tuple) else [res]  # a tuple for n_out > 1
 
     def _decode_labeled(self, z: Any, method: str, device: Any, **kwargs: Any
                         ) -> xr.DataArray | xr.Dataset:
@@ -390,6 +399,7 @@ class _GridModel(Estimator):
                           **dict(zip(g.space_dims, g.shape, strict=True))},
             device=device, kwargs={"method": method, **kwargs},
         )
+        assert isinstance(out, xr.DataArray)  # one output
         out = out.assign_coords(g.coords)
         attrs = self._provenance(f"decode: {', '.join(g.variables)} decoded from latent codes",
                                  self._source_attrs())
@@ -684,7 +694,10 @@ class PCA(_GridModel):
             y = y.reshape(-1, self.grid.n_features)[:, self.basis]
             z, s = self._map_codes(y, noise_var, return_std, device)
             z = z.reshape(lead + (self.latent_dim,))
-            return (z, s.reshape(lead + (self.latent_dim,))) if return_std else z
+            if return_std:
+                assert s is not None  # _map_codes returns the std when asked for it
+                return z, s.reshape(lead + (self.latent_dim,))
+            return z
 
         return kernel
 
@@ -737,6 +750,7 @@ class PCA(_GridModel):
                     g = torch.diagonal(sol[..., 1:], dim1=-2, dim2=-1)
             z[rows] = zc.cpu().numpy()
             if return_std:
+                assert std is not None  # allocated above for return_std
                 std[rows] = (lam - lam * g).clamp_min(0).sqrt().cpu().numpy()
         return z, std
 
@@ -1017,17 +1031,19 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
     total_var = float(total) / (S - ddof)
     if not total_var > 0:
         raise ValueError("the snapshots have zero variance at every complete grid point; nothing to model")
+    # the noise variance (``noise`` names the method of estimating it)
+    noise_level: float
     if noise_var is None and not lazy and S >= 4 and noise == "cv":
-        noise = max(out_of_sample_noise(np.asarray(X), latent_dim), 1e-10 * total_var / basis.size)
+        noise_level = max(out_of_sample_noise(np.asarray(X), latent_dim), 1e-10 * total_var / basis.size)
         noise_how = "out-of-sample"
     elif noise_var is None:
         rest = max(total_var - float(lam.sum()), 0.0)
-        noise = rest / max(basis.size - latent_dim, 1)
-        noise = max(noise, 1e-10 * total_var / basis.size)
+        noise_level = rest / max(basis.size - latent_dim, 1)
+        noise_level = max(noise_level, 1e-10 * total_var / basis.size)
         noise_how = "discarded variance"
     else:
-        noise = float(noise_var)
-        if not (math.isfinite(noise) and noise > 0):
+        noise_level = float(noise_var)
+        if not (math.isfinite(noise_level) and noise_level > 0):
             raise ValueError(f"noise_var must be a positive number, got {noise_var!r}")
         noise_how = "given"
     sample_coord, info = sample_info(ds, sample_dim)
@@ -1035,10 +1051,10 @@ def _fit_pca(ds: xr.Dataset, grid: Grid, sample_dim: str, latent_dim: int, weigh
     wname = "none" if weights is None else ("coslat" if isinstance(weights, str) else "custom")
     log.info("fit_autoencoder[pca]: %d snapshots x %d grid points, %d modes by %s (weights %s, "
              "center %s): %.3g of the variance explained, noise variance %.3g", S,
-             int(basis.size), latent_dim, method, wname, center, float(lam.sum()) / total_var, noise)
+             int(basis.size), latent_dim, method, wname, center, float(lam.sum()) / total_var, noise_level)
     return PCA(grid, sample_dim, basis=basis, mean=mean, scales=scales, sqrt_weights=sqrt_w,
                components=vt, patterns=patterns, explained_variance=lam,
-               total_variance=total_var, noise_var=noise, principal_components=u * s,
+               total_variance=total_var, noise_var=noise_level, principal_components=u * s,
                sample_coord=sample_coord, center=center, weights=wname, info=info)
 
 
@@ -1067,7 +1083,7 @@ class AutoEncoder(_GridModel):
         Training history (``None`` after loading).
     """
 
-    def __init__(self, network: nn.Module, grid: Grid, sample_dim: str, *, mean: np.ndarray,
+    def __init__(self, network: _AutoEncoderNet, grid: Grid, sample_dim: str, *, mean: np.ndarray,
                  scales: np.ndarray, valid: np.ndarray, log_sigma: np.ndarray,
                  center: bool, weights: str, info: dict[str, Any] | None = None) -> None:
         self.network = network
@@ -1113,7 +1129,7 @@ class AutoEncoder(_GridModel):
     def _valid_mask(self) -> np.ndarray:
         return self._valid.copy()
 
-    def _network_on(self, device: torch.device) -> nn.Module:
+    def _network_on(self, device: torch.device) -> _AutoEncoderNet:
         """The network in eval mode on ``device``: a copy off the CPU, so that concurrent
         dask tasks never move the shared module."""
         net = self.network if device.type == "cpu" else copy.deepcopy(self.network).to(device)
@@ -1176,7 +1192,7 @@ class AutoEncoder(_GridModel):
         y = y.reshape((-1, len(self.variables)) + self.grid.shape)
         x, obs = self._standardise(y)
         _refuse_empty_snapshots(obs.reshape(len(y), -1))
-        mu = np.zeros((len(y), k))
+        mu: np.ndarray = np.zeros((len(y), k))
         sd = np.zeros((len(y), k))
         net = self._network_on(device)
         with torch.inference_mode():
@@ -1307,24 +1323,25 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
 
     kw = dict(network_kwargs)
     seed_everything(seed)  # the initial weights come from the seed
+    net: _AutoEncoderNet
     if kind == "mlp":
         points = np.flatnonzero(valid.ravel())
-        net: nn.Module = MLPAutoEncoder((C,) + grid.shape, points=points.size, latent_dim=latent_dim,
-                                        stochastic=stochastic, **kw)
+        net = MLPAutoEncoder((C,) + grid.shape, points=points.size, latent_dim=latent_dim,
+                             stochastic=stochastic, **kw)
         net.set_points(torch.from_numpy(points))
     else:
         net = ConvAutoEncoder((C,) + grid.shape, latent_dim=latent_dim, stochastic=stochastic, **kw)
     w_t = torch.as_tensor(wmap, dtype=torch.float32)
     per_var = (0,) + tuple(range(2, 2 + len(grid.shape)))  # reduce all but the channel axis
 
-    def reconstruct_batch(m: nn.Module, xb: torch.Tensor, m_in: torch.Tensor):
+    def reconstruct_batch(m: _AutoEncoderNet, xb: torch.Tensor, m_in: torch.Tensor):
         params = m.encode(xb, m_in)
         if not stochastic:
             return m.decode(params), None
         q = _posterior(params)
         return m.decode(q.rsample() if m.training else q.mu), q.kl_standard_normal().sum()
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
+    def loss_fn(m: _AutoEncoderNet, batch: tuple[torch.Tensor, torch.Tensor]):
         xb, mb = batch
         m_in = mb
         if input_dropout > 0 and m.training:

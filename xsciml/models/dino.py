@@ -116,6 +116,9 @@ class DINoModule(nn.Module):
         Shape of the table of training codes ``[S, T, d]``.
     """
 
+    code_mean: Tensor  # buffers, registered in __init__
+    code_std: Tensor
+
     def __init__(self, decoder: nn.Module, dynamics: LatentDynamics, n_trajectories: int,
                  n_frames: int) -> None:
         super().__init__()
@@ -161,6 +164,8 @@ class DINo(LatentForecaster):
     :meth:`forecast` (``ds_init.sciml.forecast(model, ...)``), score with
     :meth:`score`, save with :meth:`save` and reload with :func:`xsciml.load`.
     """
+
+    module: DINoModule  # set by LatentForecaster.__init__
 
     def __init__(self, module: DINoModule, encoder: CoordinateEncoder, scaler: Scaler,
                  variables: list[str], *, sample_dim: Hashable | None, time: str,
@@ -572,9 +577,9 @@ class DINo(LatentForecaster):
         if options["residual"] != "persist":
             return out
         bdims, bshape = states.bdims, states.bshape
-        rec = self._decode_tensor(codes0, tp, device, batch_size)
-        rec = self._to_xarray(rec.reshape(*bshape, *rec.shape[1:]), tp, bdims, dict(states.bcoords))
-        rec = rec.to_dataset() if isinstance(rec, xr.DataArray) else rec
+        rec_t = self._decode_tensor(codes0, tp, device, batch_size)
+        rec_x = self._to_xarray(rec_t.reshape(*bshape, *rec_t.shape[1:]), tp, bdims, dict(states.bcoords))
+        rec = rec_x.to_dataset() if isinstance(rec_x, xr.DataArray) else rec_x
         res = {v: (decode_variable(ds[v]) - rec[v]).fillna(0.0) for v in self.variables}
         if isinstance(out, xr.DataArray):
             out = (out + res[self.variables[0]].astype(out.dtype)).assign_attrs(out.attrs)

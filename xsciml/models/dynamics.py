@@ -208,7 +208,8 @@ def fit_dynamics(
     ('trajectory', 'lead', 'y', 'x')
     """
     if method == "smooth":
-        given = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+        # options of mixed types (str, float, int), forwarded by keyword
+        given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
         return fit_smooth_dynamics(obj, variables, space=space, time=time, sample_dim=sample_dim,
                                    train_until=train_until, device=device, seed=seed,
                                    progress=progress, checkpoint=checkpoint, resume=resume,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from ..tensors import (
 )
 from ..training import History, TrainState
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..likelihoods import Likelihood
+
 __all__ = ["NeuralField", "fit_field", "FieldModule"]
 
 
@@ -45,7 +48,7 @@ def _default_batch_size(device: torch.device) -> int:
 class FieldModule(nn.Module):
     """A coordinate network and its likelihood, trained together (pure torch)."""
 
-    def __init__(self, network: nn.Module, likelihood: nn.Module) -> None:
+    def __init__(self, network: nn.Module, likelihood: Likelihood) -> None:
         super().__init__()
         self.network = network
         self.likelihood = likelihood
@@ -180,7 +183,9 @@ class NeuralField(Estimator):
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
         return {
-            "network": self.module.network.config() if hasattr(self.module.network, "config") else None,
+            # networks that can be saved have a config() -> dict
+            "network": cast("Callable[[], dict[str, Any]]", self.module.network.config)()
+            if hasattr(self.module.network, "config") else None,
             "likelihood": self.module.likelihood.config(),
             "encoder": self.encoder.to_dict(),
             "scaler": self.scaler.to_dict(),
@@ -281,7 +286,7 @@ class NeuralField(Estimator):
             means.append(trend + torch.as_tensor(m))
             var = torch.as_tensor(v)
             if hetero:
-                var = (var - math.exp(kr.params["log_nugget"])).clamp_min(0.0) + std_z[:, j].double() ** 2
+                var = (var - math.exp(cast(float, kr.params["log_nugget"]))).clamp_min(0.0) + std_z[:, j].double() ** 2
             stds.append(var.sqrt())
         return torch.stack(means, 1).to(mean_z.dtype), torch.stack(stds, 1).to(mean_z.dtype)
 
@@ -448,7 +453,7 @@ class NeuralField(Estimator):
             return da
         return xr.Dataset(das, attrs=self._output_provenance("sample"))
 
-    def _sample_lazy(self, blocks: Any, n: int, *, seed: int | None, batch_size: int,
+    def _sample_lazy(self, blocks: Any, n: int, *, seed: int | None, batch_size: int | None,
                      device: Any) -> xr.DataArray | xr.Dataset:
         """Lazy draws: the lazy mean and std plus dask's chunked standard normals."""
         import dask.array as dsa
@@ -499,6 +504,7 @@ class NeuralField(Estimator):
         if not self.condition:
             return data.features
         # re-standardise condition columns with the model's scaler, not the new data's
+        assert data.condition_scaler is not None and self.condition_scaler is not None  # fitted with condition
         raw_c = data.condition_scaler.inverse(data.c.double()).numpy()
         c = self.condition_scaler.transform(raw_c)
         return torch.cat([data.features[:, :self.encoder.n_features],
@@ -852,13 +858,15 @@ def fit_field(
         y = (y - mean_t.to(y)) / std_t.to(y)
         nll = m.likelihood.nll(m(f), y)
         if has_reg and m.training:
-            reg = m.network.regularization()
+            reg = cast("Callable[[], torch.Tensor]", m.network.regularization)()  # has_reg: the network has one
             return nll + reg_w * reg, {"nll": float(nll.detach())}
         return nll
 
     if residual not in ("auto", "kriging", "none"):
         raise ValueError(f"residual must be 'auto', 'kriging' or 'none', got {residual!r}")
     split = None
+    train: CoordinateData | tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None
     if data.is_lazy:
         train, val = data, None
         vf = 0.0
@@ -1001,14 +1009,14 @@ def _choose_predictor(field: NeuralField, data: CoordinateData, split: tuple, *,
                                  validation=honest)
                 m, v = kr.predict(zc[vi])
                 if hetero:  # the field's own noise σ(x, t) in place of the constant nugget
-                    v = np.clip(v - math.exp(kr.params["log_nugget"]), 0.0, None) + std_z[vi, j] ** 2
+                    v = np.clip(v - math.exp(cast(float, kr.params["log_nugget"])), 0.0, None) + std_z[vi, j] ** 2
                 krs.append(kr)
                 means.append(trend[vi, j] + m)
                 stds.append(np.sqrt(v))
             krigs[name] = krs
             preds[name] = (np.column_stack(means), np.column_stack(stds))
             scores[name] = _nrmse(preds[name][0], zv)
-    choice = "field+kriging" if residual == "kriging" and note is None else min(scores, key=scores.get)
+    choice = "field+kriging" if residual == "kriging" and note is None else min(scores, key=scores.__getitem__)
     validation: dict[str, Any] = {f"nrmse_{k}": v for k, v in scores.items()}
     validation["n_points"] = int(len(vi))
     validation["holdout"] = dict(data.split_info)

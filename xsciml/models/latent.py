@@ -31,7 +31,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -53,6 +53,10 @@ from ._snapshot_validation import (
     validation_lines,
     warn_if_worse,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..nn.basis import BasisField
+    from ..nn.layers import CoordinateNetwork
 
 __all__ = ["LatentInterpolator", "fit_latent", "LatentModule"]
 
@@ -109,6 +113,7 @@ def _encode_kernel(model: LatentInterpolator, *blocks: np.ndarray, device: Any, 
     with torch.inference_mode(False), torch.enable_grad():
         res = model.encode(ds, device=device, progress=False, **encode_kw)
     if n_out == 1:
+        assert isinstance(res, xr.DataArray)  # the codes alone when not variational
         return res.values.astype(np.float32)
     return res["z"].values.astype(np.float32), res["z_std"].values.astype(np.float32)
 
@@ -148,7 +153,7 @@ def _is_linear(net: nn.Module) -> bool:
     return bool((net.res_out.weight == 0).all() and (net.res_out.bias == 0).all())
 
 
-def _linear_posterior(net: nn.Module, features: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+def _linear_posterior(net: BasisField, features: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                       n_samples: int, sigma: torch.Tensor, budget: int = 2**24
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Closed-form Gaussian posterior of the codes under the linear part of a basis decoder.
@@ -217,11 +222,13 @@ class LatentInterpolator(Estimator):
         self.train_code_std = train_code_std
         self.var_attrs = var_attrs or {}
         self.info = info or {}
-        self.history = History()  # the training loop's (empty after loading: not saved)
+        # the training loop's (empty after loading: not saved; None after a fit without training steps)
+        self.history: History | None = History()
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
-        return {"network": self.network.config(), "encoder": self.encoder.to_dict(),
+        # the decoder is built from a kind name or config (_build_network): a CoordinateNetwork
+        return {"network": cast("CoordinateNetwork", self.network).config(), "encoder": self.encoder.to_dict(),
                 "scaler": self.scaler.to_dict(), "variables": self.variables,
                 "sample_dim": str(self.sample_dim), "latent_dim": self.latent_dim,
                 "variational": self.variational,
@@ -324,9 +331,11 @@ class LatentInterpolator(Estimator):
         idx = idx.to(dev)
         sigma = self.log_sigma.to(dev).exp()
         linear = _is_linear(net)
-        if hasattr(net, "linear_terms"):
+        # the decoders with a linear part are BasisFields
+        basis_net = cast("BasisField", net) if hasattr(net, "linear_terms") else None
+        if basis_net is not None:
             with torch.no_grad():
-                mu0, std0 = _linear_posterior(net, f, y, idx, S, sigma)
+                mu0, std0 = _linear_posterior(basis_net, f, y, idx, S, sigma)
             if linear:
                 steps = 0  # the closed form is the exact posterior / MAP
         else:
@@ -337,14 +346,14 @@ class LatentInterpolator(Estimator):
         params = [mu, log_s] if self.variational else [mu]
         opt = torch.optim.Adam(params, lr=lr)
         n = float(len(y))
-        decoder = net
-        if steps and hasattr(net, "linear_terms") and len(f) * net.out_features * net.code_dim <= 2**26:
+        decoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = net
+        if steps and basis_net is not None and len(f) * basis_net.out_features * basis_net.code_dim <= 2**26:
             with torch.no_grad():  # θ is frozen: the linear terms at the points are fixed
-                m_pts, B_pts = net.linear_terms(f)
+                m_pts, B_pts = basis_net.linear_terms(f)
 
             def decoder(feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                 lin = m_pts + torch.einsum("nok,nk->no", B_pts, z)
-                return lin + net.residual(feats, z)
+                return lin + basis_net.residual(feats, z)
         for _ in progress_bar(range(steps), desc="encode", progress=self._progress(progress)):
             z = mu[idx]
             if self.variational:
@@ -627,7 +636,7 @@ def _decode_block(model: LatentInterpolator, z: np.ndarray, *blocks: np.ndarray,
     return out
 
 
-def _node_values(net: nn.Module, points: np.ndarray, values: np.ndarray, smooth: float = 1e-6) -> np.ndarray:
+def _node_values(net: BasisField, points: np.ndarray, values: np.ndarray, smooth: float = 1e-6) -> np.ndarray:
     """Node values of a :class:`BasisField` grid whose interpolation best matches ``values``.
 
     Solves :math:`\\min_T \\|W T - V\\|^2 + \\epsilon \\|D T\\|^2` with :math:`W` the sparse
@@ -670,14 +679,17 @@ def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tenso
 
     Returns the noise variance (standardised units) the model starts with.
     """
+    from ..nn.basis import BasisField
+
     net = module.network
+    assert isinstance(net, BasisField)  # init='pca' is refused for other decoders (_check_init_noise)
     k, ny = net.code_dim, net.out_features
     space = np.ascontiguousarray(data.features[:, : net.n_space].double().numpy())
     rows = space.view(np.dtype((np.void, space.dtype.itemsize * net.n_space))).ravel()
     _, first, loc = np.unique(rows, return_index=True, return_inverse=True)  # distinct locations
     points, loc = space[first], loc.ravel()
     L = len(points)
-    Y = np.full((S, L, ny), np.nan)
+    Y: np.ndarray = np.full((S, L, ny), np.nan)
     Y[idx.numpy(), loc] = y.double().numpy()
     Y = Y.reshape(S, L * ny)
     gaps = np.isnan(Y)
@@ -693,8 +705,8 @@ def _pca_init(module: LatentModule, data: Any, idx: torch.Tensor, y: torch.Tenso
     scale = np.sqrt(np.maximum(lam[:r] - s2, 1e-3 * s2))  # PPCA: B = V (Λ - σ²)^½
     basis = np.zeros((L * ny, k))
     basis[:, :r] = vt[:r].T * scale
-    values = _node_values(net, points, np.concatenate([mean[:, None], basis], 1).reshape(L, -1))
-    values = torch.as_tensor(values, dtype=torch.float32).view(-1, ny, k + 1)
+    nodes = _node_values(net, points, np.concatenate([mean[:, None], basis], 1).reshape(L, -1))
+    values = torch.as_tensor(nodes, dtype=torch.float32).view(-1, ny, k + 1)
     extra = net.basis.detach()[:, :, r:].clone()  # modes beyond the data's rank keep their random start
     net.set_linear(values[..., 0], torch.cat([values[..., 1:r + 1], extra], -1))
     pcs = (Y - mean) @ vt[:r].T  # [S, r]
@@ -1001,7 +1013,7 @@ def fit_latent(
     """
     if isinstance(obj, xr.DataArray):
         obj = obj.to_dataset(name=obj.name if obj.name is not None else "values")
-        variables = variables or list(obj.data_vars)
+        variables = variables or [str(v) for v in obj.data_vars]  # str names, as to_tensors takes them
     if latent_dim is not None:
         check_positive_int(latent_dim, "latent_dim")
     if steps < 0:
@@ -1010,7 +1022,7 @@ def fit_latent(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if sample_dim not in obj.dims:
         raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(obj.dims)}")
-    names = [variables] if isinstance(variables, str) else list(variables or obj.data_vars)
+    names = [variables] if isinstance(variables, str) else [str(v) for v in variables or obj.data_vars]
     if space is None:
         from ..tensors import default_space
 
@@ -1060,7 +1072,7 @@ def fit_latent(
     val: dict[str, Any] = {"n_snapshots": n_val, "n_points": check.n_points, "fractions": list(check.fractions),
                            "nrmse": scores}
     if start is not None:
-        trained_state = {"network": copy.deepcopy(li.network.state_dict()), "log_sigma": li.log_sigma.clone()}
+        trained_network, trained_log_sigma = copy.deepcopy(li.network.state_dict()), li.log_sigma.clone()
         li.network.load_state_dict(start["network"])
         li.log_sigma = start["log_sigma"]
         start_scores = check.score(_reconstructor(li))
@@ -1070,8 +1082,8 @@ def fit_latent(
         if any(t > p for t, p in zip(scores, start_scores, strict=True)):
             kept, val["nrmse"] = "pca", start_scores
         else:
-            li.network.load_state_dict(trained_state["network"])
-            li.log_sigma = trained_state["log_sigma"]
+            li.network.load_state_dict(trained_network)
+            li.log_sigma = trained_log_sigma
     val.update(kept=kept, latent_dim_chosen=latent_dim is None, **reference_entries(selection))
     if kept == "pca" and li.info.get("init") == "pca":
         # the PCA start is cheap: refit it on every snapshot, the held-out (latest) ones included

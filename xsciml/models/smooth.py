@@ -160,6 +160,8 @@ class FourierAnsatz(nn.Module):
     torch.Size([5, 8, 1])
     """
 
+    k: Tensor  # a buffer, registered in __init__
+
     def __init__(self, ndim: int, out_channels: int = 1, modes: int = 4, waves: int = 4) -> None:
         super().__init__()
         if modes < 1 or waves < 1:
@@ -241,6 +243,8 @@ class HyperMLP(nn.Module):
     torch.Size([3, 4, 10, 1])
     """
 
+    m: Tensor  # a buffer, registered in __init__
+
     def __init__(self, ndim: int, out_channels: int = 1, latent_dim: int = 16, width: int = 32,
                  depth: int = 2, n_freq: int = 4) -> None:
         super().__init__()
@@ -287,7 +291,11 @@ class HyperMLP(nn.Module):
         return h
 
 
-def _build_decoder(config: Mapping[str, Any]) -> nn.Module:
+#: The decoders :math:`\Psi_\theta` of a :class:`SmoothModule`.
+_Decoder = FourierAnsatz | HyperMLP
+
+
+def _build_decoder(config: Mapping[str, Any]) -> _Decoder:
     cfg = dict(config)
     kind = cfg.pop("kind")
     if kind == "fourier":
@@ -323,7 +331,8 @@ class SnapshotEncoder(nn.Module):
         self.grid = tuple(int(g) for g in grid)
         if len(self.grid) not in (1, 2):
             raise ValueError(f"the encoder handles 1-D or 2-D grids, got grid {self.grid}")
-        conv = nn.Conv1d if len(self.grid) == 1 else nn.Conv2d
+        # 1-D or 2-D convolutions, the stride an int or a pair to match
+        conv: Callable[..., nn.Module] = nn.Conv1d if len(self.grid) == 1 else nn.Conv2d
         layers: list[nn.Module] = [conv(self.in_channels, self.width, 5, padding=2, padding_mode="circular"),
                                    nn.GELU()]
         size = list(self.grid)
@@ -348,7 +357,10 @@ class SnapshotEncoder(nn.Module):
 class SmoothModule(nn.Module):
     """Encoder, decoder, latent dynamics and the latent normalisation."""
 
-    def __init__(self, encoder: SnapshotEncoder, decoder: nn.Module, dynamics: LatentDynamics) -> None:
+    theta_mean: Tensor  # buffers, registered in __init__
+    theta_std: Tensor
+
+    def __init__(self, encoder: SnapshotEncoder, decoder: _Decoder, dynamics: LatentDynamics) -> None:
         super().__init__()
         d = dynamics.latent_dim
         self.encoder, self.decoder, self.dynamics = encoder, decoder, dynamics
@@ -423,6 +435,8 @@ class SmoothDynamics(LatentForecaster):
     :meth:`score`, :meth:`save` / :func:`xsciml.load`; :attr:`nfe` is the number of
     ODE function evaluations of the last forecast.
     """
+
+    module: SmoothModule  # set by LatentForecaster.__init__
 
     def __init__(self, module: SmoothModule, encoder: CoordinateEncoder, scaler: Scaler,
                  variables: list[str], *, sample_dim: Hashable | None, time: str, clock: Clock,
@@ -1016,6 +1030,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
 
     seed_everything(seed)
     D = len(space)
+    dec: _Decoder
     if network == "fourier":
         dec = FourierAnsatz(D, C, modes=int(modes), waves=int(waves))
     else:
@@ -1025,8 +1040,10 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     enc = SnapshotEncoder(C, d, [len(g) for g in grid], width=int(encoder_width))
     if isinstance(dec, FourierAnsatz):  # start the encoder's output away from the θ = 0 saddle
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        head_out = enc.head[-1]
+        assert isinstance(head_out, nn.Linear)  # the encoder ends with a dense layer
         with torch.no_grad():
-            enc.head[-1].bias.copy_(dec.initial_theta(gen))
+            head_out.bias.copy_(dec.initial_theta(gen))
     dyn = LatentDynamics(d, width=dynamics_width, depth=dynamics_depth, linear=bool(dynamics_linear))
     module = SmoothModule(enc, dec, dyn)
     x_rel = np.stack([m.ravel() - g[0] for m, g in zip(mesh, grid, strict=True)], -1)
@@ -1098,7 +1115,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         return {"z": Z[traj][:, j0:j0 + w], "u": torch.rand(len(traj), w, generator=gen),
                 "t_out": t_out, "where": where}
 
-    def dyn_loss(m: nn.Module, batch: dict[str, Tensor]):
+    def dyn_loss(m: _Dyn, batch: dict[str, Tensor]):
         loss = dynamics_loss(m, batch["z"], batch["u"], batch["t_out"], batch["where"], ode_kw)
         return loss, {"teacher_forcing": float(m.teacher_forcing)}
 

@@ -31,6 +31,9 @@ from ...tensors import (
 )
 from .ode import Clock, LatentDynamics, integrate_latent
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ...training import History
+
 __all__ = ["InitialStates", "LatentForecaster"]
 
 
@@ -158,7 +161,7 @@ class LatentForecaster(Estimator):
         self.coord_units = dict(coord_units or {})
         self.var_attrs = var_attrs or {}
         self.info = info or {}
-        self.history = None
+        self.history: History | None = None
         self.last_nfe: int | None = None
 
     @property
