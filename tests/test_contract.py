@@ -26,6 +26,7 @@ from safetensors import safe_open
 import xsciml
 from xsciml.base import Encoder, Estimator, Forecaster, Predictor, Transformer, registered_estimators
 from xsciml.jobs import task_builder
+from xsciml.training import History
 
 Outputs = Callable[[Any], Mapping[str, Any]]
 
@@ -293,6 +294,9 @@ def test_save_load_gives_bit_identical_outputs(case_id: str, tmp_path) -> None:
     loaded = xsciml.load(path)
     assert type(loaded) is cls
     assert repr(loaded) == repr(model)
+    # the training record: a History on the fitted model and an empty one after loading
+    assert isinstance(model.history, History) and isinstance(loaded.history, History)
+    assert loaded.history.steps == 0 and loaded.history.loss == []
     again = loaded.save(tmp_path / "again.xsciml")
     assert _digest(again) == _digest(path), "saving the loaded model changes its config or tensors"
     _assert_same_outputs(spec.outputs(loaded), expected)

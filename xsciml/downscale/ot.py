@@ -91,6 +91,7 @@ import xarray as xr
 from .._grid import Grid, as_dataset, sample_info
 from .._utils import check_numeric, progress_bar, resolve_device
 from ..base import Estimator, append_history, output_attrs, register_estimator
+from ..training import History
 from ..units import units_of as _units_of
 from ._transport import TransportMap, entropic_map, fit_emd, fit_entropic, fit_linear, fit_scalable, sinkhorn_potentials
 
@@ -254,6 +255,7 @@ class Debias(Estimator):
         self.scale = np.asarray(scale, dtype=np.float64)
         self.group = group
         self.maps = dict(maps)
+        self.history = History()  # closed-form OT maps: no training loop, an empty record
         self.units = units
         self.model_units = model_units
         self.params = dict(params)

@@ -223,7 +223,7 @@ class LatentInterpolator(Estimator):
         self.var_attrs = var_attrs or {}
         self.info = info or {}
         # the training loop's (empty after loading: not saved; None after a fit without training steps)
-        self.history: History | None = History()
+        self.history: History = History()
 
     # ------------------------------------------------------------------ persistence
     def _get_config(self) -> dict[str, Any]:
@@ -862,7 +862,7 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
                             latent_dim, variational, module.log_sigma.detach().clone(),
                             module.z_mean.detach().clone(), module.z_log_std.detach().exp().clone(),
                             {v: dict(data.var_attrs.get(v, {})) for v in data.variables}, info)
-    li.history = history
+    li.history = history if history is not None else History()  # steps=0: nothing trained
     li.fit_progress = progress
     return li, start
 

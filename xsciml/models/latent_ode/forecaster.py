@@ -29,10 +29,8 @@ from ...tensors import (
     space_values,
     target_points,
 )
+from ...training import History
 from .ode import Clock, LatentDynamics, integrate_latent
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ...training import History
 
 __all__ = ["InitialStates", "LatentForecaster"]
 
@@ -161,7 +159,7 @@ class LatentForecaster(Estimator):
         self.coord_units = dict(coord_units or {})
         self.var_attrs = var_attrs or {}
         self.info = info or {}
-        self.history: History | None = None
+        self.history: History = History()  # the fit's (empty after loading: not saved)
         self.last_nfe: int | None = None
 
     @property
