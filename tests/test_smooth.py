@@ -416,3 +416,15 @@ def test_fit_dynamics_method_smooth_and_generic_forecast(waves):
     # options reach the model's own forecast; one it does not take is an error, not dropped
     with pytest.raises(TypeError, match="residual"):
         forecast(init, m, lead=[0.5], residual="persist")
+
+
+def test_fit_dynamics_method_smooth_forwards_shared_options_and_refuses_dinos(waves):
+    from xsciml.models import fit_dynamics
+
+    kw = dict(method="smooth", modes=2, waves=2, steps=2, dynamics_steps=2, encoder_width=8,
+              device="cpu", progress=False)
+    m = fit_dynamics(waves, "u", dynamics_width=12, dynamics_depth=1, **kw)
+    widths = {p.shape[0] for n, p in m.module.named_parameters() if n.startswith("dynamics") and p.ndim == 2}
+    assert 12 in widths  # reached the smooth model (it used to be dropped)
+    with pytest.raises(TypeError, match=r"does not take input_scale, n_points \(options of method='dino'\)"):
+        fit_dynamics(waves, "u", n_points=64, input_scale=2.0, **kw)

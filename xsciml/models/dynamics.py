@@ -111,10 +111,12 @@ def fit_dynamics(
     method
         The model family: ``"dino"`` (this function's model) or ``"smooth"`` (encoder-based
         smooth latent dynamics, :func:`xsciml.models.smooth.fit_smooth_dynamics`, which
-        receives the shared arguments — data, ``space``, ``time``, ``sample_dim``,
-        ``train_until``, ``solver``, ``rtol``, ``atol``, ``steps``, ``lr``, ``device``,
-        ``seed``, ``progress``, ``checkpoint``, ``resume``, ``callbacks``, ``time_limit`` —
-        and its own options through ``**kwargs``).
+        receives the data, ``space``, ``time``, ``sample_dim``, ``train_until``,
+        ``device``, ``seed``, ``progress``, every other argument given here that it also
+        takes (``solver``, ``steps``, ``lr``, ``latent_dim``, ``checkpoint``...), and its
+        own options through ``**kwargs``; an argument of DINo's alone, such as
+        ``n_points`` or ``input_scale``, set to another value than its default, is
+        refused with an error rather than ignored).
     solver
         torchdiffeq solver: fixed-step (``"rk4"``, ``"euler"``, ``"midpoint"``...) or
         adaptive (``"dopri5"``, ...).
@@ -208,13 +210,10 @@ def fit_dynamics(
     ('trajectory', 'lead', 'y', 'x')
     """
     if method == "smooth":
-        # options of mixed types (str, float, int), forwarded by keyword
-        given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
-        return fit_smooth_dynamics(obj, variables, space=space, time=time, sample_dim=sample_dim,
-                                   train_until=train_until, device=device, seed=seed,
-                                   progress=progress, checkpoint=checkpoint, resume=resume,
-                                   callbacks=callbacks, time_limit=time_limit,
-                                   **{k: v for k, v in given.items() if v is not None}, **kwargs)
+        chosen = _given_options(fit_dynamics, {k: v for k, v in locals().items() if k != "kwargs"})
+        return _fit_smooth(obj, variables, space=space, time=time, sample_dim=sample_dim,
+                           train_until=train_until, device=device, seed=seed, progress=progress,
+                           chosen=chosen, kwargs=kwargs)
     if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
         import warnings
 
@@ -227,7 +226,7 @@ def fit_dynamics(
                          "(the ODE solver is chosen with solver=...)")
     if kwargs:
         raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
-    given = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+    given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
     return fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
                     train_until=train_until, latent_dim=latent_dim, width=width, depth=depth,
                     input_scale=input_scale, dynamics_width=dynamics_width,
@@ -269,3 +268,45 @@ def forecast(
         raise TypeError(f"estimator must be a fitted dynamics model, a DINo or SmoothDynamics (from "
                         f"fit_dynamics / xsciml.load), got {type(estimator).__name__}")
     return estimator.forecast(ds_init, lead=lead, **kwargs)
+
+
+def _given_options(func: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The keyword-only arguments of ``func`` whose value in ``values`` is not the default."""
+    import inspect
+
+    out = {}
+    for name, param in inspect.signature(func).parameters.items():
+        if param.kind is not param.KEYWORD_ONLY or name not in values:
+            continue
+        value = values[name]
+        try:
+            same = value is param.default or bool(value == param.default)
+        except Exception:  # arrays and other values without a plain truth value
+            same = False
+        if not same:
+            out[name] = value
+    return out
+
+
+_ALWAYS_FORWARDED = ("space", "time", "sample_dim", "train_until", "device", "seed", "progress", "method")
+
+
+def _fit_smooth(obj: Any, variables: Any, *, chosen: dict[str, Any], kwargs: dict[str, Any],
+                **shared: Any) -> SmoothDynamics:
+    """``fit_dynamics(method="smooth")``: forward the shared and the chosen options, refuse
+    the options of DINo's alone rather than drop them."""
+    import inspect
+
+    accepted = inspect.signature(fit_smooth_dynamics).parameters
+    extra = {k: v for k, v in chosen.items() if k not in _ALWAYS_FORWARDED}
+    refused = sorted(k for k in extra if k not in accepted)
+    if refused:
+        own = sorted(k for k, p in accepted.items() if p.kind is p.KEYWORD_ONLY)
+        raise TypeError(
+            f"fit_dynamics(method='smooth') does not take {', '.join(refused)} (options of "
+            f"method='dino'); leave them unset, or choose among the smooth model's options: "
+            f"{', '.join(own)}")
+    clash = sorted(set(extra) & set(kwargs))
+    if clash:
+        raise TypeError(f"fit_dynamics got {', '.join(clash)} twice")
+    return fit_smooth_dynamics(obj, variables, **shared, **extra, **kwargs)
