@@ -150,6 +150,42 @@ def _documented(obj: Any) -> bool:
     return True
 
 
+#: path of an object defined in a private module -> the path of its documented re-export
+#: (``xsciml.models._pca.PCA`` -> ``xsciml.models.amortized.PCA``), filled by the extension
+_PUBLIC_PATHS: dict[str, str] = {}
+
+
+def _collect_public_paths(pkg: griffe.Module) -> None:
+    """Fill :data:`_PUBLIC_PATHS` from the aliases in the ``__all__`` of documented modules
+    (not packages: their re-exports are rendered on the defining modules' pages)."""
+    modules = [pkg]
+    while modules:
+        module = modules.pop()
+        modules.extend(module.modules.values())
+        if module.is_init_module or not _documented(module):
+            continue
+        reexported = {str(getattr(e, "name", e)) for e in (module.exports or ())}
+        for name, member in module.members.items():
+            if not member.is_alias or name not in reexported or not member.is_public:
+                continue
+            try:
+                target = member.final_target
+            except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+                continue
+            if target.path.split(".")[0] == PACKAGE and not _documented(target):
+                _PUBLIC_PATHS.setdefault(target.path, f"{module.path}.{name}")
+
+
+def _public_path(path: str) -> str | None:
+    """The documented path of the object at ``path`` (or of its member), through a re-export."""
+    parts = path.split(".")
+    for n in range(len(parts), 1, -1):
+        head = ".".join(parts[:n])
+        if head in _PUBLIC_PATHS:
+            return ".".join([_PUBLIC_PATHS[head], *parts[n:]])
+    return None
+
+
 def _role_replacer(ctx: griffe.Object, collection: Any):
     def replace(match: re.Match) -> str:
         body = match["body"].strip()
@@ -163,9 +199,10 @@ def _role_replacer(ctx: griffe.Object, collection: Any):
             title = target.rsplit(".", 1)[-1] if short else target
         code = f"<code>{html.escape(title)}</code>"
         obj = _resolve(target.lstrip("~"), ctx, collection)
-        if obj is None or not _documented(obj):
+        path = None if obj is None else obj.path if _documented(obj) else _public_path(obj.path)
+        if path is None:
             return code
-        return f'<autoref identifier="{obj.path}" optional>{code}</autoref>'
+        return f'<autoref identifier="{path}" optional>{code}</autoref>'
 
     return replace
 
@@ -318,6 +355,8 @@ class NumpydocMarkdown(griffe.Extension):
         if pkg.name != PACKAGE:
             return
         _restrict_to_subpackage_exports(pkg)
+        _PUBLIC_PATHS.clear()
+        _collect_public_paths(pkg)
         for obj in _walk(pkg):
             if obj.docstring is not None and obj.docstring.value:
                 obj.docstring.value = convert(obj.docstring.value, obj, loader.modules_collection)
