@@ -30,14 +30,14 @@ from xsciml.training import History, TrainState, checkpoint_step, fit, parse_tim
 
 @pytest.mark.parametrize(("value", "seconds"), [
     (90, 90.0), (1.5, 1.5), ("90s", 90.0), ("10min", 600.0), ("1.5h", 5400.0),
-    ("2h30min", 9000.0), (" 1h 5min 30s ", 3930.0), (".5s", 0.5), (None, None),
+    ("2h30min", 9000.0), (" 1h 5min 30s ", 3930.0), ("0.5s", 0.5), ("2 hours", 7200.0), (None, None),
 ])
 def test_parse_time_limit(value: Any, seconds: float | None) -> None:
     assert parse_time_limit(value) == seconds
 
 
 @pytest.mark.parametrize("value", [0, -3, 0.0, "0s", float("inf"), float("nan"), True, "10", "abc", "",
-                                   "10 m", "1h2", "2 hours", "-5s", [60]])
+                                   "1h2", "NaT", "-5s", [60]])
 def test_parse_time_limit_rejects(value: Any) -> None:
     with pytest.raises(ValueError, match=r"time_limit must be seconds as a number > 0, or a string such as "
                                          r"'90s', '10min', '1\.5h' or '2h30min'"):

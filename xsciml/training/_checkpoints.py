@@ -85,8 +85,6 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-_TIME_UNITS = {"h": 3600.0, "min": 60.0, "s": 1.0}
-_TIME_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(h|min|s)")
 
 
 def parse_time_limit(value: float | str | None, name: str = "time_limit") -> float | None:
@@ -95,9 +93,10 @@ def parse_time_limit(value: float | str | None, name: str = "time_limit") -> flo
     Parameters
     ----------
     value : float, int, str or None
-        Seconds (a number > 0), or a string of one or more ``<number><unit>`` parts with
-        the units ``h``, ``min`` and ``s``: ``"90s"``, ``"10min"``, ``"1.5h"``,
-        ``"2h30min"``, ``"1h 5min 30s"``. ``None``: no limit.
+        Seconds (a number > 0), or a duration string with units as
+        :class:`pandas.Timedelta` reads it: ``"90s"``, ``"10min"``, ``"1.5h"``,
+        ``"2h30min"``, ``"1h 5min 30s"``, ``"2 hours"``. A string must name its units (a
+        bare ``"10"`` is refused rather than read as nanoseconds). ``None``: no limit.
     name : str, default "time_limit"
         The argument's name, for the error message.
 
@@ -121,20 +120,17 @@ def parse_time_limit(value: float | str | None, name: str = "time_limit") -> flo
     if value is None:
         return None
     forms = ("seconds as a number > 0, or a string such as '90s', '10min', '1.5h' or "
-             "'2h30min' (units h, min, s)")
+             "'2h30min' (a duration pandas.Timedelta reads, with its units)")
     seconds: float | None = None
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
         seconds = float(value)
-    elif isinstance(value, str):
-        text, pos, total, parts = value.strip().lower(), 0, 0.0, 0
-        while pos < len(text):
-            m = _TIME_PART.match(text, pos)
-            if m is None:
-                break
-            total += float(m.group(1)) * _TIME_UNITS[m.group(2)]
-            pos, parts = m.end(), parts + 1
-        if parts and pos == len(text):
-            seconds = total
+    elif isinstance(value, str) and re.search(r"[a-z]", value, re.IGNORECASE):
+        import pandas as pd
+
+        try:
+            seconds = float(pd.Timedelta(value.strip()).total_seconds())
+        except (ValueError, OverflowError):
+            seconds = None
     if seconds is None or not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{name} must be {forms}; got {value!r}.")
     return seconds
