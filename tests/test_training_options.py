@@ -97,7 +97,7 @@ def test_time_limit_not_reached_changes_nothing() -> None:
 def test_time_limit_bad_value_fails_before_training() -> None:
     model, mse, data = _linear_problem()
     with pytest.raises(ValueError, match="time_limit must be"):
-        fit(model, mse, data, steps=5, device="cpu", progress=False, time_limit="5 minutes")
+        fit(model, mse, data, steps=5, device="cpu", progress=False, time_limit="in five minutes")
 
 
 def test_checkpoint_step_of_missing_file(tmp_path) -> None:
@@ -327,3 +327,21 @@ def test_pca_has_no_training_to_checkpoint(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # PCA's own validation note
         assert fit_pca(ds, "u", sample_dim="sample", latent_dim=2, time_limit="1min").latent_dim == 2
+
+
+def test_every_training_fit_documents_the_shared_options_in_full() -> None:
+    import inspect
+
+    from xsciml._docs import SHARED
+    from xsciml.downscale.diffusion import fit_diffusion
+    from xsciml.inverse.sip import fit_inversion
+    from xsciml.models import fit_autoencoder, fit_dynamics, fit_field, fit_latent
+    from xsciml.models.dino import fit_dino
+    from xsciml.models.smooth import fit_smooth_dynamics
+
+    for func in (fit_field, fit_latent, fit_autoencoder, fit_dino, fit_smooth_dynamics, fit_dynamics,
+                 fit_diffusion, fit_inversion):
+        doc = inspect.getdoc(func) or ""
+        assert "{training_options}" not in doc, func.__name__
+        assert SHARED["training_options"] in doc, func.__name__
+        assert {"checkpoint", "resume", "callbacks", "time_limit"} <= set(inspect.signature(func).parameters)
