@@ -23,12 +23,15 @@ import re
 import sys
 from pathlib import Path
 
+from xsciml._docs import SHARED  # markers of docstring text shared between functions
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "xsciml"
 API_DIR = ROOT / "docs" / "api"
 
 RST = re.compile(r":(?:py:)?(?:func|class|meth|math|mod|attr|data|obj|exc):`|\.\. math::")
 DIRECTIVE = re.compile(r"<!--\s*(?:notebook-figure|notebook-code|benchmark)\b")
+SHARED_MARKER = re.compile("|".join(re.escape("{" + name + "}") for name in SHARED))
 #: pages that must show at least one figure (site paths, directory URLs)
 CAPABILITY_PAGES = ["gap-filling", "latent", "forecast", "smooth", "downscale", "inverse", "dask",
                     "tensors", "training", "getting-started"]
@@ -66,6 +69,8 @@ def main(site: Path) -> int:
         if found:
             problems.append(f"{rel}: reST left in the HTML: {', '.join(found)} "
                             f"({len(RST.findall(text))} occurrences)")
+        if SHARED_MARKER.search(text):
+            problems.append(f"{rel}: unexpanded shared docstring text {SHARED_MARKER.search(text)[0]!r}")
         if DIRECTIVE.search(text):
             problems.append(f"{rel}: unexpanded docs directive {DIRECTIVE.search(text)[0]!r}")
 

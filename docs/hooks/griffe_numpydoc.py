@@ -35,6 +35,8 @@ from typing import Any
 
 import griffe
 
+from xsciml._docs import expand as expand_shared  # the text shared between docstrings
+
 PACKAGE = "xsciml"
 
 _ROLE = re.compile(
@@ -359,4 +361,4 @@ class NumpydocMarkdown(griffe.Extension):
         _collect_public_paths(pkg)
         for obj in _walk(pkg):
             if obj.docstring is not None and obj.docstring.value:
-                obj.docstring.value = convert(obj.docstring.value, obj, loader.modules_collection)
+                obj.docstring.value = convert(expand_shared(obj.docstring.value), obj, loader.modules_collection)

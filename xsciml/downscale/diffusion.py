@@ -51,6 +51,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._docs import shared_docs
 from .._grid import Grid, sample_info
 from .._utils import check_numeric, progress_bar, resolve_device, seed_everything
 from ..base import Estimator, output_attrs, register_estimator
@@ -700,6 +701,7 @@ class _WithAverage(nn.Module):
         self.net, self.average = net, average
 
 
+@shared_docs
 def fit_diffusion(
     obj: xr.Dataset | xr.DataArray,
     variable: str | None = None,
@@ -777,21 +779,7 @@ def fit_diffusion(
         The seed (weights, noise and batches).
     progress
         Show a progress bar.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
         The checkpoint holds the averaged (EMA) weights too, so a resumed fit
         continues the average where it stopped.
 

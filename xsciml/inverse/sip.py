@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import shared_docs
 from .._utils import resolve_device
 from ..base import Estimator, output_attrs, register_estimator
 from ..nn.unet import UNet
@@ -760,6 +761,7 @@ def _resolve_bounds(bounds: Any, data: Any) -> tuple[float | None, float | None]
     return _check_bounds(bounds)
 
 
+@shared_docs
 def fit_inversion(
     operator: FourierOperator,
     data: Callable[..., Any],
@@ -850,21 +852,7 @@ def fit_inversion(
         initial networks and data streams.
     progress
         Show a progress bar.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
     **fit_kwargs
         Further :func:`~xsciml.training.fit` options (``scheduler``, ``grad_clip``,
         ``checkpoint_every``, ...).

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .._docs import shared_docs
 from .._grid import Grid, as_dataset, sample_info
 from .._utils import check_numeric, check_positive_int, seed_everything
 from ..base import register_estimator
@@ -411,6 +412,7 @@ def _fit_network(ds: xr.Dataset, grid: Grid, sample_dim: str, kind: str, latent_
 
 
 # =========================================================================== entry point
+@shared_docs
 def fit_autoencoder(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -539,21 +541,7 @@ def fit_autoencoder(
         The seed (also of the randomized SVD and the validation masks).
     progress
         Show a progress bar.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
 
         The exact PCA has no training: ``checkpoint``, ``resume`` and ``callbacks``
         are errors with ``network="pca"``, and ``time_limit`` is ignored.

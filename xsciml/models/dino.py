@@ -63,6 +63,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._docs import shared_docs
 from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
@@ -705,6 +706,7 @@ def _periods_in_ode_time(clock: Clock, periods: Any) -> list[float]:
     return [float(p) / clock.scale for p in per_units]
 
 
+@shared_docs
 def fit_dino(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -771,21 +773,7 @@ def fit_dino(
         ``lr=1e-2``).
     time_units, sphere, residual_rank, device, seed, progress
         As in :func:`xsciml.models.fit_dynamics`.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
         The teacher-forcing schedule of a resumed fit continues from the
         checkpoint's step.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import xarray as xr
 
+from .._docs import shared_docs
 from ..base import Estimator, Forecaster
 from ..training import TrainState
 from .dino import DINo, fit_dino
@@ -24,6 +25,7 @@ from .smooth import SmoothDynamics, fit_smooth_dynamics
 __all__ = ["fit_dynamics", "forecast"]
 
 
+@shared_docs
 def fit_dynamics(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -174,21 +176,7 @@ def fit_dynamics(
         points times variables exceed 2**15 (memory).
     device, seed, progress
         Where to train, the seed, a progress bar.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
         Both models take them (``"smooth"`` keeps one checkpoint file per training
         stage, see :func:`xsciml.models.smooth.fit_smooth_dynamics`).
     **kwargs

@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._docs import shared_docs
 from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
@@ -640,6 +641,7 @@ def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ..
     return out
 
 
+@shared_docs
 def fit_field(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -754,21 +756,7 @@ def fit_field(
         Seed of the weights, the held-out split and the minibatches.
     progress
         Show a progress bar (``None``: follow ``XSCIML_PROGRESS``).
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
     regularization
         Weight of the network's own penalty (for ``"grid"``: the roughness of the
         grids, :meth:`~xsciml.nn.MultiResGrid.regularization`), divided by the number

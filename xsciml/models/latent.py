@@ -38,6 +38,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .._docs import shared_docs
 from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
@@ -867,6 +868,7 @@ def _fit_core(obj: xr.Dataset, variables: Any, *, sample_dim: Hashable, latent_d
     return li, start
 
 
+@shared_docs
 def fit_latent(
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -983,21 +985,7 @@ def fit_latent(
         :meth:`LatentInterpolator.summary`; a warning names both numbers when PCA-MAP
         does better. Validation needs at least 10 snapshots (fewer: skipped, as
         ``info["validation"]`` says); ``0`` turns it off.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
 
     Returns
     -------

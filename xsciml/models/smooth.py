@@ -91,6 +91,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from .._docs import shared_docs
 from .._utils import check_positive_int
 from ..base import register_estimator
 from ..coords import CoordinateEncoder
@@ -824,6 +825,7 @@ def _stage_checkpoint(path: str | os.PathLike[str], stage: str) -> Path:
     return p.with_name(f"{p.stem}.{stage}{p.suffix}")
 
 
+@shared_docs
 def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fitting phases
     obj: xr.Dataset | xr.DataArray,
     variables: str | Sequence[str] | None = None,
@@ -933,21 +935,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         Float unit of datetime/cftime time axes.
     device, seed, progress
         Where to train, the seed, a progress bar.
-    checkpoint : str or os.PathLike, optional
-        Training checkpoint file, written atomically every 500 steps and at the end
-        (see :func:`xsciml.training.fit`).
-    resume : bool, default False
-        Continue the training from ``checkpoint`` when the file exists (same data and
-        settings; a larger ``steps`` trains further).
-    callbacks : sequence of callables, default ()
-        Each is called as ``callback(state)`` with a :class:`~xsciml.training.TrainState`
-        after every optimizer step; returning ``True`` stops the training.
-    time_limit : float or str, optional
-        Wall-clock budget of the training: seconds, or a string such as ``"90s"``,
-        ``"10min"``, ``"1.5h"``, ``"2h30min"`` (:func:`xsciml.training.parse_time_limit`).
-        When it runs out, training stops after the current step with a warning, the
-        best weights are kept, the checkpoint is written and ``history.stop_reason`` is
-        ``"time_limit"``.
+    {training_options}
 
         This fit trains in two stages, ``"autoencoder"`` then ``"dynamics"``, and each
         stage has its own checkpoint file next to ``checkpoint``: ``run.pt`` gives
