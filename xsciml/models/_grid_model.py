@@ -17,7 +17,7 @@ import xarray as xr
 from torch import nn
 
 from .._grid import Grid, as_dataset
-from .._utils import to_numpy
+from .._utils import check_positive_int, to_numpy
 from ..base import Estimator, output_attrs
 from ..likelihoods import DiagonalGaussian
 from ..parallel import is_dask_backed
@@ -50,12 +50,6 @@ def _activation(name: str) -> type[nn.Module]:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
     return _ACTIVATIONS[name]
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    from .._utils import check_positive_int
-
-    return check_positive_int(value, name)
 
 
 class MLPAutoEncoder(nn.Module):
@@ -96,9 +90,9 @@ class MLPAutoEncoder(nn.Module):
                  activation: str = "silu") -> None:
         super().__init__()
         self.grid_shape = tuple(int(s) for s in grid_shape)
-        n = _check_positive_int(points, "points")
-        k = _check_positive_int(latent_dim, "latent_dim")
-        hidden = [_check_positive_int(h, "hidden width") for h in hidden]
+        n = check_positive_int(points, "points")
+        k = check_positive_int(latent_dim, "latent_dim")
+        hidden = [check_positive_int(h, "hidden width") for h in hidden]
         act = _activation(activation)
         self.config: dict[str, Any] = {"kind": "mlp", "grid_shape": list(self.grid_shape), "points": n,
                        "latent_dim": k, "hidden": hidden, "stochastic": bool(stochastic),
@@ -186,9 +180,9 @@ class ConvAutoEncoder(nn.Module):
         super().__init__()
         if len(grid_shape) != 3:
             raise ValueError(f"grid_shape must be (C, H, W), got {tuple(grid_shape)}")
-        C, H, W = (_check_positive_int(s, "grid size") for s in grid_shape)
-        k = _check_positive_int(latent_dim, "latent_dim")
-        widths = [_check_positive_int(w, "width") for w in widths]
+        C, H, W = (check_positive_int(s, "grid size") for s in grid_shape)
+        k = check_positive_int(latent_dim, "latent_dim")
+        widths = [check_positive_int(w, "width") for w in widths]
         if not widths:
             raise ValueError("widths must hold at least one channel count")
         act = _activation(activation)

@@ -294,7 +294,4 @@ def _fit_smooth(obj: Any, variables: Any, *, chosen: dict[str, Any], kwargs: dic
             f"fit_dynamics(method='smooth') does not take {', '.join(refused)} (options of "
             f"method='dino'); leave them unset, or choose among the smooth model's options: "
             f"{', '.join(own)}")
-    clash = sorted(set(extra) & set(kwargs))
-    if clash:
-        raise TypeError(f"fit_dynamics got {', '.join(clash)} twice")
     return fit_smooth_dynamics(obj, variables, **shared, **extra, **kwargs)

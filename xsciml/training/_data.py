@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .._utils import resolve_device
+from .._utils import check_positive_int, resolve_device
 
 # --------------------------------------------------------------------------- batches
 
@@ -178,7 +178,7 @@ def iterate_minibatches(
         raise TypeError("tensors must be a tensor, a non-empty sequence of tensors or a "
                         f"mapping of names to tensors; got {type(tensors).__name__}.")
     n = tensor_len(tensors, "tensors")
-    check_int(batch_size, "batch_size", 1)
+    check_positive_int(batch_size, "batch_size", minimum=1)
     perm = None
     if shuffle:
         dev = generator.device if generator is not None else torch.device("cpu")
@@ -490,7 +490,3 @@ def split_tensors(data: Any, fraction: float, generator: torch.Generator) -> tup
     return _take(data, train_idx), _take(data, val_idx)
 
 
-def check_int(value: Any, name: str, minimum: int) -> None:
-    from .._utils import check_positive_int
-
-    check_positive_int(value, name, minimum=minimum)

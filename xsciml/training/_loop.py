@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from .._utils import progress_bar, resolve_device, seed_everything
+from .._utils import check_positive_int, progress_bar, resolve_device, seed_everything
 from ._checkpoints import (
     CKPT_FORMAT,
     CKPT_VERSION,
@@ -32,7 +32,6 @@ from ._checkpoints import (
 from ._data import (
     END,
     batch_len,
-    check_int,
     data_kind,
     data_size,
     derive_seed,
@@ -294,14 +293,14 @@ def _check_fit_args(model: Any, loss_fn: Any, val_loss_fn: Any, *, steps: int | 
     if steps is None and epochs is None:
         steps = 1000
     if steps is not None:
-        check_int(steps, "steps", 1)
+        check_positive_int(steps, "steps", minimum=1)
     if epochs is not None:
-        check_int(epochs, "epochs", 1)
-    check_int(batch_size, "batch_size", 1)
-    check_int(val_every, "val_every", 1)
-    check_int(checkpoint_every, "checkpoint_every", 1)
+        check_positive_int(epochs, "epochs", minimum=1)
+    check_positive_int(batch_size, "batch_size", minimum=1)
+    check_positive_int(val_every, "val_every", minimum=1)
+    check_positive_int(checkpoint_every, "checkpoint_every", minimum=1)
     if early_stopping is not None:
-        check_int(early_stopping, "early_stopping", 1)
+        check_positive_int(early_stopping, "early_stopping", minimum=1)
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
     if not lr >= 0:
@@ -318,7 +317,7 @@ def _check_fit_args(model: Any, loss_fn: Any, val_loss_fn: Any, *, steps: int | 
     if not all(callable(cb) for cb in callbacks):
         raise TypeError("callbacks must be a sequence of callables cb(state) -> bool | None.")
     if seed is not None:
-        check_int(seed, "seed", 0)
+        check_positive_int(seed, "seed", minimum=0)
     return steps, callbacks
 
 
