@@ -100,6 +100,19 @@ def test_time_limit_bad_value_fails_before_training() -> None:
         fit(model, mse, data, steps=5, device="cpu", progress=False, time_limit="in five minutes")
 
 
+@pytest.mark.parametrize("callbacks", [5, "stop", [5], [print, None]])
+def test_callbacks_that_are_not_callables_are_refused(callbacks: Any) -> None:
+    model, mse, data = _linear_problem()
+    with pytest.raises(TypeError, match=r"callbacks must be a sequence of callables cb\(state\)"):
+        fit(model, mse, data, steps=2, device="cpu", progress=False, callbacks=callbacks)
+
+
+def test_checkpoint_that_is_not_a_path_is_refused() -> None:
+    model, mse, data = _linear_problem()
+    with pytest.raises(TypeError, match="checkpoint must be a file path .* got int"):
+        fit(model, mse, data, steps=2, device="cpu", progress=False, checkpoint=123)
+
+
 def test_checkpoint_step_of_missing_file(tmp_path) -> None:
     assert checkpoint_step(tmp_path / "none.pt") == 0 and checkpoint_step(None) == 0
 

@@ -276,6 +276,19 @@ def fit(
     return run.run(progress)
 
 
+def _check_callbacks(callbacks: Any) -> tuple[Callable[[TrainState], bool | None], ...]:
+    """``callbacks`` (one callable or a sequence of them) as a tuple; a clear error otherwise."""
+    if callable(callbacks):
+        callbacks = (callbacks,)
+    message = "callbacks must be a sequence of callables cb(state) -> bool | None."
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise TypeError(message)
+    callbacks = tuple(callbacks)
+    if not all(callable(cb) for cb in callbacks):
+        raise TypeError(message)
+    return callbacks
+
+
 def _check_fit_args(model: Any, loss_fn: Any, val_loss_fn: Any, *, steps: int | None, epochs: int | None,
                     batch_size: int, val_every: int, checkpoint_every: int, early_stopping: int | None,
                     val_fraction: float, lr: float, weight_decay: float, grad_clip: float | None,
@@ -311,11 +324,9 @@ def _check_fit_args(model: Any, loss_fn: Any, val_loss_fn: Any, *, steps: int | 
         raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip!r}.")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the file to resume from).")
-    if callable(callbacks):
-        callbacks = (callbacks,)
-    callbacks = tuple(callbacks)
-    if not all(callable(cb) for cb in callbacks):
-        raise TypeError("callbacks must be a sequence of callables cb(state) -> bool | None.")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}.")
+    callbacks = _check_callbacks(callbacks)
     if seed is not None:
         check_positive_int(seed, "seed", minimum=0)
     return steps, callbacks
