@@ -209,7 +209,7 @@ class DINo(LatentForecaster):
         out["train_observed"] = torch.as_tensor(self.train_observed.astype(np.uint8))
         if self.residual_factor is not None:
             out["residual_factor"] = self.residual_factor.detach().cpu().contiguous()
-        return out
+        return {**out, **self._reference_tensors()}
 
     @classmethod
     def _from_state(cls, config: dict, tensors: dict[str, Tensor]) -> DINo:
@@ -222,15 +222,17 @@ class DINo(LatentForecaster):
         module.load_state_dict({k[len("module."):]: v.cpu() for k, v in tensors.items()
                                 if k.startswith("module.")})
         module.eval()
-        return cls(module, CoordinateEncoder.from_dict(config["encoder"]),
-                   Scaler.from_dict(config["scaler"]), config["variables"],
-                   sample_dim=config["sample_dim"], time=config["time"],
-                   clock=Clock(**config["clock"]), ode=config["ode"],
-                   train_points=tensors["train_points"].cpu().numpy(),
-                   train_observed=tensors["train_observed"].cpu().numpy().astype(bool),
-                   coord_units=config.get("coord_units"), var_attrs=config.get("var_attrs"),
-                   info=config.get("info"), residual_factor=tensors.get("residual_factor"),
-                   residual_var=config.get("residual_var", 1.0))
+        model = cls(module, CoordinateEncoder.from_dict(config["encoder"]),
+                    Scaler.from_dict(config["scaler"]), config["variables"],
+                    sample_dim=config["sample_dim"], time=config["time"],
+                    clock=Clock(**config["clock"]), ode=config["ode"],
+                    train_points=tensors["train_points"].cpu().numpy(),
+                    train_observed=tensors["train_observed"].cpu().numpy().astype(bool),
+                    coord_units=config.get("coord_units"), var_attrs=config.get("var_attrs"),
+                    info=config.get("info"), residual_factor=tensors.get("residual_factor"),
+                    residual_var=config.get("residual_var", 1.0))
+        model._restore_references(config, tensors)
+        return model
 
     def _provenance_extra(self) -> dict[str, Any]:
         return {"xsciml_latent_dim": self.latent_dim,
@@ -505,6 +507,7 @@ class DINo(LatentForecaster):
         return self.scaler.inverse(out)
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
+                 combine: bool | None = None,
                  encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
                  encode_lr: float = 0.1, encode_init: str = "auto",
                  encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
@@ -537,6 +540,14 @@ class DINo(LatentForecaster):
             ``y0`` is NaN) at every lead — the small scales the code does not hold, carried
             as persistence, like the anomaly of "climatology + persisted anomaly". Only on
             the initial state's own points (``target=None``).
+        combine
+            Combine the learned forecast with the reference forecasts of the training
+            period (persistence, climatology, anomaly persistence) by the per-lead weights
+            fitted on its validation split (see ``model.summary()`` and
+            :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
+            model has references and the forecast can use them (initial states on the
+            training grid, in memory, with their time; a warning says why not otherwise),
+            ``True`` to require it, ``False`` for the learned model alone.
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and the bound on codes × points
             decoded at once.
@@ -561,8 +572,9 @@ class DINo(LatentForecaster):
             raise ValueError("residual='persist' adds the initial state's residual on its own "
                              "points: leave target=None")
         options["residual"] = residual
-        return self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
+        out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
                               seed=seed, progress=progress, batch_size=batch_size)
+        return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
         out = {"xsciml_encode_steps": str(options["steps"]),

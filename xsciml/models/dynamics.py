@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from .._docs import shared_docs
@@ -70,6 +72,8 @@ def fit_dynamics(
     resume: bool = False,
     callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
     time_limit: float | str | None = None,
+    combine: bool | None = None,
+    val_fraction: float = 0.25,
     **kwargs: Any,
 ) -> DINo | SmoothDynamics:
     r"""Learn the dynamics of a field from trajectories (DINo, or the smooth model).
@@ -179,6 +183,20 @@ def fit_dynamics(
     {training_options}
         Both models take them (``"smooth"`` keeps one checkpoint file per training
         stage, see :func:`xsciml.models.smooth.fit_smooth_dynamics`).
+    combine
+        Build reference forecasts and learn how to combine them with the learned one
+        (calendar time axes only; see :mod:`xsciml.models.latent_ode.references`):
+        persistence, a harmonic climatology and damped anomaly persistence of the
+        training period, and per-lead convex weights of the four forecasts fitted on the
+        last ``val_fraction`` of the training period, which the learned model does not
+        see. ``forecast`` then returns the combination (``combine=False`` there gives the
+        learned model alone) and ``model.summary()`` prints the weights and the
+        validation scores. ``None`` (default): for datetime/cftime axes, with a warning
+        naming why when the training period is too short; ``True``: required (an error
+        otherwise); ``False``: the learned model alone, fitted on the whole period.
+    val_fraction
+        Share of the training frames, at its end, held out to fit the combination weights
+        (default 0.25; at least 2 frames, at most half).
     **kwargs
         Options of the ``"smooth"`` method (none for DINo).
 
@@ -197,11 +215,17 @@ def fit_dynamics(
     >>> fc.dims
     ('trajectory', 'lead', 'y', 'x')
     """
+    plan = _reference_plan(obj, variables, time=time, sample_dim=sample_dim, train_until=train_until,
+                           space=space, combine=combine, val_fraction=val_fraction)
+    if plan is not None:
+        train_until = plan.fit_until
     if method == "smooth":
-        chosen = _given_options(fit_dynamics, {k: v for k, v in locals().items() if k != "kwargs"})
-        return _fit_smooth(obj, variables, space=space, time=time, sample_dim=sample_dim,
-                           train_until=train_until, device=device, seed=seed, progress=progress,
-                           chosen=chosen, kwargs=kwargs)
+        chosen = _given_options(fit_dynamics, {k: v for k, v in locals().items()
+                                               if k not in ("kwargs", "plan")})
+        model: DINo | SmoothDynamics = _fit_smooth(
+            obj, variables, space=space, time=time, sample_dim=sample_dim, train_until=train_until,
+            device=device, seed=seed, progress=progress, chosen=chosen, kwargs=kwargs)
+        return _attach_references(model, plan) if plan is not None else model
     if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
         import warnings
 
@@ -215,7 +239,7 @@ def fit_dynamics(
     if kwargs:
         raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
     given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
-    return fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
+    model = fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
                     train_until=train_until, latent_dim=latent_dim, width=width, depth=depth,
                     input_scale=input_scale, dynamics_width=dynamics_width,
                     dynamics_depth=dynamics_depth, dynamics_linear=dynamics_linear, periods=periods,
@@ -226,6 +250,7 @@ def fit_dynamics(
                     sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
                     progress=progress, checkpoint=checkpoint, resume=resume, callbacks=callbacks,
                     time_limit=time_limit, **{k: v for k, v in given.items() if v is not None})
+    return _attach_references(model, plan) if plan is not None else model
 
 
 def forecast(
@@ -276,7 +301,8 @@ def _given_options(func: Any, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_ALWAYS_FORWARDED = ("space", "time", "sample_dim", "train_until", "device", "seed", "progress", "method")
+_ALWAYS_FORWARDED = ("space", "time", "sample_dim", "train_until", "device", "seed", "progress", "method",
+                     "combine", "val_fraction")
 
 
 def _fit_smooth(obj: Any, variables: Any, *, chosen: dict[str, Any], kwargs: dict[str, Any],
@@ -295,3 +321,123 @@ def _fit_smooth(obj: Any, variables: Any, *, chosen: dict[str, Any], kwargs: dic
             f"method='dino'); leave them unset, or choose among the smooth model's options: "
             f"{', '.join(own)}")
     return fit_smooth_dynamics(obj, variables, **shared, **extra, **kwargs)
+
+
+# --------------------------------------------------------------------------- references
+#: Fewest training frames for a validation split (and for what precedes it)
+MIN_FRAMES_COMBINED = 8
+
+
+@dataclass
+class _ReferencePlan:
+    """How a calendar training period is split: the learned model's part and the validation."""
+
+    ds: xr.Dataset  # the training period, with a sample dim (``_trajectory`` for one series)
+    variables: list[str]
+    time: str
+    tdim: Hashable
+    sample_dim: Hashable  # the effective one
+    user_sample_dim: Hashable | None
+    space: list[str]
+    sdims: list[Hashable]
+    n_fit: int
+    fit_until: Any
+
+
+def _reference_plan(obj: Any, variables: Any, *, time: str, sample_dim: Hashable | None, train_until: Any,
+                    space: Any, combine: bool | None, val_fraction: float) -> _ReferencePlan | None:
+    """The validation split of a calendar training period (None: no references)."""
+    import warnings
+
+    from ..coords import time_kind
+    from .latent_ode import prepare_trajectories
+
+    if combine not in (None, True, False):
+        raise TypeError(f"combine must be None, True or False, got {combine!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
+            0 < float(val_fraction) <= 0.5):
+        raise ValueError(f"val_fraction must be a number in (0, 0.5], got {val_fraction!r}")
+    if combine is False:
+        return None
+    traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
+                                train_until=train_until, space=space)
+    kind = time_kind(np.asarray(traj.ds[time].values))
+    if kind == "numeric":
+        if combine:
+            raise ValueError(f"combine=True needs a calendar time axis (datetime64 or cftime); {time!r} "
+                             "is numeric, so there is no climatology to build: use combine=None or False")
+        return None
+    T = traj.n_frames
+    n_val = max(2, int(round(float(val_fraction) * T)))
+    n_fit = T - n_val
+    if T < MIN_FRAMES_COMBINED or n_fit < n_val:
+        reason = (f"the training period has {T} frames: too short for a validation split of "
+                  f"{n_val} frames after at least as many training frames (needs {MIN_FRAMES_COMBINED} "
+                  "frames or more)")
+        if combine:
+            raise ValueError(f"combine=True: {reason}")
+        warnings.warn(f"{reason}; the references (persistence, climatology, anomaly persistence) "
+                      "are left out and forecasts are the learned model's alone", UserWarning, stacklevel=3)
+        return None
+    tdim = traj.time_dim
+    return _ReferencePlan(ds=traj.ds, variables=list(traj.variables), time=time, tdim=tdim,
+                          sample_dim=traj.sample_dim, user_sample_dim=sample_dim, space=list(traj.space),
+                          sdims=list(traj.check_dims()), n_fit=n_fit,
+                          fit_until=traj.ds[time].values[n_fit - 1])
+
+
+def _attach_references(model: DINo | SmoothDynamics, plan: _ReferencePlan) -> DINo | SmoothDynamics:
+    """Fit the references and their weights on the plan's validation split; attach them."""
+    import warnings
+
+    from ..coords import time_to_float
+    from .latent_ode.references import MAX_STARTS, References, state_values
+
+    ds, tdim = plan.ds, plan.tdim
+    T, n_fit = int(ds.sizes[tdim]), plan.n_fit
+    fit_refs: dict[str, Any] = dict(variables=plan.variables, time=plan.time, sample_dim=plan.sample_dim,
+                    sdims=plan.sdims, space=plan.space)
+    before = References.fit(ds.isel({tdim: slice(0, n_fit)}), **fit_refs)
+    t = time_to_float(np.asarray(ds[plan.time].values), "seconds")
+    step = float(np.median(np.diff(t)))
+    starts = np.arange(n_fit - 1, T - 1)
+    if starts.size > MAX_STARTS:
+        starts = np.unique(np.linspace(starts[0], starts[-1], MAX_STARTS).round().astype(int))
+    reach = t[T - 1] - t[starts[min(2, starts.size - 1)]]  # at least three starts reach the last bin
+    grid = References.lead_bins(reach, step)
+    logg = np.log(grid)
+    user = ds if plan.user_sample_dim is not None else ds.isel({plan.sample_dim: 0}, drop=True)
+    bdims = [d for d in user[plan.variables[0]].dims if d not in plan.sdims]
+    forecasts = []
+    for s in starts:
+        off = t[s + 1:] - t[s]
+        bins = np.abs(np.log(off)[:, None] - logg[None]).argmin(1)
+        chosen = sorted({int(np.flatnonzero(bins == j)[np.abs(np.log(off[bins == j]) - logg[j]).argmin()])
+                         for j in np.unique(bins) if off[bins == j].min() <= grid[-1] * 1.5})
+        if not chosen:
+            continue
+        idx = np.asarray(chosen) + s + 1
+        leads = off[chosen]
+        init = user.isel({tdim: [int(s)]})
+        fc = model.forecast(init, lead=(leads * 1e9).astype("timedelta64[ns]"), combine=False,
+                            progress=False)
+        fcs = fc.to_dataset() if isinstance(fc, xr.DataArray) else fc
+        order = [*bdims, "lead", *plan.sdims]
+        learned = np.stack([np.asarray(fcs[v].transpose(*order).values, dtype=np.float64).reshape(
+            -1, len(leads), int(np.prod([user.sizes[d] for d in plan.sdims]))) for v in plan.variables], -1)
+        x0 = state_values(init, plan.variables, bdims, plan.sdims)
+        truth = np.stack([state_values(user.isel({tdim: [int(k)]}), plan.variables, bdims, plan.sdims)
+                          for k in idx], 1)  # [N, K, P, C]
+        t0 = np.full(x0.shape[0], t[s])
+        forecasts.append((x0, t0, leads, learned, truth))
+    before.fit_weights(forecasts, grid)
+    refs = References.fit(ds, **fit_refs)  # the whole training period for the forecasts
+    for name in ("lead_grid", "weights", "errors", "error_ms", "validation"):
+        setattr(refs, name, getattr(before, name))
+    model.references = refs
+    model.info["references"] = {"n_frames_validation": T - n_fit, "validation_period":
+                                f"{ds[plan.time].values[n_fit]} .. {ds[plan.time].values[-1]}",
+                                "notes": refs.notes}
+    if refs.notes:
+        warnings.warn("reference climatology: " + "; ".join(refs.notes), UserWarning, stacklevel=3)
+    return model

@@ -472,7 +472,7 @@ class SmoothDynamics(LatentForecaster):
         out = {f"module.{k}": v.detach().cpu() for k, v in self.module.state_dict().items()}
         for i, g in enumerate(self.grid):
             out[f"grid.{i}"] = torch.as_tensor(np.array(g))
-        return out
+        return {**out, **self._reference_tensors()}
 
     @classmethod
     def _from_state(cls, config: dict, tensors: dict[str, Tensor]) -> SmoothDynamics:
@@ -482,11 +482,13 @@ class SmoothDynamics(LatentForecaster):
                                 if k.startswith("module.")})
         module.eval()
         grid = [tensors[f"grid.{i}"].cpu().numpy() for i in range(len(config["periods"]))]
-        return cls(module, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
-                   config["variables"], sample_dim=config["sample_dim"], time=config["time"],
-                   clock=Clock(**config["clock"]), ode=config["ode"], grid=grid,
-                   periods=config["periods"], coord_units=config.get("coord_units"),
-                   var_attrs=config.get("var_attrs"), info=config.get("info"))
+        model = cls(module, CoordinateEncoder.from_dict(config["encoder"]), Scaler.from_dict(config["scaler"]),
+                    config["variables"], sample_dim=config["sample_dim"], time=config["time"],
+                    clock=Clock(**config["clock"]), ode=config["ode"], grid=grid,
+                    periods=config["periods"], coord_units=config.get("coord_units"),
+                    var_attrs=config.get("var_attrs"), info=config.get("info"))
+        model._restore_references(config, tensors)
+        return model
 
     def _provenance_extra(self) -> dict[str, Any]:
         return {"xsciml_latent_dim": self.latent_dim,
@@ -697,6 +699,7 @@ class SmoothDynamics(LatentForecaster):
                                      atol=options["atol"], t0=t0)
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
+                 combine: bool | None = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
                  solver: str | None = None,
                  rtol: float | None = None, atol: float | None = None, device: Any = "auto",
@@ -721,6 +724,14 @@ class SmoothDynamics(LatentForecaster):
         solver, rtol, atol
             ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
             solvers use the model's step.
+        combine
+            Combine the learned forecast with the reference forecasts of the training
+            period (persistence, climatology, anomaly persistence) by the per-lead weights
+            fitted on its validation split (see ``model.summary()`` and
+            :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
+            model has references and the forecast can use them (initial states on the
+            training grid, in memory, with their time; a warning says why not otherwise),
+            ``True`` to require it, ``False`` for the learned model alone.
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and a bound on θ × points at once.
 
@@ -743,8 +754,9 @@ class SmoothDynamics(LatentForecaster):
                    "rtol": self.ode["rtol"] if rtol is None else float(rtol),
                    "atol": self.ode["atol"] if atol is None else float(atol),
                    **self._encode_options(steps=encode_steps, lr=encode_lr, reg=encode_reg)}
-        return self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
+        out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
                               seed=seed, progress=progress, batch_size=batch_size)
+        return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
         out = {"xsciml_encode_steps": str(options["steps"])}

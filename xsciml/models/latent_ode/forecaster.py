@@ -31,6 +31,7 @@ from ...tensors import (
 )
 from ...training import History
 from .ode import Clock, LatentDynamics, integrate_latent
+from .references import MEMBERS, References, state_values, warn_left_out
 
 __all__ = ["InitialStates", "LatentForecaster"]
 
@@ -161,6 +162,9 @@ class LatentForecaster(Estimator):
         self.info = info or {}
         self.history: History = History()  # the fit's (empty after loading: not saved)
         self.last_nfe: int | None = None
+        #: the reference forecasts of a calendar training period and their combination
+        #: weights (:class:`~xsciml.models.latent_ode.references.References`), or None
+        self.references: References | None = None
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -184,7 +188,22 @@ class LatentForecaster(Estimator):
             "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
                               for k, a in at.items()} for v, at in self.var_attrs.items()},
             "info": self.info,
+            "references": None if self.references is None else self.references.to_config(),
         }
+
+    def _reference_tensors(self) -> dict[str, Tensor]:
+        """The references' arrays for the saved file (``references.<name>``)."""
+        if self.references is None:
+            return {}
+        return {f"references.{k}": torch.as_tensor(np.array(v, copy=True))
+                for k, v in self.references.tensors().items()}
+
+    def _restore_references(self, config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        """Rebuild :attr:`references` from a saved file's config and tensors."""
+        if config.get("references"):
+            arrays = {k[len("references."):]: v.cpu().numpy() for k, v in tensors.items()
+                      if k.startswith("references.")}
+            self.references = References.from_state(config["references"], arrays)
 
 
     # ------------------------------------------------------------------ input checks
@@ -297,6 +316,110 @@ class LatentForecaster(Estimator):
         return xr.Dataset(das, attrs={k: first[k] for k in ("xsciml_version", "xsciml_model", "history")
                                       if k in first} | dict(extra_attrs or {}))
 
+
+    # ------------------------------------------------------------------ references
+    def _combine_reason(self, ds_init: Any, target: Any) -> str | None:
+        """Why a forecast from ``ds_init`` cannot be combined with the references (None: it can)."""
+        refs = self.references
+        if refs is None:
+            return ("the model has no reference forecasts (they are built for calendar time axes "
+                    "by fit_dynamics(combine=None or True))")
+        ds = ds_init if isinstance(ds_init, xr.Dataset) else self._init_dataset(ds_init, "initial state")
+        if target is not None:
+            return ("a forecast on a target grid of its own cannot be combined (the references live on "
+                    "the training grid)")
+        if any(is_dask_backed(ds[v]) for v in self.variables if v in ds):
+            return "the initial state is dask-backed; the combination needs it in memory (.load() it)"
+        why = refs.check_grid(ds)
+        if why:
+            return why
+        sdims = set(refs.sdims)
+        if self.time not in ds.coords or not (set(ds[self.time].dims) <= set(ds[self.variables[0]].dims) - sdims):
+            return (f"the initial state has no time coordinate {self.time!r} per state (the references "
+                    "need the initial time)")
+        return None
+
+    def _with_references(self, out: xr.DataArray | xr.Dataset, ds_init: Any, *, combine: bool | None,
+                         target: Any, seed: int | None) -> xr.DataArray | xr.Dataset:
+        """The combined forecast from the learned one ``out`` (``combine`` None: when possible)."""
+        if combine is False:
+            return out
+        if combine not in (None, True):
+            raise TypeError(f"combine must be None, True or False, got {combine!r}")
+        if combine is None and self.references is None:
+            return out
+        reason = self._combine_reason(ds_init, target)
+        if reason is not None:
+            if combine:
+                raise ValueError(f"combine=True: {reason}")
+            warn_left_out(reason)
+            return out
+        refs = cast(References, self.references)
+        ds = ds_init if isinstance(ds_init, xr.Dataset) else self._init_dataset(ds_init, "initial state")
+        first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
+        ens = "member" in first.dims
+        bdims = [d for d in first.dims if d not in ("member", "lead", *refs.sdims)]
+        offsets, _ = self.clock.parse_lead(first["lead"].values)
+        lead_s = self.clock.offset_seconds(offsets)
+        assert refs.lead_grid is not None
+        longest = float(refs.lead_grid[-1])
+        if lead_s.max() > 1.5 * longest:
+            import warnings
+
+            warnings.warn(f"leads up to {lead_s.max() / 3600:.4g} h go beyond the longest validated "
+                          f"lead ({longest / 3600:.4g} h, the validation period's reach): the weights "
+                          "of that lead are used there", UserWarning, stacklevel=3)
+        x0 = state_values(ds, self.variables, bdims, refs.sdims)
+        t0 = ds[self.time].expand_dims({d: ds.sizes[d] for d in bdims if d not in ds[self.time].dims})
+        from ...coords import time_to_float
+
+        t0s = time_to_float(np.asarray(t0.transpose(*bdims).values).reshape(-1), "seconds")
+        order = (["member"] if ens else []) + [*bdims, "lead", *refs.sdims]
+        das = {v: (out if isinstance(out, xr.DataArray) else out[v]).transpose(*order)
+               for v in self.variables}
+        E = int(first.sizes["member"]) if ens else None
+        lead_shape: list[int] = [E] if E is not None else []
+        N, K = x0.shape[0], lead_s.size
+        model = np.stack([np.asarray(d.values, dtype=np.float64).reshape(*lead_shape, N, K, -1)
+                          for d in das.values()], -1)
+        combined = refs.combine(model, x0, t0s, lead_s, members=E, seed=seed)
+        w = refs.lead_weights(lead_s)
+        note = "; ".join(f"{n} " + "/".join(f"{x:.2f}" for x in w[k]) for k, n in enumerate(MEMBERS))
+        res = {}
+        for j, (v, d) in enumerate(das.items()):
+            vals = combined[..., j].reshape(d.shape).astype(d.dtype)
+            res[v] = d.copy(data=vals).assign_attrs(
+                xsciml_combined=f"weights by lead: {note}",
+                history=f"{d.attrs.get('history', '')} combined with reference forecasts".strip())
+        first_order = list(first.dims)
+        if isinstance(out, xr.DataArray):
+            return res[self.variables[0]].transpose(*first_order)
+        return out.assign({v: r.transpose(*out[v].dims) for v, r in res.items()})
+
+    def summary(self) -> str:
+        """What was fitted and, for calendar time axes, the reference forecasts, the
+        combination weights by lead and the validation RMSE of every forecast.
+
+        Examples
+        --------
+        >>> print(model.summary())  # doctest: +SKIP
+        DINo(variables=['t2m'], ...)
+        trained on 414 frames (2019-03-01 .. 2019-03-18), 2000 steps in 311 s
+        references: persistence; climatology (training mean + 2 diurnal harmonics); ...
+        """
+        info = self.info
+        lines = [repr(self)]
+        if "n_frames_train" in info:
+            lines.append(f"trained on {info['n_frames_train']} frames ({info.get('training_period', '')})"
+                         + (f", {info['steps']} steps" if "steps" in info else "")
+                         + (f" in {info['wall_time']:.0f} s" if "wall_time" in info else ""))
+        if self.references is not None:
+            grid = self.references.lead_grid
+            units = "h" if grid is None or grid[-1] < 4 * 86400 else "d"
+            lines += self.references.summary_lines(units)
+        elif self.clock.kind != "numeric":
+            lines.append("no reference forecasts (fit with combine=False): forecasts are the learned model's")
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ forecasting (template)
     def _forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any,

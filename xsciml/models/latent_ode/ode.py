@@ -310,6 +310,12 @@ class Clock:
                              "initial state)")
         return off, coord
 
+    def offset_seconds(self, offsets: np.ndarray) -> np.ndarray:
+        """Float offsets in the clock's units as seconds (calendar axes only)."""
+        if self.kind == "numeric":
+            raise ValueError("a numeric time axis has no unit of seconds")
+        return np.asarray(offsets, dtype=np.float64) * _UNIT_SECONDS[self.units]
+
     def add(self, t0: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """``t0[..., None] + offsets``: valid times, in the kind of the time axis."""
         t0 = np.asarray(t0)

@@ -1,0 +1,208 @@
+"""Reference forecasts of a calendar training period and their combination with a learned forecast."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import xsciml
+from xsciml.models.dynamics import fit_dynamics
+from xsciml.models.latent_ode.references import (
+    MEMBERS,
+    References,
+    choose_harmonics,
+    harmonic_basis,
+    year_length_days,
+)
+
+TINY = dict(latent_dim=4, width=8, depth=2, dynamics_width=8, dynamics_depth=2, n_points=16, steps=3,
+            window=4, residual_rank=0, progress=False)
+HOUR = 3600.0
+
+
+def _hourly(n_days: int = 6, seed: int = 0, phi: float = 0.9, calendar: str | None = None) -> xr.Dataset:
+    """A 3 x 4 grid, hourly: mean + diurnal cycle + AR(1) anomalies shared by the grid."""
+    rng = np.random.default_rng(seed)
+    n = 24 * n_days
+    if calendar is None:
+        t = pd.date_range("2001-03-01", periods=n, freq="h")
+    else:
+        t = xr.date_range("2001-03-01", periods=n, freq="h", calendar=calendar, use_cftime=True)
+    hour = np.arange(n) % 24
+    anom = np.zeros(n)
+    for i in range(1, n):
+        anom[i] = phi * anom[i - 1] + rng.normal(scale=0.5)
+    base = 280 + 4 * np.cos(2 * np.pi * (hour - 14) / 24)
+    y, x = np.arange(3.0), np.arange(4.0)
+    vals = (base + anom)[:, None, None] + 0.3 * y[None, :, None] + 0.1 * x[None, None, :]
+    vals = vals + rng.normal(scale=0.05, size=vals.shape)
+    return xr.Dataset({"t2m": (("time", "y", "x"), vals, {"units": "K"})},
+                      coords={"time": t, "y": y, "x": x})
+
+
+@pytest.fixture(scope="module")
+def combined():
+    ds = _hourly()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the climatology's "no annual cycle" note
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", **TINY)
+    return ds, model
+
+
+# ----------------------------------------------------------------------------- the references
+def test_year_length_follows_the_calendar():
+    assert year_length_days("360_day") == 360.0
+    assert year_length_days("noleap") == 365.0
+    assert year_length_days("proleptic_gregorian") == pytest.approx(365.2425)
+
+
+def test_harmonics_follow_what_the_period_resolves():
+    hourly = np.arange(24 * 6) * HOUR
+    assert choose_harmonics(hourly, "standard")[:2] == (2, 0)
+    d, a, notes = choose_harmonics(np.arange(300) * 86400.0, "noleap")
+    assert (d, a) == (0, 0) and "no annual cycle" in notes[0] and "300 days" in notes[0]
+    assert choose_harmonics(np.arange(400) * 86400.0, "noleap")[:2] == (0, 3)
+    # a day of hourly data: too short for a diurnal cycle, and it says so
+    d, _, notes = choose_harmonics(np.arange(24) * HOUR, "standard")
+    assert d == 0 and any("diurnal" in n for n in notes)
+
+
+def test_climatology_recovers_a_known_diurnal_cycle_and_mean():
+    ds = _hourly(n_days=10, phi=0.0)
+    refs = References.fit(ds, ["t2m"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    t = np.array([14.0, 2.0]) * HOUR  # 1970-01-01 at the warmest and coldest hour
+    clim = refs.climatology_values(t)[:, 0, 0]  # point y=0, x=0
+    assert clim[0] - clim[1] == pytest.approx(8.0, abs=0.3)
+    assert 0.5 * (clim[0] + clim[1]) == pytest.approx(280.0, abs=0.3)
+
+
+def test_damping_is_the_lag_correlation_of_ar1_anomalies():
+    ds = _hourly(n_days=60, phi=0.9, seed=1)
+    refs = References.fit(ds, ["t2m"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    assert refs.damping(np.array([HOUR]))[0] == pytest.approx(0.9, abs=0.05)
+    assert refs.damping(np.array([3 * HOUR]))[0] == pytest.approx(0.9 ** 3, abs=0.08)
+    assert refs.damping(np.array([0.0]))[0] == 1.0
+
+
+def test_harmonic_basis_uses_the_calendar_year():
+    year = 360 * 86400.0
+    b = harmonic_basis(np.array([0.0, year]), "360_day", 0, 1)
+    np.testing.assert_allclose(b[0], b[1], atol=1e-12)  # one 360-day year later: the same phase
+
+
+# ----------------------------------------------------------------------------- the combination
+def test_fit_dynamics_builds_references_and_weights_for_calendar_axes(combined):
+    _, model = combined
+    refs = model.references
+    assert refs is not None and refs.weights is not None
+    w = refs.weights
+    assert w.shape == (len(MEMBERS), refs.lead_grid.size)
+    np.testing.assert_allclose(w.sum(0), 1.0, atol=1e-9)
+    assert (w >= -1e-12).all()
+    # convex weights fitted on the validation period: the combination is at least as good
+    # as every member there
+    v = refs.validation["rmse"]
+    for j in range(refs.lead_grid.size):
+        assert v["combined"][j] <= min(v[n][j] for n in MEMBERS) * (1 + 1e-6)
+    assert model.info["references"]["n_frames_validation"] == 36  # a quarter of 144 frames
+    text = model.summary()
+    assert "combination weights" in text and "anomaly persistence" in text
+
+
+def test_forecast_combines_by_default_and_combine_false_is_the_model(combined):
+    ds, model = combined
+    init = ds.isel(time=[100, 110])
+    lead = np.array([1, 6], "timedelta64[h]")
+    fc = model.forecast(init, lead=lead)
+    alone = model.forecast(init, lead=lead, combine=False)
+    assert fc.dims == alone.dims == ("time", "lead", "y", "x")
+    assert "xsciml_combined" in fc.attrs and "xsciml_combined" not in alone.attrs
+    # by hand: the weights of these leads applied to the four forecasts
+    refs = model.references
+    sec = np.array([1.0, 6.0]) * HOUR
+    w = refs.lead_weights(sec)
+    x0 = init.t2m.values.reshape(2, -1, 1)
+    t0 = xsciml.coords.time_to_float(init.time.values, "seconds")
+    parts = refs.members(x0, t0, sec)
+    by_hand = (w[0][None, :, None] * alone.values.reshape(2, 2, -1)
+               + sum(w[k][None, :, None] * parts[n][..., 0] for k, n in enumerate(MEMBERS) if k))
+    np.testing.assert_allclose(fc.values.reshape(2, 2, -1), by_hand, rtol=1e-6)
+    # lead 0 is the initial state
+    f0 = model.forecast(init, lead=np.array([0], "timedelta64[h]"))
+    np.testing.assert_allclose(f0.isel(lead=0).values, init.t2m.values, rtol=1e-6)
+
+
+def test_saved_model_keeps_the_references(combined, tmp_path):
+    ds, model = combined
+    path = model.save(tmp_path / "m.xsciml")
+    back = xsciml.load(path)
+    init = ds.isel(time=[120])
+    lead = np.array([2, 12], "timedelta64[h]")
+    xr.testing.assert_allclose(back.forecast(init, lead=lead), model.forecast(init, lead=lead))
+    np.testing.assert_array_equal(back.references.weights, model.references.weights)
+    assert back.summary().splitlines()[2:] == model.summary().splitlines()[2:]
+
+
+def test_cftime_calendars_get_references():
+    ds = _hourly(calendar="360_day")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", **TINY)
+    assert model.references is not None and model.references.calendar == "360_day"
+    fc = model.forecast(ds.isel(time=[130]), lead=np.array([3], "timedelta64[h]"))
+    assert np.isfinite(fc.values).all()
+
+
+def test_numeric_time_axes_keep_the_learned_model_alone():
+    ds = xsciml.datasets.heat(2, 8, n_frames=10, seed=0)
+    model = fit_dynamics(ds, "u", space=("y", "x"), **TINY)
+    assert model.references is None
+    fc = model.forecast(ds.isel(trajectory=[0], time=0), lead=[0.0, 0.5])
+    assert "xsciml_combined" not in fc.attrs
+    with pytest.raises(ValueError, match="calendar time axis"):
+        fit_dynamics(ds, "u", space=("y", "x"), combine=True, **TINY)
+    with pytest.raises(ValueError, match="combine=True: the model has no reference forecasts"):
+        model.forecast(ds.isel(trajectory=[0], time=0), lead=[0.5], combine=True)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_a_short_training_period_says_what_was_left_out():
+    ds = _hourly().isel(time=slice(0, 6))
+    with pytest.warns(UserWarning, match=r"6 frames: too short for a validation split.*persistence, "
+                                         r"climatology, anomaly persistence\) are left out"):
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", **TINY)
+    assert model.references is None
+    with pytest.raises(ValueError, match="combine=True: the training period has 6 frames"):
+        fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", combine=True, **TINY)
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    (dict(val_fraction=0.7), ValueError, "val_fraction must be a number in"),
+    (dict(val_fraction="0.2"), ValueError, "val_fraction must be a number in"),
+    (dict(combine="yes"), TypeError, "combine must be None, True or False"),
+])
+def test_bad_combination_settings_are_refused(bad, err, match):
+    with pytest.raises(err, match=match):
+        fit_dynamics(_hourly(n_days=1), "t2m", space=("y", "x"), sample_dim=None, **TINY, **bad)
+
+
+def test_forecasts_the_references_cannot_serve_say_why(combined):
+    ds, model = combined
+    init = ds.isel(time=[100])
+    lead = np.array([3], "timedelta64[h]")
+    other = {"y": np.array([0.5, 1.5]), "x": np.array([0.5, 2.5])}
+    with pytest.warns(UserWarning, match="target grid of its own cannot be combined"):
+        fc = model.forecast(init, lead=lead, target=other)
+    xr.testing.assert_identical(fc, model.forecast(init, lead=lead, target=other, combine=False))
+    with pytest.raises(ValueError, match="combine=True: the initial state has no time coordinate"):
+        model.forecast(init.drop_vars("time"), lead=lead, combine=True)
+    with pytest.raises(ValueError, match="not on the training grid"):
+        model.forecast(init.assign_coords(x=init.x + 0.5), lead=lead, combine=True)
+    with pytest.raises(TypeError, match="combine must be None, True or False"):
+        model.forecast(init, lead=lead, combine="auto")
+    with pytest.warns(UserWarning, match="beyond the longest validated lead"):
+        model.forecast(init, lead=np.array([24 * 20], "timedelta64[h]"))
