@@ -152,6 +152,19 @@ def test_dino_deterministic_path_is_unchanged_and_the_ensemble_centres_on_it(din
     np.testing.assert_array_equal(post.codes.values, dino.encode(init).values)
 
 
+@pytest.mark.parametrize("optimizer", ["gauss-newton", "adam"])
+def test_dino_members_are_the_posterior_draws_decoded(dino, heat_data, optimizer):
+    # lead 0 of member m of state i is the decoding of draw m of state i's posterior
+    init = heat_data[1]["u"].isel(time=0)
+    kw = dict(encode_optimizer=optimizer, encode_steps=3 if optimizer == "gauss-newton" else 30)
+    ens = dino.forecast(init, lead=[0.0], members=3, seed=5, **kw)
+    post = dino.encode_posterior(init, optimizer=optimizer, steps=kw["encode_steps"])
+    draws = sample_codes(torch.as_tensor(post.codes.values), torch.as_tensor(post.scale_tril.values), 3, seed=5)
+    codes = xr.DataArray(draws.numpy(), dims=("member", "trajectory", "latent"))
+    ref = dino.decode(codes, init)
+    np.testing.assert_allclose(ens.isel(lead=0).values, ref.values, atol=1e-5)
+
+
 def test_dino_laplace_spread_shrinks_with_more_points_and_less_noise(dino, heat_data):
     init = heat_data[1]["u"].isel(time=0)
     full = dino.encode_posterior(init, noise="white")
