@@ -206,3 +206,23 @@ def test_forecasts_the_references_cannot_serve_say_why(combined):
         model.forecast(init, lead=lead, combine="auto")
     with pytest.warns(UserWarning, match="beyond the longest validated lead"):
         model.forecast(init, lead=np.array([24 * 20], "timedelta64[h]"))
+
+
+# ----------------------------------------------------------------------------- ensembles
+def test_combined_ensembles_carry_the_validation_error_spread(combined):
+    ds, model = combined
+    init = ds.isel(time=[100, 105, 110])
+    lead = np.array([1, 6, 12], "timedelta64[h]")
+    ens = model.forecast(init, lead=lead, members=16, seed=3)
+    det = model.forecast(init, lead=lead)
+    assert ens.dims == ("member", "time", "lead", "y", "x") and ens.sizes["member"] == 16
+    xr.testing.assert_identical(ens, model.forecast(init, lead=lead, members=16, seed=3))
+    # the spread matches the validation error of the combination at each lead
+    refs = model.references
+    sec = np.array([1.0, 6.0, 12.0]) * HOUR
+    target = np.sqrt(refs.lead_error_ms(sec)) * refs.scale[0]
+    spread = np.sqrt(ens.var("member", ddof=1).mean(("time", "y", "x"))).values
+    np.testing.assert_allclose(spread, target, rtol=0.35)
+    # the members scatter around the deterministic combination
+    gap = float(np.abs(ens.mean("member") - det).mean())
+    assert gap < 0.5 * float(spread.mean())

@@ -2,7 +2,9 @@ r"""Skill scores for fields, ensembles and downscaled samples, on DataArrays.
 
 Point-wise scores reduce over dimensions and return DataArrays (0-d when everything is
 reduced): :func:`rmse`, :func:`bias`, :func:`crps_ensemble`, :func:`sample_variability`,
-:func:`constraint_rmse`. Distribution scores compare per-pixel distributions or spectra
+:func:`constraint_rmse`. Ensemble forecasts (a ``member`` dim): :func:`spread_skill`,
+:func:`rank_histogram`, and :func:`ensemble_scores` (all of them per lead).
+Distribution scores compare per-pixel distributions or spectra
 and return a float: :func:`melr`, :func:`kde_kld`, :func:`wasserstein1`.
 :func:`energy_spectrum` gives the radial spectrum used by :func:`melr`, and
 :func:`coarsen_blocks` the coarsening operator :math:`C'` of :func:`constraint_rmse`.
@@ -44,6 +46,9 @@ __all__ = [
     "kde_kld",
     "wasserstein1",
     "crps_ensemble",
+    "spread_skill",
+    "rank_histogram",
+    "ensemble_scores",
     "as_dict",
 ]
 
@@ -237,6 +242,246 @@ def sample_variability(samples: xr.DataArray, sample_dim: str = "sample") -> xr.
     if samples.sizes[sample_dim] < 2:
         raise ValueError(f"sample variability needs at least 2 samples along {sample_dim!r}")
     return samples.std(sample_dim, skipna=False).mean().rename("sample_variability")
+
+
+# =========================================================================== ensembles
+def _ensemble_inputs(ensemble: Any, truth: Any, member_dim: str, dims: str | Sequence[Hashable] | None
+                     ) -> tuple[xr.DataArray, xr.DataArray, list[Hashable]]:
+    """Checked, aligned ensemble and truth, and the dims to reduce (default all but
+    ``member_dim`` and ``lead``); at least 2 members."""
+    ensemble, truth = _check_da(ensemble, "ensemble"), _check_da(truth, "truth")
+    _check_dims(ensemble, [member_dim], "ensemble")
+    if member_dim in truth.dims:
+        raise ValueError(f"truth must not have the ensemble dimension {member_dim!r}")
+    if ensemble.sizes[member_dim] < 2:
+        raise ValueError(f"an ensemble score needs at least 2 members along {member_dim!r}, got "
+                         f"{ensemble.sizes[member_dim]}")
+    try:
+        ensemble, truth = xr.align(ensemble, truth, join="exact")
+    except ValueError as err:
+        raise ValueError(f"ensemble and truth have different coordinates ({err}); select or interpolate "
+                         "them onto the same points first.") from None
+    others = [d for d in ensemble.dims if d != member_dim]
+    others += [d for d in truth.dims if d not in others]
+    red = _dims(dims, [d for d in others if d != "lead"], (ensemble, truth))
+    if member_dim in red:
+        raise ValueError(f"dims must not hold the ensemble dimension {member_dim!r} (it is always reduced)")
+    return ensemble, truth, red
+
+
+def _valid_cases(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str) -> xr.DataArray:
+    """Where the truth and every member are finite (the cases the ensemble scores use)."""
+    return truth.notnull() & ensemble.notnull().all(member_dim)
+
+
+def _spread_and_rmse(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str,
+                     red: Sequence[Hashable]) -> tuple[xr.DataArray, xr.DataArray]:
+    """The corrected spread :math:`\\sqrt{(N+1)/N\\,\\overline{s^2}}` and the RMSE of the mean."""
+    n = ensemble.sizes[member_dim]
+    valid = _valid_cases(ensemble, truth, member_dim)
+    var = ensemble.var(member_dim, ddof=1).where(valid)
+    err2 = ((ensemble.mean(member_dim) - truth) ** 2).where(valid)
+    spread = cast(xr.DataArray, np.sqrt((n + 1) / n * var.mean(red)))
+    skill = cast(xr.DataArray, np.sqrt(err2.mean(red)))
+    return spread.rename("spread"), skill.rename("rmse")
+
+
+def spread_skill(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str = "member",
+                 dims: str | Sequence[Hashable] | None = None) -> xr.DataArray:
+    r"""Spread–skill ratio: the ensemble's corrected spread over the RMSE of its mean.
+
+    .. math::
+
+        \mathrm{SSR} = \frac{\sqrt{\frac{N+1}{N}\,\overline{s^2}}}
+                            {\sqrt{\overline{(\bar x - y)^2}}}, \qquad
+        s^2 = \frac{1}{N-1}\sum_{i=1}^N (x_i - \bar x)^2,
+
+    with the means over the cases (the points of ``dims``). For a reliable ensemble of
+    ``N`` members (truth and members exchangeable draws of the same distribution) the
+    expected squared error of the ensemble mean is :math:`\frac{N+1}{N}` times the
+    expected unbiased ensemble variance, so the ratio is 1 (Fortin et al. 2014, "Why
+    should ensemble spread match the RMSE of the ensemble mean?", J. Hydrometeor.
+    15, 1708–1713); below 1 the ensemble is under-dispersed (over-confident), above 1
+    over-dispersed.
+
+    Parameters
+    ----------
+    ensemble : DataArray
+        Ensemble with ``member_dim`` (at least 2 members).
+    truth : DataArray
+        Without ``member_dim``, on the same coordinates.
+    member_dim : str
+        The ensemble dimension.
+    dims : str or sequence, optional
+        Dims of the cases averaged over; default all but ``member_dim`` and ``lead``
+        (one ratio per lead when there is one). Cases where the truth or any member is
+        NaN are skipped.
+
+    Returns
+    -------
+    DataArray (0-d, or along the dims not reduced), named ``spread_skill``.
+
+    Examples
+    --------
+    Truth and members drawn from the same distribution: a ratio close to 1.
+
+    >>> import numpy as np, xarray as xr
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(10, 20_000))
+    >>> ens = xr.DataArray(x[:9], dims=("member", "case"))
+    >>> truth = xr.DataArray(x[9], dims="case")
+    >>> round(float(spread_skill(ens, truth)), 1)
+    1.0
+    >>> round(float(spread_skill(0.5 * ens, truth)), 1)  # half the spread: under-dispersed
+    0.5
+    """
+    ensemble, truth, red = _ensemble_inputs(ensemble, truth, member_dim, dims)
+    spread, skill = _spread_and_rmse(ensemble, truth, member_dim, red)
+    return (spread / skill).rename("spread_skill")
+
+
+def _ranks(ens: np.ndarray, truth: np.ndarray, seed: int | None) -> np.ndarray:
+    """The rank ``0..N`` of the truth among the members (last axis of ``ens``), ties broken
+    at random; -1 where the truth or a member is NaN."""
+    rng = np.random.default_rng(seed)
+    below = (ens < truth[..., None]).sum(-1)
+    ties = (ens == truth[..., None]).sum(-1)
+    rank = below + rng.integers(0, ties + 1)  # uniform among the tied positions
+    valid = np.isfinite(truth) & np.isfinite(ens).all(-1)
+    return np.where(valid, rank, -1)
+
+
+def rank_histogram(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str = "member",
+                   dims: str | Sequence[Hashable] | None = None, seed: int | None = 0) -> xr.DataArray:
+    r"""Rank histogram (Talagrand diagram): counts of the rank of the truth among the members.
+
+    For every case the rank is the number of members below the truth, ``0 .. N``
+    (``N + 1`` bins); ties between the truth and members are broken at random (a rank
+    drawn uniformly among the tied positions, with ``seed``). A reliable ensemble gives
+    a flat histogram (every bin :math:`1/(N+1)` of the cases); a U shape means an
+    under-dispersed ensemble (the truth often outside it), a dome an over-dispersed
+    one, a slope a biased one.
+
+    Parameters
+    ----------
+    ensemble : DataArray
+        Ensemble with ``member_dim`` (at least 2 members).
+    truth : DataArray
+        Without ``member_dim``, on the same coordinates.
+    member_dim : str
+        The ensemble dimension.
+    dims : str or sequence, optional
+        Dims of the cases counted together; default all but ``member_dim`` and ``lead``
+        (one histogram per lead when there is one). Cases where the truth or any member
+        is NaN are skipped.
+    seed : int or None
+        Seed of the random tie-breaking.
+
+    Returns
+    -------
+    DataArray of integer counts along a new last dim ``rank`` (coordinate ``0 .. N``),
+    after the dims not reduced; named ``rank_histogram``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ens = xr.DataArray([[0.0, 0.0, 5.0], [1.0, 1.0, 5.0], [2.0, 2.0, 5.0]], dims=("member", "case"))
+    >>> truth = xr.DataArray([-1.0, 1.5, 9.0], dims="case")
+    >>> rank_histogram(ens, truth).values.tolist()
+    [1, 0, 1, 1]
+    """
+    ensemble, truth, red = _ensemble_inputs(ensemble, truth, member_dim, dims)
+    n = ensemble.sizes[member_dim]
+    ensemble, truth = xr.broadcast(ensemble, truth, exclude=[member_dim])
+    keep = [d for d in truth.dims if d not in red]
+    t = truth.transpose(*keep, *red)
+    e = ensemble.transpose(*keep, *red, member_dim)
+    lead_shape = [t.sizes[d] for d in keep]
+    tv = np.asarray(t.values, dtype=np.float64).reshape(*lead_shape, -1)
+    ev = np.asarray(e.values, dtype=np.float64).reshape(*lead_shape, tv.shape[-1], n)
+    rank = _ranks(ev, tv, seed)  # [..., cases]
+    counts = (rank[..., None] == np.arange(n + 1)).sum(-2)
+    coords = {k: c.variable for k, c in t.coords.items() if set(c.dims) <= set(keep)}
+    return xr.DataArray(counts, dims=(*keep, "rank"), coords={**coords, "rank": np.arange(n + 1)},
+                        name="rank_histogram", attrs={"long_name": "rank of the truth among the members"})
+
+
+def ensemble_scores(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str = "member",
+                    dims: str | Sequence[Hashable] | None = None, *,
+                    deterministic: xr.DataArray | None = None, seed: int | None = 0) -> xr.Dataset:
+    r"""The usual scores of an ensemble forecast against the truth, per lead.
+
+    Generic: any forecast with an ensemble dim (``member_dim``) and, usually, a ``lead``
+    dim, e.g. ``model.forecast(..., members=N)`` of the latent-dynamics forecasters.
+
+    Parameters
+    ----------
+    ensemble : DataArray
+        Ensemble with ``member_dim`` (at least 2 members).
+    truth : DataArray
+        Without ``member_dim``, on the same coordinates.
+    member_dim : str
+        The ensemble dimension.
+    dims : str or sequence, optional
+        Dims of the cases averaged over; default all but ``member_dim`` and ``lead``.
+        Cases where the truth or any member is NaN are skipped by every score.
+    deterministic : DataArray, optional
+        A deterministic forecast on the same coordinates (without ``member_dim``), scored
+        on the same cases for comparison.
+    seed : int or None
+        Seed of the rank histogram's tie-breaking.
+
+    Returns
+    -------
+    Dataset over the dims not reduced (``lead``) with
+
+    * ``rmse``, ``mae``: of the ensemble mean;
+    * ``crps``: :func:`crps_ensemble`;
+    * ``spread``: :math:`\sqrt{\frac{N+1}{N}\overline{s^2}}`, and ``spread_skill``
+      (:func:`spread_skill`): spread / ``rmse``;
+    * ``rank_histogram`` (``..., rank``): :func:`rank_histogram`;
+    * with ``deterministic``: ``rmse_deterministic`` and ``mae_deterministic``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(9, 3, 500))
+    >>> ens = xr.DataArray(x[:8], dims=("member", "lead", "case"), coords={"lead": [1, 2, 3]})
+    >>> truth = xr.DataArray(x[8], dims=("lead", "case"), coords={"lead": [1, 2, 3]})
+    >>> scores = ensemble_scores(ens, truth)
+    >>> sorted(scores.data_vars)
+    ['crps', 'mae', 'rank_histogram', 'rmse', 'spread', 'spread_skill']
+    >>> scores["rank_histogram"].dims, int(scores["rank_histogram"].sum())
+    (('lead', 'rank'), 1500)
+    """
+    ensemble, truth, red = _ensemble_inputs(ensemble, truth, member_dim, dims)
+    valid = _valid_cases(ensemble, truth, member_dim)
+    mean = ensemble.mean(member_dim)
+    spread, skill = _spread_and_rmse(ensemble, truth, member_dim, red)
+    crps = crps_ensemble(ensemble, truth, sample_dim=member_dim, dims=None if not red else red)
+    out = xr.Dataset({
+        "rmse": skill.assign_attrs(long_name="RMSE of the ensemble mean"),
+        "mae": abs(mean - truth).where(valid).mean(red).assign_attrs(long_name="MAE of the ensemble mean"),
+        "crps": crps.where(valid.any(red)).assign_attrs(long_name="CRPS of the ensemble"),
+        "spread": spread.assign_attrs(long_name="ensemble spread, sqrt((N+1)/N mean variance)"),
+        "spread_skill": (spread / skill).assign_attrs(long_name="spread / RMSE of the ensemble mean"),
+    })
+    out["rank_histogram"] = rank_histogram(ensemble, truth, member_dim, red, seed=seed)
+    if deterministic is not None:
+        det = _check_da(deterministic, "deterministic")
+        if member_dim in det.dims:
+            raise ValueError(f"deterministic must not have the ensemble dimension {member_dim!r}")
+        try:
+            det, _ = xr.align(det, truth, join="exact")
+        except ValueError as exc:
+            raise ValueError(f"deterministic and truth have different coordinates ({exc})") from None
+        diff = (det - truth).where(valid)
+        out["rmse_deterministic"] = cast(xr.DataArray, np.sqrt((diff**2).mean(red))).assign_attrs(
+            long_name="RMSE of the deterministic forecast")
+        out["mae_deterministic"] = abs(diff).mean(red).assign_attrs(long_name="MAE of the deterministic forecast")
+    out.attrs = {"members": int(ensemble.sizes[member_dim]), "member_dim": str(member_dim)}
+    return out
 
 
 # =========================================================================== coarsening

@@ -22,6 +22,8 @@ __all__ = [
     "plot_history",
     "plot_error_vs_lead",
     "plot_calibration",
+    "plot_spread_skill",
+    "plot_rank_histogram",
     "plot_spectrum",
 ]
 
@@ -732,6 +734,186 @@ def plot_calibration(
     ax.set_aspect("equal")
     ax.set_xlabel("nominal coverage of central interval")
     ax.set_ylabel("observed coverage")
+    ax.legend()
+    return fig
+
+
+def _scores_items(scores: Any, truth: Any, member_dim: str, argname: str) -> list[tuple[str, xr.Dataset]]:
+    """Ensemble scores as ``[(label, Dataset)]``: from a Dataset of
+    :func:`~xsciml.metrics.ensemble_scores`, a dict of them, or an ensemble and its truth."""
+    from .metrics import ensemble_scores
+
+    if isinstance(scores, xr.DataArray):
+        if truth is None:
+            raise TypeError(f"{argname} is a DataArray (an ensemble): pass the truth too, or pass the "
+                            "Dataset of xsciml.metrics.ensemble_scores")
+        label = str(scores.name) if scores.name is not None else "ensemble"
+        return [(label, ensemble_scores(scores, truth, member_dim=member_dim))]
+    if truth is not None:
+        raise TypeError(f"truth is only used when {argname} is an ensemble DataArray, got "
+                        f"{type(scores).__name__}")
+    if isinstance(scores, xr.Dataset):
+        items = [("ensemble", scores)]
+    elif isinstance(scores, Mapping):
+        items = [(str(k), v) for k, v in scores.items()]
+        for k, v in items:
+            if not isinstance(v, xr.Dataset):
+                raise TypeError(f"{argname}[{k!r}] must be a Dataset of ensemble scores, got {type(v).__name__}")
+    else:
+        raise TypeError(f"{argname} must be a Dataset of ensemble scores (xsciml.metrics.ensemble_scores), "
+                        f"a dict of them, or an ensemble DataArray with its truth; got {type(scores).__name__}")
+    if not items:
+        raise ValueError(f"{argname} is empty; pass at least one Dataset of scores.")
+    return items
+
+
+def plot_spread_skill(
+    scores: xr.Dataset | Mapping[str, xr.Dataset] | xr.DataArray,
+    truth: xr.DataArray | None = None,
+    *,
+    ratio: bool = False,
+    member_dim: str = "member",
+    lead_dim: str = "lead",
+    ax: Any = None,
+):
+    """Ensemble spread and RMSE of the ensemble mean against lead time, or their ratio.
+
+    Parameters
+    ----------
+    scores
+        The Dataset of :func:`xsciml.metrics.ensemble_scores` (variables ``spread``,
+        ``rmse``, ``spread_skill`` along ``lead_dim``), a dict ``{label: Dataset}``, or
+        an ensemble DataArray (with ``member_dim``) scored against ``truth`` here.
+    truth
+        The truth, when ``scores`` is an ensemble.
+    ratio
+        ``False`` (default): one solid RMSE line and one dashed spread line per entry
+        (a reliable ensemble has them on top of each other). ``True``: the spread–skill
+        ratio per entry, with the ideal ratio 1 as a grey dashed line.
+    member_dim, lead_dim
+        The ensemble and lead dimensions.
+    ax
+        Axes to draw on (default a new figure).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from xsciml.metrics import ensemble_scores
+    >>> x = np.random.default_rng(0).normal(size=(9, 3, 200))
+    >>> ens = xr.DataArray(x[:8], dims=("member", "lead", "case"), coords={"lead": [1, 2, 3]})
+    >>> truth = xr.DataArray(x[8], dims=("lead", "case"), coords={"lead": [1, 2, 3]})
+    >>> scores = ensemble_scores(ens, truth)
+    >>> len(plot_spread_skill(scores).axes[0].lines), len(plot_spread_skill(scores, ratio=True).axes[0].lines)
+    (2, 2)
+    """
+    items = _scores_items(scores, truth, member_dim, "scores")
+    fig, ax = _figure_and_axes(ax)
+    unit = ""
+    names = ("spread_skill",) if ratio else ("rmse", "spread")
+    for label, ds in items:
+        missing = [n for n in names if n not in ds.data_vars]
+        if missing:
+            raise ValueError(f"scores[{label!r}] has no variable(s) {missing}; pass the Dataset of "
+                             "xsciml.metrics.ensemble_scores")
+        for n in names:
+            da = ds[n]
+            if lead_dim not in da.dims:
+                raise ValueError(f"scores[{label!r}][{n!r}] has no dim {lead_dim!r} (dims {da.dims}); "
+                                 "pass lead_dim=.")
+            da = _squeeze_to(da, 1, f"scores[{label!r}][{n!r}]", f"reduce every dim but {lead_dim!r} first.")
+            x, unit = _lead_axis(da.coords.get(lead_dim), da.sizes[lead_dim])
+            if ratio:
+                ax.plot(x, da.values, marker="o", label=label)
+            else:
+                style = {"rmse": {"linestyle": "-", "marker": "o"}, "spread": {"linestyle": "--", "marker": "s"}}[n]
+                color = None if n == "rmse" else ax.lines[-1].get_color()
+                what = "RMSE of the mean" if n == "rmse" else "spread"
+                ax.plot(x, da.values, color=color, label=f"{label}: {what}" if len(items) > 1 else what,
+                        **style)
+    if ratio:
+        ax.axhline(1.0, color="0.6", linestyle="--", label="ideal")
+        ax.set_ylabel("spread / RMSE of the ensemble mean")
+    else:
+        ax.set_ylabel(_label(items[0][1]["rmse"]) if "units" in items[0][1]["rmse"].attrs else "error")
+    ax.set_xlabel(f"{lead_dim} [{unit}]" if unit else str(lead_dim))
+    ax.legend()
+    return fig
+
+
+def plot_rank_histogram(
+    scores: xr.Dataset | xr.DataArray,
+    lead: Any = None,
+    *,
+    lead_dim: str = "lead",
+    ax: Any = None,
+):
+    """Rank histogram of an ensemble: bars of the counts per rank, and the flat expectation.
+
+    Parameters
+    ----------
+    scores
+        The Dataset of :func:`xsciml.metrics.ensemble_scores` (its ``rank_histogram``) or
+        the DataArray of :func:`xsciml.metrics.rank_histogram` (dim ``rank``).
+    lead
+        The lead to show (selected with ``.sel``); default the sum over all leads.
+    lead_dim
+        The lead dimension.
+    ax
+        Axes to draw on (default a new figure).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.axes[0].patches`` are the ``N + 1`` bars; ``fig.axes[0].lines[0]`` is the
+        flat histogram of a reliable ensemble (the mean count).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> h = xr.DataArray([30, 20, 20, 30], dims="rank", coords={"rank": [0, 1, 2, 3]})
+    >>> ax = plot_rank_histogram(h).axes[0]
+    >>> len(ax.patches), float(ax.lines[0].get_ydata()[0])
+    (4, 25.0)
+    """
+    if isinstance(scores, xr.Dataset):
+        if "rank_histogram" not in scores.data_vars:
+            raise ValueError("scores has no variable 'rank_histogram'; pass the Dataset of "
+                             "xsciml.metrics.ensemble_scores or a rank histogram DataArray")
+        hist = scores["rank_histogram"]
+    else:
+        hist = _as_dataarray(scores, "scores")
+    if "rank" not in hist.dims:
+        raise ValueError(f"the rank histogram needs a 'rank' dim, got dims {hist.dims}")
+    title = ""
+    if lead_dim in hist.dims:
+        if lead is None:
+            hist = hist.sum(lead_dim)
+            title = f"all {lead_dim}s"
+        else:
+            try:
+                hist = hist.sel({lead_dim: lead})
+            except KeyError:
+                raise KeyError(f"lead {lead!r} is not in {lead_dim!r} "
+                               f"({_fmt(hist[lead_dim].values) if lead_dim in hist.coords else ''})") from None
+            title = f"{lead_dim} = {_fmt(lead)}"
+    elif lead is not None:
+        raise ValueError(f"lead= needs a {lead_dim!r} dim in the rank histogram, got dims {hist.dims}")
+    hist = _squeeze_to(hist, 1, "the rank histogram", f"reduce every dim but 'rank' (and {lead_dim!r}) first.")
+    counts = np.asarray(hist.values, dtype=float)
+    ranks = np.asarray(hist["rank"].values if "rank" in hist.coords else np.arange(counts.size))
+    fig, ax = _figure_and_axes(ax)
+    ax.bar(ranks, counts, width=0.9, color="C0", label="truth's rank")
+    ax.axhline(counts.sum() / counts.size, color="0.3", linestyle="--", label="reliable (flat)")
+    ax.set_xlabel(f"rank of the truth among the {counts.size - 1} members")
+    ax.set_ylabel("count")
+    if title:
+        ax.set_title(title)
     ax.legend()
     return fig
 

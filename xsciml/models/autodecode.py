@@ -19,11 +19,16 @@ least-squares matrix built from a low-rank + white covariance of the decoder's r
 Two optimisers: :func:`gauss_newton_codes` (Gauss–Newton steps preconditioned by the
 decoder's Jacobian at the mean code, :func:`decoder_jacobian`) and :func:`adam_codes`
 (Adam with a cosine-decayed learning rate); :func:`nearest_codes` gives a warm start.
+:func:`laplace_codes` gives the Laplace (Gauss–Newton) posterior of the codes at the
+optimum, :func:`laplace_posterior` the same from a Jacobian, and :func:`sample_codes`
+draws codes from it (ensemble forecasts).
 Tensors only: the labelled-data side lives with the models that use it
 (:class:`xsciml.models.dino.DINo`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 from ..nn import FourierNet
 
 __all__ = [
+    "CodePosterior",
     "adam_codes",
     "candidate_fields",
     "decode_codes",
@@ -40,8 +46,11 @@ __all__ = [
     "gauss_newton_codes",
     "gls_factors",
     "gls_quadratic",
+    "laplace_codes",
+    "laplace_posterior",
     "nearest_codes",
     "residual_covariance_factor",
+    "sample_codes",
 ]
 
 
@@ -539,3 +548,226 @@ def nearest_codes(candidates: tuple[Tensor, Tensor], y: Tensor, mask: Tensor) ->
         # sum_p m (f - y)^2 = sum m f^2 - 2 sum m y f + const, for all pairs at once
         err = m @ fields.pow(2).T - 2.0 * my @ fields.T
     return codes[err.argmin(dim=1)]
+
+
+# =========================================================================== Laplace posterior
+class CodePosterior(NamedTuple):
+    r"""A Gaussian (Laplace) posterior of the codes of ``B`` states.
+
+    Attributes
+    ----------
+    mean
+        The codes at the optimum ``[B, d]`` (the posterior mean).
+    scale_tril
+        Lower Cholesky factor ``[B, d, d]`` of the posterior covariance
+        :math:`\Sigma = L L^\top` (float64).
+    noise_var
+        Noise variance estimated from each state's fit residual ``[B]``, in the units of
+        the fitted values (standardised for the models).
+    dof
+        Residual degrees of freedom ``[B]``: observed entries minus the effective number
+        of parameters, :math:`n - \mathrm{tr}(A^{-1} J^\top W J)`.
+    """
+
+    mean: Tensor
+    scale_tril: Tensor
+    noise_var: Tensor
+    dof: Tensor
+
+
+def _cholesky_jitter(a: Tensor, what: str = "matrix") -> Tensor:
+    """Lower Cholesky factors of symmetric matrices ``[..., d, d]``, adding a growing jitter
+    (1e-10 to 1e-4 of the mean diagonal) to those that are not numerically positive definite."""
+    a = 0.5 * (a + a.transpose(-1, -2))
+    chol, info = torch.linalg.cholesky_ex(a)
+    if not bool((info > 0).any()):
+        return chol
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-300)[..., None, None]
+    for rel in (1e-10, 1e-8, 1e-6, 1e-4):
+        bad = info > 0
+        c2, i2 = torch.linalg.cholesky_ex(a + rel * scale * eye)
+        chol = torch.where(bad[..., None, None], c2, chol)
+        info = torch.where(bad, i2, info)
+        if not bool((info > 0).any()):
+            return chol
+    raise ValueError(f"the {what} is not positive definite, even with a jitter of 1e-4 of its diagonal; "
+                     "the code is not identified by the observed points (use a larger encoding reg)")
+
+
+def laplace_posterior(mean: Tensor, jacobian: Tensor, rss: Tensor, n_obs: Tensor, prior_precision: Tensor,
+                      *, weighted_jacobian: Tensor | None = None) -> CodePosterior:
+    r"""The Laplace posterior of least-squares codes from the Jacobian at the optimum.
+
+    For a fit :math:`\min_\alpha e^\top W e + n\,\lVert \Lambda^{1/2}(\alpha - \mu)\rVert^2`
+    (the auto-decoding objective times ``n``: ``W`` the identity or the GLS matrix, ``n``
+    the observed entries, :math:`\Lambda` = ``prior_precision``), with residual
+    :math:`e = m \odot (D(\alpha) - y)` and noise :math:`\varepsilon \sim \mathcal N(0,
+    s^2 W^{-1})`, the Gauss–Newton (Laplace) posterior at the optimum is
+
+    .. math::
+
+        \alpha \sim \mathcal N\big(\hat\alpha,\; s^2 A^{-1}\big), \qquad
+        A = J^\top W J + n\,\Lambda, \qquad
+        s^2 = \frac{e^\top W e}{n - \mathrm{tr}(A^{-1} J^\top W J)},
+
+    the normal matrix of the fit, and the noise variance estimated from the fit residual
+    with the effective number of parameters of the regularised fit (the trace, at most
+    ``d``; the degrees of freedom are floored at 1).
+
+    Parameters
+    ----------
+    mean
+        The codes at the optimum ``[B, d]``.
+    jacobian
+        Jacobian ``[B, n, d]`` of the masked residual at ``mean`` (zero rows at unobserved
+        entries).
+    rss
+        :math:`e^\top W e` at ``mean`` ``[B]``.
+    n_obs
+        Observed entries per state ``[B]``.
+    prior_precision
+        Diagonal prior precision per observed entry, ``[d]`` or ``[B, d]`` (the
+        objective's :math:`\rho/d\,\sigma^{-2}`).
+    weighted_jacobian
+        :math:`W J` ``[B, n, d]`` for a GLS fit (default ``jacobian``: white noise).
+
+    Returns
+    -------
+    CodePosterior
+
+    Examples
+    --------
+    Ordinary least squares without prior: the classical covariance :math:`s^2 (J^\top J)^{-1}`.
+
+    >>> J = torch.tensor([[[1.0], [1.0], [1.0], [1.0]]])  # the mean of 4 values
+    >>> post = laplace_posterior(torch.zeros(1, 1), J, torch.tensor([3.0]), torch.tensor([4.0]),
+    ...                          torch.zeros(1))
+    >>> float(post.noise_var[0]), float(post.scale_tril[0, 0, 0] ** 2)  # s^2 = 3/(4-1), s^2/4
+    (1.0, 0.25)
+    """
+    J = jacobian.double()
+    WJ = J if weighted_jacobian is None else weighted_jacobian.double()
+    if J.ndim != 3 or J.shape != WJ.shape or len(J) != len(mean) or J.shape[-1] != mean.shape[-1]:
+        raise ValueError(f"jacobian (and weighted_jacobian) must be [B, n, d] = [{len(mean)}, n, "
+                         f"{mean.shape[-1]}], got {tuple(J.shape)} and {tuple(WJ.shape)}")
+    n = n_obs.double().reshape(-1)
+    G = J.transpose(1, 2) @ WJ
+    G = 0.5 * (G + G.transpose(1, 2))
+    prior = prior_precision.double().to(G.device).expand(len(G), G.shape[-1])
+    A = G + torch.diag_embed(n[:, None] * prior)
+    LA = _cholesky_jitter(A, "normal matrix of the code")
+    Ainv = torch.cholesky_inverse(LA)
+    p_eff = (Ainv * G).sum((-2, -1))  # tr(A^-1 G), both symmetric
+    dof = (n - p_eff).clamp_min(1.0)
+    s2 = rss.double().reshape(-1).clamp_min(0.0) / dof
+    cov = s2[:, None, None] * Ainv
+    L = _cholesky_jitter(cov, "posterior covariance of the code")
+    return CodePosterior(mean.detach(), L, s2, dof)
+
+
+_LAPLACE_CHUNK = 2**20  # bound on states x points x code entries in one Jacobian pass
+
+
+def laplace_codes(decoder: nn.Module, features: Tensor, y: Tensor, mask: Tensor, alpha: Tensor, *,
+                  reg: float, code_mean: Tensor, code_std: Tensor, gls: Tensor | None = None,
+                  chol: Tensor | None = None) -> CodePosterior:
+    r"""The Laplace posterior of auto-decoded codes (the objective of :func:`encode_objective`).
+
+    At the codes ``alpha`` found by :func:`gauss_newton_codes` (or :func:`adam_codes`),
+    the decoder's Jacobian :math:`J` is taken at each state's own code (forward-mode
+    autodiff), and :func:`laplace_posterior` gives
+    :math:`\mathcal N(\hat\alpha, s^2 (J^\top W J + n\rho/d\,\mathrm{diag}\,\sigma^{-2})^{-1})`
+    with :math:`s^2` the state's residual variance (GLS-whitened under ``gls``): the
+    normal matrix of the Gauss–Newton steps at the optimum, scaled by the noise level
+    of the fit. Fewer observed points or a noisier state give a wider posterior.
+
+    Parameters
+    ----------
+    decoder, features, y, mask, reg, code_mean, code_std, gls, chol
+        As in :func:`gauss_newton_codes`.
+    alpha
+        The fitted codes ``[B, d]``.
+
+    Returns
+    -------
+    CodePosterior
+
+    Examples
+    --------
+    >>> from xsciml.nn import FourierNet
+    >>> net = FourierNet(2, 1, width=16, depth=2, input_scale=4.0, code_dim=3)
+    >>> x, true = torch.rand(200, 2) * 2 - 1, torch.randn(1, 3) * 0.1
+    >>> with torch.no_grad():
+    ...     y = decode_codes(net, x, true) + 0.01 * torch.randn(1, 200, 1)
+    >>> kw = dict(reg=0.0, code_mean=torch.zeros(3), code_std=torch.ones(3))
+    >>> a = gauss_newton_codes(net, x, y, torch.ones_like(y), torch.zeros(1, 3), steps=10, **kw)
+    >>> post = laplace_codes(net, x, y, torch.ones_like(y), a, **kw)
+    >>> post.scale_tril.shape, round(float(post.noise_var[0]) ** 0.5, 2)
+    (torch.Size([1, 3, 3]), 0.01)
+    """
+    from torch.func import jacfwd, vmap
+
+    _check_encode_inputs(features, y, mask, alpha, code_mean, code_std, gls, chol)
+    B, d = alpha.shape
+    a = alpha.detach()
+
+    def field(code: Tensor) -> Tensor:  # [d] -> [P*C]
+        return decode_codes(decoder, features, code).reshape(-1)
+
+    per = max(1, _LAPLACE_CHUNK // max(1, y.shape[1] * d))  # states per forward-mode pass (memory)
+    with torch.no_grad():
+        J = torch.cat([vmap(jacfwd(field))(a[i:i + per]).double() for i in range(0, B, per)])  # [B, P*C, d]
+        e = ((decode_codes(decoder, features, a) - y) * mask).reshape(B, -1)
+    m = mask.reshape(B, -1).double()
+    Jm = m[:, :, None] * J
+    if gls is None:
+        WJ = None
+        rss = e.double().pow(2).sum(-1)
+    else:
+        assert chol is not None  # given with gls (_check_encode_inputs)
+        WJ = _gls_apply(Jm, gls.double(), chol.double())
+        rss = gls_quadratic(e.double(), gls.double(), chol.double())
+    prior = (float(reg) / d) / code_std.reshape(-1).double().to(J.device) ** 2
+    return laplace_posterior(a, Jm, rss, m.sum(-1), prior, weighted_jacobian=WJ)
+
+
+def sample_codes(mean: Tensor, scale_tril: Tensor, members: int, *, seed: int | None = 0) -> Tensor:
+    r"""Draw ``members`` codes per state from :math:`\mathcal N(\text{mean}, L L^\top)`.
+
+    With :class:`torch.distributions.MultivariateNormal` on the CPU (float64), the
+    global generator seeded by ``seed`` inside :func:`torch.random.fork_rng` (so the
+    caller's random state is left as it was); ``seed=None`` draws from the current
+    state.
+
+    Parameters
+    ----------
+    mean
+        Codes ``[B, d]``.
+    scale_tril
+        Lower Cholesky factors ``[B, d, d]`` of the covariances.
+    members
+        Draws per state.
+    seed
+        Seed of the draws.
+
+    Returns
+    -------
+    Tensor ``[members, B, d]`` in the dtype of ``mean``.
+
+    Examples
+    --------
+    >>> draws = sample_codes(torch.zeros(2, 3), 0.5 * torch.eye(3).expand(2, 3, 3), 4000, seed=0)
+    >>> draws.shape, round(float(draws.std()), 1)
+    (torch.Size([4000, 2, 3]), 0.5)
+    """
+    from torch.distributions import MultivariateNormal
+
+    dist = MultivariateNormal(mean.detach().double().cpu(), scale_tril=scale_tril.double().cpu())
+    if seed is None:
+        draws = dist.sample((int(members),))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            draws = dist.sample((int(members),))
+    return draws.to(mean.dtype)

@@ -70,12 +70,14 @@ from ..coords import CoordinateEncoder
 from ..tensors import Scaler, TargetPoints, decode_variable, space_dims, space_values
 from ..training import TrainState
 from .autodecode import (
+    CodePosterior,
     adam_codes,
     candidate_fields,
     decode_codes,
     decoder_jacobian,
     gauss_newton_codes,
     gls_factors,
+    laplace_codes,
     nearest_codes,
     residual_covariance_factor,
 )
@@ -371,6 +373,48 @@ class DINo(LatentForecaster):
         return xr.DataArray(alpha.reshape(*states.bshape, self.latent_dim).numpy(),
                             dims=(*states.bdims, "latent"), coords=states.bcoords, name="alpha")
 
+    def encode_posterior(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int | None = None,
+                         optimizer: str = "gauss-newton", lr: float = 0.1, init: str = "auto",
+                         reg: float = 1e-2, noise: str = "auto", shrinkage: float = 0.1,
+                         device: Any = "auto", seed: int | None = 0, progress: bool | None = None,
+                         max_points: int = 2**18) -> xr.Dataset:
+        r"""The codes of states and their Laplace posterior (what ``forecast(members=...)`` draws from).
+
+        The codes are those of :meth:`encode` (same options). At each state's code
+        :math:`\hat\alpha` the posterior is Gaussian,
+
+        .. math::
+
+            \alpha \sim \mathcal N\big(\hat\alpha,\; s^2 (J^\top W J + n\rho/d\,
+                \mathrm{diag}\,\sigma^{-2})^{-1}\big),
+
+        with ``J`` the decoder's Jacobian at :math:`\hat\alpha` on the state's ``n``
+        observed entries, ``W`` the misfit's weights (the identity, or the GLS matrix
+        with ``noise="correlated"``), the prior term of the encoding (``reg``, the
+        training codes' spread :math:`\sigma`), and :math:`s^2` the state's residual
+        variance :math:`e^\top W e / (n - p)` (standardised units; ``p`` the effective
+        number of parameters of the regularised fit): the normal matrix of the
+        Gauss–Newton steps, scaled by the noise level of the fit
+        (:func:`~xsciml.models.autodecode.laplace_codes`).
+
+        Returns
+        -------
+        Dataset over the non-space dims of ``ds_init`` with ``codes (..., latent)`` (the
+        posterior mean, as :meth:`encode`), ``scale_tril (..., latent, latent_j)`` (the
+        lower Cholesky factor :math:`L` of the covariance :math:`L L^\top`),
+        ``noise_var`` (:math:`s^2`) and ``dof`` (:math:`n - p`).
+
+        Examples
+        --------
+        >>> post = model.encode_posterior(ds.isel(time=0))  # doctest: +SKIP
+        >>> L = post.scale_tril.isel(trajectory=0).values  # doctest: +SKIP
+        >>> cov = L @ L.T  # the covariance of the first state's code  # doctest: +SKIP
+        """
+        options = self._encode_options(steps=steps, optimizer=optimizer, lr=lr, init=init, reg=reg,
+                                       noise=noise, shrinkage=shrinkage)
+        return self._posterior_codes(ds_init, options, device=device, seed=seed, progress=progress,
+                                     batch_size=max_points)
+
     def _training_point_index(self, vals: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         """Index of every point (``vals`` at ``idx``) among the training points, -1 if none."""
         import pandas as pd
@@ -408,6 +452,20 @@ class DINo(LatentForecaster):
     def _encode_states(self, states: InitialStates, options: dict[str, Any], *, device: Any,
                        seed: int | None, progress: bool | None, batch_size: int) -> Tensor:
         """Codes ``[N, d]`` of the states by auto-decoding (:mod:`xsciml.models.autodecode`)."""
+        return self._autodecode(states, options, device=device, seed=seed, progress=progress,
+                                batch_size=batch_size, posterior=False).mean
+
+    def _encode_posterior(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                          seed: int | None, progress: bool | None, batch_size: int) -> CodePosterior:
+        """The Laplace posterior of the codes of the states (:func:`~xsciml.models.autodecode.laplace_codes`)."""
+        return self._autodecode(states, options, device=device, seed=seed, progress=progress,
+                                batch_size=batch_size, posterior=True)
+
+    def _autodecode(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                    seed: int | None, progress: bool | None, batch_size: int,
+                    posterior: bool) -> CodePosterior:
+        """Codes ``[N, d]`` by auto-decoding, with their Laplace posterior when ``posterior``
+        (else only ``mean`` is filled, the other fields empty)."""
         from .._utils import progress_bar, resolve_device, seed_everything
 
         y, pts = states.values
@@ -436,7 +494,11 @@ class DINo(LatentForecaster):
         for p in dec.parameters():
             p.requires_grad_(False)
         f = torch.as_tensor(feats, dtype=torch.float32, device=dev)
-        out = torch.empty(N, self.latent_dim)
+        d = self.latent_dim
+        out = torch.empty(N, d)
+        tril = torch.empty(N if posterior else 0, d, d, dtype=torch.float64)
+        nvar = torch.empty(N if posterior else 0, dtype=torch.float64)
+        dof = torch.empty(N if posterior else 0, dtype=torch.float64)
         max_points = batch_size
         per = max(1, int(max_points) // max(1, len(feats)))
         jac = (decoder_jacobian(dec, f, m.code_mean.detach(), m.code_std.detach())
@@ -463,10 +525,16 @@ class DINo(LatentForecaster):
                         out[a:a + per] = adam_codes(
                             dec, f, yt, mt, alpha0, steps=steps, lr=options["lr"], reg=reg,
                             code_mean=m.code_mean, code_std=m.code_std, gls=gls, chol=chol).cpu()
+                    if posterior:
+                        post = laplace_codes(dec, f, yt, mt, out[a:a + per].to(dev), reg=reg,
+                                             code_mean=m.code_mean, code_std=m.code_std, gls=gls, chol=chol)
+                        tril[a:a + per] = post.scale_tril.cpu()
+                        nvar[a:a + per] = post.noise_var.cpu()
+                        dof[a:a + per] = post.dof.cpu()
         finally:
             for p, r in zip(dec.parameters(), flags, strict=True):
                 p.requires_grad_(r)
-        return out
+        return CodePosterior(out, tril, nvar, dof)
 
     # ------------------------------------------------------------------ forecasting
     def _integrate(self, alpha0: Tensor, offsets: np.ndarray, device: Any, options: dict[str, Any],
@@ -507,7 +575,7 @@ class DINo(LatentForecaster):
         return self.scaler.inverse(out)
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 combine: bool | None = None,
+                 members: int | None = None, combine: bool | None = None,
                  encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
                  encode_lr: float = 0.1, encode_init: str = "auto",
                  encode_reg: float = 1e-2, encode_noise: str = "auto", residual: str | None = None,
@@ -531,6 +599,15 @@ class DINo(LatentForecaster):
             Where to decode: default the grid/points of ``ds_init``; or a Dataset /
             DataArray (its space coordinates), a dict of 1-D coordinates (a new grid),
             or a DataFrame of scattered points.
+        members
+            ``None`` (default): one deterministic forecast per initial state. A positive
+            integer: an ensemble of that many members per state, drawn from the Laplace
+            posterior of each initial code (:meth:`encode_posterior`: the Gauss–Newton
+            normal matrix at the fitted code, scaled by the state's residual variance) with
+            ``seed``, all integrated in one solve. The spread reflects how well the
+            initial state pins its code down (fewer or noisier observations: a wider
+            ensemble); it leaves out the errors of the model itself. Eager initial states
+            only.
         encode_steps, encode_optimizer, encode_lr, encode_init, encode_reg, encode_noise
             Auto-decoding of the initial codes (``steps``, ``optimizer``, ``lr``, ``init``,
             ``reg``, ``noise`` of :meth:`encode`).
@@ -558,11 +635,15 @@ class DINo(LatentForecaster):
         <target dims>...)``, coordinate ``lead`` and, when ``ds_init`` has a time
         coordinate, ``valid_time`` = initial time + lead. Attrs: the variable's and
         provenance. A dask-backed ``ds_init`` (chunked along state dims only) gives a
-        lazy result computed per chunk.
+        lazy result computed per chunk. With ``members``: a leading ``member`` dim
+        (coordinate ``0 .. members - 1``) and the attr ``xsciml_members``.
 
         Examples
         --------
         >>> fc = model.forecast(ds.isel(time=0), lead=np.arange(0, 5, 0.25))  # doctest: +SKIP
+        >>> ens = model.forecast(ds.isel(time=0), lead=[0.0, 1.0], members=16)  # doctest: +SKIP
+        >>> ens.dims  # doctest: +SKIP
+        ('member', 'trajectory', 'lead', 'y', 'x')
         """
         options = self._encode_options(steps=encode_steps, optimizer=encode_optimizer, lr=encode_lr,
                                        init=encode_init, reg=encode_reg, noise=encode_noise)
@@ -573,7 +654,7 @@ class DINo(LatentForecaster):
                              "points: leave target=None")
         options["residual"] = residual
         out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
-                              seed=seed, progress=progress, batch_size=batch_size)
+                             seed=seed, progress=progress, batch_size=batch_size, members=members)
         return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:

@@ -97,6 +97,7 @@ from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, decode_variable, space_dims
 from ..training import TrainState
+from .autodecode import CodePosterior, laplace_posterior
 from .latent_ode import (
     ADAPTIVE_METHODS,
     FIXED_STEP_METHODS,
@@ -559,7 +560,25 @@ class SmoothDynamics(LatentForecaster):
 
     def _encode_array(self, ys: np.ndarray, *, steps: int, lr: float, reg: float, device: Any,
                       seed: int | None, progress: bool | None, batch_size: int) -> Tensor:
+        return self._encode_refined(ys, steps=steps, lr=lr, reg=reg, device=device, seed=seed,
+                                    progress=progress, batch_size=batch_size, posterior=False).mean
+
+    def _encode_refined(self, ys: np.ndarray, *, steps: int, lr: float, reg: float, device: Any,
+                        seed: int | None, progress: bool | None, batch_size: int,
+                        posterior: bool) -> CodePosterior:
+        """θ ``[N, d]`` of standardised snapshots ``ys [N, C, *grid]`` (the encoder, refined by
+        ``steps`` Adam steps), with the Laplace posterior of the refinement when ``posterior``
+        (else only ``mean`` is filled)."""
         from .._utils import progress_bar, resolve_device, seed_everything
+
+        if posterior and steps == 0:
+            raise ValueError(
+                "members= (and encode_posterior) need encode_steps > 0 with the smooth model: the "
+                "Laplace posterior is that of the refinement's misfit at the observed points "
+                "around the encoder's guess, and the encoder alone (encode_steps=0) fits no "
+                "misfit to estimate it from; pass e.g. encode_steps=20")
+        d = self.latent_dim
+        none = torch.empty(0, d, d, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
 
         mask = np.isfinite(ys)
         N = len(ys)
@@ -577,11 +596,15 @@ class SmoothDynamics(LatentForecaster):
         per = max(1, int(batch_size) // max(1, int(np.prod(ys.shape[1:]))))
         if steps == 0:  # the encoder alone: one batched pass per chunk, nothing random
             with torch.inference_mode():
-                return torch.cat([m.encoder(torch.as_tensor(ys[a:a + per], dtype=torch.float32,
-                                                            device=dev)).float().cpu()
-                                  for a in range(0, N, per)]) if N else torch.empty(0, self.latent_dim)
+                theta = torch.cat([m.encoder(torch.as_tensor(ys[a:a + per], dtype=torch.float32,
+                                                             device=dev)).float().cpu()
+                                   for a in range(0, N, per)]) if N else torch.empty(0, self.latent_dim)
+            return CodePosterior(theta, none[0], none[1], none[1])
         seed_everything(seed)
         out = torch.empty(N, self.latent_dim)
+        nk = N if posterior else 0
+        tril = torch.empty(nk, d, d, dtype=torch.float64)
+        nvar, dof = torch.empty(nk, dtype=torch.float64), torch.empty(nk, dtype=torch.float64)
         feats = self._grid_features(dev)
         for a in progress_bar(range(0, N, per), desc="encode", progress=self._progress(progress), leave=False):
             yt = torch.as_tensor(np.where(mask[a:a + per], ys[a:a + per], 0.0), dtype=torch.float32,
@@ -607,8 +630,36 @@ class SmoothDynamics(LatentForecaster):
                         loss.backward()
                         opt.step()
                 theta0 = m.denormalise(z.detach())
+                if posterior:
+                    post = self._laplace(z.detach(), yf, mf, feats, reg)
+                    tril[a:a + per], nvar[a:a + per], dof[a:a + per] = (
+                        post.scale_tril.cpu(), post.noise_var.cpu(), post.dof.cpu())
             out[a:a + per] = theta0.float().cpu()
-        return out
+        return CodePosterior(out, tril, nvar, dof)
+
+    def _laplace(self, z: Tensor, y: Tensor, mask: Tensor, feats: Tensor, reg: float) -> CodePosterior:
+        r"""The Laplace posterior of θ at the refined standardised ``z [B, d]``: the refinement
+        minimises :math:`\frac1n \lVert m \odot (\Psi(\theta(z)) - y)\rVert^2 + \frac{\rho}{d}
+        \lVert z - z_0\rVert^2`, so :math:`z \sim \mathcal N(\hat z, s^2 (J^\top J + n\rho/d\, I)^{-1})`
+        (:func:`~xsciml.models.autodecode.laplace_posterior`), and θ = z σ + μ."""
+        from torch.func import jacfwd, vmap
+
+        m = self.module
+        B, d = z.shape
+
+        def field(zi: Tensor) -> Tensor:  # [d] -> [P*C]
+            return m.decoder(m.denormalise(zi), feats).reshape(-1)
+
+        per = max(1, 2**20 // max(1, y.shape[1] * y.shape[2] * d))
+        with torch.no_grad():
+            J = torch.cat([vmap(jacfwd(field))(z[i:i + per]).double() for i in range(0, B, per)])
+            e = ((m.decoder(m.denormalise(z), feats) - y) * mask).reshape(B, -1).double()
+        mf = mask.reshape(B, -1).double()
+        Jm = mf[:, :, None] * J
+        prior = torch.full((d,), float(reg) / d, dtype=torch.float64)
+        post = laplace_posterior(m.denormalise(z), Jm, e.pow(2).sum(-1), mf.sum(-1), prior)
+        std = m.theta_std.detach().double().to(post.scale_tril.device)
+        return post._replace(scale_tril=std[:, None] * post.scale_tril)  # diag(σ) L: still lower
 
     @staticmethod
     def _encode_options(*, steps: int, lr: float, reg: float) -> dict[str, Any]:
@@ -624,6 +675,40 @@ class SmoothDynamics(LatentForecaster):
         return self._encode_array(states.values, steps=options["steps"], lr=options["lr"],
                                   reg=options["reg"], device=device, seed=seed, progress=progress,
                                   batch_size=batch_size)
+
+    def _encode_posterior(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                          seed: int | None, progress: bool | None, batch_size: int) -> CodePosterior:
+        return self._encode_refined(states.values, steps=options["steps"], lr=options["lr"],
+                                    reg=options["reg"], device=device, seed=seed, progress=progress,
+                                    batch_size=batch_size, posterior=True)
+
+    def encode_posterior(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 20, lr: float = 1e-2,
+                         reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
+                         progress: bool | None = None, batch_size: int = 2**18) -> xr.Dataset:
+        r"""θ of states and its Laplace posterior (what ``forecast(members=...)`` draws from).
+
+        θ is that of :meth:`encode` with the refinement (``steps > 0``: the posterior is
+        that of the refinement's objective, the misfit at the finite points plus ``reg``
+        times the squared distance to the encoder's guess in standardised units). At the
+        refined standardised :math:`\hat z`,
+        :math:`z \sim \mathcal N(\hat z, s^2 (J^\top J + n\rho/d\,I)^{-1})` with ``J``
+        the decoder's Jacobian on the ``n`` observed entries and :math:`s^2` the
+        state's residual variance (:func:`~xsciml.models.autodecode.laplace_posterior`);
+        θ = z σ + μ. The encoder network's own error is not in it.
+
+        Returns
+        -------
+        Dataset over the non-space dims of ``ds_init``: ``codes (..., latent)`` (θ),
+        ``scale_tril (..., latent, latent_j)`` (lower Cholesky factor of the covariance of
+        θ), ``noise_var`` and ``dof``.
+
+        Examples
+        --------
+        >>> post = model.encode_posterior(ds.isel(time=0), steps=20)  # doctest: +SKIP
+        """
+        options = self._encode_options(steps=steps, lr=lr, reg=reg)
+        return self._posterior_codes(ds_init, options, device=device, seed=seed, progress=progress,
+                                     batch_size=batch_size)
 
     def encode(self, ds_init: xr.Dataset | xr.DataArray, *, steps: int = 0, lr: float = 1e-2,
                reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
@@ -699,7 +784,7 @@ class SmoothDynamics(LatentForecaster):
                                      atol=options["atol"], t0=t0)
 
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 combine: bool | None = None,
+                 members: int | None = None, combine: bool | None = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
                  solver: str | None = None,
                  rtol: float | None = None, atol: float | None = None, device: Any = "auto",
@@ -719,6 +804,12 @@ class SmoothDynamics(LatentForecaster):
         target
             Where to decode (default the grid of ``ds_init``): a Dataset/DataArray, a dict
             of 1-D coordinates, or a DataFrame of scattered points.
+        members
+            ``None`` (default): one deterministic forecast per state. A positive integer:
+            an ensemble of that many members per state, drawn with ``seed`` from the
+            Laplace posterior of the refined θ (:meth:`encode_posterior`), all integrated in
+            one solve; needs ``encode_steps > 0`` (the posterior is that of the
+            refinement's misfit) and an eager initial state.
         encode_steps, encode_lr, encode_reg
             Refinement of the encoder's θ (see :meth:`encode`; 0 steps: the encoder alone).
         solver, rtol, atol
@@ -740,7 +831,8 @@ class SmoothDynamics(LatentForecaster):
         DataArray (one variable) or Dataset ``(<state dims>..., lead, <target dims>...)``
         with coordinate ``lead`` (and ``valid_time`` when ``ds_init`` has a time);
         attrs carry provenance and the NFE (``xsciml_ode_nfe``). Lazy for a dask-backed
-        ``ds_init``.
+        ``ds_init``. With ``members``: a leading ``member`` dim (coordinate
+        ``0 .. members - 1``) and the attr ``xsciml_members``.
 
         Examples
         --------
@@ -755,7 +847,7 @@ class SmoothDynamics(LatentForecaster):
                    "atol": self.ode["atol"] if atol is None else float(atol),
                    **self._encode_options(steps=encode_steps, lr=encode_lr, reg=encode_reg)}
         out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
-                              seed=seed, progress=progress, batch_size=batch_size)
+                             seed=seed, progress=progress, batch_size=batch_size, members=members)
         return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:

@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..._utils import check_positive_int
 from ...base import Estimator, output_attrs
 from ...coords import CoordinateEncoder
 from ...parallel import is_dask_backed
@@ -30,6 +31,7 @@ from ...tensors import (
     target_points,
 )
 from ...training import History
+from ..autodecode import CodePosterior, sample_codes
 from .ode import Clock, LatentDynamics, integrate_latent
 from .references import MEMBERS, References, state_values, warn_left_out
 
@@ -113,6 +115,9 @@ class LatentForecaster(Estimator):
       computed once;
     * ``_encode_states(states, options, *, device, seed, progress, batch_size)``: codes
       ``[N, d]``;
+    * optionally ``_encode_posterior`` (same arguments): the Laplace posterior of the codes,
+      a :class:`~xsciml.models.autodecode.CodePosterior`, for ensemble forecasts
+      (``members=``: codes drawn from it, a leading ``member`` dim);
     * ``_integrate(codes0, offsets, device, options, t0)``: codes ``[N, K, d]`` at the
       offsets (usually through :meth:`_integrate_codes`);
     * ``_decode_tensor(codes, tp, device, batch_size)``: physical values ``[M, P, C]`` at
@@ -424,35 +429,93 @@ class LatentForecaster(Estimator):
     # ------------------------------------------------------------------ forecasting (template)
     def _forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any,
                   options: dict[str, Any], device: Any, seed: int | None, progress: bool | None,
-                  batch_size: int) -> xr.DataArray | xr.Dataset:
+                  batch_size: int, members: int | None = None) -> xr.DataArray | xr.Dataset:
         """The forecast skeleton: leads, initial state, encode, integrate, decode, label.
 
         ``options`` are the subclass's checked forecast options (its encoder's, solver...);
         the subclass hooks see them. A dask-backed initial state goes to
-        :meth:`_forecast_lazy`.
+        :meth:`_forecast_lazy`. With ``members`` (an ensemble), the initial codes are
+        ``members`` draws from the Laplace posterior of each state's code
+        (:meth:`_encode_posterior`, drawn by
+        :func:`~xsciml.models.autodecode.sample_codes` with ``seed``), all integrated in
+        one solve, and the output gets a leading ``member`` dim.
         """
+        members = check_positive_int(members, "members", allow_none=True)
         offsets, lead_coord = self.clock.parse_lead(lead)
         ds = self._init_dataset(ds_init, "initial state")
         if any(is_dask_backed(ds[v]) for v in self.variables):
+            if members is not None:
+                raise ValueError(
+                    "members= needs an eager initial state: the ensemble draws the codes of all "
+                    "the states from one seeded generator, which per-chunk tasks cannot share; "
+                    "call .compute() on the initial state first (or forecast it in pieces)")
             return self._forecast_lazy(ds, offsets, lead_coord, target, options, device=device,
                                        seed=seed, batch_size=batch_size)
         states = self._states(ds)
-        codes0 = self._encode_states(states, options, device=device, seed=seed, progress=progress,
-                                     batch_size=batch_size)
-        codes = self._integrate(codes0, offsets, device, options, self._initial_times(ds, states.bdims))
+        t0 = self._initial_times(ds, states.bdims)
+        lead_shape: list[int] = list(states.bshape)
+        lead_dims: tuple[Hashable, ...] = (*states.bdims, "lead")
+        if members is None:
+            codes0 = self._encode_states(states, options, device=device, seed=seed, progress=progress,
+                                         batch_size=batch_size)
+            codes = self._integrate(codes0, offsets, device, options, t0)
+        else:
+            post = self._encode_posterior(states, options, device=device, seed=seed, progress=progress,
+                                          batch_size=batch_size)
+            codes0 = post.mean
+            draws = sample_codes(post.mean, post.scale_tril, members, seed=seed)  # [M, N, d]
+            t0m = None if t0 is None else np.tile(t0, members)
+            codes = self._integrate(draws.reshape(-1, self.latent_dim), offsets, device, options, t0m)
+            lead_shape, lead_dims = [members, *lead_shape], ("member", *lead_dims)
         tp = self._target(ds if target is None else target)
         vals = self._decode_tensor(codes.reshape(-1, self.latent_dim), tp, device, batch_size)
-        vals = vals.reshape(*states.bshape, len(offsets), *vals.shape[1:])
+        vals = vals.reshape(*lead_shape, len(offsets), *vals.shape[1:])
         coords: dict[Hashable, xr.Variable | tuple[Hashable | tuple[Hashable, ...], np.ndarray]] = dict(
             states.bcoords)
         coords["lead"] = ("lead", lead_coord)
+        if members is not None:
+            coords["member"] = ("member", np.arange(members))
         if self.time in ds.coords and set(ds[self.time].dims) <= set(states.bdims):
-            t0 = ds[self.time].transpose(*[d for d in states.bdims if d in ds[self.time].dims])
-            coords["valid_time"] = ((*t0.dims, "lead"), self.clock.add(t0.values, offsets))
-        out = self._to_xarray(vals, tp, (*states.bdims, "lead"), coords,
-                              self._forecast_attrs(options, self.last_nfe), action="forecast")
+            t0c = ds[self.time].transpose(*[d for d in states.bdims if d in ds[self.time].dims])
+            coords["valid_time"] = ((*t0c.dims, "lead"), self.clock.add(t0c.values, offsets))
+        attrs = self._forecast_attrs(options, self.last_nfe)
+        if members is not None:
+            attrs = {**attrs, "xsciml_members": str(members),
+                     "xsciml_ensemble": "laplace posterior of the initial codes"}
+        out = self._to_xarray(vals, tp, lead_dims, coords, attrs, action="forecast")
         return self._finish_forecast(out, ds, states, codes0, tp, options, device=device,
                                      batch_size=batch_size)
+
+    def _encode_posterior(self, states: InitialStates, options: dict[str, Any], *, device: Any,
+                          seed: int | None, progress: bool | None, batch_size: int) -> CodePosterior:
+        """The Laplace posterior of the codes of the states (mean ``[N, d]``, Cholesky factor
+        ``[N, d, d]``...): the hook of ensemble forecasts (``members=``); the default refuses."""
+        raise ValueError(f"{type(self).__name__} has no posterior of its initial codes: members= is "
+                         "not available")
+
+    def _posterior_dataset(self, post: CodePosterior, states: InitialStates) -> xr.Dataset:
+        """A :class:`~xsciml.models.autodecode.CodePosterior` labelled by the state dims."""
+        d = self.latent_dim
+        dims = tuple(states.bdims)
+        return xr.Dataset(
+            {"codes": ((*dims, "latent"), post.mean.reshape(*states.bshape, d).numpy()),
+             "scale_tril": ((*dims, "latent", "latent_j"),
+                            post.scale_tril.reshape(*states.bshape, d, d).numpy()),
+             "noise_var": (dims, post.noise_var.reshape(states.bshape).numpy()),
+             "dof": (dims, post.dof.reshape(states.bshape).numpy())},
+            coords=states.bcoords,
+            attrs={"description": "Laplace posterior of the codes: N(codes, scale_tril scale_tril^T)"})
+
+    def _posterior_codes(self, ds_init: xr.Dataset | xr.DataArray, options: dict[str, Any], *, device: Any,
+                         seed: int | None, progress: bool | None, batch_size: int) -> xr.Dataset:
+        """``encode_posterior``: the labelled Laplace posterior of the codes of ``ds_init``."""
+        ds = self._init_dataset(ds_init, "initial state")
+        if any(is_dask_backed(ds[v]) for v in self.variables):
+            ds = ds.compute()
+        states = self._states(ds)
+        post = self._encode_posterior(states, options, device=device, seed=seed, progress=progress,
+                                      batch_size=batch_size)
+        return self._posterior_dataset(post, states)
 
     def _state_arrays(self, ds: xr.Dataset, sdims: Sequence[Hashable]
                       ) -> tuple[list[np.ndarray], list[Hashable], list[int]]:
