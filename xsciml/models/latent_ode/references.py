@@ -344,45 +344,50 @@ class References:
 
         ``forecasts``: per held-out start, ``(x0 [N, P, C], t0 [N], leads [K] (s), model
         [N, K, P, C], truth [N, K, P, C])``, at most one lead per bin of ``grid``
-        (:meth:`lead_bins`).
+        (:meth:`lead_bins`). In each bin the weights are those of the rule — the convex
+        blend of all four forecasts, of the learned model and the best reference, or the
+        best single forecast — with the least error in a two-fold cross-validation over
+        the starts (earlier half against later half and back), refitted on all of them.
         """
-        from ...baselines import fit_blend
-
         logg = np.log(np.asarray(grid, dtype=np.float64))
         pooled: list[list[np.ndarray]] = [[] for _ in grid]  # per bin: [M + 1, n] blocks
+        starts: list[list[np.ndarray]] = [[] for _ in grid]  # per bin: the start of each column
         per_start = []
-        for x0, t0, leads, model, truth in forecasts:
+        for i, (x0, t0, leads, model, truth) in enumerate(forecasts):
             refs = self.members(x0, t0, leads)
             stack = np.stack([model, refs["persistence"], refs["climatology"],
                               refs["anomaly persistence"], truth]) / self.scale  # [M+1, N, K, P, C]
             bins = np.abs(np.log(leads)[:, None] - logg[None]).argmin(1)
             for k, j in enumerate(bins):
-                pooled[j].append(stack[:, :, k].reshape(stack.shape[0], -1))
+                block = stack[:, :, k].reshape(stack.shape[0], -1)
+                pooled[j].append(block)
+                starts[j].append(np.full(block.shape[1], i))
             per_start.append((stack, bins))
         keep = [j for j in range(len(grid)) if pooled[j]]
-        rows = [np.concatenate(pooled[j], 1) for j in keep]
         grid = np.asarray(grid, dtype=np.float64)[keep]
         names = list(MEMBERS)
-        width = max(r.shape[1] for r in rows)
-
-        def padded(i: int) -> xr.DataArray:  # row i of every bin, NaN-padded to one width
-            vals = np.stack([np.pad(r[i], (0, width - r.shape[1]), constant_values=np.nan) for r in rows])
-            return xr.DataArray(vals, dims=("lead", "case"), coords={"lead": grid})
-
-        w = fit_blend({n: padded(i) for i, n in enumerate(names)}, padded(len(names)))
-        self.lead_grid = grid
-        self.weights = np.asarray(w.transpose("member", "lead").values)
+        weights, rules = [], []
         rmse: dict[str, list[float]] = {n: [] for n in [*names, "combined"]}
         counts = []
-        for j, r in enumerate(rows):
+        for j in keep:
+            r = np.concatenate(pooled[j], 1)
+            sid = np.concatenate(starts[j])
             ok = np.isfinite(r).all(0)
-            combo = (self.weights[:, j:j + 1] * r[:-1]).sum(0)
+            r, sid = r[:, ok], sid[ok]
+            if r.shape[1] == 0:
+                raise ValueError("no validation point where every forecast and the truth are finite")
+            w, rule = _bin_weights(r[:-1], r[-1], sid)
+            weights.append(w)
+            rules.append(rule)
+            combo = w @ r[:-1]
             for i, n in enumerate(names):
-                rmse[n].append(float(np.sqrt(np.mean((r[i, ok] - r[-1, ok]) ** 2))))
-            rmse["combined"].append(float(np.sqrt(np.mean((combo[ok] - r[-1, ok]) ** 2))))
-            counts.append(int(ok.sum()))
+                rmse[n].append(float(np.sqrt(np.mean((r[i] - r[-1]) ** 2))))
+            rmse["combined"].append(float(np.sqrt(np.mean((combo - r[-1]) ** 2))))
+            counts.append(int(r.shape[1]))
+        self.lead_grid = grid
+        self.weights = np.stack(weights, 1)
         self.validation = {"lead_seconds": grid.tolist(), "rmse": rmse, "n_values": counts,
-                           "n_starts": len(forecasts)}
+                           "n_starts": len(forecasts), "rule": rules}
         self._store_errors(per_start, keep)
 
     def _store_errors(self, per_start: list[tuple[np.ndarray, np.ndarray]], keep: list[int]) -> None:
@@ -532,6 +537,52 @@ class References:
             lines.append(f"  {g / div:7.3g}{units} {ws}   |       {rs}")
         lines.append("  (RMSE in units of each variable's training standard deviation)")
         return lines
+
+
+def _convex(F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Convex least-squares weights of the rows of ``F [K, n]`` against ``y [n]``."""
+    from ...baselines import fit_blend
+
+    if F.shape[0] == 1:
+        return np.ones(1)
+    fc = {str(k): xr.DataArray(F[k][None], dims=("lead", "case")) for k in range(F.shape[0])}
+    w = fit_blend(fc, xr.DataArray(y[None], dims=("lead", "case")))
+    return np.asarray(w.transpose("member", "lead").values)[:, 0]
+
+
+def _rule_weights(rule: str, F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weights ``[M]`` of a combination rule fitted on ``F [M, n]``, ``y [n]``."""
+    mse = ((F - y) ** 2).mean(1)
+    w = np.zeros(F.shape[0])
+    if rule == "single":
+        w[int(np.argmin(mse))] = 1.0
+    elif rule == "model + best reference":
+        pick = [0, 1 + int(np.argmin(mse[1:]))]
+        w[pick] = _convex(F[pick], y)
+    else:
+        w[:] = _convex(F, y)
+    return w
+
+
+_RULES = ("blend", "model + best reference", "single")
+
+
+def _bin_weights(F: np.ndarray, y: np.ndarray, sid: np.ndarray) -> tuple[np.ndarray, str]:
+    """The weights of one lead bin: the rule with the least two-fold cross-validated error
+    (folds: the earlier and the later half of the starts), refitted on all the data."""
+    uniq = np.unique(sid)
+    if uniq.size < 4:  # too few starts to cross-validate: the blend
+        return _rule_weights("blend", F, y), "blend"
+    first = np.isin(sid, uniq[: uniq.size // 2])
+    cv = {}
+    for rule in _RULES:
+        err = 0.0
+        for fit_on in (first, ~first):
+            w = _rule_weights(rule, F[:, fit_on], y[fit_on])
+            err += float(((w @ F[:, ~fit_on] - y[~fit_on]) ** 2).sum())
+        cv[rule] = err
+    best = min(_RULES, key=lambda k: cv[k])
+    return _rule_weights(best, F, y), best
 
 
 def _values(ds: xr.Dataset, variables: Sequence[str], time: str, sample_dim: Hashable | None,
