@@ -786,3 +786,72 @@ def test_decoder_jacobian_matches_the_analytic_derivative_and_refuses_bad_input(
         decoder_jacobian(Sine(), x, mu, torch.tensor([0.5, 0.0, 1.0]))
     with pytest.raises(ValueError, match="finite"):
         decoder_jacobian(Sine(), x, torch.tensor([0.4, np.nan, 0.3]), sd)
+
+
+# ----------------------------------------------------------------------------- default plan
+def test_default_plan_follows_the_data():
+    from xsciml.models.dino import STEP_VALUES, _training_plan
+
+    auto = dict(steps=None, batch_size=None, window=None, n_points=None)
+    # 40 trajectories x 10 frames of 32 x 32: every frame in every step, 2**14 // 400 points
+    assert _training_plan(40, 10, 1024, **auto) == {"steps": 2000, "batch_size": 40, "window": 10,
+                                                      "n_points": 40}
+    # one hourly series of 552 frames: windows of 16 frames, 32 of them per step (what
+    # 2**14 values at 32 points allow), steps grown so that every code is fitted as often
+    plan = _training_plan(1, 552, 1617, **auto)
+    assert plan == {"steps": 2157, "batch_size": 32, "window": 16, "n_points": 32}
+    assert plan["steps"] == int(np.ceil(2000 * 552 / (32 * 16)))
+    # a short series on a large grid: 2 windows cover its 24 frames, at 512 points each
+    assert _training_plan(1, 24, 10512, **auto) == {"steps": 2000, "batch_size": 2, "window": 16,
+                                                      "n_points": 512}
+    # a small grid: all its points, whatever the budget
+    assert _training_plan(3, 5, 20, **auto)["n_points"] == 20
+    # a huge data set: a bounded step and at most 6000 steps
+    big = _training_plan(1000, 100, 4096, **auto)
+    assert big["batch_size"] * big["window"] * big["n_points"] <= STEP_VALUES and big["steps"] == 6000
+    # given values are kept, and the rest follows from them
+    assert _training_plan(40, 10, 1024, steps=7, batch_size=4, window=5, n_points=None) == {
+        "steps": 7, "batch_size": 4, "window": 5, "n_points": 2**14 // 20}
+    assert _training_plan(40, 10, 1024, steps=None, batch_size=None, window=None, n_points=128)[
+        "batch_size"] == 2**14 // (10 * 128)
+    # batch_size at most the distinct windows (2 trajectories x 2 starts), n_points at most P
+    assert _training_plan(2, 10, 64, steps=None, batch_size=50, window=9, n_points=2000) == {
+        "steps": 2000, "batch_size": 4, "window": 9, "n_points": 64}
+    with pytest.raises(ValueError, match=r"window must be an integer in \[2, 10\]"):
+        _training_plan(4, 10, 64, steps=None, batch_size=None, window=11, n_points=None)
+
+
+def test_default_fit_of_a_long_series_rolls_out_bounded_windows():
+    ds = xsciml.datasets.heat(1, 8, seed=0, n_frames=40, alpha=4.0, tau=3.0)
+    series = ds.isel(trajectory=0)
+    tiny = {k: v for k, v in TINY.items() if k != "n_points"}
+    model = xsciml.models.dino.fit_dino(series, "u", sample_dim=None, steps=3, seed=0, **tiny)
+    # 16-frame windows, 3 of them cover the 40 frames; all 64 points of the 8 x 8 grid
+    assert model.info["plan"] == {"steps": 3, "batch_size": 3, "window": 16, "n_points": 64}
+    assert model.info["steps"] == 3
+
+
+def test_batched_windows_match_one_window_at_a_time():
+    from xsciml.models.latent_ode import OffsetTable
+
+    tau = np.array([0.0, 0.5, 1.5, 2.0, 3.5, 4.0])  # irregular: windows have other offsets
+    table = OffsetTable(tau)
+    t_out, where = table.windows([0, 2, 1], 3)
+    assert where.shape == (3, 3, 3)
+    for b, j0 in enumerate([0, 2, 1]):
+        t1, w1 = table(j0, 3)
+        np.testing.assert_array_equal(t_out[where[b]].numpy(), t1[w1].numpy())
+    torch.manual_seed(0)
+    f = LatentDynamics(2, width=8, depth=1, periods=[2.0])
+    holder = torch.nn.Module()
+    holder.dynamics, holder.teacher_forcing = f, 0.5
+    z = torch.randn(3, 3, 2)
+    u = torch.rand(3, 3)
+    phase = f.phases(tau[np.array([[0, 1, 2], [2, 3, 4], [1, 2, 3]])])
+    ode = {"method": "rk4", "step": 0.25}
+    both = _dynamics_loss(holder, z, u, t_out, where, ode, phase)
+    one = [_dynamics_loss(holder, z[[b]], u[[b]], *table(j0, 3), ode, phase[b])
+           for b, j0 in enumerate([0, 2, 1])]
+    assert float(both.detach()) == pytest.approx(float(torch.stack(one).detach().mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        table.windows([4], 3)

@@ -54,6 +54,7 @@ GPU, and models load on either.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
@@ -87,6 +88,8 @@ from .latent_ode import (
     LatentDynamics,
     LatentForecaster,
     OffsetTable,
+    default_window,
+    draw_windows,
     dynamics_loss,
     ode_settings,
     prepare_trajectories,
@@ -771,17 +774,62 @@ def _check_space_coords(ds: xr.Dataset, space: Sequence[str], frame_dims: tuple[
                              "in every frame (put NaN where a frame is unobserved)")
 
 
-def _check_dino_settings(latent_dim: int, steps: int, batch_size: int | None, n_points: int | None,
+def _check_dino_settings(latent_dim: int, steps: int | None, batch_size: int | None, n_points: int | None,
                          loss: str, rollout_weight: float) -> None:
     """Check the training settings of :func:`fit_dino`."""
     check_positive_int(latent_dim, "latent_dim")
-    check_positive_int(steps, "steps")
+    check_positive_int(steps, "steps", allow_none=True)
     check_positive_int(batch_size, "batch_size", allow_none=True)
     check_positive_int(n_points, "n_points", allow_none=True)
     if loss not in ("mse", "relative"):
         raise ValueError(f"loss must be 'mse' or 'relative', got {loss!r}")
     if not (np.isfinite(rollout_weight) and rollout_weight >= 0):
         raise ValueError(f"rollout_weight must be a finite number >= 0, got {rollout_weight!r}")
+
+
+#: Decoded values (points x frames) per training step of the default plan.
+STEP_VALUES = 2**14
+#: Fewest points per frame and step the default plan draws (all of them on a smaller grid).
+MIN_POINTS = 32
+#: Optimiser steps of the default plan when every step covers every frame ...
+CODE_UPDATES = 2000
+#: ... and the most it takes when it does not.
+MAX_STEPS = 6000
+
+
+def _training_plan(S: int, T: int, P: int, *, steps: int | None, batch_size: int | None,
+                   window: int | None, n_points: int | None) -> dict[str, int]:
+    """Steps, windows per step, frames per window and points per frame of a DINo fit.
+
+    What :func:`fit_dino` does with the settings left to None, from ``S`` trajectories of
+    ``T`` frames of ``P`` points: ``window = min(T, 16)`` (:func:`default_window`); ``batch_size`` windows, as
+    many as cover every frame once (``S * ceil(T / window)``) but at most
+    ``STEP_VALUES // (window * points)``, at least 1; ``n_points`` as many as
+    ``STEP_VALUES`` allows over those windows, between ``min(P, MIN_POINTS)`` and ``P``;
+    ``steps = CODE_UPDATES * S * T / (batch_size * window)`` (every code is in about
+    ``CODE_UPDATES`` steps' windows), between ``CODE_UPDATES`` and ``MAX_STEPS``.
+    Given values are kept (``batch_size`` at most the number of distinct windows,
+    ``n_points`` at most ``P``).
+    """
+    w = default_window(T) if window is None else window
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 2 <= w <= T:
+        raise ValueError(f"window must be an integer in [2, {T}] frames (the training frames), got {window!r}")
+    w = int(w)
+    n_windows = S * (T - w + 1)
+    cover = S * -(-T // w)  # windows that cover every frame once
+    floor = min(P, MIN_POINTS)
+    if batch_size is None:
+        per_frame = floor if n_points is None else min(int(n_points), P)
+        B = int(min(cover, max(1, STEP_VALUES // (w * per_frame))))
+    else:
+        B = int(min(batch_size, n_windows))
+    if n_points is None:
+        Pb = int(min(P, max(floor, STEP_VALUES // (B * w))))
+    else:
+        Pb = int(min(n_points, P))
+    if steps is None:
+        steps = int(min(MAX_STEPS, max(CODE_UPDATES, math.ceil(CODE_UPDATES * S * T / (B * w)))))
+    return {"steps": int(steps), "batch_size": B, "window": w, "n_points": Pb}
 
 
 def _periods_in_ode_time(clock: Clock, periods: Any) -> list[float]:
@@ -822,10 +870,10 @@ def fit_dino(
     atol: float = 1e-5,
     adjoint: bool = False,
     teacher_forcing: Any = (0.99, 0.5),
-    steps: int = 2000,
+    steps: int | None = None,
     batch_size: int | None = None,
     window: int | None = None,
-    n_points: int | None = 1024,
+    n_points: int | None = None,
     loss: str = "mse",
     lr: float = 1e-2,
     code_lr: float = 1e-2,
@@ -861,9 +909,32 @@ def fit_dino(
     solver, ode_step, rtol, atol, adjoint, teacher_forcing
         The ODE solver and the rollouts, as in :func:`xsciml.models.fit_dynamics` (here
         with their defaults ``"rk4"``, ``1e-3``, ``1e-5``).
-    steps, batch_size, window, n_points, loss, lr, code_lr, dynamics_lr, scheduler, grad_clip, rollout_weight
-        The optimisation, as in :func:`xsciml.models.fit_dynamics` (defaults ``steps=2000``,
-        ``lr=1e-2``).
+    steps, batch_size, window, n_points
+        How much every optimiser step sees: ``batch_size`` windows of ``window``
+        consecutive frames (each window from a random trajectory and a random start;
+        codes outside them stay where they are), decoded at ``n_points`` random points of
+        the grid (the same for all frames of the step), for ``steps`` steps. Left to
+        None, each follows from the data -- ``S`` trajectories (1 for a single series)
+        of ``T`` training frames of ``P`` points -- so that a step decodes about
+        ``STEP_VALUES`` (``2**14``) values whatever the data size, and every code is
+        fitted about as often:
+
+        * ``window = min(T, 16)``: a rollout through 16 frames at most, whatever the
+          length of the series;
+        * ``batch_size``: the ``S * ceil(T / window)`` windows that cover every frame
+          once, but at most ``2**14 // (window * min(P, 32))`` (at least 1; with
+          ``n_points`` given, ``2**14 // (window * n_points)``);
+        * ``n_points = 2**14 // (batch_size * window)``, at least ``min(P, 32)`` and at
+          most ``P``;
+        * ``steps = 2000 * S * T / (batch_size * window)``: 2000 when a step covers every
+          frame, more (each code is then in about 2000 steps' windows) up to 6000.
+
+        The cost of the fit is then about ``steps`` times the cost of decoding ``2**14``
+        values (a tenth of a second on one CPU core at the default widths). Values
+        given are used as given (``batch_size`` at most the number of distinct
+        windows, ``n_points`` at most ``P``); the plan used is in ``model.info["plan"]``.
+    loss, lr, code_lr, dynamics_lr, scheduler, grad_clip, rollout_weight
+        The optimisation, as in :func:`xsciml.models.fit_dynamics` (default ``lr=1e-2``).
     time_units, sphere, residual_rank, device, seed, progress
         As in :func:`xsciml.models.fit_dynamics`.
     {training_options}
@@ -936,15 +1007,12 @@ def fit_dino(
                               linear=bool(dynamics_linear), periods=periods_ode)
     frame_phase = dynamics.phases(t_abs / clock.scale)  # [T, 2 n_periods]
     module = DINoModule(decoder, dynamics, S, T)
+
+    plan = _training_plan(S, T, P, steps=steps, batch_size=batch_size, window=window, n_points=n_points)
+    steps, B, w, Pb = plan["steps"], plan["batch_size"], plan["window"], plan["n_points"]
     schedule = teacher_forcing_schedule(teacher_forcing, int(steps))
     # a resumed fit continues the schedule where the checkpoint stopped
     module.teacher_forcing = float(schedule(checkpoint_step(checkpoint) if resume else 0))
-
-    B = S if batch_size is None else int(min(max(1, batch_size), S))
-    w = T if window is None else int(window)
-    if not 2 <= w <= T:
-        raise ValueError(f"window must be in [2, {T}] frames, got {window}")
-    Pb = P if n_points is None else int(min(max(1, n_points), P))
     table = OffsetTable(tau)
     ode_kw = {"method": solver, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"],
               "adjoint": bool(adjoint)}
@@ -960,28 +1028,33 @@ def fit_dino(
     else:
         wts = np.ones((S, T, C))
     Wt = torch.as_tensor(wts, dtype=torch.float32)
+    n_windows = S * (T - w + 1)
+    offsets = torch.arange(w)
 
     def draw(gen: torch.Generator) -> dict[str, Tensor]:
-        traj = torch.randperm(S, generator=gen)[:B] if B < S else torch.arange(S)
-        j0 = int(torch.randint(0, T - w + 1, (1,), generator=gen)) if w < T else 0
+        # B windows of w consecutive frames, each from its own trajectory and start
+        rows, j0 = draw_windows(gen, S, T, w, B)
+        frames = j0[:, None] + offsets  # [B, w]
         pts = torch.randperm(P, generator=gen)[:Pb] if Pb < P else torch.arange(P)
-        t_out, where = table(j0, w)
-        yb = Y[traj][:, j0:j0 + w][:, :, pts]
-        mb = M[traj][:, j0:j0 + w][:, :, pts] * Wt[traj][:, j0:j0 + w, None, :]
-        return {"traj": traj, "j0": torch.tensor(j0), "feats": feats[pts], "y": yb, "m": mb,
-                "u": torch.rand(len(traj), w, generator=gen), "t_out": t_out, "where": where,
-                "phase": frame_phase[j0:j0 + w]}
+        t_out, where = table.windows(j0.numpy(), w)
+        ri, fi, pi = rows[:, None, None], frames[:, :, None], pts[None, None, :]
+        yb = Y[ri, fi, pi]  # [B, w, Pb, C]
+        mb = M[ri, fi, pi] * Wt[rows[:, None], frames][:, :, None, :]
+        return {"rows": rows, "frames": frames, "feats": feats[pts], "y": yb, "m": mb,
+                "u": torch.rand(len(rows), w, generator=gen), "t_out": t_out, "where": where,
+                "phase": frame_phase[frames]}
 
-    partial = B < S or w < T
+    partial = B < n_windows  # some frames may fall outside a step's windows
     frozen: dict[str, Tensor] = {}
 
     def loss_fn(m: DINoModule, batch: dict[str, Tensor]):
-        j0 = int(batch["j0"])
+        rows, frames = batch["rows"], batch["frames"]
         if partial and m.training:  # remember the codes this step must not move
             keep = torch.ones(S, T, dtype=torch.bool, device=m.codes.device)
-            keep[batch["traj"].unsqueeze(1), torch.arange(j0, j0 + w, device=keep.device)] = False
-            frozen["keep"], frozen["values"] = keep, m.codes.detach()[keep].clone()
-        codes = m.codes[batch["traj"]][:, j0:j0 + w]  # [B, w, d]
+            keep[rows[:, None], frames] = False
+            if keep.any():
+                frozen["keep"], frozen["values"] = keep, m.codes.detach()[keep].clone()
+        codes = m.codes[rows[:, None], frames]  # [B, w, d]
         pred = decode_codes(m.decoder, batch["feats"], codes)
         mb = batch["m"]
 
@@ -1027,7 +1100,7 @@ def fit_dino(
             "training_period": f"{tvals[0]} .. {tvals[-1]}",
             "final_decoder_loss": float(np.mean(history.logs.get("decoder", [np.nan])[-20:])),
             "final_dynamics_loss": float(np.mean(history.logs.get("dynamics", [np.nan])[-20:])),
-            "wall_time": float(history.wall_time)}
+            "wall_time": float(history.wall_time), "plan": plan}
     train_points = np.stack([vals[n][pidx] for n in space], -1)
     factor, rvar = _training_residual_factor(module, feats, Y, M, residual_rank)
     model = DINo(module, encoder, scaler, variables, sample_dim=sample_dim, time=time, clock=clock,

@@ -106,6 +106,8 @@ from .latent_ode import (
     LatentDynamics,
     LatentForecaster,
     OffsetTable,
+    default_window,
+    draw_windows,
     dynamics_loss,
     ode_settings,
     prepare_trajectories,
@@ -1031,8 +1033,11 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     steps, dynamics_steps
         Optimiser steps of the two stages (``dynamics_steps`` defaults to ``steps``).
     batch_size, dynamics_batch_size, window
-        Frames per autoencoder step; trajectories per dynamics step (default all) and
-        frames per rollout window (default all).
+        Frames per autoencoder step; rollout windows per dynamics step (each from a
+        random trajectory and start; default as many as cover every frame once,
+        ``S * ceil(T / window)`` for ``S`` trajectories of ``T`` frames) and frames per
+        window (default ``min(T, 16)``, :func:`~xsciml.models.latent_ode.default_window`:
+        the cost of a step does not grow with the length of the series).
     lr, dynamics_lr, scheduler
         Learning rates (Adam) and schedule.
     time_units
@@ -1183,10 +1188,11 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
 
     # ---- stage 2: latent ODE on the encoded trajectories
     dsteps = int(steps if dynamics_steps is None else dynamics_steps)
-    Bd = S if dynamics_batch_size is None else int(min(max(1, dynamics_batch_size), S))
-    w = T if window is None else int(window)
+    w = default_window(T) if window is None else int(window)
     if not 2 <= w <= T:
         raise ValueError(f"window must be in [2, {T}] frames, got {window}")
+    # windows per step: by default as many as cover every frame once
+    Bd = S * -(-T // w) if dynamics_batch_size is None else int(max(1, dynamics_batch_size))
     table = OffsetTable(tau)
     schedule = teacher_forcing_schedule(teacher_forcing, dsteps)
     ode_kw = {"method": train_solver, "step": ode["step"], "rtol": ode["rtol"], "atol": ode["atol"]}
@@ -1201,11 +1207,10 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     holder = _Dyn(module.dynamics)
 
     def draw_traj(gen: torch.Generator) -> dict[str, Tensor]:
-        traj = torch.randperm(S, generator=gen)[:Bd] if Bd < S else torch.arange(S)
-        j0 = int(torch.randint(0, T - w + 1, (1,), generator=gen)) if w < T else 0
-        t_out, where = table(j0, w)
-        return {"z": Z[traj][:, j0:j0 + w], "u": torch.rand(len(traj), w, generator=gen),
-                "t_out": t_out, "where": where}
+        rows, j0 = draw_windows(gen, S, T, w, Bd)  # each window its own series and start
+        t_out, where = table.windows(j0.numpy(), w)
+        return {"z": Z[rows[:, None], j0[:, None] + torch.arange(w)],
+                "u": torch.rand(len(rows), w, generator=gen), "t_out": t_out, "where": where}
 
     def dyn_loss(m: _Dyn, batch: dict[str, Tensor]):
         loss = dynamics_loss(m, batch["z"], batch["u"], batch["t_out"], batch["where"], ode_kw)

@@ -30,6 +30,8 @@ __all__ = [
     "Clock",
     "LatentDynamics",
     "OffsetTable",
+    "default_window",
+    "draw_windows",
     "dynamics_loss",
     "integrate_latent",
     "ode_settings",
@@ -467,6 +469,76 @@ class OffsetTable:
             self._cache[key] = (uniq, torch.as_tensor(inv.reshape(w, w), dtype=torch.long))
         return self._cache[key]
 
+    def windows(self, j0: np.ndarray | Sequence[int], w: int) -> tuple[Tensor, Tensor]:
+        """Offsets of several windows of ``w`` frames starting at frames ``j0 [B]``.
+
+        Returns the sorted distinct offsets ``t_out`` of all the windows together and the
+        index ``where[b, start, target]`` ``[B, w, w]`` of each pair's offset in it, what
+        :func:`dynamics_loss` takes for a batch of windows (on a regular time axis every
+        window has the same offsets and ``t_out`` is that of one window).
+
+        Examples
+        --------
+        >>> t_out, where = OffsetTable(np.array([0.0, 1.0, 3.0, 4.0]))([0, 1], 2)
+        >>> t_out.tolist(), where[:, 0, 1].tolist()
+        ([0.0, 1.0, 2.0], [1, 2])
+        """
+        j = np.asarray(j0, dtype=np.int64).reshape(-1)
+        if j.size == 0 or j.min() < 0 or j.max() + w > len(self.tau):
+            raise ValueError(f"windows of {w} frames from {j.tolist()} do not fit in {len(self.tau)} frames")
+        tw = self.tau[j[:, None] + np.arange(w)]  # [B, w]
+        delta = tw[:, None, :] - tw[:, :, None]  # [B, start, target]
+        delta = np.where(delta >= 0, delta, 0.0)
+        uniq, inv = unique_solver_times(delta.reshape(-1))
+        return uniq, torch.as_tensor(inv.reshape(len(j), w, w), dtype=torch.long)
+
+
+#: Frames per rollout window when a fit leaves ``window`` to its default.
+WINDOW = 16
+
+
+def default_window(n_frames: int) -> int:
+    """Frames per training rollout by default: ``min(n_frames, WINDOW)`` (16).
+
+    A rollout through a bounded number of frames costs the same whatever the length of
+    the series (a rollout through all 552 frames of a month of hourly data would be a
+    thousand sequential solver steps per optimiser step), and the windows of a batch
+    are drawn at random starts (:func:`draw_windows`).
+
+    Examples
+    --------
+    >>> default_window(10), default_window(552)
+    (10, 16)
+    """
+    return int(min(n_frames, WINDOW))
+
+
+def draw_windows(gen: torch.Generator, n_series: int, n_frames: int, window: int, n: int
+                 ) -> tuple[Tensor, Tensor]:
+    """``n`` random windows of ``window`` consecutive frames: their series and start frames.
+
+    Distinct windows among the ``n_series * (n_frames - window + 1)`` possible ones (all
+    of them, in order, when ``n`` is at least that many; drawn with replacement when
+    there are more than 2**20).
+
+    Examples
+    --------
+    >>> rows, j0 = draw_windows(torch.Generator().manual_seed(0), 3, 10, 4, 5)
+    >>> rows.shape, bool((j0 + 4 <= 10).all())
+    (torch.Size([5]), True)
+    >>> draw_windows(torch.Generator(), 2, 4, 4, 8)[0].tolist()
+    [0, 1]
+    """
+    n_starts = n_frames - window + 1
+    total = n_series * n_starts
+    if n >= total:
+        win = torch.arange(total)
+    elif total <= 2**20:
+        win = torch.randperm(total, generator=gen)[:n]
+    else:
+        win = torch.randint(0, total, (n,), generator=gen)
+    return win // n_starts, win % n_starts
+
 
 def dynamics_loss(m: nn.Module, z: Tensor, u: Tensor, t_out: Tensor, where: Tensor,
                   ode: dict[str, Any], phase: Tensor | None = None,
@@ -490,11 +562,13 @@ def dynamics_loss(m: nn.Module, z: Tensor, u: Tensor, t_out: Tensor, where: Tens
     u
         Uniform draws ``[B, w]``.
     t_out, where
-        The window's offsets and pair index (:class:`OffsetTable`).
+        The window's offsets and pair index ``[w, w]`` (:class:`OffsetTable`), or those of
+        one window per batch element, ``where [B, w, w]`` (:meth:`OffsetTable.windows`).
     ode
         Keyword arguments of :func:`integrate_latent` (``method``, ``step``...).
     phase
-        Forcing phases of the frames ``[w, 2 n_periods]`` (forced dynamics), or None.
+        Forcing phases of the frames ``[w, 2 n_periods]`` (forced dynamics), or per batch
+        element ``[B, w, 2 n_periods]``; or None.
     return_pred
         Also return the predictions.
 
@@ -523,8 +597,13 @@ def dynamics_loss(m: nn.Module, z: Tensor, u: Tensor, t_out: Tensor, where: Tens
     pairs, pair_of = torch.unique(b * w + start, return_inverse=True)
     z0 = z[pairs // w, pairs % w]  # [n_pairs, d]
     if phase is not None and phase.shape[-1]:  # forcing phases at each restart frame
-        z0 = torch.cat([z0, phase.to(z0)[pairs % w]], dim=-1)
-    ti = where[start, (steps + 1).expand(B, -1)]  # offset index of (start, target)
+        ph = phase.to(z0)
+        z0 = torch.cat([z0, ph[pairs // w, pairs % w] if ph.ndim == 3 else ph[pairs % w]], dim=-1)
+    target = (steps + 1).expand(B, -1)
+    if where.ndim == 3:  # one window per batch element: offset index of (b, start, target)
+        ti = where[b, start, target]
+    else:  # offset index of (start, target)
+        ti = where[start, target]
     n_t = int(ti.max()) + 1
     sol = integrate_latent(cast(LatentDynamics, m.dynamics), z0, t_out[:n_t], **ode)  # [n_t, n_pairs, d(+phases)]
     pred = sol[ti, pair_of][..., :d]
