@@ -234,6 +234,20 @@ def test_downscale_reports_the_check_against_bicubic(prior, coarse):
     assert all(np.isfinite(v) for v in hi.attrs["xsciml_check_melru"])
 
 
+def test_the_check_runs_once_per_prior_and_settings(prior, coarse, monkeypatch):
+    import xsciml.downscale.pipeline as pipeline
+
+    calls = []
+    real = pipeline.training_check
+    monkeypatch.setattr(pipeline, "training_check", lambda *a, **k: calls.append(k) or real(*a, **k))
+    kw = {**KW, "check": True, "seed": 11}
+    first = downscale(coarse, prior, **kw)
+    again = downscale(coarse.isel(time=[0]), prior, **kw)  # another chunk, the same settings
+    assert len(calls) == 1 and again.attrs["xsciml_check"] == first.attrs["xsciml_check"]
+    downscale(coarse, prior, **{**kw, "seed": 12})
+    assert len(calls) == 2
+
+
 def test_downscale_warns_with_the_numbers_when_it_loses(coarse):
     untrained = fit_diffusion(_fine(), base_channels=4, levels=2, emb_dim=8, steps=1, ema=0.0,
                               progress=False, device="cpu")
