@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     hi = downscale(d["model_test"], prior, debias=deb, factor=FACTOR, coarsen="mean", seed=0,
                    device=args.device, progress=None, **samp_kw)
     timings["downscale s"] = time.perf_counter() - t0
+    print(f"  {hi.attrs.get('xsciml_check', '(no training-period check)')}")
     add(f"xsciml (OT {OT_METHOD} + diffusion, {samp_kw['samples']} samples)", hi, debiased)
 
     xs = rows[-1]
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table([{"step": k, "seconds": v} for k, v in timings.items()], title="timings", floatfmt=".1f")
     results = {"settings": {"prior": prior_kw, "sampling": samp_kw, "ot_method": OT_METHOD,
                             "threads": args.threads, "device": args.device, "quick": args.quick},
-               "rows": rows, "timings": timings}
+               "rows": rows, "timings": timings, "training_period_check": hi.attrs.get("xsciml_check")}
     if args.save:
         out = BENCH_DIR / "results" / ("downscale_quick.json" if args.quick else "downscale.json")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,17 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 #: quick runs measured at over ~30 s on two shared CPU cores
-SLOW = {"downscale", "gap_fill", "gappy", "inverse_heat", "ot_scale", "scale", "smooth_dynamics",
+SLOW = {"downscale", "_suite_downscale", "gap_fill", "gappy", "inverse_heat", "ot_scale", "scale", "smooth_dynamics",
         "suite", "tensors"}
 
 
+#: suite sections that also run on their own (``python benchmarks/_suite_NAME.py --quick``)
+SECTIONS = {"_suite_downscale"}
+
+
 def _scripts() -> list[str]:
-    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_") and p.name != "run.py")
+    scripts = {p.stem for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_") and p.name != "run.py"}
+    return sorted(scripts | {s for s in SECTIONS if (BENCH_DIR / f"{s}.py").exists()})
 
 
 def _param(name: str):

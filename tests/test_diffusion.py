@@ -14,6 +14,7 @@ from xsciml.downscale.diffusion import (
     DiffusionPrior,
     EDMDenoiser,
     RowNoise,
+    default_fit_settings,
     edm_loss,
     fit_diffusion,
     karras_sigmas,
@@ -177,6 +178,54 @@ def test_ema_weights_are_the_averaged_ones():
     assert max(diffs) > 0
 
 
+# ----------------------------------------------------------------- defaults scaled to the data
+def test_default_fit_settings_scale_with_the_data_and_the_device():
+    big = default_fit_settings(16, (120, 240), "cpu")
+    # 2**18 // 28800 = 9 frames fit the pixel cap -> batch 8; 1e8 / (8 * 28800) = 434 -> 430 steps
+    assert (big["batch_size"], big["steps"]) == (8, 430)
+    assert big["ema"] == pytest.approx(1 - 10 / 430)
+    small = default_fit_settings(552, (32, 48), "cpu")
+    assert (small["batch_size"], small["steps"], small["ema"]) == (32, 2000, 0.995)
+    assert default_fit_settings(8, (64, 128), "cpu")["steps"] == 1530
+    # the GPU budget keeps the full number of steps on all three
+    for n, shape in ((16, (120, 240)), (552, (32, 48)), (8, (64, 128))):
+        assert default_fit_settings(n, shape, torch.device("cuda"))["steps"] == 2000
+    assert default_fit_settings(16, (120, 240), "cuda")["batch_size"] == 16
+    # bounds: a huge grid keeps 200 steps and batch 4, a tiny one at most 2000
+    huge = default_fit_settings(100, (720, 1440), "cpu")
+    assert (huge["batch_size"], huge["steps"]) == (4, 200)
+    assert default_fit_settings(3, (4, 4), "cpu")["batch_size"] == 3
+    # what the caller gives is kept; only the rest is derived
+    given = default_fit_settings(16, (120, 240), "cpu", batch_size=2, steps=7)
+    assert (given["batch_size"], given["steps"], given["ema"]) == (2, 7, 0.0)
+    assert default_fit_settings(16, (120, 240), "cpu", batch_size=2)["steps"] == 1740
+
+
+def test_default_fit_uses_the_rule_and_time_limit_stops_it():
+    da = _fields(n=16)
+    with pytest.warns(UserWarning, match="time limit"):
+        p = fit_diffusion(da, base_channels=4, levels=2, emb_dim=8, progress=False, device="cpu",
+                          time_limit=1e-6)
+    rule = default_fit_settings(16, (8, 12), "cpu")
+    assert p.info["steps_asked"] == rule["steps"] == 2000 and p.info["batch_size"] == 16
+    assert p.info["ema"] == pytest.approx(0.995)
+    assert p.info["stop_reason"] == "time_limit" and p.info["steps"] == p.history.steps < 2000
+    assert "pixel-steps" in p.info["defaults"]
+    # the prior is usable
+    assert np.isfinite(p.sample(1, steps=3, progress=False).values).all()
+
+
+def test_check_fields_are_kept_and_saved(prior, tmp_path):
+    import xsciml
+
+    da = _fields()
+    assert prior.check_fields.shape == (4, 8, 12)
+    np.testing.assert_allclose(prior.check_fields, da.values[[0, 16, 31, 47]], rtol=1e-6)
+    assert prior.info["check_frames"][0].startswith("2019-03-01T00")
+    back = xsciml.load(prior.save(tmp_path / "p.xsciml"))
+    np.testing.assert_array_equal(back.check_fields, prior.check_fields)
+
+
 # ----------------------------------------------------------------- bad input
 def test_bad_input_is_refused():
     da = _fields(n=8)
@@ -192,6 +241,10 @@ def test_bad_input_is_refused():
         fit_diffusion(da, levels=5, steps=1, progress=False)
     with pytest.raises(ValueError, match="ema"):
         fit_diffusion(da, ema=1.0, steps=1, progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        fit_diffusion(da, steps=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        fit_diffusion(da, batch_size=True, steps=1, progress=False)
     with pytest.raises(KeyError, match="not found"):
         fit_diffusion(da.to_dataset(), "tas", steps=1, progress=False)
     with pytest.raises(ValueError, match="constant"):

@@ -10,7 +10,15 @@ import xarray as xr
 
 import xsciml
 from xsciml.downscale.diffusion import fit_diffusion
-from xsciml.downscale.pipeline import GuidedDenoiser, coarsen, downscale, project, upsample
+from xsciml.downscale.pipeline import (
+    GuidedDenoiser,
+    bicubic,
+    coarsen,
+    downscale,
+    project,
+    training_check,
+    upsample,
+)
 
 F = 4
 
@@ -43,7 +51,7 @@ def coarse():
     return _block_mean(_fine(n=3, seed=1))
 
 
-KW = dict(samples=2, steps=4, progress=False, device="cpu")
+KW = dict(samples=2, steps=4, progress=False, device="cpu", check=False)
 
 
 # ----------------------------------------------------------------- tensor operators
@@ -198,3 +206,64 @@ def test_downscale_bad_input(prior, coarse):
         downscale(coarse, prior, guidance=-1.0, samples=2, steps=2)
     with pytest.raises(ValueError, match="samples"):
         downscale(coarse, prior, samples=0)
+
+
+# ----------------------------------------------------------------- the check against bicubic
+def test_bicubic_known_answers():
+    y = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    assert torch.allclose(bicubic(torch.full((2, 3, 3), 7.0), 4), torch.full((2, 12, 12), 7.0))
+    up = bicubic(y, 4, how="subsample")
+    assert up.shape == (8, 8) and torch.equal(up[::4, ::4], y)  # through the sampled pixels
+    ramp = torch.arange(4.0).repeat(4, 1)  # linear along x: reproduced away from the edges
+    assert torch.allclose(bicubic(ramp, 2, how="subsample")[0, 2:5], torch.tensor([1.0, 1.5, 2.0]))
+    with pytest.raises(ValueError, match="how/coarsen"):
+        bicubic(y, 2, how="nearest")
+
+
+def test_downscale_reports_the_check_against_bicubic(prior, coarse):
+    kw = {**KW, "check": True}
+    hi = downscale(coarse, prior, **kw)
+    direct = training_check(prior, factor=F, samples=2, steps=4, seed=0)
+    assert hi.attrs["xsciml_check"] == direct["text"]
+    assert hi.attrs["xsciml_check_rmse"] == [direct["rmse"]["downscale"], direct["rmse"]["bicubic"]]
+    assert "4 training frames" in direct["text"] and "debias + bicubic" in direct["text"]
+    # the bicubic row is bicubic of the coarsened check frames
+    fine = torch.from_numpy(prior.check_fields)
+    want = float(((bicubic(coarsen(fine, F), F) - fine) ** 2).mean().sqrt())
+    assert direct["rmse"]["bicubic"] == pytest.approx(want)
+    assert all(np.isfinite(v) for v in hi.attrs["xsciml_check_melru"])
+
+
+def test_the_check_runs_once_per_prior_and_settings(prior, coarse, monkeypatch):
+    import xsciml.downscale.pipeline as pipeline
+
+    calls = []
+    real = pipeline.training_check
+    monkeypatch.setattr(pipeline, "training_check", lambda *a, **k: calls.append(k) or real(*a, **k))
+    kw = {**KW, "check": True, "seed": 11}
+    first = downscale(coarse, prior, **kw)
+    again = downscale(coarse.isel(time=[0]), prior, **kw)  # another chunk, the same settings
+    assert len(calls) == 1 and again.attrs["xsciml_check"] == first.attrs["xsciml_check"]
+    downscale(coarse, prior, **{**kw, "seed": 12})
+    assert len(calls) == 2
+
+
+def test_downscale_warns_with_the_numbers_when_it_loses(coarse):
+    untrained = fit_diffusion(_fine(), base_channels=4, levels=2, emb_dim=8, steps=1, ema=0.0,
+                              progress=False, device="cpu")
+    res = training_check(untrained, factor=F, samples=2, steps=4, guidance=0.0)
+    assert res["loses"]  # one step of training does not beat bicubic
+    with pytest.warns(UserWarning, match=r"RMSE [0-9.]+ K vs debias \+ bicubic [0-9.]+ K, MELRu [0-9.]+ vs [0-9.]+: "
+                      r"downscaling LOSES on RMSE"):
+        downscale(coarse, untrained, **{**KW, "check": True, "guidance": 0.0})
+
+
+def test_check_needs_check_fields(prior):
+    import copy
+
+    bare = copy.copy(prior)
+    bare.check_fields = None
+    with pytest.raises(ValueError, match="keeps no check frames"):
+        training_check(bare, factor=F)
+    hi = downscale(_block_mean(_fine(n=1)), bare, **{**KW, "check": True})
+    assert "xsciml_check" not in hi.attrs

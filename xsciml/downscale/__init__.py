@@ -21,9 +21,12 @@ _LAZY = {
     "Debias": "ot",
     "fit_diffusion": "diffusion",
     "DiffusionPrior": "diffusion",
+    "default_fit_settings": "diffusion",
     "downscale": "pipeline",
     "coarsen": "pipeline",
     "project": "pipeline",
+    "bicubic": "pipeline",
+    "training_check": "pipeline",
 }
 
 

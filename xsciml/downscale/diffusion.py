@@ -63,6 +63,7 @@ __all__ = [
     "DiffusionPrior",
     "EDMDenoiser",
     "fit_diffusion",
+    "default_fit_settings",
     "edm_loss",
     "karras_sigmas",
     "row_seeds",
@@ -448,11 +449,16 @@ class DiffusionPrior(Estimator):
         The denoiser (EMA weights), acting on normalised fields.
     history : xsciml.training.History or None
         Training history (not saved).
+    check_fields : numpy.ndarray or None
+        A few training snapshots ``[k, H, W]`` (physical units, saved with the prior)
+        on which :func:`xsciml.downscale.downscale` compares its result with bicubic
+        upsampling of the same coarse fields.
     """
 
 
     def __init__(self, net: EDMDenoiser, grid: Any, mean: np.ndarray, scale: float, *,
-                 sample_dim: str = "time", info: dict[str, Any] | None = None) -> None:
+                 sample_dim: str = "time", info: dict[str, Any] | None = None,
+                 check_fields: np.ndarray | None = None) -> None:
         self.net = net
         self.grid = grid
         self.mean = np.asarray(mean, dtype=np.float64)
@@ -460,6 +466,7 @@ class DiffusionPrior(Estimator):
         self.sample_dim = str(sample_dim)
         self.info = dict(info or {})
         self.history = History()  # the training loop's (empty after loading: not saved)
+        self.check_fields = None if check_fields is None else np.asarray(check_fields, dtype=np.float64)
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -626,6 +633,8 @@ class DiffusionPrior(Estimator):
     def _get_tensors(self) -> dict[str, torch.Tensor]:
         _, tensors = self.grid.to_state()
         tensors["mean"] = torch.from_numpy(np.ascontiguousarray(self.mean))
+        if self.check_fields is not None:
+            tensors["check_fields"] = torch.from_numpy(np.ascontiguousarray(self.check_fields, dtype=np.float32))
         tensors.update({f"net.{k}": v.detach().cpu() for k, v in self.net.state_dict().items()})
         return tensors
 
@@ -639,8 +648,10 @@ class DiffusionPrior(Estimator):
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         net.to(static.device).eval()
         grid = Grid.from_state(config["grid"], tensors)
+        check = tensors.get("check_fields")
         return cls(net, grid, tensors["mean"].cpu().numpy(), config["scale"],
-                   sample_dim=config["sample_dim"], info=config.get("info"))
+                   sample_dim=config["sample_dim"], info=config.get("info"),
+                   check_fields=None if check is None else check.cpu().double().numpy())
 
     def _provenance_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"xsciml_variable": self.variable}
@@ -692,6 +703,128 @@ def _training_array(obj: xr.Dataset | xr.DataArray, variable: str | None, sample
     return out, name, (others[0], others[1])
 
 
+#: Pixel-steps (``steps x batch x H x W``) of a default fit, per device kind (see
+#: :func:`default_fit_settings`). On one CPU thread a pixel-step of the default network
+#: costs about 3.5 microseconds (forward, backward and Adam), so the CPU budget is about
+#: six CPU-minutes; on a GPU the step bounds below decide.
+PIXEL_STEPS: dict[str, float] = {"cpu": 1e8, "cuda": 2e9}
+#: Largest minibatch of a default fit, in pixels (``batch x H x W``), per device kind.
+BATCH_PIXELS: dict[str, int] = {"cpu": 2**18, "cuda": 2**22}
+#: Bounds of the default number of optimisation steps.
+MIN_STEPS, MAX_STEPS = 200, 2000
+
+
+def default_fit_settings(n_frames: int, shape: Sequence[int], device: Any = "cpu", *,
+                         batch_size: int | None = None, steps: int | None = None) -> dict[str, Any]:
+    r"""The work of a default :func:`fit_diffusion`: minibatch size, steps and EMA decay.
+
+    The cost of a step grows with the pixels of the minibatch, so the defaults share
+    a budget of pixel-steps :math:`P` (:data:`PIXEL_STEPS`: :math:`10^8` on a CPU,
+    :math:`2\cdot10^9` on a GPU) between them:
+
+    * ``batch_size = min(32, n_frames, max(4, 2 ** floor(log2(B / (H W)))))`` with
+      :math:`B` the
+      largest minibatch in pixels (:data:`BATCH_PIXELS`: :math:`2^{18}` on a CPU,
+      :math:`2^{22}` on a GPU), so that one step on a large grid stays affordable;
+    * ``steps = P / (batch_size H W)``, rounded to tens and kept within
+      ``[200, 2000]`` (:data:`MIN_STEPS`, :data:`MAX_STEPS`): small grids keep the
+      full 2000 steps, large ones get fewer;
+    * ``ema = min(0.999, 1 - 10 / steps)`` (0 below 11 steps): the average spans about
+      the last tenth of the steps, whatever their number, so a short fit does not
+      return weights dominated by the first steps.
+
+    For example on a CPU: 552 frames of 32 x 48 -> batch 32, 2000 steps; 16 frames of
+    120 x 240 -> batch 8, 430 steps; 8 frames of 64 x 128 -> batch 8, 1530 steps. On a
+    GPU all three get 2000 steps.
+
+    Parameters
+    ----------
+    n_frames
+        Number of training snapshots.
+    shape
+        Grid size ``(H, W)``.
+    device
+        Where the fit runs (``"cpu"``, ``"cuda"``, a :class:`torch.device`); every
+        device other than the CPU gets the GPU budget.
+    batch_size
+        A minibatch size given by the caller (then only the steps are derived).
+    steps
+        A number of steps given by the caller (then only the EMA decay is derived).
+
+    Returns
+    -------
+    dict
+        ``batch_size``, ``steps`` and ``ema``, plus ``rule``: the rule in words.
+
+    Examples
+    --------
+    >>> default_fit_settings(16, (120, 240), "cpu")["steps"]
+    430
+    >>> default_fit_settings(552, (32, 48), "cpu")["batch_size"], default_fit_settings(552, (32, 48))["steps"]
+    (32, 2000)
+    >>> default_fit_settings(16, (120, 240), "cuda")["steps"]
+    2000
+    """
+    kind = "cpu" if torch.device(device).type == "cpu" else "cuda"
+    H, W = (int(n) for n in shape)
+    pixels = H * W
+    if batch_size is None:
+        fits = BATCH_PIXELS[kind] // pixels  # frames per minibatch within the pixel cap
+        batch_size = min(32, int(n_frames), max(4, 1 << (fits.bit_length() - 1) if fits else 0))
+    batch_size = max(1, min(int(batch_size), int(n_frames)))
+    rule = f"batch {batch_size}"
+    if steps is None:
+        raw = PIXEL_STEPS[kind] / (batch_size * pixels)
+        steps = int(min(MAX_STEPS, max(MIN_STEPS, 10 * round(raw / 10))))
+        rule = (f"{PIXEL_STEPS[kind]:.0e} pixel-steps on {kind} / ({batch_size} x {H} x {W}) "
+                f"= {raw:.0f} -> {steps} steps (within [{MIN_STEPS}, {MAX_STEPS}]), {rule}")
+    ema = min(0.999, 1.0 - 10.0 / steps) if steps > 10 else 0.0
+    return {"batch_size": batch_size, "steps": int(steps), "ema": float(ema), "rule": rule}
+
+
+class _LargeTensorHeap:
+    """Keep large CPU tensors on the heap during a fit (glibc only; elsewhere a no-op).
+
+    glibc hands every allocation above its mmap threshold (at most 32 MiB) to ``mmap``
+    and returns it to the system when freed, so the activations of a minibatch of big
+    fields are mapped, zero-filled page by page and unmapped at every step: on a
+    120 x 240 grid half the CPU time of a fit was system time. Inside the block the
+    threshold and the trim threshold are raised, so freed blocks are reused; on exit
+    they are set to glibc's own dynamic maxima (32 MiB, 64 MiB) and ``malloc_trim``
+    gives the freed memory back.
+    """
+
+    _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self, active: bool = True) -> None:
+        self.libc: Any = None
+        if active and os.environ.get("XSCIML_HEAP", "1") != "0":
+            import ctypes
+            import platform
+
+            if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+                try:
+                    self.libc = ctypes.CDLL("libc.so.6")
+                except OSError:
+                    self.libc = None
+
+    def _set(self, mmap_threshold: int, trim_threshold: int) -> None:
+        import ctypes
+
+        self.libc.mallopt(self._M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
+        self.libc.mallopt(self._M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold))
+
+    def __enter__(self) -> _LargeTensorHeap:
+        if self.libc is not None:
+            self._set(2**30, 2**31 - 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.libc is not None:
+            self._set(32 * 2**20, 64 * 2**20)
+            self.libc.malloc_trim(0)
+
+
 class _WithAverage(nn.Module):
     """The denoiser and its running average, one module for :func:`xsciml.training.fit`
     (only ``net``'s parameters are optimised; its checkpoints hold both)."""
@@ -713,12 +846,12 @@ def fit_diffusion(
     channel_mult: Sequence[int] | None = None,
     emb_dim: int = 64,
     padding_mode: str = "zeros",
-    steps: int = 2000,
-    batch_size: int = 32,
+    steps: int | None = None,
+    batch_size: int | None = None,
     lr: float = 2e-3,
     scheduler: Any = "cosine",
     grad_clip: float | None = 1.0,
-    ema: float = 0.999,
+    ema: float | None = None,
     sigma_data: float | None = None,
     P_mean: float = -1.2,
     P_std: float = 1.2,
@@ -754,9 +887,15 @@ def fit_diffusion(
     padding_mode
         Convolution padding.
     steps
-        Optimisation steps (Adam) through :func:`xsciml.training.fit`.
+        Optimisation steps (Adam) through :func:`xsciml.training.fit`. Default: scaled
+        to the data and the device by :func:`default_fit_settings` -- a budget of
+        :math:`10^8` pixel-steps (``steps x batch x H x W``) on a CPU and
+        :math:`2\cdot10^9` on a GPU, within ``[200, 2000]`` steps: 2000 steps for
+        552 frames of 32 x 48, 430 (batch 8) for 16 frames of 120 x 240 on a CPU,
+        a few minutes on two cores. The rule used is in ``prior.info["defaults"]``.
     batch_size
-        Snapshots per minibatch.
+        Snapshots per minibatch. Default ``min(32, frames, max(4, 2 ** floor(log2(B / (H W)))))``
+        with ``B = 2**18`` pixels on a CPU, ``2**22`` on a GPU.
     lr
         Learning rate.
     scheduler
@@ -765,7 +904,9 @@ def fit_diffusion(
         Gradient clipping norm.
     ema
         Decay of the exponential moving average of the weights (updated every step;
-        the averaged weights are kept). ``0`` keeps the last weights.
+        the averaged weights are kept). ``0`` keeps the last weights. Default
+        ``min(0.999, 1 - 10 / steps)``: an average over about the last tenth of the
+        steps.
     sigma_data
         :math:`\sigma_d`; default the standard deviation of the normalised training data.
     P_mean
@@ -781,7 +922,9 @@ def fit_diffusion(
         Show a progress bar.
     {training_options}
         The checkpoint holds the averaged (EMA) weights too, so a resumed fit
-        continues the average where it stopped.
+        continues the average where it stopped. A fit stopped by ``time_limit``
+        returns the averaged weights reached so far; ``prior.info["stop_reason"]``
+        says ``"time_limit"`` and ``prior.info["steps"]`` how many steps were taken.
 
     Returns
     -------
@@ -805,7 +948,7 @@ def fit_diffusion(
     from ..training import fit
 
     ds, name, space_dims = _training_array(obj, variable, sample_dim, space)
-    if not 0.0 <= ema < 1.0:
+    if ema is not None and not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {ema!r}.")
     if P_std <= 0:
         raise ValueError(f"P_std must be > 0, got {P_std!r}.")
@@ -843,6 +986,13 @@ def fit_diffusion(
                       channel_mult=channel_mult, emb_dim=emb_dim, padding_mode=padding_mode)
     dev = resolve_device(device)
     net.to(dev)
+    for arg, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{arg} must be a positive integer (or None for the default), got {value!r}.")
+    defaults = default_fit_settings(len(z), (H, W), dev, batch_size=batch_size, steps=steps)
+    steps, batch_size = defaults["steps"], defaults["batch_size"]
+    if ema is None:
+        ema = defaults["ema"]
     averaged = None
     steps_done: list[Callable[[TrainState], bool | None]] = []
     trained: nn.Module = net
@@ -862,20 +1012,29 @@ def fit_diffusion(
         (zb,) = batch
         return edm_loss(net, zb, P_mean, P_std)
 
-    history = fit(trained, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=min(batch_size, len(z)),
-                  optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
-                  params=[p for p in net.parameters() if p.requires_grad],
-                  seed=seed, progress=progress, desc="fit_diffusion[EDM]",
-                  callbacks=[*steps_done, *((callbacks,) if callable(callbacks) else callbacks)],
-                  checkpoint=checkpoint, resume=resume,
-                  time_limit=time_limit)
+    with _LargeTensorHeap(dev.type == "cpu"):
+        history = fit(trained, loss_fn, (torch.from_numpy(z),), steps=steps, batch_size=batch_size,
+                      optimizer="adam", lr=lr, scheduler=scheduler, grad_clip=grad_clip, device=dev,
+                      params=[p for p in net.parameters() if p.requires_grad],
+                      seed=seed, progress=progress, desc="fit_diffusion[EDM]",
+                      callbacks=[*steps_done, *((callbacks,) if callable(callbacks) else callbacks)],
+                      checkpoint=checkpoint, resume=resume,
+                      time_limit=time_limit)
     # the averaged model wraps a copy of net
     final = cast(EDMDenoiser, copy.deepcopy(averaged.module)) if averaged is not None else net
     final = final.cpu().eval()
     grid = Grid.from_data(ds, [name], sample_dim)
     _, info = sample_info(ds, sample_dim)
-    info.update(steps=int(history.steps), ema=float(ema), P_mean=float(P_mean), P_std=float(P_std))
-    prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info)
+    info.update(steps=int(history.steps), steps_asked=int(steps), batch_size=int(batch_size), ema=float(ema),
+                P_mean=float(P_mean), P_std=float(P_std), stop_reason=history.stop_reason,
+                defaults=defaults["rule"])
+    # a few training frames, evenly spread, for downscale's comparison with bicubic
+    n_check = int(max(1, min(4, len(values), 2**18 // (H * W))))
+    picks = np.unique(np.linspace(0, len(values) - 1, n_check).round().astype(int))
+    info["check_frames"] = [str(v) for v in np.asarray(ds[sample_dim].values)[picks]] if sample_dim in ds.coords \
+        else [int(i) for i in picks]
+    prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info,
+                           check_fields=values[picks].astype(np.float32))
     prior.history = history
     prior.fit_progress = progress
     return prior
