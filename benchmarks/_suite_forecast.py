@@ -131,7 +131,8 @@ def _era5(quick: bool) -> Case:
     if quick:
         starts = starts[:4]
     return Case("era5_uk", f"ERA5 UK t2m (K), hourly {da.sizes['latitude']}x{da.sizes['longitude']}, "
-                f"train < 2019-03-24", da, space, split - np.timedelta64(1, "h"), starts,
+                f"train {'2019-03-21 to 03-23' if quick else '< 2019-03-24'}", da, space,
+                split - np.timedelta64(1, "h"), starts,
                 np.array(hours, "timedelta64[h]").astype("timedelta64[ns]"), [f"{h} h" for h in hours],
                 diurnal=True)
 
@@ -486,10 +487,42 @@ def main(argv: list[str] | None = None) -> int:
     if path:
         path = os.path.abspath(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if args.cases and os.path.exists(path):  # a run of some cases updates them in the file
+            with open(path) as fh:
+                out = merge_results(json.load(fh), out)
         with open(path, "w") as fh:
             json.dump(out, fh, indent=1, default=str)
         print(f"wrote {path}")
     return 0
+
+
+def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` results with the cases of ``new`` replaced or added (runs of a few cases at a time).
+
+    Examples
+    --------
+    >>> old = {"rows": [{"case": "a", "ratio": 2.0}], "synthetic": [], "cases": {"a": {}},
+    ...        "summary": [{"case": "a"}], "overall": {"quick": False}}
+    >>> new = {"rows": [{"case": "b", "ratio": 0.5}], "synthetic": [], "cases": {"b": {}},
+    ...        "summary": [{"case": "b"}], "overall": {"quick": False}}
+    >>> merged = merge_results(old, new)
+    >>> sorted(merged["cases"]), merged["overall"]["max_ratio"]
+    (['a', 'b'], 2.0)
+    """
+    if bool(old.get("overall", {}).get("quick")) != bool(new["overall"]["quick"]):
+        return new  # never mix quick and full results
+    done = set(new["cases"])
+    out: dict[str, Any] = {}
+    for key in ("rows", "synthetic", "summary"):
+        out[key] = [r for r in old.get(key, []) if r.get("case") not in done] + new[key]
+    out["cases"] = {**{k: v for k, v in old.get("cases", {}).items() if k not in done}, **new["cases"]}
+    overall = dict(new["overall"])
+    ratios = [r["ratio"] for r in out["rows"]]
+    if ratios:
+        overall.update({"pairs": len(ratios), "fraction_ratio_le_1": sum(x <= 1.0 for x in ratios) / len(ratios),
+                        "max_ratio": max(ratios)})
+    out["overall"] = overall
+    return out
 
 
 if __name__ == "__main__":
