@@ -246,7 +246,10 @@ def forecasts(model: Any, init: xr.Dataset, leads: np.ndarray, members: int = ME
 
 
 # --------------------------------------------------------------------------- scores
-def _arr(da: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
+def _arr(da: xr.DataArray, dims: tuple[str, ...], starts: np.ndarray | None = None) -> np.ndarray:
+    """``da`` as float64 in the order ``dims``; with ``starts``, checked to hold those initial times in order."""
+    if starts is not None and "time" in da.coords and not np.array_equal(np.asarray(da["time"].values), starts):
+        raise ValueError("the forecast's initial times are not the requested ones, in order")
     return np.asarray(da.transpose(*dims).values, dtype=np.float64)
 
 
@@ -296,7 +299,7 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
     n_starts = mask.reshape(*mask.shape[:2], -1).any(-1).sum(0)
     rmse = {k: np.sqrt(per_lead(_arr(v, dims) - truth, mask)) for k, v in refs.items()}
     best_ref = np.min(np.stack(list(rmse.values())), axis=0)
-    ours = {k: (None if fc[k] is None else np.sqrt(per_lead(_arr(fc[k], dims) - truth, mask)))
+    ours = {k: (None if fc[k] is None else np.sqrt(per_lead(_arr(fc[k], dims, case.starts) - truth, mask)))
             for k in ("default", "learned")}
     scored = "default" if ours["default"] is not None else "learned"
     ratio = ours[scored] / best_ref
@@ -305,7 +308,7 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
     ens = None
     if fc["ensemble"] is not None:
         e = fc["ensemble"]
-        ens = ensemble_scores(_arr(e, ("member", *dims)), truth, mask)
+        ens = ensemble_scores(_arr(e, ("member", *dims), case.starts), truth, mask)
     rows = []
     for j, lead in enumerate(case.lead_labels):
         row: dict[str, Any] = {"case": case.name, "lead": lead, "n": int(n_starts[j]),
