@@ -1,4 +1,13 @@
-"""Benchmark suite: gap filling with default settings on varied real and synthetic cases.
+"""Benchmark suite: default settings on varied real and synthetic cases, in three sections.
+
+* ``gap`` -- gap filling (this module, below);
+* ``forecast`` -- dynamics models and their default forecasts against persistence,
+  climatology and damped anomaly persistence, with ensembles (``_suite_forecast.py``,
+  whose docs describe the cases and the scores; results in ``suite_forecast.json``);
+* ``downscale`` -- debias + diffusion downscaling against EQM / QDM + bicubic and
+  debias + bicubic (``_suite_downscale.py``; results in ``suite_downscale.json``).
+
+Gap filling:
 
 Every case is run with **the same call**, ``ds.where(observed).sciml.fit_field(var,
 space=..., time=..., progress=False)`` (no per-case setting), and scored on the
@@ -27,9 +36,10 @@ torch threads (``--threads``, default 1).
 
 Usage::
 
-    python benchmarks/suite.py                 # every case
-    python benchmarks/suite.py --quick         # 5 cases, 2 frames, coarser grids, 100 steps: a smoke run
-    python benchmarks/suite.py --cases nrcan10 grf_indep_short
+    python benchmarks/suite.py                 # every section, every case
+    python benchmarks/suite.py --section gap   # one section: gap, forecast or downscale
+    python benchmarks/suite.py --quick         # a smoke run of every section (coarse grids, few steps)
+    python benchmarks/suite.py --section gap --cases nrcan10 grf_indep_short
     python benchmarks/suite.py --json results.json
 """
 
@@ -433,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None,
                         help="where to write the results (default benchmarks/results/suite.json, "
                              "suite_quick.json with --quick)")
+    parser.add_argument("--section", choices=("all", "gap", "forecast", "downscale"), default="all",
+                        help="which section to run (default all)")
     args = parser.parse_args(argv)
+    if args.section in ("all", "forecast", "downscale"):
+        _other_sections(args)
+    if args.section not in ("all", "gap"):
+        return 0
     if args.json is None:
         args.json = str(BENCH_DIR / "results" / ("suite_quick.json" if args.quick else "suite.json"))
     torch.set_num_threads(args.threads)
@@ -475,6 +491,30 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     print(f"wrote {_write(args.json, rows, details, summary)}")
     return 0
+
+
+def _other_sections(args: Any) -> None:
+    """The forecast and downscaling sections (their modules write their own JSON files)."""
+    import _suite_downscale
+    import _suite_forecast
+
+    for name, module in (("forecast", _suite_forecast), ("downscale", _suite_downscale)):
+        if args.section not in ("all", name):
+            continue
+        known = list(module.CASES)
+        cases = None if args.cases is None else [c for c in args.cases if c in known]
+        if cases == [] and args.section == "all":
+            continue
+        print(f"== {name} section", flush=True)
+        out = module.run(quick=bool(args.quick), threads=args.threads, seed=SEED, cases=cases)
+        path = BENCH_DIR / "results" / f"suite_{name}{'_quick' if args.quick else ''}.json"
+        module_write = getattr(module, "write_results", None)
+        if module_write is not None:
+            module_write(out, path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out, indent=1, default=str))
+        print(f"wrote {path}", flush=True)
 
 
 def _write(path: str, rows: list, details: dict, summary: dict | None) -> str:
