@@ -372,8 +372,8 @@ def test_bad_input_errors(fitted, heat_data):
 def test_single_long_series_with_windows_and_start_dates():
     ds = xsciml.datasets.heat(1, 12, seed=0, n_frames=12, alpha=4.0, tau=3.0, time_units="6h")
     series = ds.isel(trajectory=0)  # one long trajectory, no sample dimension
-    model = fit_dynamics(series, "u", sample_dim=None, window=4, steps=10, seed=0, **TINY)
-    assert model.module.codes.shape[:2] == (1, 12)
+    model = fit_dynamics(series, "u", sample_dim=None, window=4, steps=10, seed=0, combine=False, **TINY)
+    assert model.module.codes.shape[:2] == (1, 12)  # combine=False: every frame trains the model
     starts = series.isel(time=[5, 6, 7])  # every frame is an initial state (start dates)
     fc = model.forecast(starts, lead=pd.to_timedelta(["0h", "12h"]), encode_steps=5)
     assert fc.dims == ("time", "lead", "y", "x")

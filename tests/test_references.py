@@ -226,3 +226,12 @@ def test_combined_ensembles_carry_the_validation_error_spread(combined):
     # the members scatter around the deterministic combination
     gap = float(np.abs(ens.mean("member") - det).mean())
     assert gap < 0.5 * float(spread.mean())
+
+
+def test_dask_backed_initial_states_combine_lazily_and_match(combined):
+    ds, model = combined
+    init = ds.isel(time=[100, 104, 108, 112])
+    lead = np.array([1, 6], "timedelta64[h]")
+    lazy = model.forecast(init.chunk({"time": 2}), lead=lead)
+    assert lazy.chunks is not None and "xsciml_combined" in lazy.attrs
+    np.testing.assert_allclose(lazy.compute().values, model.forecast(init, lead=lead).values, rtol=1e-5)

@@ -626,7 +626,7 @@ class DINo(LatentForecaster):
             fitted on its validation split (see ``model.summary()`` and
             :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
             model has references and the forecast can use them (initial states on the
-            training grid, in memory, with their time; a warning says why not otherwise),
+            training grid, with their time; a warning says why not otherwise),
             ``True`` to require it, ``False`` for the learned model alone.
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and the bound on codes × points

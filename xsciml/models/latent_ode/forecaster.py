@@ -33,7 +33,7 @@ from ...tensors import (
 from ...training import History
 from ..autodecode import CodePosterior, sample_codes
 from .ode import Clock, LatentDynamics, integrate_latent
-from .references import MEMBERS, References, state_values, warn_left_out
+from .references import MEMBERS, References, warn_left_out
 
 __all__ = ["InitialStates", "LatentForecaster"]
 
@@ -333,8 +333,6 @@ class LatentForecaster(Estimator):
         if target is not None:
             return ("a forecast on a target grid of its own cannot be combined (the references live on "
                     "the training grid)")
-        if any(is_dask_backed(ds[v]) for v in self.variables if v in ds):
-            return "the initial state is dask-backed; the combination needs it in memory (.load() it)"
         why = refs.check_grid(ds)
         if why:
             return why
@@ -363,7 +361,6 @@ class LatentForecaster(Estimator):
         ds = ds_init if isinstance(ds_init, xr.Dataset) else self._init_dataset(ds_init, "initial state")
         first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
         ens = "member" in first.dims
-        bdims = [d for d in first.dims if d not in ("member", "lead", *refs.sdims)]
         offsets, _ = self.clock.parse_lead(first["lead"].values)
         lead_s = self.clock.offset_seconds(offsets)
         assert refs.lead_grid is not None
@@ -374,32 +371,50 @@ class LatentForecaster(Estimator):
             warnings.warn(f"leads up to {lead_s.max() / 3600:.4g} h go beyond the longest validated "
                           f"lead ({longest / 3600:.4g} h, the validation period's reach): the weights "
                           "of that lead are used there", UserWarning, stacklevel=3)
-        x0 = state_values(ds, self.variables, bdims, refs.sdims)
-        t0 = ds[self.time].expand_dims({d: ds.sizes[d] for d in bdims if d not in ds[self.time].dims})
         from ...coords import time_to_float
 
-        t0s = time_to_float(np.asarray(t0.transpose(*bdims).values).reshape(-1), "seconds")
-        order = (["member"] if ens else []) + [*bdims, "lead", *refs.sdims]
-        das = {v: (out if isinstance(out, xr.DataArray) else out[v]).transpose(*order)
-               for v in self.variables}
+        t0 = ds[self.time]
+        t0s = xr.DataArray(time_to_float(np.asarray(t0.values), "seconds").reshape(t0.shape), dims=t0.dims,
+                           coords={k: c for k, c in t0.coords.items() if set(c.dims) <= set(t0.dims)})
+        core = (["member"] if ens else []) + ["lead", *refs.sdims]
+        models = [out if isinstance(out, xr.DataArray) else out[v] for v in self.variables]
+        states = [ds[v] for v in self.variables]
+        n = len(self.variables)
         E = int(first.sizes["member"]) if ens else None
-        lead_shape: list[int] = [E] if E is not None else []
-        N, K = x0.shape[0], lead_s.size
-        model = np.stack([np.asarray(d.values, dtype=np.float64).reshape(*lead_shape, N, K, -1)
-                          for d in das.values()], -1)
-        combined = refs.combine(model, x0, t0s, lead_s, members=E, seed=seed)
+
+        def block(*arrays: np.ndarray) -> Any:  # one chunk of states (or all)
+            m, x, t = arrays[:n], arrays[n:2 * n], arrays[-1]
+            bshape, grid = t.shape, x[0].shape[t.ndim:]
+            N, K, P = int(np.prod(bshape, dtype=np.int64)), lead_s.size, int(np.prod(grid, dtype=np.int64))
+            lead_part = [E, K] if E is not None else [K]
+            model = np.stack([np.asarray(a, dtype=np.float64).reshape(N, *lead_part, P) for a in m], -1)
+            if E is not None:
+                model = np.moveaxis(model, 1, 0)  # [E, N, K, P, C]
+            x0 = np.stack([np.asarray(a, dtype=np.float64).reshape(N, P) for a in x], -1)
+            res = refs.combine(model, x0, np.asarray(t, dtype=np.float64).reshape(N), lead_s, members=E, seed=seed)
+            if E is not None:
+                res = np.moveaxis(res, 0, 1)
+            parts = tuple(res[..., j].reshape(*bshape, *lead_part, *grid).astype(m[j].dtype) for j in range(n))
+            return parts if n > 1 else parts[0]
+
+        results = xr.apply_ufunc(
+            block, *models, *states, t0s,
+            input_core_dims=[core] * n + [list(refs.sdims)] * n + [[]],
+            output_core_dims=[core] * n, dask="parallelized",
+            output_dtypes=[mo.dtype for mo in models], dask_gufunc_kwargs={"allow_rechunk": True})
+        if n == 1:
+            results = (results,)
         w = refs.lead_weights(lead_s)
-        note = "; ".join(f"{n} " + "/".join(f"{x:.2f}" for x in w[k]) for k, n in enumerate(MEMBERS))
+        note = "; ".join(f"{nm} " + "/".join(f"{x:.2f}" for x in w[k]) for k, nm in enumerate(MEMBERS))
         res = {}
-        for j, (v, d) in enumerate(das.items()):
-            vals = combined[..., j].reshape(d.shape).astype(d.dtype)
-            res[v] = d.copy(data=vals).assign_attrs(
-                xsciml_combined=f"weights by lead: {note}",
-                history=f"{d.attrs.get('history', '')} combined with reference forecasts".strip())
-        first_order = list(first.dims)
+        for v, mo, r in zip(self.variables, models, results, strict=True):
+            res[v] = r.transpose(*mo.dims).assign_coords(
+                {k: c for k, c in mo.coords.items() if k not in r.coords}).assign_attrs(
+                mo.attrs, xsciml_combined=f"weights by lead: {note}",
+                history=f"{mo.attrs.get('history', '')} combined with reference forecasts".strip())
         if isinstance(out, xr.DataArray):
-            return res[self.variables[0]].transpose(*first_order)
-        return out.assign({v: r.transpose(*out[v].dims) for v, r in res.items()})
+            return res[self.variables[0]].rename(out.name)
+        return out.assign(res)
 
     def summary(self) -> str:
         """What was fitted and, for calendar time axes, the reference forecasts, the
