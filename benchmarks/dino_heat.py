@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict = dict(latent_dim=args.latent, width=args.width, depth=3, input_scale=args.input_scale,
                           dynamics_width=128, dynamics_depth=3, solver="rk4", lr=1e-2, code_lr=1e-2,
                           dynamics_lr=3e-3)
-    if not args.defaults:
-        settings["loss"] = "relative"
+    if not args.defaults:  # the recorded setting: every trajectory in every step
+        settings.update(loss="relative", batch_size=n_train)
     settings.update({k: v for k, v in (("steps", steps), ("n_points", points)) if v is not None})
     print(f"DINo heat: {n}x{n}, D=0.1, GRF(2.5, 7), dt=0.25, {N_FRAMES} frames ({N_TRAIN_FRAMES} for "
           f"training); {n_train} training / {n_test} test trajectories; {settings}; device "

@@ -874,7 +874,7 @@ def fit_dino(
     batch_size: int | None = None,
     window: int | None = None,
     n_points: int | None = None,
-    loss: str = "mse",
+    loss: str = "relative",
     lr: float = 1e-2,
     code_lr: float = 1e-2,
     dynamics_lr: float = 3e-3,
@@ -935,6 +935,10 @@ def fit_dino(
         windows, ``n_points`` at most ``P``); the plan used is in ``model.info["plan"]``.
     loss, lr, code_lr, dynamics_lr, scheduler, grad_clip, rollout_weight
         The optimisation, as in :func:`xsciml.models.fit_dynamics` (default ``lr=1e-2``).
+        The default loss is ``"relative"``: every frame weighs by the inverse of its
+        spatial variance, so that the small late frames of a decaying field are fitted as
+        well, relatively, as the first ones (where frames have similar variances it is
+        the plain mean squared error).
     time_units, sphere, residual_rank, device, seed, progress
         As in :func:`xsciml.models.fit_dynamics`.
     {training_options}

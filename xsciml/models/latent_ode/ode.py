@@ -479,7 +479,7 @@ class OffsetTable:
 
         Examples
         --------
-        >>> t_out, where = OffsetTable(np.array([0.0, 1.0, 3.0, 4.0]))([0, 1], 2)
+        >>> t_out, where = OffsetTable(np.array([0.0, 1.0, 3.0, 4.0])).windows([0, 1], 2)
         >>> t_out.tolist(), where[:, 0, 1].tolist()
         ([0.0, 1.0, 2.0], [1, 2])
         """
