@@ -54,8 +54,8 @@ def fit_dynamics(
     steps: int | None = None,
     batch_size: int | None = None,
     window: int | None = None,
-    n_points: int | None = 1024,
-    loss: str = "mse",
+    n_points: int | None = None,
+    loss: str = "relative",
     lr: float | None = None,
     code_lr: float = 1e-2,
     dynamics_lr: float = 3e-3,
@@ -140,21 +140,26 @@ def fit_dynamics(
         steps, then 0 (default ``(0.99, 0.5)``); a float for a constant; or a callable
         ``step -> probability``.
     steps
-        Optimiser steps (one per batch).
+        Optimiser steps (one per batch); default from the data (for DINo 2000 when a
+        step covers every frame, up to 6000 otherwise: see
+        :func:`~xsciml.models.dino.fit_dino`).
     batch_size
-        Trajectories per step (default all). Codes outside the batch (and the window)
-        stay where they are: Adam's momentum does not move them.
+        Rollout windows per step, each from a random trajectory and start (default as
+        many as cover every frame once, fewer when that exceeds the step's budget of
+        decoded values). Codes outside the windows stay where they are: Adam's momentum
+        does not move them.
     window
-        Frames per training rollout (default all training frames); a random window of
-        consecutive frames is drawn per step. Use it for long series.
+        Frames per training rollout (default ``min(T, 16)`` of the ``T`` training frames).
     n_points
-        Random points of every frame per step (``None``: all).
+        Random points of every frame per step (default from the data: about ``2**14``
+        decoded values per step, at least 32 points per frame; a number at least the
+        grid size for all).
     loss
-        Reconstruction loss: ``"mse"`` (standardised values, as in DINo) or
-        ``"relative"``, where every frame is weighted by the inverse of its spatial
-        variance (floored at 1 % of the average), so that small-amplitude frames — late
-        frames of decaying dynamics — are reconstructed as accurately, relatively, as
-        large ones.
+        Reconstruction loss: ``"relative"`` (default), where every frame is weighted by
+        the inverse of its spatial variance (floored at 1 % of the average), so that
+        small-amplitude frames — late frames of decaying dynamics — are reconstructed as
+        accurately, relatively, as large ones; or ``"mse"`` (standardised values, as in
+        DINo).
     lr, code_lr, dynamics_lr
         Learning rates of the decoder, the codes and the dynamics (Adam).
     scheduler
