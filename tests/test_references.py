@@ -109,6 +109,9 @@ def test_fit_dynamics_builds_references_and_weights_for_calendar_axes(combined):
     for j in range(refs.lead_grid.size):
         assert v["combined"][j] <= min(v[n][j] for n in MEMBERS) * (1 + 1e-6)
     assert model.info["references"]["n_frames_validation"] == 36  # a quarter of 144 frames
+    # the weights come from a first fit before the validation period; the model that
+    # forecasts is refitted on all 144 frames
+    assert model.module.codes.shape[1] == 144 and model.info["references"]["validation_model_steps"] == 3
     text = model.summary()
     assert "combination weights" in text and "anomaly persistence" in text
 

@@ -193,8 +193,10 @@ def fit_dynamics(
         (calendar time axes only; see :mod:`xsciml.models.latent_ode.references`):
         persistence, a harmonic climatology and damped anomaly persistence of the
         training period, and per-lead convex weights of the four forecasts fitted on the
-        last ``val_fraction`` of the training period, which the learned model does not
-        see. ``forecast`` then returns the combination (``combine=False`` there gives the
+        last ``val_fraction`` of the training period, forecast by a first fit of the
+        learned model that does not see it; the model is then fitted again on the whole
+        training period (the fit takes about twice as long; with ``checkpoint``, the
+        first fit writes ``<checkpoint>.validation``). ``forecast`` then returns the combination (``combine=False`` there gives the
         learned model alone) and ``model.summary()`` prints the weights and the
         validation scores. ``None`` (default): for datetime/cftime axes, with a warning
         naming why when the training period is too short; ``True``: required (an error
@@ -220,42 +222,49 @@ def fit_dynamics(
     >>> fc.dims
     ('trajectory', 'lead', 'y', 'x')
     """
+    if method == "smooth":
+        chosen = _given_options(fit_dynamics, {k: v for k, v in locals().items() if k != "kwargs"})
+    else:
+        if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
+            import warnings
+
+            warnings.warn(f"fit_dynamics(method={method!r}) names an ODE solver; the argument is now "
+                          f"solver={method!r} (method chooses the model: 'dino' or 'smooth')",
+                          FutureWarning, stacklevel=2)
+            method, solver = "dino", method
+        if method != "dino":
+            raise ValueError(f"method={method!r} is not a dynamics model; use 'dino' or 'smooth' "
+                             "(the ODE solver is chosen with solver=...)")
+        if kwargs:
+            raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
+    given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+
+    def learn(until: Any, ckpt: Any) -> DINo | SmoothDynamics:
+        if method == "smooth":
+            return _fit_smooth(obj, variables, space=space, time=time, sample_dim=sample_dim, train_until=until,
+                               device=device, seed=seed, progress=progress,
+                               chosen={**chosen, **({"checkpoint": ckpt} if ckpt is not None else {})},
+                               kwargs=kwargs)
+        return fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
+                        train_until=until, latent_dim=latent_dim, width=width, depth=depth,
+                        input_scale=input_scale, dynamics_width=dynamics_width,
+                        dynamics_depth=dynamics_depth, dynamics_linear=dynamics_linear, periods=periods,
+                        ode_step=ode_step, adjoint=adjoint, teacher_forcing=teacher_forcing,
+                        batch_size=batch_size, window=window, n_points=n_points, loss=loss,
+                        code_lr=code_lr, dynamics_lr=dynamics_lr, scheduler=scheduler,
+                        grad_clip=grad_clip, rollout_weight=rollout_weight, time_units=time_units,
+                        sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
+                        progress=progress, checkpoint=ckpt, resume=resume, callbacks=callbacks,
+                        time_limit=time_limit, **{k: v for k, v in given.items() if v is not None})
+
     plan = _reference_plan(obj, variables, time=time, sample_dim=sample_dim, train_until=train_until,
                            space=space, combine=combine, val_fraction=val_fraction)
-    if plan is not None:
-        train_until = plan.fit_until
-    if method == "smooth":
-        chosen = _given_options(fit_dynamics, {k: v for k, v in locals().items()
-                                               if k not in ("kwargs", "plan")})
-        model: DINo | SmoothDynamics = _fit_smooth(
-            obj, variables, space=space, time=time, sample_dim=sample_dim, train_until=train_until,
-            device=device, seed=seed, progress=progress, chosen=chosen, kwargs=kwargs)
-        return _attach_references(model, plan) if plan is not None else model
-    if method in FIXED_STEP_METHODS + ADAPTIVE_METHODS and solver is None:
-        import warnings
-
-        warnings.warn(f"fit_dynamics(method={method!r}) names an ODE solver; the argument is now "
-                      f"solver={method!r} (method chooses the model: 'dino' or 'smooth')",
-                      FutureWarning, stacklevel=2)
-        method, solver = "dino", method
-    if method != "dino":
-        raise ValueError(f"method={method!r} is not a dynamics model; use 'dino' or 'smooth' "
-                         "(the ODE solver is chosen with solver=...)")
-    if kwargs:
-        raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
-    given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
-    model = fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
-                    train_until=train_until, latent_dim=latent_dim, width=width, depth=depth,
-                    input_scale=input_scale, dynamics_width=dynamics_width,
-                    dynamics_depth=dynamics_depth, dynamics_linear=dynamics_linear, periods=periods,
-                    ode_step=ode_step, adjoint=adjoint, teacher_forcing=teacher_forcing,
-                    batch_size=batch_size, window=window, n_points=n_points, loss=loss,
-                    code_lr=code_lr, dynamics_lr=dynamics_lr, scheduler=scheduler,
-                    grad_clip=grad_clip, rollout_weight=rollout_weight, time_units=time_units,
-                    sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
-                    progress=progress, checkpoint=checkpoint, resume=resume, callbacks=callbacks,
-                    time_limit=time_limit, **{k: v for k, v in given.items() if v is not None})
-    return _attach_references(model, plan) if plan is not None else model
+    if plan is None:
+        return learn(train_until, checkpoint)
+    # the weights come from a model that has not seen the validation period; the forecasts
+    # from one refitted on the whole training period, like the references
+    held_out = learn(plan.fit_until, None if checkpoint is None else f"{os.fspath(checkpoint)}.validation")
+    return _attach_references(learn(train_until, checkpoint), held_out, plan)
 
 
 def forecast(
@@ -391,8 +400,10 @@ def _reference_plan(obj: Any, variables: Any, *, time: str, sample_dim: Hashable
                           fit_until=traj.ds[time].values[n_fit - 1])
 
 
-def _attach_references(model: DINo | SmoothDynamics, plan: _ReferencePlan) -> DINo | SmoothDynamics:
-    """Fit the references and their weights on the plan's validation split; attach them."""
+def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDynamics,
+                       plan: _ReferencePlan) -> DINo | SmoothDynamics:
+    """Fit the references and their weights on the plan's validation split (forecasts of
+    ``held_out``, fitted before it) and attach them to ``model``."""
     import warnings
 
     from ..coords import time_to_float
@@ -424,7 +435,7 @@ def _attach_references(model: DINo | SmoothDynamics, plan: _ReferencePlan) -> DI
         idx = np.asarray(chosen) + s + 1
         leads = off[chosen]
         init = user.isel({tdim: [int(s)]})
-        fc = model.forecast(init, lead=(leads * 1e9).astype("timedelta64[ns]"), combine=False,
+        fc = held_out.forecast(init, lead=(leads * 1e9).astype("timedelta64[ns]"), combine=False,
                             progress=False)
         fcs = fc.to_dataset() if isinstance(fc, xr.DataArray) else fc
         order = [*bdims, "lead", *plan.sdims]
@@ -440,7 +451,8 @@ def _attach_references(model: DINo | SmoothDynamics, plan: _ReferencePlan) -> DI
     for name in ("lead_grid", "weights", "errors", "error_ms", "validation"):
         setattr(refs, name, getattr(before, name))
     model.references = refs
-    model.info["references"] = {"n_frames_validation": T - n_fit, "validation_period":
+    model.info["references"] = {"n_frames_validation": T - n_fit, "validation_model_steps":
+                                held_out.info.get("steps"), "validation_period":
                                 f"{ds[plan.time].values[n_fit]} .. {ds[plan.time].values[-1]}",
                                 "notes": refs.notes}
     if refs.notes:

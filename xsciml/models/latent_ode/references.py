@@ -16,12 +16,14 @@ period, on the training grid:
   correlation :math:`\rho(\ell)` over the training period (pooled over space and
   variables, the least-squares damping).
 
-The end of the training period is held out (:class:`References` ``val_fraction``): the
-learned model is fitted on the frames before it, forecasts are made from every held-out
+The end of the training period is held out (``val_fraction`` of
+:func:`~xsciml.models.fit_dynamics`): a first fit of the learned model on the frames
+before it forecasts from every held-out
 start (up to 32) to every later held-out frame, and per-lead **convex weights** of the
 learned forecast and the references are fitted there by least squares
 (:func:`xsciml.baselines.fit_blend`; leads binned on a geometric grid of the frame
-spacing, weights interpolated in log-lead between bins). Forecasts then return the
+spacing, weights interpolated in log-lead between bins). The model refitted on the whole
+training period and the references rebuilt on it then forecast, and forecasts return the
 combination :math:`\sum_k w_k(\ell) f_k`: it is at least as good as the best member on
 the validation period, and a learned model that does not help gets a small weight.
 
