@@ -196,10 +196,11 @@ def fit_dynamics(
         last ``val_fraction`` of the training period, forecast by a first fit of the
         learned model that does not see it; the model is then fitted again on the whole
         training period (the fit takes about twice as long; with ``checkpoint``, the
-        first fit writes ``<checkpoint>.validation``). ``forecast`` then returns the combination (``combine=False`` there gives the
-        learned model alone) and ``model.summary()`` prints the weights and the
-        validation scores. ``None`` (default): for datetime/cftime axes, with a warning
-        naming why when the training period is too short; ``True``: required (an error
+        first fit writes ``<checkpoint>.validation``). ``forecast`` then returns the
+        combination (``combine=False`` there gives the learned model alone) and
+        ``model.summary()`` prints the weights and the validation scores. ``None``
+        (default): for datetime/cftime axes, with a warning naming why when the training
+        period is too short; ``True``: required (an error
         otherwise); ``False``: the learned model alone, fitted on the whole period.
     val_fraction
         Share of the training frames, at its end, held out to fit the combination weights
