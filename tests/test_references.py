@@ -238,3 +238,36 @@ def test_dask_backed_initial_states_combine_lazily_and_match(combined):
     lazy = model.forecast(init.chunk({"time": 2}), lead=lead)
     assert lazy.chunks is not None and "xsciml_combined" in lazy.attrs
     np.testing.assert_allclose(lazy.compute().values, model.forecast(init, lead=lead).values, rtol=1e-5)
+
+
+def _daily(n_days: int, seed: int = 0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    t = xr.date_range("2095-01-01", periods=n_days, freq="D", calendar="noleap", use_cftime=True)
+    season = 10 * np.sin(2 * np.pi * (np.arange(n_days) - 100) / 365)
+    vals = 280 + season[:, None, None] + rng.normal(scale=1.0, size=(n_days, 2, 3))
+    return xr.Dataset({"tas": (("time", "y", "x"), vals)}, coords={"time": t, "y": [0.0, 1.0], "x": [0.0, 1.0, 2.0]})
+
+
+def test_the_mean_of_a_part_of_a_seasonal_cycle_stays_out_of_the_combination():
+    kw = dict(time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    short = References.fit(_daily(40), ["tas"], **kw)
+    assert short.excluded == []  # a few weeks: the mean is the recent climatology
+    long = References.fit(_daily(300), ["tas"], **kw)
+    assert long.excluded == ["climatology", "anomaly persistence"]
+    assert any("300 days, more than a season and less than a year" in n for n in long.notes)
+    # even where the climatology fits the validation period best, it gets no weight
+    rng = np.random.default_rng(1)
+    t = xsciml.coords.time_to_float(_daily(300).time.values, "seconds")
+    leads = np.array([1.0, 2.0]) * 86400
+    forecasts = []
+    for s in range(240, 290, 5):
+        x0 = rng.normal(size=(1, 6, 1)) + 280
+        clim = long.members(x0, t[[s]], leads)["climatology"]
+        truth = clim + 0.01 * rng.normal(size=clim.shape)
+        model = truth + rng.normal(size=clim.shape)
+        forecasts.append((x0, t[[s]], leads, model, truth))
+    long.fit_weights(forecasts, References.lead_bins(2 * 86400, 86400))
+    k = MEMBERS.index("climatology")
+    np.testing.assert_array_equal(long.weights[k], 0.0)
+    np.testing.assert_array_equal(long.weights[MEMBERS.index("anomaly persistence")], 0.0)
+    np.testing.assert_allclose(long.weights.sum(0), 1.0)

@@ -449,7 +449,7 @@ def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDyna
         forecasts.append((x0, t0, leads, learned, truth))
     before.fit_weights(forecasts, grid)
     refs = References.fit(ds, **fit_refs)  # the whole training period for the forecasts
-    for name in ("lead_grid", "weights", "errors", "error_ms", "validation"):
+    for name in ("lead_grid", "weights", "errors", "error_ms", "validation", "excluded"):
         setattr(refs, name, getattr(before, name))
     model.references = refs
     model.info["references"] = {"n_frames_validation": T - n_fit, "validation_model_steps":

@@ -117,6 +117,26 @@ def choose_harmonics(t: np.ndarray, calendar: str) -> tuple[int, int, list[str]]
     return diurnal, annual, notes
 
 
+def _stale_mean(t: np.ndarray, calendar: str, annual: int) -> str | None:
+    """Why the training mean is not the climatology of the forecast dates (None when it is).
+
+    A record that spans more than a sixth of a year without resolving the annual cycle
+    averages several seasons: its mean (and anomalies from it) describe none of the
+    dates after it, so they stay out of the combination.
+    """
+    t = np.sort(np.asarray(t, dtype=np.float64))
+    if annual or t.size < 2:
+        return None
+    step = float(np.median(np.diff(t)))
+    span = float(t[-1] - t[0]) + step
+    year = year_length_days(calendar) * _DAY
+    if span <= year / 6:
+        return None
+    return (f"the training period spans {span / _DAY:.0f} days, more than a season and less than a year: "
+            "its mean is not the climatology of the forecast dates, so climatology and anomaly persistence "
+            "are scored but left out of the combination")
+
+
 def harmonic_basis(t: np.ndarray, calendar: str, diurnal: int, annual: int) -> np.ndarray:
     """Design matrix ``[..., 1 + 2 (diurnal + annual)]`` of the climatology at times ``t``
     (float seconds since 1970-01-01 in the calendar): 1, then cos/sin of each harmonic."""
@@ -219,6 +239,8 @@ class References:
         self.lag_step = float(lag_step)
         self.rho = np.asarray(rho, dtype=np.float64)
         self.notes = list(notes)
+        #: members kept out of the combination (and why, in :attr:`notes`)
+        self.excluded: list[str] = []
         #: lead-bin centres (seconds) and weights ``[len(MEMBERS), L]``; None before
         #: :meth:`fit_weights`
         self.lead_grid: np.ndarray | None = None
@@ -247,6 +269,10 @@ class References:
         refs = cls(variables, sdims, coords, calendar=calendar, diurnal=diurnal, annual=annual,
                    coef=coef, scale=scale, lag_step=1.0, rho=np.zeros(0), notes=notes)
         refs._fit_damping(Y, t)
+        stale = _stale_mean(t, calendar, annual)
+        if stale:
+            refs.excluded = ["climatology", "anomaly persistence"]
+            refs.notes.append(stale)
         return refs
 
     def _fit_damping(self, Y: np.ndarray, t: np.ndarray) -> None:
@@ -378,7 +404,9 @@ class References:
             r, sid = r[:, ok], sid[ok]
             if r.shape[1] == 0:
                 raise ValueError("no validation point where every forecast and the truth are finite")
-            w, rule = _bin_weights(r[:-1], r[-1], sid)
+            allowed = np.array([n not in self.excluded for n in names])
+            w = np.zeros(len(names))
+            w[allowed], rule = _bin_weights(r[:-1][allowed], r[-1], sid)
             weights.append(w)
             rules.append(rule)
             combo = w @ r[:-1]
@@ -490,7 +518,8 @@ class References:
         return {"variables": self.variables, "sdims": self.sdims,
                 "coord_dims": {k: list(v[0]) for k, v in self.coords.items()},
                 "calendar": self.calendar, "diurnal": self.diurnal, "annual": self.annual,
-                "lag_step": self.lag_step, "notes": self.notes, "validation": self.validation}
+                "lag_step": self.lag_step, "notes": self.notes, "validation": self.validation,
+                "excluded": self.excluded}
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays, by name."""
@@ -515,6 +544,7 @@ class References:
                 setattr(refs, name, np.asarray(arrays[name], dtype=np.float64 if name != "errors"
                                                else np.float32))
         refs.validation = dict(config.get("validation", {}))
+        refs.excluded = list(config.get("excluded", []))
         return refs
 
     # ------------------------------------------------------------------ reporting
