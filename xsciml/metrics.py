@@ -433,14 +433,13 @@ def ensemble_scores(ensemble: xr.DataArray, truth: xr.DataArray, member_dim: str
 
     Returns
     -------
-    Dataset over the dims not reduced (``lead``) with
-
-    * ``rmse``, ``mae``: of the ensemble mean;
-    * ``crps``: :func:`crps_ensemble`;
-    * ``spread``: :math:`\sqrt{\frac{N+1}{N}\overline{s^2}}`, and ``spread_skill``
-      (:func:`spread_skill`): spread / ``rmse``;
-    * ``rank_histogram`` (``..., rank``): :func:`rank_histogram`;
-    * with ``deterministic``: ``rmse_deterministic`` and ``mae_deterministic``.
+    xr.Dataset
+        Over the dims not reduced (``lead``): ``rmse`` and ``mae`` of the ensemble mean;
+        ``crps`` (:func:`crps_ensemble`); ``spread``
+        (:math:`\sqrt{\frac{N+1}{N}\overline{s^2}}`) and ``spread_skill``
+        (:func:`spread_skill`, spread / ``rmse``); ``rank_histogram`` (``..., rank``,
+        :func:`rank_histogram`); with ``deterministic``, ``rmse_deterministic`` and
+        ``mae_deterministic``.
 
     Examples
     --------
