@@ -271,3 +271,23 @@ def test_the_mean_of_a_part_of_a_seasonal_cycle_stays_out_of_the_combination():
     np.testing.assert_array_equal(long.weights[k], 0.0)
     np.testing.assert_array_equal(long.weights[MEMBERS.index("anomaly persistence")], 0.0)
     np.testing.assert_allclose(long.weights.sum(0), 1.0)
+
+
+def test_initial_states_in_other_units_are_converted_before_combining(combined):
+    ds, model = combined
+    init = ds.isel(time=[100])
+    lead = np.array([1, 6], "timedelta64[h]")
+    celsius = init.assign(t2m=(init.t2m - 273.15).assign_attrs(units="degC"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        np.testing.assert_allclose(model.forecast(celsius, lead=lead).values,
+                                   model.forecast(init, lead=lead).values, rtol=1e-5)
+
+
+def test_forecast_docstrings_show_the_shared_combine_text():
+    from xsciml.models.dino import DINo
+    from xsciml.models.smooth import SmoothDynamics
+
+    for cls in (DINo, SmoothDynamics):
+        doc = cls.forecast.__doc__
+        assert "{forecast_combine}" not in doc and "``False`` for the learned model alone" in doc

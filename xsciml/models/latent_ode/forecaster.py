@@ -323,13 +323,13 @@ class LatentForecaster(Estimator):
 
 
     # ------------------------------------------------------------------ references
-    def _combine_reason(self, ds_init: Any, target: Any) -> str | None:
-        """Why a forecast from ``ds_init`` cannot be combined with the references (None: it can)."""
+    def _combine_reason(self, ds: xr.Dataset, target: Any) -> str | None:
+        """Why a forecast from the initial states ``ds`` cannot be combined with the references
+        (None: it can)."""
         refs = self.references
         if refs is None:
             return ("the model has no reference forecasts (they are built for calendar time axes "
                     "by fit_dynamics(combine=None or True))")
-        ds = ds_init if isinstance(ds_init, xr.Dataset) else self._init_dataset(ds_init, "initial state")
         if target is not None:
             return ("a forecast on a target grid of its own cannot be combined (the references live on "
                     "the training grid)")
@@ -351,14 +351,14 @@ class LatentForecaster(Estimator):
             raise TypeError(f"combine must be None, True or False, got {combine!r}")
         if combine is None and self.references is None:
             return out
-        reason = self._combine_reason(ds_init, target)
+        ds = self._init_dataset(ds_init, "initial state")  # units converted, as the learned forecast's
+        reason = self._combine_reason(ds, target)
         if reason is not None:
             if combine:
                 raise ValueError(f"combine=True: {reason}")
             warn_left_out(reason)
             return out
         refs = cast(References, self.references)
-        ds = ds_init if isinstance(ds_init, xr.Dataset) else self._init_dataset(ds_init, "initial state")
         first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
         ens = "member" in first.dims
         offsets, _ = self.clock.parse_lead(first["lead"].values)
