@@ -42,6 +42,15 @@ time_limit : float or str, optional
     When it runs out, training stops after the current step with a warning, the
     best weights are kept, the checkpoint is written and ``history.stop_reason`` is
     ``"time_limit"``.""",
+    "forecast_combine": """\
+combine : bool, optional
+    Combine the learned forecast with the reference forecasts of the training
+    period (persistence, climatology, anomaly persistence) by the per-lead weights
+    fitted on its validation split (see ``model.summary()`` and
+    :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
+    model has references and the forecast can use them (initial states on the
+    training grid, with their time; a warning says why not otherwise), ``True`` to
+    require it, ``False`` for the learned model alone.""",
 }
 
 

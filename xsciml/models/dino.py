@@ -577,6 +577,7 @@ class DINo(LatentForecaster):
                 out[i:i + per] = decode_codes(m.decoder, feats, alpha[i:i + per].to(dev)).float().cpu()
         return self.scaler.inverse(out)
 
+    @shared_docs
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  members: int | None = None, combine: bool | None = None,
                  encode_steps: int | None = None, encode_optimizer: str = "gauss-newton",
@@ -620,14 +621,7 @@ class DINo(LatentForecaster):
             ``y0`` is NaN) at every lead — the small scales the code does not hold, carried
             as persistence, like the anomaly of "climatology + persisted anomaly". Only on
             the initial state's own points (``target=None``).
-        combine
-            Combine the learned forecast with the reference forecasts of the training
-            period (persistence, climatology, anomaly persistence) by the per-lead weights
-            fitted on its validation split (see ``model.summary()`` and
-            :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
-            model has references and the forecast can use them (initial states on the
-            training grid, with their time; a warning says why not otherwise),
-            ``True`` to require it, ``False`` for the learned model alone.
+        {forecast_combine}
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and the bound on codes × points
             decoded at once.

@@ -785,6 +785,7 @@ class SmoothDynamics(LatentForecaster):
                                      method=options["solver"], rtol=options["rtol"],
                                      atol=options["atol"], t0=t0)
 
+    @shared_docs
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
                  members: int | None = None, combine: bool | None = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
@@ -817,14 +818,7 @@ class SmoothDynamics(LatentForecaster):
         solver, rtol, atol
             ODE solver and tolerances (default the model's: ``"dopri5"``); fixed-step
             solvers use the model's step.
-        combine
-            Combine the learned forecast with the reference forecasts of the training
-            period (persistence, climatology, anomaly persistence) by the per-lead weights
-            fitted on its validation split (see ``model.summary()`` and
-            :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
-            model has references and the forecast can use them (initial states on the
-            training grid, with their time; a warning says why not otherwise),
-            ``True`` to require it, ``False`` for the learned model alone.
+        {forecast_combine}
         device, seed, progress, batch_size
             Where to run, the seed, a progress bar, and a bound on θ × points at once.
 

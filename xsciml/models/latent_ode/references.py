@@ -416,7 +416,7 @@ class References:
             counts.append(int(r.shape[1]))
         self.lead_grid = grid
         self.weights = np.stack(weights, 1)
-        self.validation = {"lead_seconds": grid.tolist(), "rmse": rmse, "n_values": counts,
+        self.validation = {"rmse": rmse, "n_values": counts,
                            "n_starts": len(forecasts), "rule": rules}
         self._store_errors(per_start, keep)
 
