@@ -88,6 +88,22 @@ def test_damping_is_the_lag_correlation_of_ar1_anomalies():
     assert refs.damping(np.array([0.0]))[0] == 1.0
 
 
+def test_persistence_error_level_is_known_for_a_trend_and_refers_validation_to_it():
+    # a linear trend of 0.5 K/h at every point: persistence misses by 0.5 K per hour of lead
+    n = 48
+    t = pd.date_range("2001-03-01", periods=n, freq="h")
+    vals = np.broadcast_to((0.5 * np.arange(n))[:, None, None], (n, 2, 2)).copy()
+    ds = xr.Dataset({"v": (("time", "y", "x"), vals)}, coords={"time": t, "y": [0.0, 1.0], "x": [0.0, 1.0]})
+    refs = References.fit(ds, ["v"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    sd = float(np.std(vals))
+    np.testing.assert_allclose(refs.persistence_ms[:3], (0.5 * np.arange(1, 4) / sd) ** 2, rtol=1e-9)
+    # a validation period with half persistence's whole-period error at 2 h: level 2
+    at2 = float(refs.persistence_ms[1])
+    assert refs._error_level(2 * HOUR, at2 / 2) == pytest.approx(2.0)
+    assert refs._error_level(2 * HOUR, at2 / 100) == 4.0  # bounded to 1/4 .. 4
+    assert refs._error_level(2 * HOUR, 0.0) == 1.0  # nothing to refer to
+
+
 def test_harmonic_basis_uses_the_calendar_year():
     year = 360 * 86400.0
     b = harmonic_basis(np.array([0.0, year]), "360_day", 0, 1)

@@ -414,7 +414,11 @@ def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDyna
     T, n_fit = int(ds.sizes[tdim]), plan.n_fit
     fit_refs: dict[str, Any] = dict(variables=plan.variables, time=plan.time, sample_dim=plan.sample_dim,
                     sdims=plan.sdims, space=plan.space)
-    before = References.fit(ds.isel({tdim: slice(0, n_fit)}), **fit_refs)
+    # the references of the whole training period, the ones the forecasts use: their few
+    # parameters per point (harmonic coefficients, one damping per lag) gain little from
+    # seeing the validation frames, while a climatology of the shorter period before them
+    # would be a weaker reference than the one forecasting and get too little weight
+    refs = References.fit(ds, **fit_refs)
     t = time_to_float(np.asarray(ds[plan.time].values), "seconds")
     step = float(np.median(np.diff(t)))
     starts = np.arange(n_fit - 1, T - 1)
@@ -447,10 +451,7 @@ def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDyna
                           for k in idx], 1)  # [N, K, P, C]
         t0 = np.full(x0.shape[0], t[s])
         forecasts.append((x0, t0, leads, learned, truth))
-    before.fit_weights(forecasts, grid)
-    refs = References.fit(ds, **fit_refs)  # the whole training period for the forecasts
-    for name in ("lead_grid", "weights", "errors", "error_ms", "validation", "excluded"):
-        setattr(refs, name, getattr(before, name))
+    refs.fit_weights(forecasts, grid)
     model.references = refs
     model.info["references"] = {"n_frames_validation": T - n_fit, "validation_model_steps":
                                 held_out.info.get("steps"), "validation_period":

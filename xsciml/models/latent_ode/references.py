@@ -22,9 +22,13 @@ before it forecasts from every held-out
 start (up to 32) to every later held-out frame, and per-lead **convex weights** of the
 learned forecast and the references are fitted there by least squares
 (:func:`xsciml.baselines.fit_blend`; leads binned on a geometric grid of the frame
-spacing, weights interpolated in log-lead between bins). The model refitted on the whole
-training period and the references rebuilt on it then forecast, and forecasts return the
-combination :math:`\sum_k w_k(\ell) f_k`: it is at least as good as the best member on
+spacing, weights interpolated in log-lead between bins). The references of these
+validation forecasts are those of the whole training period, the ones that forecast
+afterwards: they have a few parameters per point (harmonic coefficients, one damping per
+lag), which gain little from seeing the validation frames, while references of the
+shorter period before them are weaker than the ones in use and would get too little
+weight. The model refitted on the whole training period then forecasts, and forecasts
+return the combination :math:`\sum_k w_k(\ell) f_k`: it is at least as good as the best member on
 the validation period, and a learned model that does not help gets a small weight.
 
 Ensembles (``members=N``) add to the combination, for each member, the learned
@@ -33,7 +37,10 @@ model-error term drawn from a Gaussian with the empirical covariance of the
 combination's errors on the validation period at that lead (the error fields of the
 held-out starts weighted by independent standard normals: their spatial structure and
 their size by lead are kept), scaled so that both terms add up to the validation
-mean squared error.
+mean squared error times an error level: persistence's mean squared error at that lead
+over the whole training period over the same on the validation period (within 1/4 to 4).
+The validation period is one stretch of weather; the level refers its errors to the
+whole training period's, which spans more of them.
 """
 
 from __future__ import annotations
@@ -251,6 +258,9 @@ class References:
         self.error_ms: np.ndarray | None = None
         #: validation scores (RMSE per member and of the combination, per bin)
         self.validation: dict[str, Any] = {}
+        #: persistence's mean squared error (standardised) over the training period at lags
+        #: ``lag_step * (1 .. len(rho))`` (empty when unknown)
+        self.persistence_ms = np.zeros(0)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -288,6 +298,15 @@ class References:
             den = float((a0[ok] ** 2).sum())
             rho[j] = float((a0[ok] * a1[ok]).sum()) / den if den > 0 else 0.0
         self.lag_step, self.rho = step, np.clip(rho, 0.0, 1.0)
+        # persistence's mean squared error (standardised) at the same lags, over the whole
+        # period: the error level the validation period's is referred to (see fit_weights)
+        Z = Y / self.scale
+        pers = np.zeros(J)
+        for j in range(J):
+            later, valid = _interp_lagged(Z, t, (j + 1) * step, step)
+            d = (later[:, valid] - Z[:, valid]) ** 2
+            pers[j] = float(np.nanmean(d)) if np.isfinite(d).any() else 0.0
+        self.persistence_ms = pers
 
     # ------------------------------------------------------------------ evaluating
     def climatology_values(self, t: np.ndarray) -> np.ndarray:
@@ -372,16 +391,17 @@ class References:
 
         ``forecasts``: per held-out start, ``(x0 [N, P, C], t0 [N], leads [K] (s), model
         [N, K, P, C], truth [N, K, P, C])``, at most one lead per bin of ``grid``
-        (:meth:`lead_bins`). In each bin the weights are those of the rule — the convex
-        blend of all four forecasts, of the learned model and the best reference, or the
-        best single forecast — with the least error in a two-fold cross-validation over
-        the starts (earlier half against later half and back), refitted on all of them.
+        (:meth:`lead_bins`). In each bin the weights are the convex least-squares blend of
+        the four forecasts (the references left out by :attr:`excluded` get none). Picking
+        per bin between the blend, the model with the best reference and the best single
+        forecast by cross-validation over the starts was tried and lost on test periods:
+        a single validation period often ranks near-equal forecasts wrongly, and the
+        blend hedges between them.
         """
         logg = np.log(np.asarray(grid, dtype=np.float64))
         pooled: list[list[np.ndarray]] = [[] for _ in grid]  # per bin: [M + 1, n] blocks
-        starts: list[list[np.ndarray]] = [[] for _ in grid]  # per bin: the start of each column
         per_start = []
-        for i, (x0, t0, leads, model, truth) in enumerate(forecasts):
+        for x0, t0, leads, model, truth in forecasts:
             refs = self.members(x0, t0, leads)
             stack = np.stack([model, refs["persistence"], refs["climatology"],
                               refs["anomaly persistence"], truth]) / self.scale  # [M+1, N, K, P, C]
@@ -389,36 +409,52 @@ class References:
             for k, j in enumerate(bins):
                 block = stack[:, :, k].reshape(stack.shape[0], -1)
                 pooled[j].append(block)
-                starts[j].append(np.full(block.shape[1], i))
             per_start.append((stack, bins))
         keep = [j for j in range(len(grid)) if pooled[j]]
-        grid = np.asarray(grid, dtype=np.float64)[keep]
+        grid_all = np.asarray(grid, dtype=np.float64)
+        grid = grid_all[keep]
         names = list(MEMBERS)
-        weights, rules = [], []
+        weights = []
         rmse: dict[str, list[float]] = {n: [] for n in [*names, "combined"]}
         counts = []
+        level = []  # persistence's error over the whole period / over the validation period
         for j in keep:
             r = np.concatenate(pooled[j], 1)
-            sid = np.concatenate(starts[j])
             ok = np.isfinite(r).all(0)
-            r, sid = r[:, ok], sid[ok]
+            r = r[:, ok]
             if r.shape[1] == 0:
                 raise ValueError("no validation point where every forecast and the truth are finite")
             allowed = np.array([n not in self.excluded for n in names])
             w = np.zeros(len(names))
-            w[allowed], rule = _bin_weights(r[:-1][allowed], r[-1], sid)
+            w[allowed] = _convex(r[:-1][allowed], r[-1])
             weights.append(w)
-            rules.append(rule)
             combo = w @ r[:-1]
             for i, n in enumerate(names):
                 rmse[n].append(float(np.sqrt(np.mean((r[i] - r[-1]) ** 2))))
             rmse["combined"].append(float(np.sqrt(np.mean((combo - r[-1]) ** 2))))
+            level.append(self._error_level(float(grid_all[j]), float(np.mean((r[1] - r[-1]) ** 2))))
             counts.append(int(r.shape[1]))
         self.lead_grid = grid
         self.weights = np.stack(weights, 1)
         self.validation = {"rmse": rmse, "n_values": counts,
-                           "n_starts": len(forecasts), "rule": rules}
+                           "n_starts": len(forecasts), "error_level": level}
         self._store_errors(per_start, keep)
+        assert self.error_ms is not None
+        self.error_ms = self.error_ms * np.asarray(level)
+
+    def _error_level(self, lead: float, validation_ms: float) -> float:
+        """How much larger persistence's mean squared error at ``lead`` is over the whole
+        training period than over the validation period (within 1/4 .. 4; 1 when unknown).
+
+        The validation period is one stretch of weather; the combination's error there,
+        scaled by this ratio, is the error level ensembles are calibrated to: the training
+        period's, which spans more regimes.
+        """
+        if self.persistence_ms.size == 0 or not validation_ms > 0:
+            return 1.0
+        lags = self.lag_step * np.arange(1, self.persistence_ms.size + 1)
+        whole = float(np.interp(lead, lags, self.persistence_ms))
+        return float(np.clip(whole / validation_ms, 0.25, 4.0)) if whole > 0 else 1.0
 
     def _store_errors(self, per_start: list[tuple[np.ndarray, np.ndarray]], keep: list[int]) -> None:
         """Error fields (standardised) of the combination per bin, one per held-out state."""
@@ -523,7 +559,8 @@ class References:
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays, by name."""
-        out = {"coef": self.coef, "scale": self.scale, "rho": self.rho}
+        out = {"coef": self.coef, "scale": self.scale, "rho": self.rho,
+               "persistence_ms": self.persistence_ms}
         out.update({f"coord.{k}": np.asarray(v[1], dtype=np.float64) for k, v in self.coords.items()})
         for name in ("lead_grid", "weights", "errors", "error_ms"):
             value = getattr(self, name)
@@ -539,7 +576,7 @@ class References:
                    diurnal=config["diurnal"], annual=config["annual"], coef=arrays["coef"],
                    scale=arrays["scale"], lag_step=config["lag_step"], rho=arrays["rho"],
                    notes=config.get("notes", ()))
-        for name in ("lead_grid", "weights", "errors", "error_ms"):
+        for name in ("lead_grid", "weights", "errors", "error_ms", "persistence_ms"):
             if name in arrays:
                 setattr(refs, name, np.asarray(arrays[name], dtype=np.float64 if name != "errors"
                                                else np.float32))
@@ -568,6 +605,10 @@ class References:
             rs = " ".join(f"{v['rmse'][n][j]:11.3g}" for n in [*MEMBERS, "combined"])
             lines.append(f"  {g / div:7.3g}{units} {ws}   |       {rs}")
         lines.append("  (RMSE in units of each variable's training standard deviation)")
+        level = v.get("error_level")
+        if level:
+            lines.append("ensemble error level by lead (persistence's mean squared error over the training "
+                         "period / over the validation period): " + " ".join(f"{x:.2f}" for x in level))
         return lines
 
 
@@ -580,41 +621,6 @@ def _convex(F: np.ndarray, y: np.ndarray) -> np.ndarray:
     fc = {str(k): xr.DataArray(F[k][None], dims=("lead", "case")) for k in range(F.shape[0])}
     w = fit_blend(fc, xr.DataArray(y[None], dims=("lead", "case")))
     return np.asarray(w.transpose("member", "lead").values)[:, 0]
-
-
-def _rule_weights(rule: str, F: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Weights ``[M]`` of a combination rule fitted on ``F [M, n]``, ``y [n]``."""
-    mse = ((F - y) ** 2).mean(1)
-    w = np.zeros(F.shape[0])
-    if rule == "single":
-        w[int(np.argmin(mse))] = 1.0
-    elif rule == "model + best reference":
-        pick = [0, 1 + int(np.argmin(mse[1:]))]
-        w[pick] = _convex(F[pick], y)
-    else:
-        w[:] = _convex(F, y)
-    return w
-
-
-_RULES = ("blend", "model + best reference", "single")
-
-
-def _bin_weights(F: np.ndarray, y: np.ndarray, sid: np.ndarray) -> tuple[np.ndarray, str]:
-    """The weights of one lead bin: the rule with the least two-fold cross-validated error
-    (folds: the earlier and the later half of the starts), refitted on all the data."""
-    uniq = np.unique(sid)
-    if uniq.size < 4:  # too few starts to cross-validate: the blend
-        return _rule_weights("blend", F, y), "blend"
-    first = np.isin(sid, uniq[: uniq.size // 2])
-    cv = {}
-    for rule in _RULES:
-        err = 0.0
-        for fit_on in (first, ~first):
-            w = _rule_weights(rule, F[:, fit_on], y[fit_on])
-            err += float(((w @ F[:, ~fit_on] - y[~fit_on]) ** 2).sum())
-        cv[rule] = err
-    best = min(_RULES, key=lambda k: cv[k])
-    return _rule_weights(best, F, y), best
 
 
 def _values(ds: xr.Dataset, variables: Sequence[str], time: str, sample_dim: Hashable | None,
