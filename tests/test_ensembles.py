@@ -334,6 +334,26 @@ def test_ensemble_scores_of_a_model_ensemble(dino, heat_data):
     assert (s["spread"] > 0).all() and np.isfinite(s["spread_skill"]).all()
 
 
+
+def test_score_with_members_adds_the_ensemble_scores_by_time(dino, heat_data):
+    _, test = heat_data
+    table = dino.score(test, members=8)
+    lead = test.time.values - float(test.time[0])
+    # the same ensemble and deterministic forecast, scored by hand
+    ens = dino.forecast(test["u"].isel(time=0), lead=lead, target=test, members=8)
+    det = dino.forecast(test["u"].isel(time=0), lead=lead, target=test)
+    truth = test["u"].rename(time="lead").assign_coords(lead=ens.lead.values)
+    want = metrics.ensemble_scores(ens.drop_vars("valid_time").transpose("member", *truth.dims), truth,
+                                   deterministic=det.drop_vars("valid_time").transpose(*truth.dims))
+    np.testing.assert_allclose(table["crps"].values, want["crps"].values, rtol=1e-6)
+    np.testing.assert_allclose(table["spread_skill"].values, want["spread_skill"].values, rtol=1e-6)
+    np.testing.assert_allclose(table["rmse_deterministic"].values, want["rmse_deterministic"].values, rtol=1e-6)
+    assert table["rank_histogram"].dims == ("time", "rank") and table.attrs["members"] == 8
+    # the deterministic table is the one without members
+    np.testing.assert_allclose(table["mse"].values, dino.score(test)["mse"].values, rtol=1e-6)
+    with pytest.raises(ValueError, match="members must be at least 2"):
+        dino.score(test, members=1)
+
 # ----------------------------------------------------------------------------- plots
 def test_plot_spread_skill_lines():
     ens, truth = _reliable(5, 200)

@@ -700,7 +700,7 @@ class DINo(LatentForecaster):
                  encode_optimizer: str = "gauss-newton",
                  encode_lr: float = 0.1, encode_init: str = "auto", encode_reg: float = 1e-2,
                  encode_noise: str = "auto", device: Any = "auto", seed: int | None = 0,
-                 progress: bool | None = None) -> xr.Dataset:
+                 progress: bool | None = None, members: int | None = None) -> xr.Dataset:
         """The DINo table: MSE In-t / Out-t × In-s / Out-s, and relative MSE.
 
         Each trajectory of ``ds_truth`` is forecast from its first frame, observed on the
@@ -721,24 +721,32 @@ class DINo(LatentForecaster):
             As in :meth:`forecast`.
         device, seed, progress
             As in :meth:`forecast`.
+        members
+            Also score an ensemble of this many members (at least 2) from the same first
+            frames (``forecast(..., members=members)``, seeded by ``seed``), by time.
 
         Returns
         -------
         Dataset with ``mse`` and ``rel_mse`` over ``(horizon, grid)`` (plus ``variable``
         with several variables): ``horizon`` ∈ {In-t, Out-t}, ``grid`` ∈ {In-s, Out-s,
         all}. ``rel_mse = Σ err² / Σ (truth − its spatial mean)²`` over the same frames
-        and points; it is the honest score for decaying fields.
+        and points; it is the honest score for decaying fields. With ``members``, by
+        time over trajectories and points (:func:`xsciml.metrics.ensemble_scores`):
+        ``crps``, ``spread``, ``spread_skill``, ``rank_histogram`` (``time, rank``),
+        ``ensemble_rmse`` / ``ensemble_mae`` of the ensemble mean and
+        ``rmse_deterministic`` / ``mae_deterministic`` of the forecast without members.
 
         Examples
         --------
         >>> model.score(test, n_frames_train=10)["rel_mse"]  # doctest: +SKIP
+        >>> model.score(test, members=16)[["crps", "spread_skill"]]  # doctest: +SKIP
         """
         fc_kw = {"encode_steps": encode_steps, "encode_optimizer": encode_optimizer, "encode_lr": encode_lr,
                  "encode_init": encode_init, "encode_reg": encode_reg, "encode_noise": encode_noise}
         return self._score(ds_truth, n_frames_train, observed, fc_kw, device=device, seed=seed,
                            progress=progress,
                            attrs={"encode_steps": int(_encode_steps(encode_steps, encode_optimizer)),
-                                  "encode_optimizer": encode_optimizer})
+                                  "encode_optimizer": encode_optimizer}, members=members)
 
     def __repr__(self) -> str:
         S, T = (int(s) for s in self.module.codes.shape[:2])

@@ -856,13 +856,14 @@ class SmoothDynamics(LatentForecaster):
     def score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None = None, *,
                  observed: xr.DataArray | None = None, encode_steps: int = 0, encode_lr: float = 1e-2,
                  encode_reg: float = 1e-2, device: Any = "auto", seed: int | None = 0,
-                 progress: bool | None = None) -> xr.Dataset:
+                 progress: bool | None = None, members: int | None = None) -> xr.Dataset:
         """The DINo table: MSE and relative MSE, In-t / Out-t × In-s / Out-s / all.
 
         Same as :meth:`xsciml.models.dino.DINo.score`: every trajectory is forecast
         from its first frame to all its times on its own grid. In-s are the points of the
         training grid; with ``observed`` masking points of the initial state the encoder
-        needs ``encode_steps > 0``.
+        needs ``encode_steps > 0``, as ``members`` (the ensemble's scores by time, as in
+        :meth:`xsciml.models.dino.DINo.score`) does.
 
         Examples
         --------
@@ -871,7 +872,8 @@ class SmoothDynamics(LatentForecaster):
         fc_kw = {"encode_steps": encode_steps, "encode_lr": encode_lr, "encode_reg": encode_reg}
         return self._score(ds_truth, n_frames_train, observed, fc_kw, device=device, seed=seed,
                            progress=progress, attrs={"encode_steps": int(encode_steps),
-                                                     "encode_optimizer": "encoder network"})
+                                                     "encode_optimizer": "encoder network"},
+                           members=members)
 
     def __repr__(self) -> str:
         kind = self.module.decoder.config()["kind"]

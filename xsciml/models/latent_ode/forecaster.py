@@ -737,9 +737,14 @@ class LatentForecaster(Estimator):
 
     def _score(self, ds_truth: xr.Dataset | xr.DataArray, n_frames_train: int | None,
                observed: xr.DataArray | None, forecast_kw: dict[str, Any], *, device: Any,
-               seed: int | None, progress: bool | None, attrs: dict[str, Any]) -> xr.Dataset:
+               seed: int | None, progress: bool | None, attrs: dict[str, Any],
+               members: int | None = None) -> xr.Dataset:
         """The In-t / Out-t × In-s / Out-s table of ``score`` (``forecast_kw``: the
-        subclass's encoding options; ``attrs``: what the table records of them)."""
+        subclass's encoding options; ``attrs``: what the table records of them); with
+        ``members``, the ensemble's scores by time as well."""
+        members = check_positive_int(members, "members", allow_none=True)
+        if members is not None and members < 2:
+            raise ValueError(f"members must be at least 2 to score an ensemble, got {members}")
         ds = self._init_dataset(ds_truth, "truth")
         if self.time not in ds.dims:
             raise ValueError(f"the truth must have a {self.time!r} dimension (whole trajectories)")
@@ -799,7 +804,38 @@ class LatentForecaster(Estimator):
         out["rel_mse"].attrs = {"long_name": "relative MSE: sum err^2 / sum (truth - spatial mean)^2"}
         out.attrs = {**self._provenance(), "n_frames_train": n_frames_train,
                      "observed_fraction": float(observed.mean()), **attrs}
+        if members is not None:
+            out = out.merge(self._ensemble_table(init, lead, ds, members, forecast_kw, device=device,
+                                                 seed=seed, progress=progress,
+                                                 deterministic=fc), combine_attrs="override")
+            out.attrs["members"] = members
         return out
+
+    def _ensemble_table(self, init: xr.Dataset, lead: Any, ds: xr.Dataset, members: int,
+                        forecast_kw: dict[str, Any], *, device: Any, seed: int | None,
+                        progress: bool | None, deterministic: xr.Dataset) -> xr.Dataset:
+        """CRPS, spread, spread–skill and rank histogram by time of a ``members``
+        ensemble from the first frames (:func:`xsciml.metrics.ensemble_scores`, over
+        trajectories and points), with the deterministic forecast's RMSE and MAE."""
+        from ...metrics import ensemble_scores
+
+        ens = self.forecast(init, lead=lead, target=ds, members=members, **forecast_kw, device=device,
+                            seed=seed, progress=progress)
+        ens = ens if isinstance(ens, xr.Dataset) else ens.to_dataset()
+        ens = ens.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
+        ens = ens.assign_coords({self.time: ds[self.time].values})
+        tables = []
+        for v in self.variables:
+            truth = ds[v].astype(np.float64)
+            red = [d for d in truth.dims if d != self.time]
+            tables.append(ensemble_scores(ens[v].transpose("member", *truth.dims), truth, "member", red,
+                                          deterministic=deterministic[v].transpose(*truth.dims), seed=seed))
+        if len(tables) == 1:
+            table = tables[0]
+        else:
+            table = xr.concat(tables, dim=xr.DataArray(self.variables, dims="variable"))
+        return table.rename({k: f"ensemble_{k}" if k in ("rmse", "mae") else k for k in table.data_vars
+                             if k in ("rmse", "mae")})
 
 
 def _forecast_kernel(model: LatentForecaster, *blocks: np.ndarray, device: Any, sdims: list[Hashable],
