@@ -140,14 +140,19 @@ def test_forecast_combines_by_default_and_combine_false_is_the_model(combined):
     alone = model.forecast(init, lead=lead, combine=False)
     assert fc.dims == alone.dims == ("time", "lead", "y", "x")
     assert "xsciml_combined" in fc.attrs and "xsciml_combined" not in alone.attrs
-    # by hand: the weights of these leads applied to the four forecasts
+    # by hand: the weights of these leads applied to the four forecasts, the learned one
+    # being the mean of the model's and the validation model's (fitted before the split)
+    held = model.validation_model
+    assert held is not None and held.module.codes.shape[1] == 144 - 36
+    learned = 0.5 * (alone.values + held.forecast(init, lead=lead, combine=False).values)
+    assert not np.allclose(learned, alone.values)
     refs = model.references
     sec = np.array([1.0, 6.0]) * HOUR
     w = refs.lead_weights(sec)
     x0 = init.t2m.values.reshape(2, -1, 1)
     t0 = xsciml.coords.time_to_float(init.time.values, "seconds")
     parts = refs.members(x0, t0, sec)
-    by_hand = (w[0][None, :, None] * alone.values.reshape(2, 2, -1)
+    by_hand = (w[0][None, :, None] * learned.reshape(2, 2, -1)
                + sum(w[k][None, :, None] * parts[n][..., 0] for k, n in enumerate(MEMBERS) if k))
     np.testing.assert_allclose(fc.values.reshape(2, 2, -1), by_hand, rtol=1e-6)
     # lead 0 is the initial state
@@ -163,6 +168,9 @@ def test_saved_model_keeps_the_references(combined, tmp_path):
     lead = np.array([2, 12], "timedelta64[h]")
     xr.testing.assert_allclose(back.forecast(init, lead=lead), model.forecast(init, lead=lead))
     np.testing.assert_array_equal(back.references.weights, model.references.weights)
+    # the validation model travels with it
+    xr.testing.assert_allclose(back.validation_model.forecast(init, lead=lead, combine=False),
+                               model.validation_model.forecast(init, lead=lead, combine=False))
     assert back.summary().splitlines()[2:] == model.summary().splitlines()[2:]
 
 

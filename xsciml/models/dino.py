@@ -650,9 +650,13 @@ class DINo(LatentForecaster):
             raise ValueError("residual='persist' adds the initial state's residual on its own "
                              "points: leave target=None")
         options["residual"] = residual
-        out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
-                             seed=seed, progress=progress, batch_size=batch_size, members=members)
-        return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
+
+        def learned(model: Any) -> xr.DataArray | xr.Dataset:
+            return model._forecast(ds_init, lead=lead, target=target, options=options, device=device,
+                                   seed=seed, progress=progress, batch_size=batch_size, members=members)
+
+        return self._with_references(learned(self), ds_init, combine=combine, target=target, seed=seed,
+                                     again=learned)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
         out = {"xsciml_encode_steps": str(options["steps"]),

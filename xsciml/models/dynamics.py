@@ -453,6 +453,7 @@ def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDyna
         forecasts.append((x0, t0, leads, learned, truth))
     refs.fit_weights(forecasts, grid)
     model.references = refs
+    model.validation_model = held_out
     model.info["references"] = {"n_frames_validation": T - n_fit, "validation_model_steps":
                                 held_out.info.get("steps"), "validation_period":
                                 f"{ds[plan.time].values[n_fit]} .. {ds[plan.time].values[-1]}",

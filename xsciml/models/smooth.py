@@ -842,9 +842,13 @@ class SmoothDynamics(LatentForecaster):
                    "rtol": self.ode["rtol"] if rtol is None else float(rtol),
                    "atol": self.ode["atol"] if atol is None else float(atol),
                    **self._encode_options(steps=encode_steps, lr=encode_lr, reg=encode_reg)}
-        out = self._forecast(ds_init, lead=lead, target=target, options=options, device=device,
-                             seed=seed, progress=progress, batch_size=batch_size, members=members)
-        return self._with_references(out, ds_init, combine=combine, target=target, seed=seed)
+
+        def learned(model: Any) -> xr.DataArray | xr.Dataset:
+            return model._forecast(ds_init, lead=lead, target=target, options=options, device=device,
+                                   seed=seed, progress=progress, batch_size=batch_size, members=members)
+
+        return self._with_references(learned(self), ds_init, combine=combine, target=target, seed=seed,
+                                     again=learned)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
         out = {"xsciml_encode_steps": str(options["steps"])}

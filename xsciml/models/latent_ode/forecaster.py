@@ -170,6 +170,10 @@ class LatentForecaster(Estimator):
         #: the reference forecasts of a calendar training period and their combination
         #: weights (:class:`~xsciml.models.latent_ode.references.References`), or None
         self.references: References | None = None
+        #: the fit on the training period before the validation split, whose forecasts
+        #: the combination weights were fitted on; combined forecasts use the mean of its
+        #: forecast and this model's as the learned member (None: this model's alone)
+        self.validation_model: LatentForecaster | None = None
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -194,14 +198,18 @@ class LatentForecaster(Estimator):
                               for k, a in at.items()} for v, at in self.var_attrs.items()},
             "info": self.info,
             "references": None if self.references is None else self.references.to_config(),
+            "validation_model": None if self.validation_model is None else self.validation_model._get_config(),
         }
 
     def _reference_tensors(self) -> dict[str, Tensor]:
         """The references' arrays for the saved file (``references.<name>``)."""
         if self.references is None:
             return {}
-        return {f"references.{k}": torch.as_tensor(np.array(v, copy=True))
-                for k, v in self.references.tensors().items()}
+        out = {f"references.{k}": torch.as_tensor(np.array(v, copy=True))
+               for k, v in self.references.tensors().items()}
+        if self.validation_model is not None:
+            out.update({f"validation_model.{k}": v for k, v in self.validation_model._get_tensors().items()})
+        return out
 
     def _restore_references(self, config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
         """Rebuild :attr:`references` from a saved file's config and tensors."""
@@ -209,6 +217,10 @@ class LatentForecaster(Estimator):
             arrays = {k[len("references."):]: v.cpu().numpy() for k, v in tensors.items()
                       if k.startswith("references.")}
             self.references = References.from_state(config["references"], arrays)
+        if config.get("validation_model"):
+            pre = "validation_model."
+            self.validation_model = type(self)._from_state(
+                config["validation_model"], {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
 
 
     # ------------------------------------------------------------------ input checks
@@ -343,8 +355,14 @@ class LatentForecaster(Estimator):
         return None
 
     def _with_references(self, out: xr.DataArray | xr.Dataset, ds_init: Any, *, combine: bool | None,
-                         target: Any, seed: int | None) -> xr.DataArray | xr.Dataset:
-        """The combined forecast from the learned one ``out`` (``combine`` None: when possible)."""
+                         target: Any, seed: int | None,
+                         again: Callable[[LatentForecaster], xr.DataArray | xr.Dataset] | None = None
+                         ) -> xr.DataArray | xr.Dataset:
+        """The combined forecast from the learned one ``out`` (``combine`` None: when possible).
+
+        ``again(model)``: the same forecast by another model; with a :attr:`validation_model`,
+        the learned member is the mean of its forecast and ``out``.
+        """
         if combine is False:
             return out
         if combine not in (None, True):
@@ -359,6 +377,10 @@ class LatentForecaster(Estimator):
             warn_left_out(reason)
             return out
         refs = cast(References, self.references)
+        if self.validation_model is not None and again is not None:
+            other = again(self.validation_model)
+            with xr.set_options(keep_attrs=True):
+                out = (out + other) / 2
         first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
         ens = "member" in first.dims
         offsets, _ = self.clock.parse_lead(first["lead"].values)
