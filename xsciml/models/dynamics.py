@@ -197,7 +197,9 @@ def fit_dynamics(
         learned model that does not see it; the model is then fitted again on the whole
         training period (the fit takes about twice as long; with ``checkpoint``, the
         first fit writes ``<checkpoint>.validation``). ``forecast`` then returns the
-        combination (``combine=False`` there gives the learned model alone) and
+        combination, whose learned member is the mean of both fits' forecasts (the first
+        is kept as ``model.validation_model``; ``combine=False`` there gives the refitted
+        model alone), and
         ``model.summary()`` prints the weights and the validation scores. ``None``
         (default): for datetime/cftime axes, with a warning naming why when the training
         period is too short; ``True``: required (an error

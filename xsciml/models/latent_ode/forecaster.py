@@ -459,6 +459,11 @@ class LatentForecaster(Estimator):
             grid = self.references.lead_grid
             units = "h" if grid is None or grid[-1] < 4 * 86400 else "d"
             lines += self.references.summary_lines(units)
+            if self.validation_model is not None:
+                vinfo = self.validation_model.info
+                lines.append(f"learned member of the combination: the mean of this model and the fit on the "
+                             f"{vinfo.get('n_frames_train', '?')} frames before the validation period "
+                             "(combine=False: this model alone)")
         elif self.clock.kind != "numeric":
             lines.append("no reference forecasts (fit with combine=False): forecasts are the learned model's")
         return "\n".join(lines)

@@ -27,9 +27,10 @@ validation forecasts are those of the whole training period, the ones that forec
 afterwards: they have a few parameters per point (harmonic coefficients, one damping per
 lag), which gain little from seeing the validation frames, while references of the
 shorter period before them are weaker than the ones in use and would get too little
-weight. The model refitted on the whole training period then forecasts, and forecasts
-return the combination :math:`\sum_k w_k(\ell) f_k`: it is at least as good as the best member on
-the validation period, and a learned model that does not help gets a small weight.
+weight. The model is refitted on the whole training period, and forecasts return the
+combination :math:`\sum_k w_k(\ell) f_k`, with the mean of both fits' forecasts as the
+learned member: it is at least as good as the best member on the validation period,
+and a learned model that does not help gets a small weight.
 
 Ensembles (``members=N``) add to the combination, for each member, the learned
 forecast's own spread (initial codes drawn from their Laplace posterior) and a
