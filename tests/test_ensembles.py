@@ -334,7 +334,6 @@ def test_ensemble_scores_of_a_model_ensemble(dino, heat_data):
     assert (s["spread"] > 0).all() and np.isfinite(s["spread_skill"]).all()
 
 
-
 def test_score_with_members_adds_the_ensemble_scores_by_time(dino, heat_data):
     _, test = heat_data
     table = dino.score(test, members=8)
@@ -353,6 +352,7 @@ def test_score_with_members_adds_the_ensemble_scores_by_time(dino, heat_data):
     np.testing.assert_allclose(table["mse"].values, dino.score(test)["mse"].values, rtol=1e-6)
     with pytest.raises(ValueError, match="members must be at least 2"):
         dino.score(test, members=1)
+
 
 # ----------------------------------------------------------------------------- plots
 def test_plot_spread_skill_lines():

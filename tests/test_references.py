@@ -104,6 +104,29 @@ def test_persistence_error_level_is_known_for_a_trend_and_refers_validation_to_i
     assert refs._error_level(2 * HOUR, 0.0) == 1.0  # nothing to refer to
 
 
+def test_ensemble_error_level_scales_the_calibrated_validation_error():
+    ds = _hourly(n_days=6, seed=3)
+    refs = References.fit(ds, ["t2m"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    vals = ds.t2m.values.reshape(ds.sizes["time"], -1, 1)
+    t = xsciml.coords.time_to_float(ds.time.values, "seconds")
+    rng = np.random.default_rng(0)
+    forecasts = []
+    for s in range(100, 130, 2):  # the "validation period": the learned model = truth + noise
+        idx = np.array([s + 1, s + 3])
+        truth = vals[idx][None]
+        forecasts.append((vals[s][None], t[[s]], t[idx] - t[s], truth + rng.normal(scale=0.3, size=truth.shape),
+                          truth))
+    grid = References.lead_bins(3 * HOUR, HOUR)
+    flat = References.from_state(refs.to_config(), refs.tensors())
+    flat.persistence_ms = np.zeros(0)  # no whole-period error: level 1
+    refs.fit_weights(forecasts, grid)
+    flat.fit_weights(forecasts, grid)
+    level = np.asarray(refs.validation["error_level"])
+    assert flat.validation["error_level"] == [1.0] * level.size and not np.allclose(level, 1.0)
+    np.testing.assert_allclose(refs.error_ms, flat.error_ms * level, rtol=1e-12)
+    np.testing.assert_array_equal(refs.weights, flat.weights)  # the level touches the spread only
+
+
 def test_harmonic_basis_uses_the_calendar_year():
     year = 360 * 86400.0
     b = harmonic_basis(np.array([0.0, year]), "360_day", 0, 1)
@@ -130,6 +153,26 @@ def test_fit_dynamics_builds_references_and_weights_for_calendar_axes(combined):
     assert model.module.codes.shape[1] == 144 and model.info["references"]["validation_model_steps"] == 3
     text = model.summary()
     assert "combination weights" in text and "anomaly persistence" in text
+
+
+def test_weights_are_fitted_with_the_references_that_forecast(monkeypatch):
+    # the validation forecasts use the whole training period's references, not those of
+    # the shorter period before the split
+    fitted_on = []
+    original = References.fit_weights
+
+    def recording(self, forecasts, grid):
+        fitted_on.append(self)
+        return original(self, forecasts, grid)
+
+    monkeypatch.setattr(References, "fit_weights", recording)
+    ds = _hourly()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", **TINY)
+    assert len(fitted_on) == 1 and fitted_on[0] is model.references
+    whole = References.fit(ds, ["t2m"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    np.testing.assert_allclose(model.references.coef, whole.coef)
 
 
 def test_forecast_combines_by_default_and_combine_false_is_the_model(combined):

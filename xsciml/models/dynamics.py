@@ -406,7 +406,8 @@ def _reference_plan(obj: Any, variables: Any, *, time: str, sample_dim: Hashable
 def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDynamics,
                        plan: _ReferencePlan) -> DINo | SmoothDynamics:
     """Fit the references and their weights on the plan's validation split (forecasts of
-    ``held_out``, fitted before it) and attach them to ``model``."""
+    ``held_out``, fitted before it) and attach them, and ``held_out`` as the validation
+    model, to ``model``."""
     import warnings
 
     from ..coords import time_to_float

@@ -202,7 +202,8 @@ class LatentForecaster(Estimator):
         }
 
     def _reference_tensors(self) -> dict[str, Tensor]:
-        """The references' arrays for the saved file (``references.<name>``)."""
+        """The references' arrays and the validation model's tensors for the saved file
+        (``references.<name>``, ``validation_model.<name>``)."""
         if self.references is None:
             return {}
         out = {f"references.{k}": torch.as_tensor(np.array(v, copy=True))
@@ -212,7 +213,8 @@ class LatentForecaster(Estimator):
         return out
 
     def _restore_references(self, config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
-        """Rebuild :attr:`references` from a saved file's config and tensors."""
+        """Rebuild :attr:`references` and :attr:`validation_model` from a saved file's
+        config and tensors."""
         if config.get("references"):
             arrays = {k[len("references."):]: v.cpu().numpy() for k, v in tensors.items()
                       if k.startswith("references.")}
@@ -790,11 +792,8 @@ class LatentForecaster(Estimator):
         else:
             lead = self.clock.elapsed(t)
         init = ds[self.variables].isel({self.time: 0}).where(observed)
-        fc = self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device, seed=seed,
-                           progress=progress)
-        fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
-        fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
-        fc = fc.assign_coords({self.time: ds[self.time].values})
+        fc = self._on_truth_times(self.forecast(init, lead=lead, target=ds, **forecast_kw, device=device,
+                                                seed=seed, progress=progress), ds)
         sdims = list(observed.dims)
         horizon = xr.DataArray(np.arange(nt) < n_frames_train, dims=self.time)
         rows = []
@@ -846,11 +845,8 @@ class LatentForecaster(Estimator):
         trajectories and points), with the deterministic forecast's RMSE and MAE."""
         from ...metrics import ensemble_scores
 
-        ens = self.forecast(init, lead=lead, target=ds, members=members, **forecast_kw, device=device,
-                            seed=seed, progress=progress)
-        ens = ens if isinstance(ens, xr.Dataset) else ens.to_dataset()
-        ens = ens.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
-        ens = ens.assign_coords({self.time: ds[self.time].values})
+        ens = self._on_truth_times(self.forecast(init, lead=lead, target=ds, members=members, **forecast_kw,
+                                                 device=device, seed=seed, progress=progress), ds)
         tables = []
         for v in self.variables:
             truth = ds[v].astype(np.float64)
@@ -861,8 +857,13 @@ class LatentForecaster(Estimator):
             table = tables[0]
         else:
             table = xr.concat(tables, dim=xr.DataArray(self.variables, dims="variable"))
-        return table.rename({k: f"ensemble_{k}" if k in ("rmse", "mae") else k for k in table.data_vars
-                             if k in ("rmse", "mae")})
+        return table.rename({"rmse": "ensemble_rmse", "mae": "ensemble_mae"})
+
+    def _on_truth_times(self, fc: xr.DataArray | xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
+        """A forecast from the first frames of ``ds`` to all its times, on ``ds``'s time axis."""
+        fc = fc if isinstance(fc, xr.Dataset) else fc.to_dataset()
+        fc = fc.drop_vars("valid_time", errors="ignore").rename({"lead": self.time})
+        return fc.assign_coords({self.time: ds[self.time].values})
 
 
 def _forecast_kernel(model: LatentForecaster, *blocks: np.ndarray, device: Any, sdims: list[Hashable],

@@ -255,6 +255,7 @@ class References:
         self.weights: np.ndarray | None = None
         #: error fields of the combination on the validation period ``[L, n, P, C]``
         #: (NaN where a start has no frame in that bin) and their mean square per bin
+        #: times the error level of the bin (the MSE ensembles are calibrated to)
         self.errors: np.ndarray | None = None
         self.error_ms: np.ndarray | None = None
         #: validation scores (RMSE per member and of the combination, per bin)
@@ -287,26 +288,24 @@ class References:
         return refs
 
     def _fit_damping(self, Y: np.ndarray, t: np.ndarray) -> None:
-        """Lag correlation of the standardised anomalies at multiples of the frame spacing."""
+        """Lag correlation of the standardised anomalies at multiples of the frame spacing,
+        and persistence's mean squared error (standardised) at the same lags: the error
+        level the validation period's is referred to (:meth:`_error_level`)."""
         step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
-        A = (Y - self.climatology_values(t)[None]) / self.scale
+        Z = Y / self.scale
+        A = Z - self.climatology_values(t)[None] / self.scale
+        S = A.shape[0]
         J = int(min(max(len(t) // 2, 1), 256))
-        rho = np.zeros(J)
-        for j in range(J):
-            later, valid = _interp_lagged(A, t, (j + 1) * step, step)
-            a0, a1 = A[:, valid], later[:, valid]
+        rho, pers = np.zeros(J), np.zeros(J)
+        for j in range(J):  # anomalies and values lagged together
+            later, valid = _interp_lagged(np.concatenate([A, Z]), t, (j + 1) * step, step)
+            a0, a1 = A[:, valid], later[:S, valid]
             ok = np.isfinite(a0) & np.isfinite(a1)
             den = float((a0[ok] ** 2).sum())
             rho[j] = float((a0[ok] * a1[ok]).sum()) / den if den > 0 else 0.0
-        self.lag_step, self.rho = step, np.clip(rho, 0.0, 1.0)
-        # persistence's mean squared error (standardised) at the same lags, over the whole
-        # period: the error level the validation period's is referred to (see fit_weights)
-        Z = Y / self.scale
-        pers = np.zeros(J)
-        for j in range(J):
-            later, valid = _interp_lagged(Z, t, (j + 1) * step, step)
-            d = (later[:, valid] - Z[:, valid]) ** 2
+            d = (later[S:, valid] - Z[:, valid]) ** 2
             pers[j] = float(np.nanmean(d)) if np.isfinite(d).any() else 0.0
+        self.lag_step, self.rho = step, np.clip(rho, 0.0, 1.0)
         self.persistence_ms = pers
 
     # ------------------------------------------------------------------ evaluating
@@ -393,11 +392,10 @@ class References:
         ``forecasts``: per held-out start, ``(x0 [N, P, C], t0 [N], leads [K] (s), model
         [N, K, P, C], truth [N, K, P, C])``, at most one lead per bin of ``grid``
         (:meth:`lead_bins`). In each bin the weights are the convex least-squares blend of
-        the four forecasts (the references left out by :attr:`excluded` get none). Picking
-        per bin between the blend, the model with the best reference and the best single
-        forecast by cross-validation over the starts was tried and lost on test periods:
-        a single validation period often ranks near-equal forecasts wrongly, and the
-        blend hedges between them.
+        the four forecasts (the references left out by :attr:`excluded` get none): one
+        validation period ranks near-equal forecasts by chance, so picking the single best
+        one there (or the model and the best reference) is less reliable than the blend,
+        which hedges between them.
         """
         logg = np.log(np.asarray(grid, dtype=np.float64))
         pooled: list[list[np.ndarray]] = [[] for _ in grid]  # per bin: [M + 1, n] blocks
