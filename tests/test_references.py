@@ -358,3 +358,23 @@ def test_forecast_docstrings_show_the_shared_combine_text():
     for cls in (DINo, SmoothDynamics):
         doc = cls.forecast.__doc__
         assert "{forecast_combine}" not in doc and "``False`` for the learned model alone" in doc
+
+
+def test_model_error_draws_have_the_calibrated_variance_when_starts_lack_a_lead():
+    # 8 validation error fields per bin; at the second bin only 4 starts reached that lead:
+    # the draws' variance must still be the calibrated MSE, not that times 4 / 8
+    ds = _hourly(n_days=3, seed=1)
+    refs = References.fit(ds, ["t2m"], time="time", sample_dim=None, sdims=["y", "x"], space=["y", "x"])
+    rng = np.random.default_rng(0)
+    P = ds.sizes["y"] * ds.sizes["x"]
+    errors = rng.normal(size=(2, 8, P, 1))
+    errors[1] *= 2.0
+    errors[1, 4:] = np.nan  # these starts have no frame at the longer lead
+    refs.lead_grid = np.array([1.0, 4.0]) * HOUR
+    refs.weights = np.tile(np.array([[0.5], [0.5], [0.0], [0.0]]), (1, 2))
+    refs.errors = errors.astype(np.float32)
+    refs.error_ms = np.array([1.0, 3.0])  # the calibrated MSE (standardised) per bin
+    lead = np.array([1.0, 4.0]) * HOUR
+    ens = np.zeros((64, 50, 2, P, 1))  # no spread of its own: the draws are all of it
+    noise = refs._model_error(ens, lead, seed=0) / refs.scale
+    np.testing.assert_allclose((noise ** 2).mean((0, 1, 3, 4)), refs.error_ms, rtol=0.05)
