@@ -10,6 +10,10 @@ STAMP  := $(VENV)/.xsciml-installed
 # wheels). GPU users install their own torch first and `pip install -e .` as usual.
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# test processes: one per CI core (every test runs on one torch thread); each test file,
+# and each notebook, runs whole on one of them
+TEST_WORKERS ?= 2
+XDIST  = -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test test-fast notebooks bench-smoke docs bench lint clean env
 
@@ -29,10 +33,10 @@ demo: $(STAMP)
 # (outputs and figures) to build/notebooks/, which `make docs` shows without running it
 test: $(STAMP)
 	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests --doctest-modules xsciml \
-		-m "not bench" $(PYTEST_ARGS)
+		-m "not bench" $(XDIST) $(PYTEST_ARGS)
 
 notebooks: $(STAMP)
-	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests/test_notebooks.py $(PYTEST_ARGS)
+	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests/test_notebooks.py $(XDIST) $(PYTEST_ARGS)
 
 bench-smoke: $(STAMP)
 	XSCIML_PROGRESS=0 MPLBACKEND=Agg $(BIN)/python -m pytest tests/test_benchmarks_smoke.py -m bench $(PYTEST_ARGS)

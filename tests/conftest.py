@@ -63,3 +63,15 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``pytest -n N --dist loadgroup`` (``make test``): each test file runs on one
+    worker, so its module fixtures (fitted models) are built once; each notebook is a
+    unit of its own, so the notebooks spread over the workers."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = item.nodeid if item.get_closest_marker("notebook") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
