@@ -296,3 +296,18 @@ def test_sample_points_bad_input():
         sample_points(da, 0.5, dims=("lat",))
     with pytest.raises(TypeError, match="obj"):
         sample_points(np.zeros((3, 3)), 0.5)
+
+
+def test_grf_covariance_is_the_samples_covariance_by_offset():
+    from xsciml.datasets import grf_covariance
+
+    C = grf_covariance((16, 12), alpha=2.5, tau=4.0, domain=((0.0, 2.0), (-1.0, 1.5)))
+    u = gaussian_random_field((16, 12), n=4000, alpha=2.5, tau=4.0, domain=((0.0, 2.0), (-1.0, 1.5)),
+                              seed=3, dtype="float64")["u"].values
+    # empirical covariance of u(x) with u(x + (dy, dx)), averaged over x (stationary)
+    for dy, dx in ((0, 0), (1, 0), (0, 2), (3, 5)):
+        emp = np.mean(u * np.roll(u, (-dy, -dx), axis=(1, 2)))
+        assert emp == pytest.approx(C[dy, dx], rel=0.05, abs=0.02 * C[0, 0])
+    assert abs(C.sum()) < 1e-9 * C[0, 0] * C.size  # the mean mode is removed
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        grf_covariance(8, tau=-1.0)

@@ -24,6 +24,7 @@ import xarray as xr
 
 __all__ = [
     "gaussian_random_field",
+    "grf_covariance",
     "heat",
     "heat_solve",
     "default_dataset",
@@ -104,6 +105,11 @@ def _grf_eigenvalues(
     return lam
 
 
+def _default_sigma(alpha: float, tau: float, d: int) -> float:
+    """The amplitude ``tau^(alpha - d / 2)`` of the GRFs when none is given (DINo's)."""
+    return float(tau ** (0.5 * (2.0 * alpha - d)))
+
+
 def _sample_grf(
     shape: tuple[int, ...],
     n: int,
@@ -141,7 +147,7 @@ def _grf_initial_states(n_trajectories: int, size: Any, domain: Any, alpha: floa
         raise ValueError(f"size must be an int or (ny, nx) for the 2-D {equation} equation, got {size!r}.")
     bounds = _parse_domain(domain, 2)
     lengths = [hi - lo for lo, hi in bounds]
-    sigma = float(tau ** (alpha - 1.0))
+    sigma = _default_sigma(alpha, tau, 2)
     rng = np.random.default_rng(seed)
     u0 = _sample_grf(shp, int(n_trajectories), lengths, alpha, tau, sigma, rng)
     return shp, bounds, lengths, sigma, u0
@@ -239,7 +245,7 @@ def gaussian_random_field(
         raise ValueError(f"n (number of samples) must be >= 1, got {n!r}.")
     _check_positive(alpha=alpha, tau=tau)
     if sigma is None:
-        sigma = float(tau ** (0.5 * (2.0 * alpha - d)))
+        sigma = _default_sigma(alpha, tau, d)
     _check_positive(sigma=sigma)
     bounds = _parse_domain(domain, d)
     lengths = [hi - lo for lo, hi in bounds]
@@ -270,6 +276,53 @@ def gaussian_random_field(
             "domain": np.asarray(bounds, dtype=float).ravel(),
         },
     )
+
+
+def grf_covariance(
+    shape: int | tuple[int] | tuple[int, int],
+    *,
+    alpha: float = 2.0,
+    tau: float = 3.0,
+    sigma: float | None = None,
+    domain: tuple[float, float] | tuple[tuple[float, float], ...] = (-1.0, 1.0),
+) -> np.ndarray:
+    r"""The covariance of :func:`gaussian_random_field` (and of the initial states of
+    :func:`heat`) between grid points, by their offset.
+
+    The fields are stationary and periodic, so the covariance of the values at two grid
+    points depends only on their offset :math:`j` (in cells, modulo the grid):
+    :math:`C_j = \sum_k \lambda_k \cos(\kappa_k \cdot x_j) / |D|`, with the eigenvalues
+    :math:`\lambda_k` of :func:`gaussian_random_field` (the same ``alpha``, ``tau``,
+    ``sigma`` and ``domain``). It gives, for example, the exact kriging (optimal
+    interpolation) of a sample from some of its points.
+
+    Parameters
+    ----------
+    shape, alpha, tau, sigma, domain
+        As for :func:`gaussian_random_field`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of ``shape``: ``C[j]`` is the covariance of ``u(x)`` and
+        ``u(x + j h)`` (``h`` the cell size), whatever ``x``.
+
+    Examples
+    --------
+    >>> C = grf_covariance((32, 32), alpha=2.5, tau=7.0)
+    >>> u = gaussian_random_field((32, 32), n=2000, alpha=2.5, tau=7.0, seed=0, dtype="float64")["u"]
+    >>> bool(abs(float(u.var("sample").mean()) / C[0, 0] - 1) < 0.05)  # the variance at a point
+    True
+    """
+    shp = _parse_shape(shape)
+    d = len(shp)
+    _check_positive(alpha=alpha, tau=tau)
+    sigma = _default_sigma(alpha, tau, d) if sigma is None else sigma
+    _check_positive(sigma=sigma)
+    lengths = [hi - lo for lo, hi in _parse_domain(domain, d)]
+    lam = _grf_eigenvalues(shp, lengths, alpha, tau, sigma)
+    # the inverse transform without 1/N sums lambda_k exp(i kappa_k . x_j) over the modes
+    return np.fft.ifftn(lam, norm="forward").real / float(np.prod(lengths))
 
 
 # --------------------------------------------------------------------------- heat
@@ -894,7 +947,7 @@ def navier_stokes(
     if not np.isfinite(t_start) or t_start < 0:
         raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}.")
     rng = np.random.default_rng(seed)
-    sigma = float(tau ** (alpha - 1.0))
+    sigma = _default_sigma(alpha, tau, 2)
     w0 = _sample_grf((res, res), int(n_trajectories), [1.0, 1.0], alpha, tau, sigma, rng)
     grid = np.arange(res) / res
     gy, gx = np.meshgrid(grid, grid, indexing="ij")

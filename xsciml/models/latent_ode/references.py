@@ -541,9 +541,9 @@ class References:
         # the ensemble's own spread (standardised) already accounts for part of the error
         own = np.nanmean(ens.var(0, ddof=1) / self.scale ** 2, axis=(0, 2, 3)) if E > 1 else np.zeros(lead.size)
         target = self.lead_error_ms(lead)
-        # the draws' mean variance: the fields' sum of squares (zeros where a start has no
-        # frame at that lead) over the starts that have one
-        drawn = np.mean(fields ** 2, axis=(1, 2, 3)) * fields.shape[1] / n_eff
+        # the draws' mean variance: the fields' sum of squares over the starts (zeros where a
+        # start has no frame at that lead), over the starts that have one
+        drawn = (fields ** 2).sum(1).mean((1, 2)) / n_eff
         factor = np.sqrt(np.clip(target - own, 0.0, None) / np.where(drawn > 0, drawn, 1.0))
         noise = noise * factor[None, None, :, None, None]
         noise[:, :, lead <= 0] = 0.0
