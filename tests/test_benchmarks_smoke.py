@@ -106,6 +106,12 @@ class _StubWithOptions(_Stub):
         return (fc + off).transpose("member", ...)
 
 
+class _StubWithRecent(_StubWithOptions):
+    def forecast(self, init, *, lead, combine=True, members=None, recent=None):
+        fc = super().forecast(init, lead=lead, combine=combine, members=members)
+        return fc if recent is None else 2 * fc  # recognisably the recent-calibrated ensemble
+
+
 def test_forecast_suite_calls_only_the_options_the_model_has(monkeypatch):
     import numpy as np
     import xarray as xr
@@ -122,6 +128,12 @@ def test_forecast_suite_calls_only_the_options_the_model_has(monkeypatch):
     assert float(fc["default"].mean()) == 5.0 and float(fc["learned"].mean()) == 6.0
     assert fc["ensemble"].sizes["member"] == 4
     assert fc["ensemble"].isel(member=3, time=0, lead=0, x=0).item() == 8.0
+    assert fc["ensemble_recent"] is None
+    # the ensemble calibrated on the observed record, where forecast() takes recent=
+    fc, why = sf.forecasts(_StubWithOptions(5.0, np.arange(16.0)), init, lead, members=4, record=init)
+    assert fc["ensemble_recent"] is None and "recent=" in why["ensemble_recent"]
+    fc, why = sf.forecasts(_StubWithRecent(5.0, np.arange(16.0)), init, lead, members=4, record=init)
+    assert why == {} and fc["ensemble_recent"].isel(member=3, time=0, lead=0, x=0).item() == 16.0
 
 
 def test_forecast_suite_ensemble_scores_known_answers(monkeypatch):

@@ -378,3 +378,115 @@ def test_model_error_draws_have_the_calibrated_variance_when_starts_lack_a_lead(
     ens = np.zeros((64, 50, 2, P, 1))  # no spread of its own: the draws are all of it
     noise = refs._model_error(ens, lead, seed=0) / refs.scale
     np.testing.assert_allclose((noise ** 2).mean((0, 1, 3, 4)), refs.error_ms, rtol=0.05)
+
+
+# ----------------------------------------------------------------------------- recent observations
+def _window_refs() -> References:
+    """References whose calibrated MSE is 1 at every lead, validated from starts 0 .. 9 h up to 10 h."""
+    refs = References.fit(_hourly(n_days=3, seed=2), ["t2m"], time="time", sample_dim=None, sdims=["y", "x"],
+                          space=["y", "x"])
+    refs.lead_grid = np.array([1.0, 4.0]) * HOUR
+    refs.error_ms = np.array([1.0, 1.0])
+    refs.validation_t0 = np.arange(10.0) * HOUR
+    refs.validation.update(end=10 * HOUR, span=10 * HOUR)
+    return refs
+
+
+def test_recent_error_ms_is_the_mean_of_the_forecasts_verified_in_the_window():
+    refs = _window_refs()
+    s = np.arange(9.0, 31.0) * HOUR  # 9 h is in the training period: never used
+    errors = np.tile([5.0, 9.0], (s.size, 1))
+    errors[0] = 100.0
+    errors[s == 25 * HOUR, 0] = np.nan  # not verified
+    lead = np.array([1.0, 4.0]) * HOUR
+    t0 = np.array([12.0, 20.0, 40.0, 60.0]) * HOUR
+    ms, used = refs.recent_error_ms(errors, s, t0, lead)
+    # 20 h, window 10-20 h: recent starts 11-19 h (lead 1 h; 11-16 h at 4 h) and the validation
+    # start verified at 10 h, at the calibrated MSE 1
+    # 12 h: one recent forecast at 1 h among nine validation ones; none yet at 4 h
+    # 40 h, window 30-40 h: the recent forecasts from 29 and 30 h alone at 1 h, 26-30 h at 4 h
+    # 60 h: nothing verified in the window: the calibrated MSE
+    want = np.array([[(9 + 5) / 10, 1.0], [(1 + 9 * 5) / 10, (1 + 6 * 9) / 7], [5.0, 9.0], [1.0, 1.0]])
+    np.testing.assert_allclose(ms, want)
+    np.testing.assert_array_equal(used, [[1, 0], [9, 6], [2, 5], [0, 0]])
+    # without the validation period's times (a model saved before them) nothing changes
+    refs.validation_t0 = np.zeros(0)
+    np.testing.assert_allclose(refs.recent_error_ms(errors, s, t0, lead)[0], 1.0)
+
+
+@pytest.fixture(scope="module")
+def recent_case():
+    """Fitted on 6 of 8 days; after them the observations carry extra noise (std 3 K)."""
+    ds = _hourly(n_days=8)
+    rng = np.random.default_rng(1)
+    later = (ds.time > np.datetime64("2001-03-06T23:00")).values[:, None, None]
+    noisy = ds.copy(deep=True)
+    noisy["t2m"] = ds.t2m + later * rng.normal(scale=3.0, size=ds.t2m.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours",
+                             train_until="2001-03-06T23:00", **TINY)
+    return noisy, model
+
+
+def test_recent_observations_calibrate_the_spread_on_verified_forecasts(recent_case):
+    noisy, model = recent_case
+    init = noisy.isel(time=[150, 190])  # 7 h and 47 h after the training period
+    lead = np.array([1, 12], "timedelta64[h]")
+    base = model.forecast(init, lead=lead, members=16, seed=3)
+    ens = model.forecast(init, lead=lead, members=16, seed=3, recent=noisy)
+    assert "xsciml_spread" in ens.attrs and "xsciml_spread" not in base.attrs
+    # at 150 h no forecast at 12 h has verified yet: the validation calibration, the same draws
+    xr.testing.assert_identical(ens.isel(time=0, lead=1).drop_attrs(), base.isel(time=0, lead=1).drop_attrs())
+    # at 190 h the window (the validation period's 36 h) holds recent forecasts only: the spread
+    # is their RMS error, computed here from the deterministic combined forecasts
+    states = noisy.isel(time=slice(153, 190))  # verified at 1 h within 154 .. 190 h
+    fc = model.forecast(states, lead=np.array([1], "timedelta64[h]")).isel(lead=0)
+    truth = noisy.t2m.isel(time=slice(154, 191)).assign_coords(time=states.time)
+    rms = float(np.sqrt(((fc - truth) ** 2).mean()))
+    spread = float(np.sqrt(ens.isel(time=1, lead=0).var("member", ddof=1).mean()))
+    base_spread = float(np.sqrt(base.isel(time=1, lead=0).var("member", ddof=1).mean()))
+    assert spread == pytest.approx(rms, rel=0.3)
+    assert spread > 2 * base_spread
+    # frames after an initial time never enter its calibration
+    spoilt = noisy.copy(deep=True)
+    spoilt["t2m"] = noisy.t2m.where(noisy.time <= noisy.time[190], 1e4)
+    xr.testing.assert_identical(model.forecast(init, lead=lead, members=16, seed=3, recent=spoilt), ens)
+
+
+def test_saved_model_calibrates_on_recent_observations_the_same(recent_case, tmp_path):
+    noisy, model = recent_case
+    back = xsciml.load(model.save(tmp_path / "m.xsciml"))
+    init = noisy.isel(time=[180])
+    lead = np.array([3], "timedelta64[h]")
+    xr.testing.assert_identical(back.forecast(init, lead=lead, members=4, recent=noisy),
+                                model.forecast(init, lead=lead, members=4, recent=noisy))
+
+
+@pytest.mark.parametrize("change, kw, err, match", [
+    ("none", {}, ValueError, "pass members=N"),
+    ("none", {"members": 4, "combine": False}, ValueError, "combine=False is the learned model alone"),
+    ("training", {"members": 4}, ValueError, "no frame after the training period"),
+    ("sample", {"members": 4}, ValueError, r"extra dimension\(s\) \['sample'\]"),
+    ("grid", {"members": 4}, ValueError, "not on the training grid"),
+    ("notime", {"members": 4}, ValueError, "need the time dimension 'time'"),
+])
+def test_recent_observations_that_cannot_calibrate_are_refused(recent_case, change, kw, err, match):
+    noisy, model = recent_case
+    recent = {"none": noisy, "training": noisy.isel(time=slice(0, 144)),
+              "sample": noisy.expand_dims(sample=2),
+              "grid": noisy.assign_coords(x=noisy.x + 0.5),
+              "notime": noisy.isel(time=170)}[change]
+    with pytest.raises(err, match=match):
+        model.forecast(noisy.isel(time=[180]), lead=np.array([3], "timedelta64[h]"), recent=recent, **kw)
+
+
+def test_recent_observations_that_stop_before_the_window_say_so(recent_case):
+    noisy, model = recent_case
+    # up to 152 h: forecasts verify before 150 h, none in the 36 h before 191 h
+    with pytest.warns(UserWarning, match="verify no forecast in the 1.5 days before 1 of 2 initial"):
+        model.forecast(noisy.isel(time=[150, 191]), lead=np.array([1], "timedelta64[h]"), members=4,
+                       recent=noisy.isel(time=slice(0, 153)))
+    with pytest.raises(ValueError, match="no frame after the training period .* verifies in the 1.5 days"):
+        model.forecast(noisy.isel(time=[191]), lead=np.array([1], "timedelta64[h]"), members=4,
+                       recent=noisy.isel(time=slice(0, 153)))

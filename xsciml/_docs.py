@@ -50,7 +50,17 @@ combine : bool, optional
     :mod:`xsciml.models.latent_ode.references`): ``None`` (default) whenever the
     model has references and the forecast can use them (initial states on the
     training grid, with their time; a warning says why not otherwise), ``True`` to
-    require it, ``False`` for the learned model alone.""",
+    require it, ``False`` for the learned model alone.
+recent : Dataset or DataArray, optional
+    Observations after the training period, up to the initial times (the model's
+    variables on the training grid along its time axis), for ensembles of the
+    combined forecast (``members``). The combined forecast is run from up to 64 of
+    their frames and verified on them; each initial time's ensemble is then
+    calibrated to the mean squared error of the forecasts verified in the period
+    before it (as long as the validation period, whose forecasts count too), instead
+    of the validation period's alone. Frames after an initial time never enter its
+    calibration, so the whole observed record can be passed. Default: the
+    validation period's calibration.""",
 }
 
 

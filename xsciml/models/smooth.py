@@ -787,7 +787,7 @@ class SmoothDynamics(LatentForecaster):
 
     @shared_docs
     def forecast(self, ds_init: xr.Dataset | xr.DataArray, *, lead: Any, target: Any = None,
-                 members: int | None = None, combine: bool | None = None,
+                 members: int | None = None, combine: bool | None = None, recent: Any = None,
                  encode_steps: int = 0, encode_lr: float = 1e-2, encode_reg: float = 1e-2,
                  solver: str | None = None,
                  rtol: float | None = None, atol: float | None = None, device: Any = "auto",
@@ -843,12 +843,12 @@ class SmoothDynamics(LatentForecaster):
                    "atol": self.ode["atol"] if atol is None else float(atol),
                    **self._encode_options(steps=encode_steps, lr=encode_lr, reg=encode_reg)}
 
-        def learned(model: Any) -> xr.DataArray | xr.Dataset:
-            return model._forecast(ds_init, lead=lead, target=target, options=options, device=device,
-                                   seed=seed, progress=progress, batch_size=batch_size, members=members)
+        def learned(model: Any, init: Any, n: int | None, bar: bool | None) -> xr.DataArray | xr.Dataset:
+            return model._forecast(init, lead=lead, target=target, options=options, device=device,
+                                   seed=seed, progress=bar, batch_size=batch_size, members=n)
 
-        return self._with_references(learned(self), ds_init, combine=combine, target=target, seed=seed,
-                                     again=learned)
+        return self._combined_forecast(learned, ds_init, members=members, progress=progress, combine=combine,
+                                       target=target, seed=seed, recent=recent)
 
     def _forecast_attrs(self, options: dict[str, Any], nfe: int | None) -> dict[str, str]:
         out = {"xsciml_encode_steps": str(options["steps"])}

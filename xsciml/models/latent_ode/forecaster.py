@@ -356,19 +356,40 @@ class LatentForecaster(Estimator):
                     "need the initial time)")
         return None
 
+    def _combined_forecast(self, learned: Callable[..., xr.DataArray | xr.Dataset], ds_init: Any, *,
+                           members: int | None, progress: bool | None, combine: bool | None, target: Any,
+                           seed: int | None, recent: Any) -> xr.DataArray | xr.Dataset:
+        """The forecast of ``forecast``: ``learned(model, init, members, progress)`` is the learned
+        forecast of a model (this one or the :attr:`validation_model`) from ``init``, combined
+        with the references as far as ``combine`` asks (:meth:`_with_references`)."""
+
+        def hindcast(states: xr.Dataset) -> xr.DataArray | xr.Dataset:  # deterministic, combined
+            return self._with_references(learned(self, states, None, False), states, combine=True, target=None,
+                                         seed=seed, again=lambda m: learned(m, states, None, False))
+
+        return self._with_references(learned(self, ds_init, members, progress), ds_init, combine=combine,
+                                     target=target, seed=seed, again=lambda m: learned(m, ds_init, members, progress),
+                                     recent=recent, hindcast=hindcast)
+
     def _with_references(self, out: xr.DataArray | xr.Dataset, ds_init: Any, *, combine: bool | None,
                          target: Any, seed: int | None,
-                         again: Callable[[LatentForecaster], xr.DataArray | xr.Dataset] | None = None
+                         again: Callable[[LatentForecaster], xr.DataArray | xr.Dataset] | None = None,
+                         recent: Any = None,
+                         hindcast: Callable[[xr.Dataset], xr.DataArray | xr.Dataset] | None = None
                          ) -> xr.DataArray | xr.Dataset:
         """The combined forecast from the learned one ``out`` (``combine`` None: when possible).
 
         ``again(model)``: the same forecast by another model; with a :attr:`validation_model`,
-        the learned member is the mean of its forecast and ``out``.
+        the learned member is the mean of its forecast and ``out``. ``recent``: observations
+        whose verified forecasts set the ensembles' spread (:meth:`_recent_errors`), with
+        ``hindcast(states)`` the deterministic combined forecast from states at the same leads.
         """
+        if combine not in (None, True, False):
+            raise TypeError(f"combine must be None, True or False, got {combine!r}")
+        if recent is not None:
+            self._check_recent(out, combine)
         if combine is False:
             return out
-        if combine not in (None, True):
-            raise TypeError(f"combine must be None, True or False, got {combine!r}")
         if combine is None and self.references is None:
             return out
         ds = self._init_dataset(ds_init, "initial state")  # units converted, as the learned forecast's
@@ -376,6 +397,8 @@ class LatentForecaster(Estimator):
         if reason is not None:
             if combine:
                 raise ValueError(f"combine=True: {reason}")
+            if recent is not None:
+                raise ValueError(f"recent= needs the combined forecast, and {reason}")
             warn_left_out(reason)
             return out
         refs = cast(References, self.references)
@@ -387,19 +410,17 @@ class LatentForecaster(Estimator):
         ens = "member" in first.dims
         offsets, _ = self.clock.parse_lead(first["lead"].values)
         lead_s = self.clock.offset_seconds(offsets)
-        assert refs.lead_grid is not None
-        longest = float(refs.lead_grid[-1])
-        if lead_s.max() > 1.5 * longest:
-            import warnings
-
-            warnings.warn(f"leads up to {lead_s.max() / 3600:.4g} h go beyond the longest validated "
-                          f"lead ({longest / 3600:.4g} h, the validation period's reach): the weights "
-                          "of that lead are used there", UserWarning, stacklevel=3)
+        _warn_long_leads(refs, lead_s)
         from ...coords import time_to_float
 
         t0 = ds[self.time]
         t0s = xr.DataArray(time_to_float(np.asarray(t0.values), "seconds").reshape(t0.shape), dims=t0.dims,
                            coords={k: c for k, c in t0.coords.items() if set(c.dims) <= set(t0.dims)})
+        recent_errors = None
+        if recent is not None:
+            assert hindcast is not None
+            recent_errors = self._recent_errors(recent, refs, lead_s, np.asarray(t0s.values).reshape(-1),
+                                                hindcast)
         core = (["member"] if ens else []) + ["lead", *refs.sdims]
         models = [out if isinstance(out, xr.DataArray) else out[v] for v in self.variables]
         states = [ds[v] for v in self.variables]
@@ -415,7 +436,9 @@ class LatentForecaster(Estimator):
             if E is not None:
                 model = np.moveaxis(model, 1, 0)  # [E, N, K, P, C]
             x0 = np.stack([np.asarray(a, dtype=np.float64).reshape(N, P) for a in x], -1)
-            res = refs.combine(model, x0, np.asarray(t, dtype=np.float64).reshape(N), lead_s, members=E, seed=seed)
+            t_flat = np.asarray(t, dtype=np.float64).reshape(N)
+            target_ms = None if recent_errors is None else refs.recent_error_ms(*recent_errors, t_flat, lead_s)[0]
+            res = refs.combine(model, x0, t_flat, lead_s, members=E, seed=seed, target_ms=target_ms)
             if E is not None:
                 res = np.moveaxis(res, 0, 1)
             parts = tuple(res[..., j].reshape(*bshape, *lead_part, *grid).astype(m[j].dtype) for j in range(n))
@@ -436,9 +459,101 @@ class LatentForecaster(Estimator):
                 {k: c for k, c in mo.coords.items() if k not in r.coords}).assign_attrs(
                 mo.attrs, xsciml_combined=f"weights by lead: {note}",
                 history=f"{mo.attrs.get('history', '')} combined with reference forecasts".strip())
+        if recent_errors is not None:
+            used = refs.recent_error_ms(*recent_errors, np.asarray(t0s.values).reshape(-1), lead_s)[1]
+            for v in res:
+                res[v].attrs["xsciml_spread"] = (
+                    "calibrated on the verified combined forecasts from the recent observations "
+                    f"({int(used.max(initial=0))} at most per initial time and lead) and the validation "
+                    f"period's, over the last {refs.validation['span'] / 86400:.4g} days before each initial time")
         if isinstance(out, xr.DataArray):
             return res[self.variables[0]].rename(out.name)
         return out.assign(res)
+
+    def _check_recent(self, out: xr.DataArray | xr.Dataset, combine: bool | None) -> None:
+        """Refuse ``recent=`` where it has nothing to calibrate."""
+        first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
+        if "member" not in first.dims:
+            raise ValueError("recent= calibrates the spread of ensembles of the combined forecast: "
+                             "pass members=N as well (the deterministic forecast does not use it)")
+        if combine is False or self.references is None:
+            raise ValueError("recent= needs the combined forecast: " + (
+                "combine=False is the learned model alone" if combine is False else
+                "the model has no reference forecasts (a numeric time axis, or fitted with combine=False)"))
+
+    def _recent_errors(self, recent: Any, refs: References, lead_s: np.ndarray, t0: np.ndarray,
+                       hindcast: Callable[[xr.Dataset], xr.DataArray | xr.Dataset]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The combination's verified errors from the states of ``recent`` after the training
+        period: ``(errors [S, K], times [S])`` for :meth:`References.recent_error_ms`.
+
+        The states are the frames after the training period that can verify before the last
+        initial time (at most :data:`~.references.MAX_RECENT_STATES`, evenly spaced); each is
+        forecast by ``hindcast`` at the leads ``lead_s`` and scored against the frame of
+        ``recent`` at its valid time (standardised MSE over the grid; NaN without one).
+        """
+        import warnings
+
+        from ...coords import time_to_float
+        from .references import MAX_RECENT_STATES, state_values
+
+        end, span = refs.validation.get("end"), refs.validation.get("span")
+        if end is None or not span or refs.validation_t0.size == 0:
+            raise ValueError("recent= needs the validation period's start times, which this model was saved "
+                             "without: refit it with this version of xsciml")
+        obs = self._init_dataset(recent, "recent observations")
+        why = refs.check_grid(obs, "recent observations")
+        if why:
+            raise ValueError(f"recent: {why}")
+        v0 = obs[self.variables[0]]
+        if self.time not in v0.dims:
+            raise ValueError(f"the recent observations need the time dimension {self.time!r}; "
+                             f"they have dims {v0.dims}")
+        extra = [d for d in v0.dims if d != self.time and d not in refs.sdims]
+        if extra:
+            raise ValueError(f"the recent observations must be one series along {self.time!r} on the "
+                             f"training grid; they have the extra dimension(s) {extra}: select one")
+        obs = obs.sortby(self.time)
+        times = time_to_float(np.asarray(obs[self.time].values), "seconds")
+        pos = lead_s[lead_s > 0]
+        tol = 1e-3 * refs.lag_step
+        last = float(t0.max()) - (float(pos.min()) if pos.size else 0.0)
+        first = float(t0.min()) - float(span) - (float(pos.max()) if pos.size else 0.0)
+        cand = np.flatnonzero((times > end + tol) & (times <= last + tol) & (times >= first - tol))
+        if cand.size == 0:
+            period = self.info.get("training_period")
+            raise ValueError("the recent observations have no frame after the training period"
+                             + (f" ({period})" if period else "") + f" from which a forecast verifies in the "
+                             f"{span / 86400:.4g} days before an initial time: there is nothing to calibrate "
+                             "the spread on; pass observations up to the initial times, or leave recent= out "
+                             "(the validation period's calibration)")
+        if cand.size > MAX_RECENT_STATES:
+            cand = cand[np.unique(np.linspace(0, cand.size - 1, MAX_RECENT_STATES).round().astype(int))]
+        states = obs.isel({self.time: cand})
+        fc = hindcast(states)
+        fcs = fc.to_dataset(name=self.variables[0]) if isinstance(fc, xr.DataArray) else fc
+        S, K = cand.size, lead_s.size
+        pred = np.stack([np.asarray(fcs[v].transpose(self.time, "lead", *refs.sdims).values,
+                                    dtype=np.float64).reshape(S, K, -1) for v in self.variables], -1)
+        values = state_values(obs, self.variables, [self.time], refs.sdims)  # [T, P, C]
+        s = times[cand]
+        valid = s[:, None] + lead_s[None]
+        idx = np.clip(np.searchsorted(times, valid - tol), 0, times.size - 1)
+        hit = np.abs(times[idx] - valid) <= tol
+        truth = np.where(hit[..., None, None], values[idx], np.nan)
+        d2 = ((pred - truth) / refs.scale) ** 2
+        have = np.isfinite(d2).reshape(S, K, -1)
+        errors = np.where(have.any(-1), np.nansum(d2.reshape(S, K, -1), -1) / np.maximum(have.sum(-1), 1),
+                          np.nan)
+        errors[:, lead_s <= 0] = np.nan
+        used = refs.recent_error_ms(errors, s, t0, lead_s)[1]
+        # windows wholly after the validation period without a verified recent forecast
+        none = (used == 0) & (lead_s > 0)[None] & (t0 - span > end + tol)[:, None]
+        if none.any():
+            warnings.warn(f"the recent observations verify no forecast in the {span / 86400:.4g} days before "
+                          f"{int(none.any(1).sum())} of {t0.size} initial time(s) at some leads: the spread there "
+                          "keeps the validation period's calibration", UserWarning, stacklevel=4)
+        return errors, s
 
     def summary(self) -> str:
         """What was fitted and, for calendar time axes, the reference forecasts, the
@@ -889,3 +1004,15 @@ def _forecast_kernel(model: LatentForecaster, *blocks: np.ndarray, device: Any, 
                                         device=device, seed=seed, batch_size=batch_size)
     outs = [f.reshape(*loop_shape, *f.shape[1:]) for f in fields]
     return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+def _warn_long_leads(refs: References, lead_s: np.ndarray) -> None:
+    """Warn where leads go well beyond the longest validated one."""
+    assert refs.lead_grid is not None
+    longest = float(refs.lead_grid[-1])
+    if lead_s.max() > 1.5 * longest:
+        import warnings
+
+        warnings.warn(f"leads up to {lead_s.max() / 3600:.4g} h go beyond the longest validated "
+                      f"lead ({longest / 3600:.4g} h, the validation period's reach): the weights "
+                      "of that lead are used there", UserWarning, stacklevel=4)

@@ -67,6 +67,9 @@ MAX_STARTS = 32
 MAX_LEAD_BINS = 10
 #: Bound on the stored validation error fields (floats) that calibrate ensembles.
 MAX_ERROR_VALUES = 2**23
+#: at most this many recent states are forecast to verify the combination
+#: (:meth:`References.recent_error_ms`), evenly spaced in time
+MAX_RECENT_STATES = 64
 
 
 def year_length_days(calendar: str) -> float:
@@ -263,6 +266,10 @@ class References:
         #: persistence's mean squared error (standardised) over the training period at lags
         #: ``lag_step * (1 .. len(rho))`` (empty when unknown)
         self.persistence_ms = np.zeros(0)
+        #: initial times (seconds) of the validation forecasts; with ``validation["end"]``
+        #: (the last validated time) and ``validation["span"]`` (from the first start to
+        #: it), the window of :meth:`recent_error_ms`
+        self.validation_t0 = np.zeros(0)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -377,6 +384,54 @@ class References:
         x = np.log(np.where(lead > 0, lead, self.lead_grid[0]))
         return np.interp(x, np.log(self.lead_grid), self.error_ms) * (lead > 0)
 
+    def recent_error_ms(self, errors: np.ndarray, s: np.ndarray, t0: np.ndarray, lead: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The mean squared error ensembles from initial times ``t0 [N]`` are calibrated to,
+        updated with the combination's verified forecasts from recent states.
+
+        ``errors [S, K]``: the mean squared error (standardised, over the grid) of the
+        deterministic combined forecast from states at times ``s [S]`` at the leads
+        ``[K]`` (seconds), NaN where not verified. The MSE at ``(n, k)`` is the mean over
+        the forecasts verified in the window ``[t0[n] - span, t0[n]]`` (``span``: the
+        validation period's length; so a sliding window of the recent verified forecasts,
+        as in Gneiting et al. 2005, "Calibrated probabilistic forecasting using ensemble
+        model output statistics and minimum CRPS estimation", Mon. Wea. Rev. 133,
+        1098–1118): every validation forecast verified there counts with the calibrated
+        MSE (:meth:`lead_error_ms`), every recent one with its own error. Only states after
+        the training period count (the model was fitted on the others) and no forecast
+        verified after ``t0[n]``. Returns the MSE ``[N, K]`` (the calibrated one where the
+        window holds no verified forecast) and the number of recent forecasts used
+        ``[N, K]``.
+        """
+        errors = np.asarray(errors, dtype=np.float64)
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        t0 = np.asarray(t0, dtype=np.float64).reshape(-1)
+        lead = np.asarray(lead, dtype=np.float64).reshape(-1)
+        base = self.lead_error_ms(lead)
+        out = np.broadcast_to(base, (t0.size, lead.size)).copy()
+        used = np.zeros((t0.size, lead.size), dtype=np.int64)
+        end, span = self.validation.get("end"), self.validation.get("span")
+        if end is None or not span or self.validation_t0.size == 0:
+            return out, used
+        tol = 1e-3 * self.lag_step
+        vt = self.validation_t0
+        for k, ell in enumerate(lead):
+            if ell <= 0:
+                continue
+            ok = np.isfinite(errors[:, k]) & (s > end + tol)
+            ver = s[ok] + ell
+            e = errors[ok, k]
+            v_ver = vt[vt + ell <= end + tol] + ell
+            for n, tn in enumerate(t0):
+                lo = tn - span - tol
+                hit = (ver >= lo) & (ver <= tn + tol)
+                nv = int(np.count_nonzero((v_ver >= lo) & (v_ver <= tn + tol)))
+                cnt = int(np.count_nonzero(hit))
+                if nv + cnt:
+                    out[n, k] = (nv * base[k] + float(e[hit].sum())) / (nv + cnt)
+                used[n, k] = cnt
+        return out, used
+
     # ------------------------------------------------------------------ fitting the weights
     @staticmethod
     def lead_bins(max_lead: float, step: float) -> np.ndarray:
@@ -435,8 +490,12 @@ class References:
             counts.append(int(r.shape[1]))
         self.lead_grid = grid
         self.weights = np.stack(weights, 1)
+        t0_all = np.concatenate([np.asarray(f[1], dtype=np.float64).reshape(-1)[:1] for f in forecasts])
+        end = max(float(np.asarray(f[1]).reshape(-1)[0]) + float(np.max(f[2])) for f in forecasts)
+        self.validation_t0 = np.sort(t0_all)
         self.validation = {"rmse": rmse, "n_values": counts,
-                           "n_starts": len(forecasts), "error_level": level}
+                           "n_starts": len(forecasts), "error_level": level,
+                           "end": end, "span": float(end - self.validation_t0[0])}
         self._store_errors(per_start, keep)
         assert self.error_ms is not None
         self.error_ms = self.error_ms * np.asarray(level)
@@ -484,12 +543,15 @@ class References:
 
     # ------------------------------------------------------------------ combining
     def combine(self, model: np.ndarray, x0: np.ndarray, t0: np.ndarray, lead: np.ndarray, *,
-                members: int | None = None, seed: int | None = 0) -> np.ndarray:
+                members: int | None = None, seed: int | None = 0,
+                target_ms: np.ndarray | None = None) -> np.ndarray:
         """The combined forecast ``[N, K, P, C]`` (or ``[E, N, K, P, C]`` with ``members``).
 
         ``model``: the learned forecast at the same states and leads (with a leading member
         dim when ``members`` is set); NaN members of the combination (persistence where the
         initial state is missing) drop out and the others' weights are renormalised.
+        ``target_ms [N, K]``: the MSE each state's ensemble is calibrated to (default the
+        validation one, :meth:`lead_error_ms`; see :meth:`recent_error_ms`).
         """
         w = self.lead_weights(lead)  # [M, K]
         refs = self.members(x0, t0, lead)
@@ -509,11 +571,13 @@ class References:
         if members is None:
             return weighted(model)
         out = np.stack([weighted(m) for m in model])  # [E, N, K, P, C]
-        return out + self._model_error(out, lead, seed)
+        return out + self._model_error(out, lead, seed, target_ms)
 
-    def _model_error(self, ens: np.ndarray, lead: np.ndarray, seed: int | None) -> np.ndarray:
+    def _model_error(self, ens: np.ndarray, lead: np.ndarray, seed: int | None,
+                     target_ms: np.ndarray | None = None) -> np.ndarray:
         """Draws of the combination's validation errors at ``lead`` for every member and state,
-        scaled so that the ensemble's own spread plus them match the validation MSE."""
+        scaled so that the ensemble's own spread plus them match the validation MSE (or
+        ``target_ms [N, K]``)."""
         if self.errors is None or self.lead_grid is None or self.errors.shape[1] < 2:
             return np.zeros_like(ens)
         E, N = ens.shape[:2]
@@ -540,12 +604,13 @@ class References:
         noise = np.einsum("ens,kspc->enkpc", g, fields) / np.sqrt(n_eff)[None, None, :, None, None]
         # the ensemble's own spread (standardised) already accounts for part of the error
         own = np.nanmean(ens.var(0, ddof=1) / self.scale ** 2, axis=(0, 2, 3)) if E > 1 else np.zeros(lead.size)
-        target = self.lead_error_ms(lead)
+        target = np.broadcast_to(self.lead_error_ms(lead) if target_ms is None else target_ms,
+                                 (N, lead.size))
         # the draws' mean variance: the fields' sum of squares over the starts (zeros where a
         # start has no frame at that lead), over the starts that have one
         drawn = (fields ** 2).sum(1).mean((1, 2)) / n_eff
-        factor = np.sqrt(np.clip(target - own, 0.0, None) / np.where(drawn > 0, drawn, 1.0))
-        noise = noise * factor[None, None, :, None, None]
+        factor = np.sqrt(np.clip(target - own[None], 0.0, None) / np.where(drawn > 0, drawn, 1.0)[None])
+        noise = noise * factor[None, :, :, None, None]
         noise[:, :, lead <= 0] = 0.0
         return noise * self.scale
 
@@ -563,6 +628,8 @@ class References:
         out = {"coef": self.coef, "scale": self.scale, "rho": self.rho,
                "persistence_ms": self.persistence_ms}
         out.update({f"coord.{k}": np.asarray(v[1], dtype=np.float64) for k, v in self.coords.items()})
+        if self.validation_t0.size:
+            out["validation_t0"] = self.validation_t0
         for name in ("lead_grid", "weights", "errors", "error_ms"):
             value = getattr(self, name)
             if value is not None:
@@ -577,7 +644,7 @@ class References:
                    diurnal=config["diurnal"], annual=config["annual"], coef=arrays["coef"],
                    scale=arrays["scale"], lag_step=config["lag_step"], rho=arrays["rho"],
                    notes=config.get("notes", ()))
-        for name in ("lead_grid", "weights", "errors", "error_ms", "persistence_ms"):
+        for name in ("lead_grid", "weights", "errors", "error_ms", "persistence_ms", "validation_t0"):
             if name in arrays:
                 setattr(refs, name, np.asarray(arrays[name], dtype=np.float64 if name != "errors"
                                                else np.float32))
