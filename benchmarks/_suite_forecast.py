@@ -39,7 +39,11 @@ units, over all grid points where the truth is finite, of:
 and, for the ensemble ``model.forecast(init, lead=leads, members=16)``, the CRPS
 (:func:`xsciml.metrics.crps_ensemble`) against the MAE of the default forecast (``MAE``), and the
 spread-skill ratio ``sqrt(mean ensemble variance) * sqrt((N + 1) / N) / RMSE(ensemble
-mean)`` (unbiased variance over the ``N`` members; 1 for a reliable ensemble). A
+mean)`` (unbiased variance over the ``N`` members; 1 for a reliable ensemble); the same
+two for the ensemble calibrated on the recent observations,
+``model.forecast(init, lead=leads, members=16, recent=record)`` (``(recent)`` columns:
+the whole record is passed, and each initial time's spread uses only the forecasts
+verified before it). A
 forecast option the installed model does not have is reported as ``n/a`` (without
 ``combine``, the default forecast is the learned model alone and is scored as
 ``learned``).
@@ -215,12 +219,13 @@ def references(case: Case) -> dict[str, xr.DataArray]:
 
 
 # --------------------------------------------------------------------------- forecasts
-def forecasts(model: Any, init: xr.Dataset, leads: np.ndarray, members: int = MEMBERS
-              ) -> tuple[dict[str, xr.DataArray | None], dict[str, str]]:
-    """The default forecast, the learned model alone and an ensemble, as far as the model offers them.
+def forecasts(model: Any, init: xr.Dataset, leads: np.ndarray, members: int = MEMBERS,
+              record: xr.Dataset | None = None) -> tuple[dict[str, xr.DataArray | None], dict[str, str]]:
+    """The default forecast, the learned model alone and ensembles, as far as the model offers them.
 
-    Returns the forecasts (``None`` where the model's ``forecast`` lacks the option) and,
-    for each missing one, why.
+    ``record``: the observed record, given as ``recent=`` to a second ensemble where the
+    model's ``forecast`` takes it. Returns the forecasts (``None`` where the model's
+    ``forecast`` lacks the option) and, for each missing one, why.
     """
     params = inspect.signature(model.forecast).parameters
     out: dict[str, xr.DataArray | None] = {}
@@ -242,6 +247,12 @@ def forecasts(model: Any, init: xr.Dataset, leads: np.ndarray, members: int = ME
     else:
         out["ensemble"] = None
         why["ensemble"] = "forecast() has no members= option"
+    out["ensemble_recent"] = None
+    if record is not None and out["ensemble"] is not None and "recent" in params:
+        out["ensemble_recent"] = one(members=members, recent=record)
+    elif record is not None:
+        why["ensemble_recent"] = "forecast() has no recent= option" if out["ensemble"] is not None else (
+            "forecast() has no members= option")
     return out, why
 
 
@@ -289,7 +300,7 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
                              seed=seed, **options)
         fit_wall, fit_cpu = time.perf_counter() - w0, time.process_time() - c0
         w0 = time.perf_counter()
-        fc, missing = forecasts(model, ds.sel(time=case.starts), case.leads)
+        fc, missing = forecasts(model, ds.sel(time=case.starts), case.leads, record=ds)
         fc_wall = time.perf_counter() - w0
     refs = references(case)
     dims = ("time", "lead", *case.space)
@@ -309,6 +320,9 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
     if fc["ensemble"] is not None:
         e = fc["ensemble"]
         ens = ensemble_scores(_arr(e, ("member", *dims), case.starts), truth, mask)
+    ens_r = None
+    if fc.get("ensemble_recent") is not None:
+        ens_r = ensemble_scores(_arr(fc["ensemble_recent"], ("member", *dims), case.starts), truth, mask)
     rows = []
     for j, lead in enumerate(case.lead_labels):
         row: dict[str, Any] = {"case": case.name, "lead": lead, "n": int(n_starts[j]),
@@ -324,6 +338,9 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
         row["spread/skill"] = NA if ens is None else float(ens["spread_skill"][j])
         lo, hi = SPREAD_SKILL_BAND
         row["in 0.7-1.3"] = NA if ens is None else bool(lo <= ens["spread_skill"][j] <= hi)
+        row["CRPS (recent)"] = NA if ens_r is None else float(ens_r["crps"][j])
+        row["spread/skill (recent)"] = NA if ens_r is None else float(ens_r["spread_skill"][j])
+        row["in band (recent)"] = NA if ens_r is None else bool(lo <= ens_r["spread_skill"][j] <= hi)
         rows.append(row)
     detail = {"description": case.description, "sizes": {str(k): int(v) for k, v in case.data.sizes.items()},
               "n_train_frames": n_train, "n_starts": len(case.starts), "train_until": str(case.train_until),
@@ -388,11 +405,13 @@ def _summary_row(name: str, rows: list[dict[str, Any]], detail: dict[str, Any]) 
     ratios = [r["ratio"] for r in rows]
     crps_ok = [r["CRPS<MAE"] for r in rows if isinstance(r["CRPS<MAE"], bool)]
     ss_ok = [r["in 0.7-1.3"] for r in rows if isinstance(r["in 0.7-1.3"], bool)]
+    ss_r = [r["in band (recent)"] for r in rows if isinstance(r.get("in band (recent)"), bool)]
     return {"case": name, "fit s": detail["fit_wall_s"], "fit CPU s": detail["fit_cpu_s"],
             "ratio of": detail["ratio_of"], "leads": len(rows),
             "ratio<=1.00": sum(x <= 1.0 for x in ratios) / len(ratios), "max ratio": max(ratios),
             "CRPS<MAE": sum(crps_ok) / len(crps_ok) if crps_ok else NA,
-            "spread/skill ok": sum(ss_ok) / len(ss_ok) if ss_ok else NA}
+            "spread/skill ok": sum(ss_ok) / len(ss_ok) if ss_ok else NA,
+            "ok (recent)": sum(ss_r) / len(ss_r) if ss_r else NA}
 
 
 def run(quick: bool, threads: int, seed: int, cases: list[str] | None) -> dict[str, Any]:
@@ -459,7 +478,7 @@ def run(quick: bool, threads: int, seed: int, cases: list[str] | None) -> dict[s
             summary.append({"case": name, "fit s": d["fit_wall_s"], "fit CPU s": d["fit_cpu_s"],
                             "ratio of": "rel Out-t vs best of zero / persistence", "leads": None,
                             "ratio<=1.00": NA, "max ratio": out["rows"][0]["ratio Out-t"],
-                            "CRPS<MAE": NA, "spread/skill ok": NA})
+                            "CRPS<MAE": NA, "spread/skill ok": NA, "ok (recent)": NA})
         details[name] = d
     overall: dict[str, Any] = {"quick": bool(quick), "threads": threads, "seed": seed}
     if rows:
