@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 import xsciml
+from xsciml._utils import simplex_weights
 from xsciml.models.dynamics import fit_dynamics
 from xsciml.models.latent_ode.references import (
     MEMBERS,
@@ -435,13 +436,16 @@ def test_recent_observations_calibrate_the_spread_on_verified_forecasts(recent_c
     lead = np.array([1, 12], "timedelta64[h]")
     base = model.forecast(init, lead=lead, members=16, seed=3)
     ens = model.forecast(init, lead=lead, members=16, seed=3, recent=noisy)
-    assert "xsciml_spread" in ens.attrs and "xsciml_spread" not in base.attrs
-    # at 150 h no forecast at 12 h has verified yet: the validation calibration, the same draws
-    xr.testing.assert_identical(ens.isel(time=0, lead=1).drop_attrs(), base.isel(time=0, lead=1).drop_attrs())
+    assert "updated for each initial time" in ens.attrs["xsciml_combined"]
+    assert "updated" not in base.attrs["xsciml_combined"]
+    # at 150 h no forecast at 12 h has verified yet: the validation weights and calibration, the
+    # same draws (up to the initial-condition spread, averaged over the initial times, it allows for)
+    xr.testing.assert_allclose(ens.isel(time=0, lead=1).drop_attrs(), base.isel(time=0, lead=1).drop_attrs(),
+                               rtol=1e-5)
     # at 190 h the window (the validation period's 36 h) holds recent forecasts only: the spread
-    # is their RMS error, computed here from the deterministic combined forecasts
+    # is their RMS error (here with the validation weights, close to the updated ones)
     states = noisy.isel(time=slice(153, 190))  # verified at 1 h within 154 .. 190 h
-    fc = model.forecast(states, lead=np.array([1], "timedelta64[h]")).isel(lead=0)
+    fc = model.forecast(states, lead=np.array([1], "timedelta64[h]")).isel(lead=0)  # no recent=
     truth = noisy.t2m.isel(time=slice(154, 191)).assign_coords(time=states.time)
     rms = float(np.sqrt(((fc - truth) ** 2).mean()))
     spread = float(np.sqrt(ens.isel(time=1, lead=0).var("member", ddof=1).mean()))
@@ -452,6 +456,54 @@ def test_recent_observations_calibrate_the_spread_on_verified_forecasts(recent_c
     spoilt = noisy.copy(deep=True)
     spoilt["t2m"] = noisy.t2m.where(noisy.time <= noisy.time[190], 1e4)
     xr.testing.assert_identical(model.forecast(init, lead=lead, members=16, seed=3, recent=spoilt), ens)
+    # the deterministic forecast takes the updated weights too: the ensemble's centre
+    det = model.forecast(init, lead=lead, recent=noisy)
+    assert "updated for each initial time" in det.attrs["xsciml_combined"]
+    xr.testing.assert_identical(model.forecast(init, lead=lead, recent=spoilt), det)
+    assert float(np.abs(ens.mean("member") - det).mean()) < 0.5 * spread
+    xr.testing.assert_identical(det.isel(time=0, lead=1).drop_attrs(),
+                                model.forecast(init, lead=lead).isel(time=0, lead=1).drop_attrs())
+
+
+def test_recent_update_refits_the_weights_with_the_verified_forecasts():
+    refs = _window_refs()
+    G_val = np.diag([1.0, 2.0, 4.0, 8.0])  # the validation errors: the learned member best
+    refs.validation_gram = np.stack([G_val, G_val])
+    refs.weights = np.tile(simplex_weights(G_val)[:, None], (1, 2))
+    lead = np.array([1.0, 4.0]) * HOUR
+    s = np.arange(11.0, 21.0) * HOUR
+    recent = np.diag([40.0, 2.0, 1.0, 8.0])  # recently the learned member is worst, climatology best
+    grams = np.broadcast_to(recent, (s.size, 2, 4, 4)).copy()
+    counts = np.full((s.size, 2), 10.0)
+    t0 = np.array([11.5, 25.0, 80.0]) * HOUR
+    w, ms, used = refs.recent_update(grams, counts, s, t0, lead)
+    # nothing verified yet (11.5 h) or in the window (80 h): the stored weights and MSE
+    np.testing.assert_allclose(w[0], refs.lead_weights(lead), atol=1e-12)
+    np.testing.assert_allclose(w[2], refs.lead_weights(lead), atol=1e-12)
+    np.testing.assert_allclose(ms[[0, 2]], 1.0)
+    # at 25 h: validation plus the recent forecasts verified in 15 .. 25 h (from 14 .. 20 h at
+    # 1 h, all ten at 4 h)
+    for k, n_recent in enumerate([7, 10]):
+        G = G_val + n_recent * recent
+        np.testing.assert_allclose(w[1, :, k], simplex_weights(G), atol=1e-6)
+        assert w[1, 2, k] > w[1, 0, k]  # climatology now above the learned member
+        e = float(w[1, :, k] @ recent @ w[1, :, k]) / 10.0  # each recent forecast's MSE
+        # validation starts verified in 15 .. 25 h: none (they verify up to 10 h)
+        assert ms[1, k] == pytest.approx(e)
+    assert used[1].tolist() == [7, 10]
+    # a member left out of the combination stays out
+    refs.excluded = ["climatology"]
+    w2 = refs.recent_update(grams, counts, s, t0, lead)[0]
+    assert np.all(w2[1, 2] == 0.0) and np.allclose(w2[1].sum(0), 1.0)
+
+
+def test_validation_cross_products_give_the_stored_weights(combined):
+    refs = combined[1].references
+    allowed = np.array([n not in refs.excluded for n in MEMBERS])
+    for j in range(refs.lead_grid.size):
+        w = np.zeros(len(MEMBERS))
+        w[allowed] = simplex_weights(refs.validation_gram[j][np.ix_(allowed, allowed)])
+        np.testing.assert_allclose(w, refs.weights[:, j], atol=1e-4)
 
 
 def test_saved_model_calibrates_on_recent_observations_the_same(recent_case, tmp_path):
@@ -464,7 +516,6 @@ def test_saved_model_calibrates_on_recent_observations_the_same(recent_case, tmp
 
 
 @pytest.mark.parametrize("change, kw, err, match", [
-    ("none", {}, ValueError, "pass members=N"),
     ("none", {"members": 4, "combine": False}, ValueError, "combine=False is the learned model alone"),
     ("training", {"members": 4}, ValueError, "no frame after the training period"),
     ("sample", {"members": 4}, ValueError, r"extra dimension\(s\) \['sample'\]"),

@@ -53,14 +53,15 @@ combine : bool, optional
     require it, ``False`` for the learned model alone.
 recent : Dataset or DataArray, optional
     Observations after the training period, up to the initial times (the model's
-    variables on the training grid along its time axis), for ensembles of the
-    combined forecast (``members``). The combined forecast is run from up to 64 of
-    their frames and verified on them; each initial time's ensemble is then
-    calibrated to the mean squared error of the forecasts verified in the period
-    before it (as long as the validation period, whose forecasts count too), instead
-    of the validation period's alone. Frames after an initial time never enter its
-    calibration, so the whole observed record can be passed. Default: the
-    validation period's calibration.""",
+    variables on the training grid along its time axis; the whole observed record
+    can be passed), to update the combination with. The learned model and the
+    references are run from up to 64 of their frames and verified on them; for
+    each initial time and lead, the weights are refitted on the validation
+    forecasts together with the recent ones verified in the period before it (as
+    long as the validation period), and an ensemble (``members``) is calibrated to
+    the mean squared error of the forecasts verified there. A frame after an
+    initial time never enters its forecast. Default: the validation period's
+    weights and calibration.""",
 }
 
 

@@ -12,7 +12,8 @@ from typing import Any, Literal, overload
 import numpy as np
 
 __all__ = ["resolve_device", "seed_everything", "progress_bar", "progress_enabled", "to_numpy",
-           "check_positive_int", "check_positive_number", "check_numeric", "NonNumericError"]
+           "check_positive_int", "check_positive_number", "check_numeric", "NonNumericError",
+           "simplex_weights"]
 
 
 class NonNumericError(TypeError, ValueError):
@@ -320,3 +321,27 @@ def to_numpy(x) -> np.ndarray:
     except ImportError:  # pragma: no cover
         pass
     return np.asarray(x)
+
+
+def simplex_weights(G: np.ndarray) -> np.ndarray:
+    """argmin ``w' G w`` over the simplex (``w >= 0``, ``sum(w) == 1``) for a positive
+    semi-definite error cross-product ``G`` (``G_ij = Σ (f_i - y)(f_j - y)``): the convex
+    least-squares blend of forecasts ``f_i`` of ``y`` (SLSQP of scipy).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> simplex_weights(np.array([[1.0, 0.0], [0.0, 3.0]])).round(2)  # inverse-variance
+    array([0.75, 0.25])
+    """
+    from scipy.optimize import minimize
+
+    K = len(G)
+    A = G / (float(np.trace(G)) / K or 1.0)
+    res = minimize(lambda w: w @ A @ w, np.full(K, 1.0 / K), jac=lambda w: 2 * A @ w,
+                   method="SLSQP", bounds=[(0.0, 1.0)] * K,
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                 "jac": lambda w: np.ones_like(w)}],
+                   options={"ftol": 1e-12, "maxiter": 200})
+    w = np.clip(res.x, 0.0, None)
+    return w / w.sum()

@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ._utils import simplex_weights
+
 __all__ = [
     "anomaly_lag_correlation",
     "anomaly_persistence",
@@ -402,21 +404,6 @@ def _members(members: Mapping[str, xr.DataArray] | Sequence[xr.DataArray]) -> di
     return out
 
 
-def _convex_weights(G: np.ndarray) -> np.ndarray:
-    """argmin w'Gw over the simplex (w >= 0, sum 1), for a PSD error cross-product G."""
-    from scipy.optimize import minimize
-
-    K = len(G)
-    A = G / (float(np.trace(G)) / K or 1.0)
-    res = minimize(lambda w: w @ A @ w, np.full(K, 1.0 / K), jac=lambda w: 2 * A @ w,
-                   method="SLSQP", bounds=[(0.0, 1.0)] * K,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
-                                 "jac": lambda w: np.ones_like(w)}],
-                   options={"ftol": 1e-12, "maxiter": 200})
-    w = np.clip(res.x, 0.0, None)
-    return w / w.sum()
-
-
 def fit_blend(members: Mapping[str, xr.DataArray] | Sequence[xr.DataArray], truth: xr.DataArray, *,
               dim: Hashable = "lead") -> xr.DataArray:
     """Convex weights of several forecasts per ``dim`` (lead), least squares on a validation set.
@@ -470,7 +457,7 @@ def fit_blend(members: Mapping[str, xr.DataArray] | Sequence[xr.DataArray], trut
                              f"{dim}={arrays[-1][dim].values[j]!r}; cannot fit the blend")
         E = F[:, j, ok] - Y[j, ok]  # errors of each member
         G = E @ E.T / ok.sum()      # mean cross-products of errors
-        weights[:, j] = _convex_weights(G)
+        weights[:, j] = simplex_weights(G)
     return xr.DataArray(weights, dims=("member", dim),
                         coords={"member": names, dim: arrays[-1][dim].values}, name="weight")
 

@@ -363,9 +363,12 @@ class LatentForecaster(Estimator):
         forecast of a model (this one or the :attr:`validation_model`) from ``init``, combined
         with the references as far as ``combine`` asks (:meth:`_with_references`)."""
 
-        def hindcast(states: xr.Dataset) -> xr.DataArray | xr.Dataset:  # deterministic, combined
-            return self._with_references(learned(self, states, None, False), states, combine=True, target=None,
-                                         seed=seed, again=lambda m: learned(m, states, None, False))
+        def hindcast(states: xr.Dataset) -> xr.DataArray | xr.Dataset:  # the learned member, deterministic
+            out = learned(self, states, None, False)
+            if self.validation_model is None:
+                return out
+            with xr.set_options(keep_attrs=True):
+                return (out + learned(self.validation_model, states, None, False)) / 2
 
         return self._with_references(learned(self, ds_init, members, progress), ds_init, combine=combine,
                                      target=target, seed=seed, again=lambda m: learned(m, ds_init, members, progress),
@@ -381,8 +384,9 @@ class LatentForecaster(Estimator):
 
         ``again(model)``: the same forecast by another model; with a :attr:`validation_model`,
         the learned member is the mean of its forecast and ``out``. ``recent``: observations
-        whose verified forecasts set the ensembles' spread (:meth:`_recent_errors`), with
-        ``hindcast(states)`` the deterministic combined forecast from states at the same leads.
+        whose verified forecasts update the weights and the ensembles' spread
+        (:meth:`_recent_stats`), with ``hindcast(states)`` the learned member's deterministic
+        forecast from states at the same leads.
         """
         if combine not in (None, True, False):
             raise TypeError(f"combine must be None, True or False, got {combine!r}")
@@ -416,11 +420,10 @@ class LatentForecaster(Estimator):
         t0 = ds[self.time]
         t0s = xr.DataArray(time_to_float(np.asarray(t0.values), "seconds").reshape(t0.shape), dims=t0.dims,
                            coords={k: c for k, c in t0.coords.items() if set(c.dims) <= set(t0.dims)})
-        recent_errors = None
+        stats = None
         if recent is not None:
             assert hindcast is not None
-            recent_errors = self._recent_errors(recent, refs, lead_s, np.asarray(t0s.values).reshape(-1),
-                                                hindcast)
+            stats = self._recent_stats(recent, refs, lead_s, np.asarray(t0s.values).reshape(-1), hindcast)
         core = (["member"] if ens else []) + ["lead", *refs.sdims]
         models = [out if isinstance(out, xr.DataArray) else out[v] for v in self.variables]
         states = [ds[v] for v in self.variables]
@@ -437,8 +440,11 @@ class LatentForecaster(Estimator):
                 model = np.moveaxis(model, 1, 0)  # [E, N, K, P, C]
             x0 = np.stack([np.asarray(a, dtype=np.float64).reshape(N, P) for a in x], -1)
             t_flat = np.asarray(t, dtype=np.float64).reshape(N)
-            target_ms = None if recent_errors is None else refs.recent_error_ms(*recent_errors, t_flat, lead_s)[0]
-            res = refs.combine(model, x0, t_flat, lead_s, members=E, seed=seed, target_ms=target_ms)
+            weights = target_ms = None
+            if stats is not None:
+                weights, target_ms, _ = refs.recent_update(*stats, t_flat, lead_s)
+            res = refs.combine(model, x0, t_flat, lead_s, members=E, seed=seed, target_ms=target_ms,
+                               weights=weights)
             if E is not None:
                 res = np.moveaxis(res, 0, 1)
             parts = tuple(res[..., j].reshape(*bshape, *lead_part, *grid).astype(m[j].dtype) for j in range(n))
@@ -451,46 +457,35 @@ class LatentForecaster(Estimator):
             output_dtypes=[mo.dtype for mo in models], dask_gufunc_kwargs={"allow_rechunk": True})
         if n == 1:
             results = (results,)
-        w = refs.lead_weights(lead_s)
-        note = "; ".join(f"{nm} " + "/".join(f"{x:.2f}" for x in w[k]) for k, nm in enumerate(MEMBERS))
+        note = _combined_note(refs, lead_s, stats, ens)
         res = {}
         for v, mo, r in zip(self.variables, models, results, strict=True):
             res[v] = r.transpose(*mo.dims).assign_coords(
                 {k: c for k, c in mo.coords.items() if k not in r.coords}).assign_attrs(
-                mo.attrs, xsciml_combined=f"weights by lead: {note}",
+                mo.attrs, xsciml_combined=note,
                 history=f"{mo.attrs.get('history', '')} combined with reference forecasts".strip())
-        if recent_errors is not None:
-            used = refs.recent_error_ms(*recent_errors, np.asarray(t0s.values).reshape(-1), lead_s)[1]
-            for v in res:
-                res[v].attrs["xsciml_spread"] = (
-                    "calibrated on the verified combined forecasts from the recent observations "
-                    f"({int(used.max(initial=0))} at most per initial time and lead) and the validation "
-                    f"period's, over the last {refs.validation['span'] / 86400:.4g} days before each initial time")
         if isinstance(out, xr.DataArray):
             return res[self.variables[0]].rename(out.name)
         return out.assign(res)
 
     def _check_recent(self, out: xr.DataArray | xr.Dataset, combine: bool | None) -> None:
-        """Refuse ``recent=`` where it has nothing to calibrate."""
-        first = out if isinstance(out, xr.DataArray) else out[self.variables[0]]
-        if "member" not in first.dims:
-            raise ValueError("recent= calibrates the spread of ensembles of the combined forecast: "
-                             "pass members=N as well (the deterministic forecast does not use it)")
+        """Refuse ``recent=`` where there is no combination to update."""
         if combine is False or self.references is None:
             raise ValueError("recent= needs the combined forecast: " + (
                 "combine=False is the learned model alone" if combine is False else
                 "the model has no reference forecasts (a numeric time axis, or fitted with combine=False)"))
 
-    def _recent_errors(self, recent: Any, refs: References, lead_s: np.ndarray, t0: np.ndarray,
-                       hindcast: Callable[[xr.Dataset], xr.DataArray | xr.Dataset]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """The combination's verified errors from the states of ``recent`` after the training
-        period: ``(errors [S, K], times [S])`` for :meth:`References.recent_error_ms`.
+    def _recent_stats(self, recent: Any, refs: References, lead_s: np.ndarray, t0: np.ndarray,
+                      hindcast: Callable[[xr.Dataset], xr.DataArray | xr.Dataset]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The members' verified errors from the states of ``recent`` after the training period:
+        ``(grams [S, K, M, M], counts [S, K], times [S])`` for :meth:`References.recent_update`.
 
         The states are the frames after the training period that can verify before the last
-        initial time (at most :data:`~.references.MAX_RECENT_STATES`, evenly spaced); each is
-        forecast by ``hindcast`` at the leads ``lead_s`` and scored against the frame of
-        ``recent`` at its valid time (standardised MSE over the grid; NaN without one).
+        initial time (at most :data:`~.references.MAX_RECENT_STATES`, evenly spaced); the
+        learned member (``hindcast``) and the references are forecast from each at the leads
+        ``lead_s`` and compared with the frame of ``recent`` at its valid time (standardised,
+        over the points where all are finite; a count of 0 without one).
         """
         import warnings
 
@@ -524,36 +519,39 @@ class LatentForecaster(Estimator):
             period = self.info.get("training_period")
             raise ValueError("the recent observations have no frame after the training period"
                              + (f" ({period})" if period else "") + f" from which a forecast verifies in the "
-                             f"{span / 86400:.4g} days before an initial time: there is nothing to calibrate "
-                             "the spread on; pass observations up to the initial times, or leave recent= out "
-                             "(the validation period's calibration)")
+                             f"{span / 86400:.4g} days before an initial time: there is nothing to update the "
+                             "combination with; pass observations up to the initial times, or leave recent= "
+                             "out (the validation period's weights and spread)")
         if cand.size > MAX_RECENT_STATES:
             cand = cand[np.unique(np.linspace(0, cand.size - 1, MAX_RECENT_STATES).round().astype(int))]
         states = obs.isel({self.time: cand})
         fc = hindcast(states)
         fcs = fc.to_dataset(name=self.variables[0]) if isinstance(fc, xr.DataArray) else fc
         S, K = cand.size, lead_s.size
-        pred = np.stack([np.asarray(fcs[v].transpose(self.time, "lead", *refs.sdims).values,
-                                    dtype=np.float64).reshape(S, K, -1) for v in self.variables], -1)
+        learned = np.stack([np.asarray(fcs[v].transpose(self.time, "lead", *refs.sdims).values,
+                                       dtype=np.float64).reshape(S, K, -1) for v in self.variables], -1)
         values = state_values(obs, self.variables, [self.time], refs.sdims)  # [T, P, C]
         s = times[cand]
+        members = refs.members(values[cand], s, lead_s)
         valid = s[:, None] + lead_s[None]
         idx = np.clip(np.searchsorted(times, valid - tol), 0, times.size - 1)
-        hit = np.abs(times[idx] - valid) <= tol
+        hit = (np.abs(times[idx] - valid) <= tol) & (lead_s > 0)[None]
         truth = np.where(hit[..., None, None], values[idx], np.nan)
-        d2 = ((pred - truth) / refs.scale) ** 2
-        have = np.isfinite(d2).reshape(S, K, -1)
-        errors = np.where(have.any(-1), np.nansum(d2.reshape(S, K, -1), -1) / np.maximum(have.sum(-1), 1),
-                          np.nan)
-        errors[:, lead_s <= 0] = np.nan
-        used = refs.recent_error_ms(errors, s, t0, lead_s)[1]
+        err = np.stack([learned, members["persistence"], members["climatology"],
+                        members["anomaly persistence"]]) - truth[None]  # [M, S, K, P, C]
+        err = (err / refs.scale).reshape(err.shape[0], S, K, -1)
+        ok = np.asarray(np.isfinite(err).all(0))
+        err = np.where(ok[None], err, 0.0)
+        grams = np.einsum("isku,jsku->skij", err, err)
+        counts = ok.sum(-1).astype(np.float64)
+        used = refs.recent_error_ms(np.where(counts > 0, 1.0, np.nan), s, t0, lead_s)[1]
         # windows wholly after the validation period without a verified recent forecast
         none = (used == 0) & (lead_s > 0)[None] & (t0 - span > end + tol)[:, None]
         if none.any():
             warnings.warn(f"the recent observations verify no forecast in the {span / 86400:.4g} days before "
-                          f"{int(none.any(1).sum())} of {t0.size} initial time(s) at some leads: the spread there "
-                          "keeps the validation period's calibration", UserWarning, stacklevel=4)
-        return errors, s
+                          f"{int(none.any(1).sum())} of {t0.size} initial time(s) at some leads: the validation "
+                          "period's weights and spread are used there", UserWarning, stacklevel=4)
+        return grams, counts, s
 
     def summary(self) -> str:
         """What was fitted and, for calendar time axes, the reference forecasts, the
@@ -1016,3 +1014,17 @@ def _warn_long_leads(refs: References, lead_s: np.ndarray) -> None:
         warnings.warn(f"leads up to {lead_s.max() / 3600:.4g} h go beyond the longest validated "
                       f"lead ({longest / 3600:.4g} h, the validation period's reach): the weights "
                       "of that lead are used there", UserWarning, stacklevel=4)
+
+
+def _combined_note(refs: References, lead_s: np.ndarray, stats: tuple[np.ndarray, ...] | None,
+                   ens: bool) -> str:
+    """The ``xsciml_combined`` attribute: the weights by lead, and what updated them."""
+    w = refs.lead_weights(lead_s)
+    note = "weights by lead: " + "; ".join(f"{nm} " + "/".join(f"{x:.2f}" for x in w[k])
+                                           for k, nm in enumerate(MEMBERS))
+    if stats is None:
+        return note
+    used = (stats[1] > 0).sum(0)
+    return (f"{note}, updated for each initial time with the forecasts from {int(stats[2].size)} recent states "
+            f"verified in the {refs.validation['span'] / 86400:.4g} days before it (up to "
+            f"{int(used.max(initial=0))} at a lead)" + ("; the spread calibrated on the same" if ens else ""))

@@ -270,6 +270,11 @@ class References:
         #: (the last validated time) and ``validation["span"]`` (from the first start to
         #: it), the window of :meth:`recent_error_ms`
         self.validation_t0 = np.zeros(0)
+        #: the validation errors' cross-products ``Σ (f_i − y)(f_j − y)`` per bin ``[L, M, M]``
+        #: (standardised, over the points where every forecast and the truth are finite):
+        #: what the weights are fitted on, and refitted on with recent forecasts added
+        #: (:meth:`recent_update`)
+        self.validation_gram: np.ndarray | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -389,9 +394,9 @@ class References:
         """The mean squared error ensembles from initial times ``t0 [N]`` are calibrated to,
         updated with the combination's verified forecasts from recent states.
 
-        ``errors [S, K]``: the mean squared error (standardised, over the grid) of the
-        deterministic combined forecast from states at times ``s [S]`` at the leads
-        ``[K]`` (seconds), NaN where not verified. The MSE at ``(n, k)`` is the mean over
+        ``errors [S, K]`` (or ``[N, S, K]``, per initial time): the mean squared error
+        (standardised, over the grid) of the deterministic combined forecast from states at
+        times ``s [S]`` at the leads ``[K]`` (seconds), NaN where not verified. The MSE at ``(n, k)`` is the mean over
         the forecasts verified in the window ``[t0[n] - span, t0[n]]`` (``span``: the
         validation period's length; so a sliding window of the recent verified forecasts,
         as in Gneiting et al. 2005, "Calibrated probabilistic forecasting using ensemble
@@ -403,9 +408,9 @@ class References:
         window holds no verified forecast) and the number of recent forecasts used
         ``[N, K]``.
         """
-        errors = np.asarray(errors, dtype=np.float64)
         s = np.asarray(s, dtype=np.float64).reshape(-1)
         t0 = np.asarray(t0, dtype=np.float64).reshape(-1)
+        errors = np.broadcast_to(np.asarray(errors, dtype=np.float64), (t0.size, s.size, np.size(lead)))
         lead = np.asarray(lead, dtype=np.float64).reshape(-1)
         base = self.lead_error_ms(lead)
         out = np.broadcast_to(base, (t0.size, lead.size)).copy()
@@ -418,19 +423,72 @@ class References:
         for k, ell in enumerate(lead):
             if ell <= 0:
                 continue
-            ok = np.isfinite(errors[:, k]) & (s > end + tol)
-            ver = s[ok] + ell
-            e = errors[ok, k]
+            after = s > end + tol
+            ver = s + ell
             v_ver = vt[vt + ell <= end + tol] + ell
             for n, tn in enumerate(t0):
                 lo = tn - span - tol
-                hit = (ver >= lo) & (ver <= tn + tol)
+                e = errors[n, :, k]
+                hit = after & np.isfinite(e) & (ver >= lo) & (ver <= tn + tol)
                 nv = int(np.count_nonzero((v_ver >= lo) & (v_ver <= tn + tol)))
                 cnt = int(np.count_nonzero(hit))
                 if nv + cnt:
                     out[n, k] = (nv * base[k] + float(e[hit].sum())) / (nv + cnt)
                 used[n, k] = cnt
         return out, used
+
+    def recent_update(self, grams: np.ndarray, counts: np.ndarray, s: np.ndarray, t0: np.ndarray,
+                      lead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Weights and calibrated MSE of each initial time, with the verified forecasts from
+        recent states.
+
+        ``grams [S, K, M, M]``: the cross-products ``Σ (f_i − y)(f_j − y)`` of the members'
+        errors (standardised) in the forecasts from states at times ``s [S]`` at leads
+        ``[K]`` (seconds), over ``counts [S, K]`` values (0: not verified). The weights of
+        initial time ``t0[n]`` at lead ``k`` are the convex least-squares ones of the
+        validation forecasts (:attr:`validation_gram`, interpolated in log-lead) together
+        with the recent ones verified in the window of :meth:`recent_error_ms`; the stored
+        weights where that window holds none. The MSE is :meth:`recent_error_ms` with each
+        recent forecast's error under the initial time's weights. Returns the weights
+        ``[N, M, K]``, the MSE ``[N, K]`` and the number of recent forecasts used ``[N, K]``.
+        """
+        from ..._utils import simplex_weights
+
+        grams = np.asarray(grams, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        t0 = np.asarray(t0, dtype=np.float64).reshape(-1)
+        lead = np.asarray(lead, dtype=np.float64).reshape(-1)
+        N, S, K, M = t0.size, s.size, lead.size, len(MEMBERS)
+        weights = np.broadcast_to(self.lead_weights(lead)[None], (N, M, K)).copy()
+        errors = np.full((N, S, K), np.nan)
+        end, span = self.validation.get("end"), self.validation.get("span")
+        if end is None or not span or self.validation_gram is None or self.lead_grid is None:
+            ms, used = self.recent_error_ms(errors, s, t0, lead)
+            return weights, ms, used
+        tol = 1e-3 * self.lag_step
+        allowed = np.array([n not in self.excluded for n in MEMBERS])
+        logg = np.log(self.lead_grid)
+        for k, ell in enumerate(lead):
+            if ell <= 0:
+                continue
+            x = float(np.clip(np.log(ell), logg[0], logg[-1]))
+            j = int(np.clip(np.searchsorted(logg, x) - 1, 0, max(len(logg) - 2, 0)))
+            a = 0.0 if len(logg) == 1 else (x - logg[j]) / (logg[j + 1] - logg[j])
+            prior = (1 - a) * self.validation_gram[j] + (a * self.validation_gram[j + 1] if a > 0 else 0.0)
+            ok = (counts[:, k] > 0) & (s > end + tol)
+            ver = s + ell
+            for n, tn in enumerate(t0):
+                hit = ok & (ver >= tn - span - tol) & (ver <= tn + tol)
+                if not hit.any():
+                    continue
+                G = prior + grams[hit, k].sum(0)
+                w = np.zeros(M)
+                w[allowed] = simplex_weights(G[np.ix_(allowed, allowed)])
+                weights[n, :, k] = w
+                errors[n, hit, k] = np.einsum("i,sij,j->s", w, grams[hit, k], w) / counts[hit, k]
+        ms, used = self.recent_error_ms(errors, s, t0, lead)
+        return weights, ms, used
 
     # ------------------------------------------------------------------ fitting the weights
     @staticmethod
@@ -472,6 +530,7 @@ class References:
         rmse: dict[str, list[float]] = {n: [] for n in [*names, "combined"]}
         counts = []
         level = []  # persistence's error over the whole period / over the validation period
+        grams = []
         for j in keep:
             r = np.concatenate(pooled[j], 1)
             ok = np.isfinite(r).all(0)
@@ -482,6 +541,8 @@ class References:
             w = np.zeros(len(names))
             w[allowed] = _convex(r[:-1][allowed], r[-1])
             weights.append(w)
+            e = r[:-1] - r[-1]
+            grams.append(e @ e.T)
             combo = w @ r[:-1]
             for i, n in enumerate(names):
                 rmse[n].append(float(np.sqrt(np.mean((r[i] - r[-1]) ** 2))))
@@ -493,6 +554,7 @@ class References:
         t0_all = np.concatenate([np.asarray(f[1], dtype=np.float64).reshape(-1)[:1] for f in forecasts])
         end = max(float(np.asarray(f[1]).reshape(-1)[0]) + float(np.max(f[2])) for f in forecasts)
         self.validation_t0 = np.sort(t0_all)
+        self.validation_gram = np.stack(grams)
         self.validation = {"rmse": rmse, "n_values": counts,
                            "n_starts": len(forecasts), "error_level": level,
                            "end": end, "span": float(end - self.validation_t0[0])}
@@ -544,18 +606,22 @@ class References:
     # ------------------------------------------------------------------ combining
     def combine(self, model: np.ndarray, x0: np.ndarray, t0: np.ndarray, lead: np.ndarray, *,
                 members: int | None = None, seed: int | None = 0,
-                target_ms: np.ndarray | None = None) -> np.ndarray:
+                target_ms: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
         """The combined forecast ``[N, K, P, C]`` (or ``[E, N, K, P, C]`` with ``members``).
 
         ``model``: the learned forecast at the same states and leads (with a leading member
         dim when ``members`` is set); NaN members of the combination (persistence where the
         initial state is missing) drop out and the others' weights are renormalised.
         ``target_ms [N, K]``: the MSE each state's ensemble is calibrated to (default the
-        validation one, :meth:`lead_error_ms`; see :meth:`recent_error_ms`).
+        validation one, :meth:`lead_error_ms`), and ``weights [N, M, K]`` each state's weights
+        (default the stored ones, :meth:`lead_weights`; both from :meth:`recent_update`).
         """
-        w = self.lead_weights(lead)  # [M, K]
         refs = self.members(x0, t0, lead)
-        lead_shape = (1, -1, 1, 1)
+        if weights is None:
+            w = self.lead_weights(lead)[:, None]  # [M, 1, K]
+        else:
+            w = np.moveaxis(np.asarray(weights, dtype=np.float64), 1, 0)  # [M, N, K]
+        lead_shape = (w.shape[1], -1, 1, 1)
 
         def weighted(model_k: np.ndarray) -> np.ndarray:
             parts = [model_k, refs["persistence"], refs["climatology"], refs["anomaly persistence"]]
@@ -630,7 +696,7 @@ class References:
         out.update({f"coord.{k}": np.asarray(v[1], dtype=np.float64) for k, v in self.coords.items()})
         if self.validation_t0.size:
             out["validation_t0"] = self.validation_t0
-        for name in ("lead_grid", "weights", "errors", "error_ms"):
+        for name in ("lead_grid", "weights", "errors", "error_ms", "validation_gram"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = np.asarray(value)
@@ -644,7 +710,8 @@ class References:
                    diurnal=config["diurnal"], annual=config["annual"], coef=arrays["coef"],
                    scale=arrays["scale"], lag_step=config["lag_step"], rho=arrays["rho"],
                    notes=config.get("notes", ()))
-        for name in ("lead_grid", "weights", "errors", "error_ms", "persistence_ms", "validation_t0"):
+        for name in ("lead_grid", "weights", "errors", "error_ms", "persistence_ms", "validation_t0",
+                     "validation_gram"):
             if name in arrays:
                 setattr(refs, name, np.asarray(arrays[name], dtype=np.float64 if name != "errors"
                                                else np.float32))
