@@ -32,6 +32,9 @@ column ``n``), the same initial times for every method. RMSE per lead, in the da
 units, over all grid points where the truth is finite, of:
 
 * ``default`` -- ``model.forecast(init, lead=leads)``, the library's default forecast;
+* ``default (recent)`` -- ``model.forecast(init, lead=leads, recent=record)``: the whole
+  observed record is passed, and each initial time's combination weights are refitted
+  with the forecasts verified before it;
 * ``learned`` -- ``model.forecast(init, lead=leads, combine=False)``, the learned model
   alone;
 * the references above;
@@ -40,10 +43,8 @@ and, for the ensemble ``model.forecast(init, lead=leads, members=16)``, the CRPS
 (:func:`xsciml.metrics.crps_ensemble`) against the MAE of the default forecast (``MAE``), and the
 spread-skill ratio ``sqrt(mean ensemble variance) * sqrt((N + 1) / N) / RMSE(ensemble
 mean)`` (unbiased variance over the ``N`` members; 1 for a reliable ensemble); the same
-two for the ensemble calibrated on the recent observations,
-``model.forecast(init, lead=leads, members=16, recent=record)`` (``(recent)`` columns:
-the whole record is passed, and each initial time's spread uses only the forecasts
-verified before it). A
+two for ``model.forecast(init, lead=leads, members=16, recent=record)`` (``(recent)``
+columns: weights and spread from the forecasts verified before each initial time). A
 forecast option the installed model does not have is reported as ``n/a`` (without
 ``combine``, the default forecast is the learned model alone and is scored as
 ``learned``).
@@ -247,12 +248,13 @@ def forecasts(model: Any, init: xr.Dataset, leads: np.ndarray, members: int = ME
     else:
         out["ensemble"] = None
         why["ensemble"] = "forecast() has no members= option"
-    out["ensemble_recent"] = None
-    if record is not None and out["ensemble"] is not None and "recent" in params:
-        out["ensemble_recent"] = one(members=members, recent=record)
+    out["default_recent"] = out["ensemble_recent"] = None
+    if record is not None and "recent" in params:
+        out["default_recent"] = one(recent=record)
+        if out["ensemble"] is not None:
+            out["ensemble_recent"] = one(members=members, recent=record)
     elif record is not None:
-        why["ensemble_recent"] = "forecast() has no recent= option" if out["ensemble"] is not None else (
-            "forecast() has no members= option")
+        why["default_recent"] = why["ensemble_recent"] = "forecast() has no recent= option"
     return out, why
 
 
@@ -310,8 +312,8 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
     n_starts = mask.reshape(*mask.shape[:2], -1).any(-1).sum(0)
     rmse = {k: np.sqrt(per_lead(_arr(v, dims) - truth, mask)) for k, v in refs.items()}
     best_ref = np.min(np.stack(list(rmse.values())), axis=0)
-    ours = {k: (None if fc[k] is None else np.sqrt(per_lead(_arr(fc[k], dims, case.starts) - truth, mask)))
-            for k in ("default", "learned")}
+    ours = {k: (None if fc.get(k) is None else np.sqrt(per_lead(_arr(fc[k], dims, case.starts) - truth, mask)))
+            for k in ("default", "learned", "default_recent")}
     scored = "default" if ours["default"] is not None else "learned"
     ratio = ours[scored] / best_ref
     # MAE of the deterministic default forecast (the learned model's when forecast() has no combine=)
@@ -327,11 +329,14 @@ def run_real(case: Case, quick: bool, seed: int) -> dict[str, Any]:
     for j, lead in enumerate(case.lead_labels):
         row: dict[str, Any] = {"case": case.name, "lead": lead, "n": int(n_starts[j]),
                                "default": _num(None if ours["default"] is None else ours["default"][j]),
+                               "default (recent)": _num(None if ours["default_recent"] is None
+                                                        else ours["default_recent"][j]),
                                "learned": float(ours["learned"][j])}
         row.update({k: float(v[j]) for k, v in rmse.items()})
         row["best ref."] = float(best_ref[j])
         row["ratio"] = float(ratio[j])
         row["<=1.00"] = bool(ratio[j] <= 1.0)
+        row["ratio (recent)"] = NA if ours["default_recent"] is None else float(ours["default_recent"][j] / best_ref[j])
         row["CRPS"] = NA if ens is None else float(ens["crps"][j])
         row["MAE"] = float(mae[j])
         row["CRPS<MAE"] = NA if ens is None else bool(ens["crps"][j] < mae[j])
@@ -406,9 +411,11 @@ def _summary_row(name: str, rows: list[dict[str, Any]], detail: dict[str, Any]) 
     crps_ok = [r["CRPS<MAE"] for r in rows if isinstance(r["CRPS<MAE"], bool)]
     ss_ok = [r["in 0.7-1.3"] for r in rows if isinstance(r["in 0.7-1.3"], bool)]
     ss_r = [r["in band (recent)"] for r in rows if isinstance(r.get("in band (recent)"), bool)]
+    ratio_r = [r["ratio (recent)"] for r in rows if isinstance(r.get("ratio (recent)"), float)]
     return {"case": name, "fit s": detail["fit_wall_s"], "fit CPU s": detail["fit_cpu_s"],
             "ratio of": detail["ratio_of"], "leads": len(rows),
             "ratio<=1.00": sum(x <= 1.0 for x in ratios) / len(ratios), "max ratio": max(ratios),
+            "max ratio (recent)": max(ratio_r) if ratio_r else NA,
             "CRPS<MAE": sum(crps_ok) / len(crps_ok) if crps_ok else NA,
             "spread/skill ok": sum(ss_ok) / len(ss_ok) if ss_ok else NA,
             "ok (recent)": sum(ss_r) / len(ss_r) if ss_r else NA}
@@ -477,7 +484,7 @@ def run(quick: bool, threads: int, seed: int, cases: list[str] | None) -> dict[s
                         floatfmt=".3g")
             summary.append({"case": name, "fit s": d["fit_wall_s"], "fit CPU s": d["fit_cpu_s"],
                             "ratio of": "rel Out-t vs best of zero / persistence", "leads": None,
-                            "ratio<=1.00": NA, "max ratio": out["rows"][0]["ratio Out-t"],
+                            "ratio<=1.00": NA, "max ratio": out["rows"][0]["ratio Out-t"], "max ratio (recent)": NA,
                             "CRPS<MAE": NA, "spread/skill ok": NA, "ok (recent)": NA})
         details[name] = d
     overall: dict[str, Any] = {"quick": bool(quick), "threads": threads, "seed": seed}

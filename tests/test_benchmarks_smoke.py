@@ -132,8 +132,10 @@ def test_forecast_suite_calls_only_the_options_the_model_has(monkeypatch):
     # the ensemble calibrated on the observed record, where forecast() takes recent=
     fc, why = sf.forecasts(_StubWithOptions(5.0, np.arange(16.0)), init, lead, members=4, record=init)
     assert fc["ensemble_recent"] is None and "recent=" in why["ensemble_recent"]
+    assert fc["default_recent"] is None and "recent=" in why["default_recent"]
     fc, why = sf.forecasts(_StubWithRecent(5.0, np.arange(16.0)), init, lead, members=4, record=init)
     assert why == {} and fc["ensemble_recent"].isel(member=3, time=0, lead=0, x=0).item() == 16.0
+    assert float(fc["default_recent"].mean()) == 10.0
 
 
 def test_forecast_suite_ensemble_scores_known_answers(monkeypatch):
