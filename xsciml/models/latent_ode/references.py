@@ -67,8 +67,8 @@ MAX_STARTS = 32
 MAX_LEAD_BINS = 10
 #: Bound on the stored validation error fields (floats) that calibrate ensembles.
 MAX_ERROR_VALUES = 2**23
-#: at most this many recent states are forecast to verify the combination
-#: (:meth:`References.recent_error_ms`), evenly spaced in time
+#: at most this many recent states (``forecast(..., recent=)``) are forecast and verified to
+#: update the combination (:meth:`References.recent_update`), evenly spaced in time
 MAX_RECENT_STATES = 64
 
 
@@ -396,8 +396,9 @@ class References:
 
         ``errors [S, K]`` (or ``[N, S, K]``, per initial time): the mean squared error
         (standardised, over the grid) of the deterministic combined forecast from states at
-        times ``s [S]`` at the leads ``[K]`` (seconds), NaN where not verified. The MSE at ``(n, k)`` is the mean over
-        the forecasts verified in the window ``[t0[n] - span, t0[n]]`` (``span``: the
+        times ``s [S]`` at the leads ``[K]`` (seconds), NaN where not verified. The MSE at
+        ``(n, k)`` is the mean over the forecasts verified in the window
+        ``[t0[n] - span, t0[n]]`` (``span``: the
         validation period's length; so a sliding window of the recent verified forecasts,
         as in Gneiting et al. 2005, "Calibrated probabilistic forecasting using ensemble
         model output statistics and minimum CRPS estimation", Mon. Wea. Rev. 133,
