@@ -521,13 +521,15 @@ def test_saved_model_calibrates_on_recent_observations_the_same(recent_case, tmp
     ("sample", {"members": 4}, ValueError, r"extra dimension\(s\) \['sample'\]"),
     ("grid", {"members": 4}, ValueError, "not on the training grid"),
     ("notime", {"members": 4}, ValueError, "need the time dimension 'time'"),
+    ("inf", {}, ValueError, r"recent observations of \['t2m'\] hold infinite values"),
 ])
 def test_recent_observations_that_cannot_calibrate_are_refused(recent_case, change, kw, err, match):
     noisy, model = recent_case
     recent = {"none": noisy, "training": noisy.isel(time=slice(0, 144)),
               "sample": noisy.expand_dims(sample=2),
               "grid": noisy.assign_coords(x=noisy.x + 0.5),
-              "notime": noisy.isel(time=170)}[change]
+              "notime": noisy.isel(time=170),
+              "inf": noisy.where(noisy.time != noisy.time[160], np.inf)}[change]
     with pytest.raises(err, match=match):
         model.forecast(noisy.isel(time=[180]), lead=np.array([3], "timedelta64[h]"), recent=recent, **kw)
 

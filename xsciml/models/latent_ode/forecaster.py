@@ -391,7 +391,7 @@ class LatentForecaster(Estimator):
         if combine not in (None, True, False):
             raise TypeError(f"combine must be None, True or False, got {combine!r}")
         if recent is not None:
-            self._check_recent(out, combine)
+            self._check_recent(combine)
         if combine is False:
             return out
         if combine is None and self.references is None:
@@ -468,7 +468,7 @@ class LatentForecaster(Estimator):
             return res[self.variables[0]].rename(out.name)
         return out.assign(res)
 
-    def _check_recent(self, out: xr.DataArray | xr.Dataset, combine: bool | None) -> None:
+    def _check_recent(self, combine: bool | None) -> None:
         """Refuse ``recent=`` where there is no combination to update."""
         if combine is False or self.references is None:
             raise ValueError("recent= needs the combined forecast: " + (
@@ -493,9 +493,9 @@ class LatentForecaster(Estimator):
         from .references import MAX_RECENT_STATES, state_values
 
         end, span = refs.validation.get("end"), refs.validation.get("span")
-        if end is None or not span or refs.validation_t0.size == 0:
-            raise ValueError("recent= needs the validation period's start times, which this model was saved "
-                             "without: refit it with this version of xsciml")
+        if end is None or not span or refs.validation_t0.size == 0 or refs.validation_gram is None:
+            raise ValueError("recent= needs the validation forecasts' start times and error cross-products, "
+                             "which this model was saved without: refit it with this version of xsciml")
         obs = self._init_dataset(recent, "recent observations")
         why = refs.check_grid(obs, "recent observations")
         if why:
@@ -524,19 +524,28 @@ class LatentForecaster(Estimator):
                              "out (the validation period's weights and spread)")
         if cand.size > MAX_RECENT_STATES:
             cand = cand[np.unique(np.linspace(0, cand.size - 1, MAX_RECENT_STATES).round().astype(int))]
-        states = obs.isel({self.time: cand})
-        fc = hindcast(states)
+        s = times[cand]
+        valid = s[:, None] + lead_s[None]
+        idx = np.clip(np.searchsorted(times, valid - tol), 0, times.size - 1)
+        hit = (np.abs(times[idx] - valid) <= tol) & (lead_s > 0)[None]
+        # only the frames forecast from and verified on are read (the record may be long)
+        used_frames, inverse = np.unique(np.concatenate([cand, idx[hit]]), return_inverse=True)
+        values = state_values(obs.isel({self.time: used_frames}), self.variables, [self.time],
+                              refs.sdims)  # [F, P, C]
+        bad = [v for j, v in enumerate(self.variables) if np.isinf(values[..., j]).any()]
+        if bad:
+            raise ValueError(f"the recent observations of {bad} hold infinite values: mark missing values "
+                             "as NaN")
+        at = np.zeros(idx.shape, dtype=np.int64)
+        at[hit] = inverse[cand.size:]
+        x0 = values[inverse[:cand.size]]
+        fc = hindcast(obs.isel({self.time: cand}))
         fcs = fc.to_dataset(name=self.variables[0]) if isinstance(fc, xr.DataArray) else fc
         S, K = cand.size, lead_s.size
         learned = np.stack([np.asarray(fcs[v].transpose(self.time, "lead", *refs.sdims).values,
                                        dtype=np.float64).reshape(S, K, -1) for v in self.variables], -1)
-        values = state_values(obs, self.variables, [self.time], refs.sdims)  # [T, P, C]
-        s = times[cand]
-        members = refs.members(values[cand], s, lead_s)
-        valid = s[:, None] + lead_s[None]
-        idx = np.clip(np.searchsorted(times, valid - tol), 0, times.size - 1)
-        hit = (np.abs(times[idx] - valid) <= tol) & (lead_s > 0)[None]
-        truth = np.where(hit[..., None, None], values[idx], np.nan)
+        members = refs.members(x0, s, lead_s)
+        truth = np.where(hit[..., None, None], values[at], np.nan)
         err = np.stack([learned, members["persistence"], members["climatology"],
                         members["anomaly persistence"]]) - truth[None]  # [M, S, K, P, C]
         err = (err / refs.scale).reshape(err.shape[0], S, K, -1)
