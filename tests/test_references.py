@@ -401,7 +401,7 @@ def test_recent_error_ms_is_the_mean_of_the_forecasts_verified_in_the_window():
     errors[s == 25 * HOUR, 0] = np.nan  # not verified
     lead = np.array([1.0, 4.0]) * HOUR
     t0 = np.array([12.0, 20.0, 40.0, 60.0]) * HOUR
-    ms, used = refs.recent_error_ms(errors, s, t0, lead)
+    ms, used = refs.recent_error_ms(errors, s, t0, lead, choose=False)
     # 20 h, window 10-20 h: recent starts 11-19 h (lead 1 h; 11-16 h at 4 h) and the validation
     # start verified at 10 h, at the calibrated MSE 1
     # 12 h: one recent forecast at 1 h among nine validation ones; none yet at 4 h
@@ -413,6 +413,24 @@ def test_recent_error_ms_is_the_mean_of_the_forecasts_verified_in_the_window():
     # without the validation period's times (a model saved before them) nothing changes
     refs.validation_t0 = np.zeros(0)
     np.testing.assert_allclose(refs.recent_error_ms(errors, s, t0, lead)[0], 1.0)
+
+
+def test_recent_error_ms_chooses_a_short_window_after_a_change_of_the_error_level():
+    refs = _window_refs()
+    lead = np.array([1.0]) * HOUR
+    s = np.arange(10.0, 60.0, 0.25) * HOUR
+    t0 = np.array([59.0]) * HOUR
+    # the error level quadruples at 40 h: the quarter window (2.5 h) follows it, the full one lags
+    errors = np.where(s + lead[0] <= 40 * HOUR, 1.0, 4.0)[:, None]
+    ms, used = refs.recent_error_ms(errors, s, t0, lead)
+    np.testing.assert_allclose(ms, 4.0)
+    np.testing.assert_array_equal(used, 11)  # verified at 56.5 .. 59 h
+    # at 44 h the full window (34-44 h) still mixes both levels; the record already favours the quarter
+    assert refs.recent_error_ms(errors, s, t0 - 15 * HOUR, lead, choose=False)[0][0, 0] < 3.0
+    np.testing.assert_allclose(refs.recent_error_ms(errors, s, t0 - 15 * HOUR, lead)[0], 4.0)
+    # a steady but noisy level: the full window, the least noisy, predicts best
+    steady = np.random.default_rng(0).chisquare(1, s.size)[:, None]
+    np.testing.assert_array_equal(refs.recent_error_ms(steady, s, t0, lead)[1], 41)
 
 
 @pytest.fixture(scope="module")
@@ -490,7 +508,9 @@ def test_recent_update_refits_the_weights_with_the_verified_forecasts():
         e = float(w[1, :, k] @ recent @ w[1, :, k]) / 10.0  # each recent forecast's MSE
         # validation starts verified in 15 .. 25 h: none (they verify up to 10 h)
         assert ms[1, k] == pytest.approx(e)
-    assert used[1].tolist() == [7, 10]
+    # the spread's window is chosen (here a shorter one: the recent forecasts, all alike, predict
+    # one another better than the validation ones do); it lies within the weights' window
+    assert np.all(used[1] > 0) and np.all(used[1] <= [7, 10])
     # a member left out of the combination stays out
     refs.excluded = ["climatology"]
     w2 = refs.recent_update(grams, counts, s, t0, lead)[0]

@@ -59,7 +59,9 @@ recent : Dataset or DataArray, optional
     each initial time and lead, the weights are refitted on the validation
     forecasts together with the recent ones verified in the period before it (as
     long as the validation period), and an ensemble (``members``) is calibrated to
-    the mean squared error of the forecasts verified there. A frame after an
+    the mean squared error of the forecasts verified in that period or in its last
+    half or quarter, whichever predicted the recent forecasts verified so far best
+    (:meth:`xsciml.models.latent_ode.references.References.recent_error_ms`). A frame after an
     initial time never enters its forecast. Default: the validation period's
     weights and calibration.""",
 }

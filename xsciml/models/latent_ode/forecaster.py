@@ -553,7 +553,7 @@ class LatentForecaster(Estimator):
         err = np.where(ok[None], err, 0.0)
         grams = np.einsum("isku,jsku->skij", err, err)
         counts = ok.sum(-1).astype(np.float64)
-        used = refs.recent_error_ms(np.where(counts > 0, 1.0, np.nan), s, t0, lead_s)[1]
+        used = refs.recent_error_ms(np.where(counts > 0, 1.0, np.nan), s, t0, lead_s, choose=False)[1]
         # windows wholly after the validation period without a verified recent forecast
         none = (used == 0) & (lead_s > 0)[None] & (t0 - span > end + tol)[:, None]
         if none.any():

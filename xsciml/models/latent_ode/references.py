@@ -70,6 +70,9 @@ MAX_ERROR_VALUES = 2**23
 #: at most this many recent states (``forecast(..., recent=)``) are forecast and verified to
 #: update the combination (:meth:`References.recent_update`), evenly spaced in time
 MAX_RECENT_STATES = 64
+#: the windows of recent verified forecasts an ensemble's spread is chosen from, as fractions
+#: of the validation period's length (:meth:`References.recent_error_ms`)
+RECENT_WINDOWS = (1.0, 0.5, 0.25)
 
 
 def year_length_days(calendar: str) -> float:
@@ -389,30 +392,37 @@ class References:
         x = np.log(np.where(lead > 0, lead, self.lead_grid[0]))
         return np.interp(x, np.log(self.lead_grid), self.error_ms) * (lead > 0)
 
-    def recent_error_ms(self, errors: np.ndarray, s: np.ndarray, t0: np.ndarray, lead: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """The mean squared error ensembles from initial times ``t0 [N]`` are calibrated to,
+    def recent_error_ms(self, errors: np.ndarray, s: np.ndarray, t0: np.ndarray, lead: np.ndarray, *,
+                        choose: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        r"""The mean squared error ensembles from initial times ``t0 [N]`` are calibrated to,
         updated with the combination's verified forecasts from recent states.
 
         ``errors [S, K]`` (or ``[N, S, K]``, per initial time): the mean squared error
         (standardised, over the grid) of the deterministic combined forecast from states at
         times ``s [S]`` at the leads ``[K]`` (seconds), NaN where not verified. The MSE at
-        ``(n, k)`` is the mean over the forecasts verified in the window
-        ``[t0[n] - span, t0[n]]`` (``span``: the
-        validation period's length; so a sliding window of the recent verified forecasts,
-        as in Gneiting et al. 2005, "Calibrated probabilistic forecasting using ensemble
-        model output statistics and minimum CRPS estimation", Mon. Wea. Rev. 133,
+        ``(n, k)`` is the mean over the forecasts verified in a sliding window before
+        ``t0[n]`` (as in Gneiting et al. 2005, "Calibrated probabilistic forecasting using
+        ensemble model output statistics and minimum CRPS estimation", Mon. Wea. Rev. 133,
         1098–1118): every validation forecast verified there counts with the calibrated
         MSE (:meth:`lead_error_ms`), every recent one with its own error. Only states after
         the training period count (the model was fitted on the others) and no forecast
-        verified after ``t0[n]``. Returns the MSE ``[N, K]`` (the calibrated one where the
-        window holds no verified forecast) and the number of recent forecasts used
-        ``[N, K]``.
+        verified after ``t0[n]``.
+
+        The window is the validation period's length, or a half or a quarter of it
+        (:data:`RECENT_WINDOWS`), whichever would have predicted the recent forecasts
+        verified before ``t0[n]`` best: each of them is scored, at every lead, by the
+        Gaussian deviance :math:`\log m + e / m` of its error ``e`` under the MSE ``m`` the
+        window gave at its own initial time. A short window follows a change of the error
+        level sooner, a long one is less noisy; the record so far says which matters more.
+        Without a scored forecast (or with ``choose=False``) the window is the validation
+        period's length; at a lead where the chosen window holds no recent forecast, the next
+        longer one that holds some. Returns the MSE ``[N, K]`` (the calibrated one where the window
+        holds no verified forecast) and the number of recent forecasts used ``[N, K]``.
         """
         s = np.asarray(s, dtype=np.float64).reshape(-1)
         t0 = np.asarray(t0, dtype=np.float64).reshape(-1)
-        errors = np.broadcast_to(np.asarray(errors, dtype=np.float64), (t0.size, s.size, np.size(lead)))
         lead = np.asarray(lead, dtype=np.float64).reshape(-1)
+        errors = np.broadcast_to(np.asarray(errors, dtype=np.float64), (t0.size, s.size, lead.size))
         base = self.lead_error_ms(lead)
         out = np.broadcast_to(base, (t0.size, lead.size)).copy()
         used = np.zeros((t0.size, lead.size), dtype=np.int64)
@@ -420,23 +430,46 @@ class References:
         if end is None or not span or self.validation_t0.size == 0:
             return out, used
         tol = 1e-3 * self.lag_step
-        vt = self.validation_t0
-        for k, ell in enumerate(lead):
-            if ell <= 0:
-                continue
-            after = s > end + tol
-            ver = s + ell
-            v_ver = vt[vt + ell <= end + tol] + ell
-            for n, tn in enumerate(t0):
-                lo = tn - span - tol
-                e = errors[n, :, k]
-                hit = after & np.isfinite(e) & (ver >= lo) & (ver <= tn + tol)
-                nv = int(np.count_nonzero((v_ver >= lo) & (v_ver <= tn + tol)))
-                cnt = int(np.count_nonzero(hit))
-                if nv + cnt:
-                    out[n, k] = (nv * base[k] + float(e[hit].sum())) / (nv + cnt)
-                used[n, k] = cnt
+        spans = [float(span) * f for f in (RECENT_WINDOWS if choose else RECENT_WINDOWS[:1])]
+        ver = s[:, None] + lead[None]  # [S, K]
+        recent = (s > end + tol)[:, None] & (lead > 0)[None]
+        for n, tn in enumerate(t0):
+            e = errors[n]
+            # the forecasts from recent states verified by tn: what the windows are scored on
+            scored = recent & np.isfinite(e) & (ver <= tn + tol)
+            best, best_dev = 0, math.inf
+            for c, w in enumerate(spans):
+                if len(spans) == 1 or not scored.any():
+                    break
+                m = self._window_ms(e, s, s, lead, w, base, end, tol)[0]  # at each state's own time
+                dev = float(np.mean(np.log(m[scored]) + e[scored] / m[scored]))
+                if dev < best_dev - 1e-12:
+                    best, best_dev = c, dev
+            # at a lead where the chosen window holds no recent forecast (a gap in the record),
+            # the next longer one that holds some
+            for c in range(best, -1, -1):
+                ms, cnt = self._window_ms(e, s, np.array([tn]), lead, spans[c], base, end, tol)
+                fill = (used[n] == 0) & (cnt[0] > 0) if c < best else np.ones(lead.size, bool)
+                out[n, fill], used[n, fill] = ms[0, fill], cnt[0, fill]
         return out, used
+
+    def _window_ms(self, e: np.ndarray, s: np.ndarray, q: np.ndarray, lead: np.ndarray, span: float,
+                   base: np.ndarray, end: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated MSE ``[Q, K]`` at times ``q [Q]`` over the window ``[q - span, q]``
+        (see :meth:`recent_error_ms`), and the recent forecasts in it ``[Q, K]``."""
+        ver = s[:, None] + lead[None]  # [S, K]
+        ok = (s > end + tol)[:, None] & np.isfinite(e) & (lead > 0)[None]
+        inside = (ver[None] >= q[:, None, None] - span - tol) & (ver[None] <= q[:, None, None] + tol)
+        hit = ok[None] & inside  # [Q, S, K]
+        total = np.where(hit, e[None], 0.0).sum(1)
+        cnt = hit.sum(1)
+        v_ver = self.validation_t0[:, None] + lead[None]  # [V, K]
+        v_ok = (v_ver <= end + tol) & (lead > 0)[None]
+        nv = (v_ok[None] & (v_ver[None] >= q[:, None, None] - span - tol)
+              & (v_ver[None] <= q[:, None, None] + tol)).sum(1)
+        den = nv + cnt
+        ms = np.where(den > 0, (nv * base[None] + total) / np.maximum(den, 1), base[None])
+        return ms, cnt.astype(np.int64)
 
     def recent_update(self, grams: np.ndarray, counts: np.ndarray, s: np.ndarray, t0: np.ndarray,
                       lead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
