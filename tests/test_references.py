@@ -156,6 +156,26 @@ def test_fit_dynamics_builds_references_and_weights_for_calendar_axes(combined):
     assert "combination weights" in text and "anomaly persistence" in text
 
 
+def test_time_limit_covers_both_fits_of_a_combined_model():
+    # the validation fit and the refit share one budget: the first gets half of it, the
+    # second what is left (each step made 20 ms long so the budget, not the steps, stops them)
+    import time
+
+    ds = _hourly()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours",
+                             **{**TINY, "steps": 100_000}, callbacks=[lambda state: time.sleep(0.02)],
+                             time_limit=0.8)
+    first, second = model.validation_model.history, model.history
+    assert first.stop_reason == second.stop_reason == "time_limit"
+    assert first.steps >= 1 and second.steps >= 1
+    assert first.wall_time <= 0.4 + 0.1
+    assert first.wall_time + second.wall_time <= 0.8 + 0.1
+    limits = [str(w.message) for w in caught if "time limit of" in str(w.message)]
+    assert len(limits) == 2 and "time limit of 0.4 s" in limits[0]
+
+
 def test_weights_are_fitted_with_the_references_that_forecast(monkeypatch):
     # the validation forecasts use the whole training period's references, not those of
     # the shorter period before the split

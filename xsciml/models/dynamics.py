@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import xarray as xr
 
 from .._docs import shared_docs
 from ..base import Estimator, Forecaster
-from ..training import TrainState
+from ..training import TrainState, parse_time_limit
 from .dino import DINo, fit_dino
 from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from .smooth import SmoothDynamics, fit_smooth_dynamics
@@ -196,7 +197,8 @@ def fit_dynamics(
         last ``val_fraction`` of the training period, forecast by a first fit of the
         learned model that does not see it; the model is then fitted again on the whole
         training period (the fit takes about twice as long; with ``checkpoint``, the
-        first fit writes ``<checkpoint>.validation``). ``forecast`` then returns the
+        first fit writes ``<checkpoint>.validation``; ``time_limit`` covers both fits, the
+        first getting half of it). ``forecast`` then returns the
         combination, whose learned member is the mean of both fits' forecasts (the first
         is kept as ``model.validation_model``; ``combine=False`` there gives the refitted
         model alone), and
@@ -241,13 +243,16 @@ def fit_dynamics(
         if kwargs:
             raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
     given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+    limit = parse_time_limit(time_limit)  # the whole call's budget, shared by both fits
 
-    def learn(until: Any, ckpt: Any) -> DINo | SmoothDynamics:
+    def learn(until: Any, ckpt: Any, budget: float | None) -> DINo | SmoothDynamics:
         if method == "smooth":
+            extra = {"checkpoint": ckpt} if ckpt is not None else {}
+            if budget is not None:
+                extra["time_limit"] = budget
             return _fit_smooth(obj, variables, space=space, time=time, sample_dim=sample_dim, train_until=until,
                                device=device, seed=seed, progress=progress,
-                               chosen={**chosen, **({"checkpoint": ckpt} if ckpt is not None else {})},
-                               kwargs=kwargs)
+                               chosen={**chosen, **extra}, kwargs=kwargs)
         return fit_dino(obj, variables, space=space, time=time, sample_dim=sample_dim,
                         train_until=until, latent_dim=latent_dim, width=width, depth=depth,
                         input_scale=input_scale, dynamics_width=dynamics_width,
@@ -258,16 +263,20 @@ def fit_dynamics(
                         grad_clip=grad_clip, rollout_weight=rollout_weight, time_units=time_units,
                         sphere=sphere, residual_rank=residual_rank, device=device, seed=seed,
                         progress=progress, checkpoint=ckpt, resume=resume, callbacks=callbacks,
-                        time_limit=time_limit, **{k: v for k, v in given.items() if v is not None})
+                        time_limit=budget, **{k: v for k, v in given.items() if v is not None})
 
     plan = _reference_plan(obj, variables, time=time, sample_dim=sample_dim, train_until=train_until,
                            space=space, combine=combine, val_fraction=val_fraction)
     if plan is None:
-        return learn(train_until, checkpoint)
+        return learn(train_until, checkpoint, limit)
     # the weights come from a model that has not seen the validation period; the forecasts
-    # from one refitted on the whole training period, like the references
-    held_out = learn(plan.fit_until, None if checkpoint is None else f"{os.fspath(checkpoint)}.validation")
-    return _attach_references(learn(train_until, checkpoint), held_out, plan)
+    # from one refitted on the whole training period, like the references. Both fits take as
+    # many steps, so the first gets half the time budget and the second what is left of it.
+    start = perf_counter()
+    held_out = learn(plan.fit_until, None if checkpoint is None else f"{os.fspath(checkpoint)}.validation",
+                     None if limit is None else limit / 2)
+    left = None if limit is None else max(limit - (perf_counter() - start), 1e-3)
+    return _attach_references(learn(train_until, checkpoint, left), held_out, plan)
 
 
 def forecast(
