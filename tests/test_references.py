@@ -319,6 +319,27 @@ def test_combined_ensembles_carry_the_validation_error_spread(combined):
     assert gap < 0.5 * float(spread.mean())
 
 
+def test_forecasts_of_a_bounded_variable_stay_in_its_range(combined):
+    # the training data's valid range (or a CF fraction / non-negative standard name) bounds
+    # every forecast: the ensemble is the unbounded one clipped, member by member
+    import copy
+
+    ds, model = combined
+    init = ds.isel(time=[100, 105, 110])
+    lead = np.array([1, 6, 12], "timedelta64[h]")
+    free = model.forecast(init, lead=lead, members=8, seed=3)
+    top = float(free.quantile(0.7))
+    bounded = copy.copy(model)
+    bounded.var_attrs = {"t2m": {**model.var_attrs["t2m"], "valid_max": top}}
+    ens = bounded.forecast(init, lead=lead, members=8, seed=3)
+    assert float(free.max()) > top  # the test would not tell anything otherwise
+    np.testing.assert_array_equal(ens.values, np.minimum(free.values, top))
+    assert ens.attrs["xsciml_bounds"] == f"clipped to at most {top:g} K (its valid range)"
+    alone = bounded.forecast(init, lead=lead, combine=False)
+    assert float(alone.max()) <= top and "xsciml_bounds" in alone.attrs
+    assert "xsciml_bounds" not in model.forecast(init, lead=lead).attrs  # no bounds: unchanged
+
+
 def test_dask_backed_initial_states_combine_lazily_and_match(combined):
     ds, model = combined
     init = ds.isel(time=[100, 104, 108, 112])

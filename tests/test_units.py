@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xsciml.units import check_units, conversion, convert, same_units
+from xsciml.units import (
+    check_units,
+    clip_to_physical_bounds,
+    conversion,
+    convert,
+    physical_bounds,
+    same_units,
+)
 
 from .conftest import real_data
 
@@ -218,3 +225,49 @@ def test_lazy_encode_and_forecast_convert_once_and_do_not_warn(heat_k):
     np.testing.assert_allclose(z.values, li.encode(ds, steps=5, device="cpu").values, atol=1e-4)
     np.testing.assert_allclose(fc.values, model.forecast(init, lead=[0.0, 0.5], encode_steps=5,
                                                          device="cpu").values, atol=1e-3)
+
+
+# ------------------------------------------------------------------ physical bounds
+@pytest.mark.parametrize("attrs, bounds", [
+    ({"standard_name": "sea_ice_area_fraction", "units": "%"}, (0.0, 100.0)),
+    ({"standard_name": "cloud_area_fraction", "units": "1"}, (0.0, 1.0)),
+    ({"standard_name": "mole_fraction_of_ozone_in_air", "units": "1"}, (0.0, 1.0)),
+    ({"standard_name": "mole_fraction_of_ozone_in_air", "units": "1e-9"}, (0.0, None)),  # unread units
+    ({"standard_name": "sea_ice_area_fraction"}, (0.0, None)),  # no units: the top is unknown
+    ({"standard_name": "land_area_fraction", "units": "m"}, (0.0, None)),  # not dimensionless
+    ({"standard_name": "precipitation_flux", "units": "kg m-2 s-1"}, (0.0, None)),
+    ({"standard_name": "atmosphere_mass_content_of_water_vapor", "units": "kg m-2"}, (0.0, None)),
+    ({"standard_name": "wind_speed", "units": "m s-1"}, (0.0, None)),
+    ({"valid_range": np.array([-5.0, 5.0]), "standard_name": "wind_speed"}, (-5.0, 5.0)),
+    ({"valid_min": 2}, (2.0, None)),
+    ({"valid_max": 7.5}, (None, 7.5)),
+])
+def test_physical_bounds_from_cf_attributes(attrs, bounds) -> None:
+    got = physical_bounds(attrs)
+    assert got is not None
+    np.testing.assert_allclose([np.nan if b is None else b for b in got[:2]],
+                               [np.nan if b is None else b for b in bounds])
+    assert (got[0] is None) == (bounds[0] is None) and (got[1] is None) == (bounds[1] is None)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"standard_name": "air_temperature", "units": "K"},
+    {"standard_name": "tendency_of_atmosphere_mass_content_of_water_vapor", "units": "kg m-2 s-1"},
+    {"standard_name": "change_over_time_in_sea_ice_area_fraction", "units": "1"},
+    {"units": "%"},
+    {},
+])
+def test_quantities_of_either_sign_have_no_bounds(attrs) -> None:
+    assert physical_bounds(attrs) is None
+
+
+def test_clipping_keeps_nan_laziness_and_says_so() -> None:
+    da = xr.DataArray([-3.0, np.nan, 40.0, 120.0], dims="x", name="siconc",
+                      attrs={"standard_name": "sea_ice_area_fraction", "units": "%"}).chunk(2)
+    out = clip_to_physical_bounds(da)
+    assert out.chunks is not None  # still lazy
+    np.testing.assert_array_equal(out.values, [0.0, np.nan, 40.0, 100.0])
+    assert out.attrs["xsciml_bounds"] == "clipped to 0 to 100 % (sea_ice_area_fraction is a fraction)"
+    assert out.attrs["units"] == "%" and out.name == "siconc"
+    plain = xr.DataArray([-3.0], dims="x", attrs={"units": "K"})
+    assert clip_to_physical_bounds(plain) is plain

@@ -37,7 +37,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["WATER_DENSITY", "check_dataset_units", "check_units", "conversion", "convert", "same_units", "units_of"]
+__all__ = ["WATER_DENSITY", "check_dataset_units", "check_units", "clip_to_physical_bounds", "conversion", "convert",
+           "physical_bounds", "same_units", "units_of"]
 
 #: Density of liquid water (kg m-3) used to convert mass fluxes and amounts
 #: (``kg m-2 s-1``, ``kg m-2``) to depths (``mm s-1``, ``mm``) and back.
@@ -328,3 +329,89 @@ def check_dataset_units(ds: Any, var_attrs: Mapping[str, Mapping[str, Any]],
         if da is not orig:
             new[v] = da
     return ds.assign(new) if new else ds
+
+
+#: Words of CF standard names of quantities that cannot be negative (precipitation fluxes
+#: and amounts, mass contents and concentrations, thicknesses, speeds); a standard name
+#: with the word ``fraction`` is a fraction, 0 to 1 in the unit ``"1"`` (100 in ``"%"``).
+_NONNEGATIVE_WORDS = ("precipitation", "amount", "content", "concentration", "thickness", "speed")
+#: Words of standard names of changes and departures, which may be negative whatever the quantity
+_SIGNED_WORDS = ("tendency", "change", "anomaly", "difference", "correction", "divergence", "convergence",
+                 "derivative", "residual", "increment")
+
+
+def physical_bounds(attrs: Mapping[str, Any]) -> tuple[float | None, float | None, str] | None:
+    """The range a variable's values cannot leave, from its CF attributes.
+
+    ``valid_range`` / ``valid_min`` / ``valid_max`` where given; otherwise from the
+    ``standard_name``: a fraction (``sea_ice_area_fraction``, ``cloud_area_fraction``,
+    ``mole_fraction_of_ozone_in_air``...) lies in 0 to 1 in its ``units`` (0 to 100 for
+    ``"%"``; without dimensionless units only the lower bound is known), and a precipitation
+    flux or amount, a mass content or concentration, a thickness or a speed is at least 0
+    (not a tendency, change, anomaly or difference of one).
+
+    Parameters
+    ----------
+    attrs
+        The variable's attributes.
+
+    Returns
+    -------
+    ``(low, high, why)`` with ``None`` for an open side, or ``None`` when nothing is known.
+
+    Examples
+    --------
+    >>> physical_bounds({"standard_name": "sea_ice_area_fraction", "units": "%"})
+    (0.0, 100.0, 'sea_ice_area_fraction is a fraction')
+    >>> physical_bounds({"standard_name": "precipitation_flux", "units": "kg m-2 s-1"})
+    (0.0, None, 'precipitation_flux cannot be negative')
+    >>> physical_bounds({"standard_name": "air_temperature", "units": "K"}) is None
+    True
+    """
+    rng = attrs.get("valid_range")
+    lo = attrs.get("valid_min", None if rng is None else np.ravel(rng)[0])
+    hi = attrs.get("valid_max", None if rng is None else np.ravel(rng)[-1])
+    if lo is not None or hi is not None:
+        return (None if lo is None else float(lo), None if hi is None else float(hi), "its valid range")
+    name = str(attrs.get("standard_name") or "")
+    words = name.split("_")
+    if any(w in words for w in _SIGNED_WORDS):
+        return None
+    if "fraction" in words:
+        units = attrs.get("units")
+        high = None
+        if units is not None:
+            try:
+                scale, offset = conversion("1", str(units), variable=name)
+                high = scale + offset
+            except ValueError:  # not a dimensionless unit: the upper bound is not known
+                high = None
+        return 0.0, high, f"{name} is a fraction"
+    if any(w in words for w in _NONNEGATIVE_WORDS):
+        return 0.0, None, f"{name} cannot be negative"
+    return None
+
+
+def clip_to_physical_bounds(da: Any, attrs: Mapping[str, Any] | None = None) -> Any:
+    """``da`` clipped to :func:`physical_bounds` of ``attrs`` (default its own; an estimator
+    passes the attributes of the data it was fitted on, whose ``valid_range`` its outputs do
+    not inherit), unchanged when none are known, saying so in ``attrs["xsciml_bounds"]``;
+    NaN stays NaN, lazy arrays stay lazy.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> da = xr.DataArray([-3.0, 50.0, 104.0], dims="x",
+    ...                   attrs={"standard_name": "sea_ice_area_fraction", "units": "%"})
+    >>> clip_to_physical_bounds(da).values
+    array([  0.,  50., 100.])
+    """
+    bounds = physical_bounds(da.attrs if attrs is None else attrs)
+    if bounds is None:
+        return da
+    lo, hi, why = bounds
+    out = da.clip(min=lo, max=hi, keep_attrs=True)
+    side = (f"{lo:g} to {hi:g}" if lo is not None and hi is not None
+            else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+    units = da.attrs.get("units")
+    return out.assign_attrs(xsciml_bounds=f"clipped to {side}{f' {units}' if units else ''} ({why})")

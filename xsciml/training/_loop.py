@@ -526,7 +526,7 @@ class _FitRun(Generic[_M]):
         else:
             asked = f"{self.epochs} epochs"
         resume = " (resume from the checkpoint to continue)" if self.ckpt_path is not None else ""
-        warnings.warn(f"{self.desc}: the time limit of {self.time_limit:g} s was reached after {step} "
+        warnings.warn(f"{self.desc}: the time limit of {self.time_limit:.3g} s was reached after {step} "
                       f"steps of the {asked} asked for; training stopped there{resume}.", UserWarning, stacklevel=4)
 
     def postfix(self, loss_value: float, last_val: float | None) -> dict[str, str]:

@@ -31,6 +31,7 @@ from ...tensors import (
     target_points,
 )
 from ...training import History
+from ...units import clip_to_physical_bounds
 from ..autodecode import CodePosterior, sample_codes
 from .ode import Clock, LatentDynamics, integrate_latent
 from .references import MEMBERS, References, warn_left_out
@@ -361,7 +362,8 @@ class LatentForecaster(Estimator):
                            seed: int | None, recent: Any) -> xr.DataArray | xr.Dataset:
         """The forecast of ``forecast``: ``learned(model, init, members, progress)`` is the learned
         forecast of a model (this one or the :attr:`validation_model`) from ``init``, combined
-        with the references as far as ``combine`` asks (:meth:`_with_references`)."""
+        with the references as far as ``combine`` asks (:meth:`_with_references`), and clipped
+        to the physical range of each variable (:func:`xsciml.units.physical_bounds`)."""
 
         def hindcast(states: xr.Dataset) -> xr.DataArray | xr.Dataset:  # the learned member, deterministic
             out = learned(self, states, None, False)
@@ -370,9 +372,15 @@ class LatentForecaster(Estimator):
             with xr.set_options(keep_attrs=True):
                 return (out + learned(self.validation_model, states, None, False)) / 2
 
-        return self._with_references(learned(self, ds_init, members, progress), ds_init, combine=combine,
-                                     target=target, seed=seed, again=lambda m: learned(m, ds_init, members, progress),
-                                     recent=recent, hindcast=hindcast)
+        out = self._with_references(learned(self, ds_init, members, progress), ds_init, combine=combine,
+                                    target=target, seed=seed, again=lambda m: learned(m, ds_init, members, progress),
+                                    recent=recent, hindcast=hindcast)
+        # a bounded quantity (a fraction, precipitation...) stays in its range: ensemble members
+        # (Gaussian model-error draws) and the learned model's decoder can leave it
+        if isinstance(out, xr.DataArray):
+            return clip_to_physical_bounds(out, self.var_attrs.get(self.variables[0], {}))
+        return out.assign({v: clip_to_physical_bounds(out[v], self.var_attrs.get(v, {}))
+                           for v in self.variables if v in out})
 
     def _with_references(self, out: xr.DataArray | xr.Dataset, ds_init: Any, *, combine: bool | None,
                          target: Any, seed: int | None,
