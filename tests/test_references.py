@@ -340,6 +340,23 @@ def test_forecasts_of_a_bounded_variable_stay_in_its_range(combined):
     assert "xsciml_bounds" not in model.forecast(init, lead=lead).attrs  # no bounds: unchanged
 
 
+def test_points_never_observed_in_training_are_not_forecast():
+    # a masked point (land under an ocean variable) is NaN in every combined forecast, even
+    # where the learned decoder gives it a value; the other points are unchanged
+    ds = _hourly()
+    ds["t2m"][:, 0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = fit_dynamics(ds, "t2m", space=("y", "x"), sample_dim=None, time_units="hours", **TINY)
+    init = ds.isel(time=[100, 110])
+    lead = np.array([1, 6], "timedelta64[h]")
+    alone = model.forecast(init, lead=lead, combine=False)
+    assert np.isfinite(alone[..., 0, 0]).all()  # the decoder has a value there
+    for fc in (model.forecast(init, lead=lead), model.forecast(init, lead=lead, members=4)):
+        assert np.isnan(fc[..., 0, 0]).all()
+        assert np.isfinite(fc[..., 1:, :]).all() and np.isfinite(fc[..., 0, 1:]).all()
+
+
 def test_dask_backed_initial_states_combine_lazily_and_match(combined):
     ds, model = combined
     init = ds.isel(time=[100, 104, 108, 112])

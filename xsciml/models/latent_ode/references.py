@@ -668,10 +668,13 @@ class References:
                 den = den + ok * wk
             return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
+        # points the training period never observed (a land mask of an ocean variable...) have
+        # no climatology: the learned decoder's values there are not a forecast of anything
+        never = ~np.isfinite(self.coef[0])  # [P, C]
         if members is None:
-            return weighted(model)
+            return np.where(never, np.nan, weighted(model))
         out = np.stack([weighted(m) for m in model])  # [E, N, K, P, C]
-        return out + self._model_error(out, lead, seed, target_ms)
+        return np.where(never, np.nan, out + self._model_error(out, lead, seed, target_ms))
 
     def _model_error(self, ens: np.ndarray, lead: np.ndarray, seed: int | None,
                      target_ms: np.ndarray | None = None) -> np.ndarray:
