@@ -33,9 +33,12 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["WATER_DENSITY", "check_dataset_units", "check_units", "clip_to_physical_bounds", "conversion", "convert",
            "physical_bounds", "same_units", "units_of"]
@@ -392,11 +395,22 @@ def physical_bounds(attrs: Mapping[str, Any]) -> tuple[float | None, float | Non
     return None
 
 
-def clip_to_physical_bounds(da: Any, attrs: Mapping[str, Any] | None = None) -> Any:
-    """``da`` clipped to :func:`physical_bounds` of ``attrs`` (default its own; an estimator
-    passes the attributes of the data it was fitted on, whose ``valid_range`` its outputs do
-    not inherit), unchanged when none are known, saying so in ``attrs["xsciml_bounds"]``;
-    NaN stays NaN, lazy arrays stay lazy.
+def clip_to_physical_bounds(da: xr.DataArray, attrs: Mapping[str, Any] | None = None) -> xr.DataArray:
+    """Clip values to the physical range of their variable (:func:`physical_bounds`).
+
+    Parameters
+    ----------
+    da
+        The values (NaN stays NaN, a dask-backed array stays lazy).
+    attrs
+        Attributes the bounds are read from: default ``da.attrs``; an estimator passes
+        those of the data it was fitted on, whose ``valid_range`` its outputs do not
+        inherit.
+
+    Returns
+    -------
+    ``da`` itself when no bounds are known; otherwise the clipped values with their
+    attributes and ``attrs["xsciml_bounds"]`` saying what was done.
 
     Examples
     --------
