@@ -340,6 +340,24 @@ def test_forecasts_of_a_bounded_variable_stay_in_its_range(combined):
     assert "xsciml_bounds" not in model.forecast(init, lead=lead).attrs  # no bounds: unchanged
 
 
+def test_a_saved_model_keeps_its_valid_range(combined, tmp_path):
+    # numeric attrs such as valid_range travel as numbers, so a loaded model clips the same
+    import copy
+
+    ds, model = combined
+    init = ds.isel(time=[100, 110])
+    lead = np.array([1, 6], "timedelta64[h]")
+    free = model.forecast(init, lead=lead, members=4, seed=1)
+    low, high = np.quantile(free.values, [0.2, 0.8])
+    bounded = copy.copy(model)
+    bounded.var_attrs = {"t2m": {**model.var_attrs["t2m"], "valid_range": np.array([low, high], "float32")}}
+    back = xsciml.load(bounded.save(tmp_path / "bounded.xsciml"))
+    assert back.var_attrs["t2m"]["valid_range"] == pytest.approx([low, high], rel=1e-6)
+    ens = back.forecast(init, lead=lead, members=4, seed=1)
+    xr.testing.assert_allclose(ens, bounded.forecast(init, lead=lead, members=4, seed=1))
+    assert float(ens.min()) >= np.float32(low) and float(ens.max()) <= np.float32(high)
+
+
 def test_points_never_observed_in_training_are_not_forecast():
     # a masked point (land under an ocean variable) is NaN in every combined forecast, even
     # where the learned decoder gives it a value; the other points are unchanged

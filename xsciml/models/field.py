@@ -20,6 +20,7 @@ import xarray as xr
 from torch import nn
 
 from .._docs import shared_docs
+from .._grid import json_attrs
 from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
@@ -193,8 +194,7 @@ class NeuralField(Estimator):
             "variables": self.variables,
             "condition": self.condition,
             "condition_scaler": self.condition_scaler.to_dict() if self.condition_scaler else None,
-            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                              for k, a in attrs.items()} for v, attrs in self.var_attrs.items()},
+            "var_attrs": {v: json_attrs(a) for v, a in self.var_attrs.items()},
             "info": self.info,
             "kriging": [k.config() for k in self.kriging] if self.kriging else None,
             "trend": self.trend,

@@ -39,6 +39,7 @@ import xarray as xr
 from torch import nn
 
 from .._docs import shared_docs
+from .._grid import json_attrs
 from .._utils import check_positive_int
 from ..base import Estimator, output_attrs, register_estimator
 from ..coords import CoordinateEncoder
@@ -233,8 +234,7 @@ class LatentInterpolator(Estimator):
                 "scaler": self.scaler.to_dict(), "variables": self.variables,
                 "sample_dim": str(self.sample_dim), "latent_dim": self.latent_dim,
                 "variational": self.variational,
-                "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                                  for k, a in at.items()} for v, at in self.var_attrs.items()},
+                "var_attrs": {v: json_attrs(a) for v, a in self.var_attrs.items()},
                 "info": self.info}
 
     def _get_tensors(self) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from ..._grid import json_attrs
 from ..._utils import check_positive_int
 from ...base import Estimator, output_attrs
 from ...coords import CoordinateEncoder
@@ -195,8 +196,7 @@ class LatentForecaster(Estimator):
             "clock": self.clock.to_dict(),
             "ode": self.ode,
             "coord_units": self.coord_units,
-            "var_attrs": {v: {k: (a if isinstance(a, (str, int, float, bool)) else str(a))
-                              for k, a in at.items()} for v, at in self.var_attrs.items()},
+            "var_attrs": {v: json_attrs(a) for v, a in self.var_attrs.items()},
             "info": self.info,
             "references": None if self.references is None else self.references.to_config(),
             "validation_model": None if self.validation_model is None else self.validation_model._get_config(),
