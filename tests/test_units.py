@@ -241,6 +241,9 @@ def test_lazy_encode_and_forecast_convert_once_and_do_not_warn(heat_k):
     ({"valid_range": np.array([-5.0, 5.0]), "standard_name": "wind_speed"}, (-5.0, 5.0)),
     ({"valid_min": 2}, (2.0, None)),
     ({"valid_max": 7.5}, (None, 7.5)),
+    ({"valid_range": "[-5.  5.]"}, (-5.0, 5.0)),  # as a model saved by an older version kept it
+    ({"valid_range": [0.0, 10.0], "valid_max": 4.0}, (0.0, 4.0)),  # valid_max, where given, wins
+    ({"valid_min": np.float32(np.nan), "valid_max": 3}, (None, 3.0)),  # a NaN bound is open
 ])
 def test_physical_bounds_from_cf_attributes(attrs, bounds) -> None:
     got = physical_bounds(attrs)
@@ -255,6 +258,8 @@ def test_physical_bounds_from_cf_attributes(attrs, bounds) -> None:
     {"standard_name": "tendency_of_atmosphere_mass_content_of_water_vapor", "units": "kg m-2 s-1"},
     {"standard_name": "change_over_time_in_sea_ice_area_fraction", "units": "1"},
     {"units": "%"},
+    {"standard_name": "integral_wrt_depth_of_sea_water_temperature_expressed_as_heat_content", "units": "J m-2"},
+    {"valid_min": np.nan},
     {},
 ])
 def test_quantities_of_either_sign_have_no_bounds(attrs) -> None:
@@ -271,3 +276,19 @@ def test_clipping_keeps_nan_laziness_and_says_so() -> None:
     assert out.attrs["units"] == "%" and out.name == "siconc"
     plain = xr.DataArray([-3.0], dims="x", attrs={"units": "K"})
     assert clip_to_physical_bounds(plain) is plain
+
+
+@pytest.mark.parametrize("attrs, match", [
+    ({"valid_min": 5.0, "valid_max": 2.0}, r"the valid range of 'sic' is empty: low 5 is above high 2"),
+    ({"valid_range": [1.0, 2.0, 3.0]}, r"attrs\['valid_range'\] of 'sic' is \[1.0, 2.0, 3.0\]: it needs two"),
+    ({"valid_min": "low"}, r"attrs\['valid_min'\] of 'sic' is 'low', not numbers: correct or delete it"),
+    ({"valid_max": []}, r"attrs\['valid_max'\] of 'sic' is \[\], not numbers"),
+])
+def test_unusable_valid_ranges_are_refused_naming_the_variable(attrs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        physical_bounds(attrs, variable="sic")
+
+
+def test_clipping_takes_a_dataarray() -> None:
+    with pytest.raises(TypeError, match="clip_to_physical_bounds takes a DataArray, got ndarray"):
+        clip_to_physical_bounds(np.zeros(3))

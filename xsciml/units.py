@@ -340,10 +340,25 @@ def check_dataset_units(ds: Any, var_attrs: Mapping[str, Mapping[str, Any]],
 _NONNEGATIVE_WORDS = ("precipitation", "amount", "content", "concentration", "thickness", "speed")
 #: Words of standard names of changes and departures, which may be negative whatever the quantity
 _SIGNED_WORDS = ("tendency", "change", "anomaly", "difference", "correction", "divergence", "convergence",
-                 "derivative", "residual", "increment")
+                 "derivative", "residual", "increment", "heat", "energy", "enthalpy")
 
 
-def physical_bounds(attrs: Mapping[str, Any]) -> tuple[float | None, float | None, str] | None:
+def _range_numbers(value: Any, key: str, variable: Any) -> list[float]:
+    """The numbers of a ``valid_*`` attribute: a number, a sequence, or its text (a model
+    saved with an older version kept ``valid_range`` as ``"[0. 100.]"``)."""
+    given = value.strip().strip("[]()").replace(",", " ").split() if isinstance(value, str) else value
+    try:
+        nums = [float(x) for x in np.ravel(np.asarray(given, dtype=object))]
+        if nums:
+            return nums
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"attrs[{key!r}] of {variable!r} is {value!r}, not numbers: correct or delete "
+                         "it (it gives the range the values are clipped to)")
+
+
+def physical_bounds(attrs: Mapping[str, Any], *,
+                    variable: Any = "values") -> tuple[float | None, float | None, str] | None:
     """The range a variable's values cannot leave, from its CF attributes.
 
     ``valid_range`` / ``valid_min`` / ``valid_max`` where given; otherwise from the
@@ -357,10 +372,18 @@ def physical_bounds(attrs: Mapping[str, Any]) -> tuple[float | None, float | Non
     ----------
     attrs
         The variable's attributes.
+    variable
+        Name used in error messages.
 
     Returns
     -------
-    ``(low, high, why)`` with ``None`` for an open side, or ``None`` when nothing is known.
+    ``(low, high, why)`` with ``None`` for an open side (also for a NaN bound), or ``None``
+    when nothing is known.
+
+    Raises
+    ------
+    ValueError
+        A ``valid_*`` attribute that is not numbers, or a low bound above the high one.
 
     Examples
     --------
@@ -371,11 +394,24 @@ def physical_bounds(attrs: Mapping[str, Any]) -> tuple[float | None, float | Non
     >>> physical_bounds({"standard_name": "air_temperature", "units": "K"}) is None
     True
     """
-    rng = attrs.get("valid_range")
-    lo = attrs.get("valid_min", None if rng is None else np.ravel(rng)[0])
-    hi = attrs.get("valid_max", None if rng is None else np.ravel(rng)[-1])
+    lo = hi = None
+    if attrs.get("valid_range") is not None:
+        nums = _range_numbers(attrs["valid_range"], "valid_range", variable)
+        if len(nums) != 2:
+            raise ValueError(f"attrs['valid_range'] of {variable!r} is {attrs['valid_range']!r}: it needs two "
+                             "numbers (low, high)")
+        lo, hi = nums
+    if attrs.get("valid_min") is not None:  # CF: valid_min / valid_max, where given, win
+        lo = _range_numbers(attrs["valid_min"], "valid_min", variable)[0]
+    if attrs.get("valid_max") is not None:
+        hi = _range_numbers(attrs["valid_max"], "valid_max", variable)[-1]
+    lo = lo if lo is not None and np.isfinite(lo) else None
+    hi = hi if hi is not None and np.isfinite(hi) else None
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"the valid range of {variable!r} is empty: low {lo:g} is above high {hi:g}; correct "
+                         "attrs['valid_range'] / ['valid_min'] / ['valid_max']")
     if lo is not None or hi is not None:
-        return (None if lo is None else float(lo), None if hi is None else float(hi), "its valid range")
+        return lo, hi, "its valid range"
     name = str(attrs.get("standard_name") or "")
     words = name.split("_")
     if any(w in words for w in _SIGNED_WORDS):
@@ -420,7 +456,11 @@ def clip_to_physical_bounds(da: xr.DataArray, attrs: Mapping[str, Any] | None = 
     >>> clip_to_physical_bounds(da).values
     array([  0.,  50., 100.])
     """
-    bounds = physical_bounds(da.attrs if attrs is None else attrs)
+    import xarray as xr
+
+    if not isinstance(da, xr.DataArray):
+        raise TypeError(f"clip_to_physical_bounds takes a DataArray, got {type(da).__name__}")
+    bounds = physical_bounds(da.attrs if attrs is None else attrs, variable=da.name)
     if bounds is None:
         return da
     lo, hi, why = bounds
