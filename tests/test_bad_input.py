@@ -200,6 +200,18 @@ def test_fit_dynamics_refuses_bad_settings(kwargs, message):
         fit_dynamics(_hourly(6), "t2m", sample_dim=None, **{"steps": 2, **kwargs})
 
 
+@pytest.mark.parametrize("fit", ["dino", "smooth"])
+def test_fit_dynamics_refuses_an_unusable_valid_range_before_fitting(fit):
+    """Forecasts are clipped to the training data's valid range: an unusable one fails at fit
+    time, naming the variable and the attribute, not later at forecast time."""
+    from xsciml.models.dynamics import fit_dynamics
+
+    ds = _hourly(6)
+    ds["t2m"].attrs["valid_range"] = [300.0, 250.0]
+    with pytest.raises(ValueError, match=r"the valid range of 't2m' is empty: low 300 is above high 250"):
+        fit_dynamics(ds, "t2m", sample_dim=None, method=fit, steps=2)
+
+
 # ----------------------------------------------------------------------------- conditions, weights
 def test_infinite_condition_at_prediction_is_refused():
     from xsciml.models.field import fit_field

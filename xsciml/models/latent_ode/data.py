@@ -17,6 +17,7 @@ import xarray as xr
 
 from ..._grid import as_dataset
 from ...tensors import decode_variable, default_space, space_dims, space_values
+from ...units import physical_bounds
 
 __all__ = ["Trajectories", "prepare_trajectories"]
 
@@ -143,6 +144,8 @@ def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Has
     if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
         raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
     tdim = ds[time].dims[0]
+    for v in variables:  # forecasts are clipped to these bounds: unusable attrs fail here, not there
+        physical_bounds(ds[v].attrs, variable=v)
     if sample_dim is None:
         sample_eff: Hashable = "_trajectory"
         ds = ds.expand_dims(sample_eff)
