@@ -208,6 +208,55 @@ def test_downscale_bad_input(prior, coarse):
         downscale(coarse, prior, samples=0)
 
 
+def test_bounded_projection_is_the_nearest_field_in_range_with_the_block_means():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(2, 8, 8)))
+    y = torch.from_numpy(rng.uniform(0.0, 0.5, size=(2, 2, 2)))
+    y[0, 0, 0] = 0.0  # a dry block: every pixel at the bound
+    y[1, 1, 1] = float("nan")  # no constraint: that block is only clipped
+    out = project(x, y, 4, bounds=(0.0, 0.6))
+    assert float(out.min()) == 0.0 and float(out.max()) <= 0.6
+    ok = torch.isfinite(y)
+    torch.testing.assert_close(coarsen(out, 4)[ok], y[ok], rtol=0, atol=1e-12)
+    assert torch.equal(out[1, 4:, 4:], x[1, 4:, 4:].clamp(0.0, 0.6))
+    torch.testing.assert_close(out[0, :4, :4], torch.zeros(4, 4, dtype=out.dtype), rtol=0, atol=1e-12)
+    # one block against a general solver of min |z - x|^2 s.t. mean(z) = y, 0 <= z <= 0.6
+    b, m = x[1, :4, :4].numpy().ravel(), float(y[1, 0, 0])
+    ref = minimize(lambda z: ((z - b) ** 2).sum(), np.full(16, m), jac=lambda z: 2 * (z - b),
+                   bounds=[(0.0, 0.6)] * 16, constraints=[{"type": "eq", "fun": lambda z: z.mean() - m}],
+                   method="SLSQP", options={"ftol": 1e-14})
+    np.testing.assert_allclose(out[1, :4, :4].numpy().ravel(), ref.x, atol=1e-6)
+    # a coarse value outside the range is clipped first; subsampling clips the other pixels
+    torch.testing.assert_close(project(x, y - 1.0, 4, bounds=(0.0, None))[0], torch.zeros(8, 8, dtype=x.dtype),
+                               rtol=0, atol=1e-12)
+    sub = project(x, y, 4, how="subsample", bounds=(0.0, None))
+    assert float(sub.min()) == 0.0 and torch.equal(sub[..., ::4, ::4][ok], y[ok])
+
+
+def test_downscale_keeps_a_bounded_variable_in_range_and_its_coarse_values(prior, coarse, monkeypatch):
+    free = downscale(coarse, prior, factor=F, seed=3, **KW)
+    low = float(coarse.min()) - 0.2
+    assert float(free.min()) < low  # the unbounded samples do go below the bound
+    monkeypatch.setitem(prior.grid.var_attrs["t2m"], "valid_min", low)
+    held = downscale(coarse, prior, factor=F, seed=3, **KW)
+    assert float(held.min()) >= low
+    np.testing.assert_allclose(held.coarsen(lat=F, lon=F).mean().values,
+                               np.broadcast_to(coarse.values, held.coarsen(lat=F, lon=F).mean().shape),
+                               rtol=0, atol=1e-9)
+    want = project(torch.from_numpy(free.values), torch.from_numpy(coarse.values), F, bounds=(low, None))
+    np.testing.assert_allclose(held.values, want.numpy(), rtol=0, atol=1e-9)
+    assert held.attrs["xsciml_bounds"].startswith(f"projected onto at least {low:g} K (its valid range)")
+    assert "xsciml_bounds" not in free.attrs
+
+
+def test_fit_diffusion_refuses_an_unusable_valid_range():
+    bad = _fine(n=4).assign_attrs(valid_range=[300.0, 250.0])
+    with pytest.raises(ValueError, match=r"the valid range of 't2m' is empty: low 300 is above high 250"):
+        fit_diffusion(bad, base_channels=4, levels=2, emb_dim=8, steps=1, progress=False)
+
+
 # ----------------------------------------------------------------- the check against bicubic
 def test_bicubic_known_answers():
     y = torch.tensor([[1.0, 2.0], [3.0, 5.0]])

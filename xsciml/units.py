@@ -463,9 +463,13 @@ def clip_to_physical_bounds(da: xr.DataArray, attrs: Mapping[str, Any] | None = 
     bounds = physical_bounds(da.attrs if attrs is None else attrs, variable=da.name)
     if bounds is None:
         return da
+    out = da.clip(min=bounds[0], max=bounds[1], keep_attrs=True)
+    return out.assign_attrs(xsciml_bounds=f"clipped to {bounds_text(bounds, da.attrs.get('units'))}")
+
+
+def bounds_text(bounds: tuple[float | None, float | None, str], units: Any = None) -> str:
+    """``"0 to 100 % (sea_ice_area_fraction is a fraction)"``: bounds of :func:`physical_bounds` in words."""
     lo, hi, why = bounds
-    out = da.clip(min=lo, max=hi, keep_attrs=True)
     side = (f"{lo:g} to {hi:g}" if lo is not None and hi is not None
             else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
-    units = da.attrs.get("units")
-    return out.assign_attrs(xsciml_bounds=f"clipped to {side}{f' {units}' if units else ''} ({why})")
+    return f"{side}{f' {units}' if units else ''} ({why})"

@@ -962,6 +962,9 @@ def fit_diffusion(
             f"{name!r} has {int(bad.sum())} NaN/inf values (e.g. at grid index {where}); the diffusion "
             "prior needs complete fields. Crop the domain to where data exist or fill the gaps first."
         )
+    from ..units import physical_bounds
+
+    physical_bounds(ds[name].attrs, variable=name)  # samples are projected into them: unusable attrs fail here
     H, W = values.shape[1:]
     need = 2 ** (levels - 1)
     if min(H, W) < need:

@@ -18,7 +18,9 @@ prior conditioned on :math:`C'x = y`:
   subsampling);
 * the samplers end on the projected denoised estimate, and a last projection in
   float64 and physical units makes every sample satisfy :math:`C'x = y` to float64
-  precision.
+  precision; for a bounded variable (:func:`xsciml.units.physical_bounds`: precipitation,
+  a fraction, a ``valid_range``) it is the projection onto the fields that also stay in
+  the range (:func:`project` with ``bounds``).
 
 Normalisation is linear (per-pixel mean, global scale), so the constraint is imposed in
 the prior's normalised space as :math:`C'z = (y - C'\mu)/s`.
@@ -43,6 +45,7 @@ import xarray as xr
 
 from .._utils import check_numeric, progress_bar
 from ..base import Transformer, output_attrs
+from ..units import bounds_text, physical_bounds
 from .diffusion import SAMPLERS, DiffusionPrior, RowNoise, row_seeds, run_sampler
 
 __all__ = ["coarsen", "project", "upsample", "bicubic", "training_check", "downscale", "COARSEN_MODES"]
@@ -144,13 +147,22 @@ def bicubic(coarse: torch.Tensor, factor: int, how: str = "mean") -> torch.Tenso
     return up.reshape(*lead, h * f, w * f)
 
 
-def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
-    """Project fine fields ``x [..., H, W]`` onto ``{x : C'x = y}``.
+def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
+            bounds: tuple[float | None, float | None] | None = None) -> torch.Tensor:
+    r"""Project fine fields ``x [..., H, W]`` onto ``{x : C'x = y}``.
 
     For the block mean, the orthogonal projection adds the nearest-upsampled residual
     :math:`U(y - C'x)` (since :math:`C'U = I`); for subsampling it sets the sampled
     pixels to ``y``. Where ``y`` is NaN (a missing coarse pixel) there is no constraint:
     that block of ``x`` is left unchanged.
+
+    With ``bounds = (low, high)`` (``None`` for an open side) the projection is onto
+    ``{x : C'x = y, low <= x <= high}``: ``y`` is first clipped to the bounds (a block
+    mean outside them cannot be met), then for the block mean each block is
+    :math:`\mathrm{clip}(x + \lambda, \mathrm{low}, \mathrm{high})` with the one shift
+    :math:`\lambda` that gives the block its mean (the Euclidean projection onto a box
+    and a hyperplane; :math:`\lambda` found by bisection, to float64 precision); for
+    subsampling the other pixels are clipped. A missing coarse pixel's block is clipped.
 
     Examples
     --------
@@ -162,6 +174,9 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
     >>> gap = torch.tensor([[1.0, float("nan")], [3.0, 4.0]])  # no constraint at the NaN
     >>> coarsen(project(x, gap, 2), 2).tolist()
     [[1.0, 0.0], [3.0, 4.0]]
+    >>> wet = torch.tensor([[[0.0, 3.0], [-1.0, 2.0]]], dtype=torch.float64)  # mean 1
+    >>> project(wet, torch.tensor([[0.5]], dtype=torch.float64), 2, bounds=(0.0, None)).tolist()
+    [[[0.0, 1.5], [0.0, 0.5]]]
     """
     f = _check_factor(factor)
     _check_how(how)
@@ -169,6 +184,8 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
     if cx.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"y has spatial shape {tuple(y.shape[-2:])}, C'x has {tuple(cx.shape[-2:])}.")
     y = y.to(x.dtype)
+    if bounds is not None and (bounds[0] is not None or bounds[1] is not None):
+        return _project_bounded(x, y, f, how, bounds[0], bounds[1])
     observed = torch.isfinite(y)
     if how == "subsample":
         out = x.clone()
@@ -179,6 +196,29 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean") ->
     if not observed.all():
         resid = torch.where(observed, resid, torch.zeros((), dtype=x.dtype, device=x.device))
     return x + upsample(resid, f)
+
+
+def _project_bounded(x: torch.Tensor, y: torch.Tensor, f: int, how: str, lo: float | None,
+                     hi: float | None) -> torch.Tensor:
+    """:func:`project` with bounds (at least one side not ``None``)."""
+    y = y.clamp(min=lo, max=hi)
+    observed = torch.isfinite(y)
+    if how == "subsample":
+        out = x.clamp(min=lo, max=hi)
+        sub = out[..., ::f, ::f]
+        out[..., ::f, ::f] = torch.where(observed, y, sub)
+        return out
+    y0 = torch.where(observed, y, torch.zeros((), dtype=x.dtype, device=x.device))
+    lead, (h, w) = x.shape[:-2], y.shape[-2:]
+    blocks = x.reshape(*lead, h, f, w, f)
+    # the block mean of clip(x + lam) rises from <= y at lam = y - max(x) to >= y at y - min(x)
+    low, high = y0 - blocks.amax((-3, -1)), y0 - blocks.amin((-3, -1))
+    for _ in range(64):  # halves the bracket each time: 64 reach float64 precision
+        mid = (low + high) / 2
+        below = coarsen((x + upsample(mid, f)).clamp(min=lo, max=hi), f, how) < y0
+        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+    lam = torch.where(observed, (low + high) / 2, torch.zeros((), dtype=x.dtype, device=x.device))
+    return (x + upsample(lam, f)).clamp(min=lo, max=hi)
 
 
 class GuidedDenoiser:
@@ -233,6 +273,9 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
     seeds = row_seeds(seed, np.asarray(index).reshape(n), samples).reshape(-1)  # [n * samples]
     rows = np.repeat(np.arange(n), samples)  # snapshot of each (snapshot, sample) row
     lo, hi = prior._default_sigmas(sigma_min, sigma_max)
+    # a bounded quantity (precipitation, a fraction) stays in its range, C'x = y kept
+    limits = physical_bounds(prior.attrs, variable=prior.variable)
+    bounds = None if limits is None else limits[:2]
     total = n * samples
     with progress_bar(total=math.ceil(total / batch_size) * steps, desc="downscale",
                       progress=progress) as bar:
@@ -247,7 +290,7 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
                             progress=bar.update)
             x = prior.denormalise(z[:, 0].double().cpu())
             yp = y_phys[rows[sl]]
-            x = project(x, yp, factor, how)  # exact in float64 and physical units
+            x = project(x, yp, factor, how, bounds)  # exact in float64 and physical units
             missing = ~torch.isfinite(yp)
             if missing.any():  # a missing coarse pixel stays missing (its block only)
                 x = x.masked_fill(upsample(missing, factor), float("nan"))
@@ -544,6 +587,10 @@ def downscale(
                  "xsciml_coarsen": how, "xsciml_sampler": sampler, "xsciml_sampler_steps": int(steps),
                  "xsciml_guidance": float(guidance), "xsciml_seed": int(seed),
                  "xsciml_debiased": "yes" if debias is not None else "no"}
+    limits = physical_bounds(prior.attrs, variable=prior.variable)
+    if limits is not None:
+        out.attrs["xsciml_bounds"] = (f"projected onto {bounds_text(limits, prior.units)} keeping each "
+                                      "block's coarse value (clipped to the same range first)")
     if check and prior.check_fields is not None:
         from .._utils import resolve_device
 
