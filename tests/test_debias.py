@@ -52,6 +52,19 @@ def test_gaussian_map_inverts_an_affine_bias_exactly() -> None:
     np.testing.assert_allclose(via_accessor.transform(biased).values, c.values, atol=1e-8)
 
 
+def test_a_non_negative_variable_stays_non_negative() -> None:
+    rng = np.random.default_rng(1)
+    ref = snapshots(200, 0).copy(data=np.exp(rng.normal(size=(200, 3, 4))))  # wet and dry days
+    ref.attrs = {"units": "mm d-1", "standard_name": "precipitation_amount"}
+    model = np.sqrt(ref).assign_attrs(ref.attrs)  # too little skew: not an affine bias
+    deb = fit_debias(model, ref, method="gaussian", progress=False)
+    raw = deb.transform(model.assign_attrs(standard_name="x"))  # no bound known: the bare map
+    assert float(raw.min()) < 0.0  # the Gaussian map sends the driest days below zero
+    out = deb.transform(model)
+    np.testing.assert_array_equal(out.values, np.maximum(raw.values, 0.0))
+    assert out.attrs["xsciml_bounds"] == "clipped to at least 0 mm d-1 (precipitation_amount cannot be negative)"
+
+
 def test_units_are_converted_and_refused() -> None:
     c = snapshots(200, 1)
     model = (c - 273.15).assign_attrs(units="degC")

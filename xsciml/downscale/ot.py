@@ -92,6 +92,7 @@ from .._grid import Grid, as_dataset, sample_info
 from .._utils import check_numeric, progress_bar, resolve_device
 from ..base import Estimator, append_history, output_attrs, register_estimator
 from ..training import History
+from ..units import clip_to_physical_bounds
 from ..units import units_of as _units_of
 from ._transport import TransportMap, entropic_map, fit_emd, fit_entropic, fit_linear, fit_scalable, sinkhorn_potentials
 
@@ -409,6 +410,9 @@ class Debias(Estimator):
             attrs["units"] = self.units
         attrs.update(self._provenance(action, orig.attrs))
         out.attrs = attrs
+        # a map between distributions can move a dry cell below zero: a non-negative or
+        # fractional standard_name (in the output's units) keeps its range
+        out = clip_to_physical_bounds(out, attrs)
         out.encoding = {k: v for k, v in orig.encoding.items()
                         if k not in ("scale_factor", "add_offset", "_FillValue", "dtype", "missing_value")}
         if is_da:
