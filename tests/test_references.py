@@ -156,11 +156,22 @@ def test_fit_dynamics_builds_references_and_weights_for_calendar_axes(combined):
     assert "combination weights" in text and "anomaly persistence" in text
 
 
-def test_time_limit_covers_both_fits_of_a_combined_model():
+def test_time_limit_covers_both_fits_of_a_combined_model(monkeypatch):
     # the validation fit and the refit share one budget: the first gets half of it, the
-    # second what is left (each step made 20 ms long so the budget, not the steps, stops them)
+    # second what is left after it and the references' validation forecasts (made 0.2 s
+    # long here; each step 20 ms long so the budget, not the steps, stops the fits)
+    import re
     import time
 
+    from xsciml.models import dynamics
+
+    fit_refs = dynamics._fit_references
+
+    def slow(*args, **kwargs):
+        time.sleep(0.2)
+        return fit_refs(*args, **kwargs)
+
+    monkeypatch.setattr(dynamics, "_fit_references", slow)
     ds = _hourly()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -174,6 +185,8 @@ def test_time_limit_covers_both_fits_of_a_combined_model():
     assert first.wall_time + second.wall_time <= 0.8 + 0.1
     limits = [str(w.message) for w in caught if "time limit of" in str(w.message)]
     assert len(limits) == 2 and "time limit of 0.4 s" in limits[0]
+    refit_budget = float(re.search(r"time limit of ([0-9.e-]+) s", limits[1]).group(1))
+    assert refit_budget <= 0.8 - first.wall_time - 0.2 + 0.01
 
 
 def test_weights_are_fitted_with_the_references_that_forecast(monkeypatch):

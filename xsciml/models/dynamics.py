@@ -23,6 +23,7 @@ from ..base import Estimator, Forecaster
 from ..training import TrainState, parse_time_limit
 from .dino import DINo, fit_dino
 from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
+from .latent_ode.references import References
 from .smooth import SmoothDynamics, fit_smooth_dynamics
 
 __all__ = ["fit_dynamics", "forecast"]
@@ -197,8 +198,8 @@ def fit_dynamics(
         last ``val_fraction`` of the training period, forecast by a first fit of the
         learned model that does not see it; the model is then fitted again on the whole
         training period (the fit takes about twice as long; with ``checkpoint``, the
-        first fit writes ``<checkpoint>.validation``; ``time_limit`` covers both fits, the
-        first getting half of it). ``forecast`` then returns the
+        first fit writes ``<checkpoint>.validation``; ``time_limit`` covers both fits and
+        the validation forecasts, the first fit getting half of it). ``forecast`` then returns the
         combination, whose learned member is the mean of both fits' forecasts (the first
         is kept as ``model.validation_model``; ``combine=False`` there gives the refitted
         model alone), and
@@ -272,11 +273,14 @@ def fit_dynamics(
     # the weights come from a model that has not seen the validation period; the forecasts
     # from one refitted on the whole training period, like the references. Both fits take as
     # many steps, so the first gets half the time budget and the second what is left of it.
+    # The references and their weights (the held-out model's validation forecasts) come
+    # before the refit, which gets what is then left of the budget.
     start = perf_counter()
     held_out = learn(plan.fit_until, None if checkpoint is None else f"{os.fspath(checkpoint)}.validation",
                      None if limit is None else limit / 2)
+    refs = _fit_references(held_out, plan)
     left = None if limit is None else max(limit - (perf_counter() - start), 1e-3)
-    return _attach_references(learn(train_until, checkpoint, left), held_out, plan)
+    return _attach_references(learn(train_until, checkpoint, left), held_out, refs, plan)
 
 
 def forecast(
@@ -412,15 +416,11 @@ def _reference_plan(obj: Any, variables: Any, *, time: str, sample_dim: Hashable
                           fit_until=traj.ds[time].values[n_fit - 1])
 
 
-def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDynamics,
-                       plan: _ReferencePlan) -> DINo | SmoothDynamics:
-    """Fit the references and their weights on the plan's validation split (forecasts of
-    ``held_out``, fitted before it) and attach them, and ``held_out`` as the validation
-    model, to ``model``."""
-    import warnings
-
+def _fit_references(held_out: DINo | SmoothDynamics, plan: _ReferencePlan) -> References:
+    """The references of the plan's training period, with their weights fitted on its
+    validation split (forecasts of ``held_out``, fitted before it)."""
     from ..coords import time_to_float
-    from .latent_ode.references import MAX_STARTS, References, state_values
+    from .latent_ode.references import MAX_STARTS, state_values
 
     ds, tdim = plan.ds, plan.tdim
     T, n_fit = int(ds.sizes[tdim]), plan.n_fit
@@ -464,6 +464,17 @@ def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDyna
         t0 = np.full(x0.shape[0], t[s])
         forecasts.append((x0, t0, leads, learned, truth))
     refs.fit_weights(forecasts, grid)
+    return refs
+
+
+def _attach_references(model: DINo | SmoothDynamics, held_out: DINo | SmoothDynamics, refs: References,
+                       plan: _ReferencePlan) -> DINo | SmoothDynamics:
+    """Attach the references (:func:`_fit_references`) and ``held_out`` as the validation
+    model to ``model``."""
+    import warnings
+
+    ds, tdim = plan.ds, plan.tdim
+    T, n_fit = int(ds.sizes[tdim]), plan.n_fit
     model.references = refs
     model.validation_model = held_out
     model.info["references"] = {"n_frames_validation": T - n_fit, "validation_model_steps":
