@@ -275,12 +275,29 @@ def fit_dynamics(
     # many steps, so the first gets half the time budget and the second what is left of it.
     # The references and their weights (the held-out model's validation forecasts) come
     # before the refit, which gets what is then left of the budget.
+    def share(which: str, until: Any, ckpt: Any, budget: float | None) -> DINo | SmoothDynamics:
+        if limit is None:
+            return learn(until, ckpt, budget)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:  # a fit stopped by its share says so
+            warnings.simplefilter("always")
+            fitted = learn(until, ckpt, budget)
+        for w in caught:
+            text = str(w.message)
+            if issubclass(w.category, UserWarning) and "time limit of" in text:
+                text = f"{text.rstrip('.')} ({which} of time_limit={limit:.3g} s, which both fits share)."
+            warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+        return fitted
+
     start = perf_counter()
-    held_out = learn(plan.fit_until, None if checkpoint is None else f"{os.fspath(checkpoint)}.validation",
+    held_out = share("the validation fit's half", plan.fit_until,
+                     None if checkpoint is None else f"{os.fspath(checkpoint)}.validation",
                      None if limit is None else limit / 2)
     refs = _fit_references(held_out, plan)
     left = None if limit is None else max(limit - (perf_counter() - start), 1e-3)
-    return _attach_references(learn(train_until, checkpoint, left), held_out, refs, plan)
+    return _attach_references(share("what the refit had left", train_until, checkpoint, left),
+                              held_out, refs, plan)
 
 
 def forecast(
