@@ -233,6 +233,8 @@ def test_bounded_projection_is_the_nearest_field_in_range_with_the_block_means()
                                rtol=0, atol=1e-12)
     sub = project(x, y, 4, how="subsample", bounds=(0.0, None))
     assert float(sub.min()) == 0.0 and torch.equal(sub[..., ::4, ::4][ok], y[ok])
+    with pytest.raises(ValueError, match=r"bounds=\(1, 0\) is an empty range: low is above high"):
+        project(x, y, 4, bounds=(1.0, 0.0))
 
 
 def test_downscale_keeps_a_bounded_variable_in_range_and_its_coarse_values(prior, coarse, monkeypatch):

@@ -183,41 +183,44 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
     cx = coarsen(x, f, how)
     if cx.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"y has spatial shape {tuple(y.shape[-2:])}, C'x has {tuple(cx.shape[-2:])}.")
+    lo, hi = (None, None) if bounds is None else bounds
+    if lo is not None and hi is not None and not lo <= hi:
+        raise ValueError(f"bounds=({lo:g}, {hi:g}) is an empty range: low is above high; pass (low, high) "
+                         "with low <= high, or None for an open side")
+    bounded = lo is not None or hi is not None
     y = y.to(x.dtype)
-    if bounds is not None and (bounds[0] is not None or bounds[1] is not None):
-        return _project_bounded(x, y, f, how, bounds[0], bounds[1])
+    if bounded:
+        y = y.clamp(min=lo, max=hi)  # a block mean outside the bounds cannot be met
     observed = torch.isfinite(y)
     if how == "subsample":
-        out = x.clone()
+        out = x.clamp(min=lo, max=hi) if bounded else x.clone()
         sub = out[..., ::f, ::f]
         out[..., ::f, ::f] = torch.where(observed, y, sub) if not observed.all() else y.expand_as(sub)
         return out
+    if bounded:
+        return _shift_and_clip(x, y, observed, f, lo, hi)
     resid = y - cx
     if not observed.all():
         resid = torch.where(observed, resid, torch.zeros((), dtype=x.dtype, device=x.device))
     return x + upsample(resid, f)
 
 
-def _project_bounded(x: torch.Tensor, y: torch.Tensor, f: int, how: str, lo: float | None,
-                     hi: float | None) -> torch.Tensor:
-    """:func:`project` with bounds (at least one side not ``None``)."""
-    y = y.clamp(min=lo, max=hi)
-    observed = torch.isfinite(y)
-    if how == "subsample":
-        out = x.clamp(min=lo, max=hi)
-        sub = out[..., ::f, ::f]
-        out[..., ::f, ::f] = torch.where(observed, y, sub)
-        return out
-    y0 = torch.where(observed, y, torch.zeros((), dtype=x.dtype, device=x.device))
+def _shift_and_clip(x: torch.Tensor, y: torch.Tensor, observed: torch.Tensor, f: int,
+                    lo: float | None, hi: float | None) -> torch.Tensor:
+    """Each ``f x f`` block of ``x`` as ``clip(x + lam, lo, hi)`` with the block's one shift
+    ``lam`` that gives it the mean ``y`` (already within the bounds); blocks where ``y`` is
+    not ``observed`` are only clipped."""
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    y0 = torch.where(observed, y, zero)
     lead, (h, w) = x.shape[:-2], y.shape[-2:]
     blocks = x.reshape(*lead, h, f, w, f)
     # the block mean of clip(x + lam) rises from <= y at lam = y - max(x) to >= y at y - min(x)
     low, high = y0 - blocks.amax((-3, -1)), y0 - blocks.amin((-3, -1))
     for _ in range(64):  # halves the bracket each time: 64 reach float64 precision
         mid = (low + high) / 2
-        below = coarsen((x + upsample(mid, f)).clamp(min=lo, max=hi), f, how) < y0
+        below = coarsen((x + upsample(mid, f)).clamp(min=lo, max=hi), f, "mean") < y0
         low, high = torch.where(below, mid, low), torch.where(below, high, mid)
-    lam = torch.where(observed, (low + high) / 2, torch.zeros((), dtype=x.dtype, device=x.device))
+    lam = torch.where(observed, (low + high) / 2, zero)
     return (x + upsample(lam, f)).clamp(min=lo, max=hi)
 
 
@@ -252,12 +255,22 @@ class GuidedDenoiser:
 
 
 # =========================================================================== the kernel
+def _prior_bounds(prior: DiffusionPrior) -> tuple[tuple[float | None, float | None, str] | None,
+                                                   tuple[float | None, float | None] | None]:
+    """The prior's variable's range (:func:`xsciml.units.physical_bounds`) and the
+    ``(low, high)`` the kernel's projection keeps (``None`` where unbounded)."""
+    limits = physical_bounds(prior.attrs, variable=prior.variable)
+    return limits, None if limits is None else limits[:2]
+
+
 def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarray, *,
                       device: torch.device, factor: int, how: str, samples: int, steps: int,
                       guidance: float, sampler: str, sigma_min: float | None,
                       sigma_max: float | None, rho: float, churn: float, seed: int,
-                      batch_size: int, progress: bool | None = False) -> np.ndarray:
-    """``coarse [..., h, w]`` and flat snapshot ``index [...]`` -> ``[..., sample, H, W]``."""
+                      batch_size: int, progress: bool | None = False,
+                      bounds: tuple[float | None, float | None] | None = None) -> np.ndarray:
+    """``coarse [..., h, w]`` and flat snapshot ``index [...]`` -> ``[..., sample, H, W]``;
+    ``bounds``: the variable's range (:func:`_prior_bounds`), kept by the last projection."""
     lead = coarse.shape[:-2]
     h, w = coarse.shape[-2:]
     H, W = h * factor, w * factor
@@ -273,9 +286,6 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
     seeds = row_seeds(seed, np.asarray(index).reshape(n), samples).reshape(-1)  # [n * samples]
     rows = np.repeat(np.arange(n), samples)  # snapshot of each (snapshot, sample) row
     lo, hi = prior._default_sigmas(sigma_min, sigma_max)
-    # a bounded quantity (precipitation, a fraction) stays in its range, C'x = y kept
-    limits = physical_bounds(prior.attrs, variable=prior.variable)
-    bounds = None if limits is None else limits[:2]
     total = n * samples
     with progress_bar(total=math.ceil(total / batch_size) * steps, desc="downscale",
                       progress=progress) as bar:
@@ -290,7 +300,9 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
                             progress=bar.update)
             x = prior.denormalise(z[:, 0].double().cpu())
             yp = y_phys[rows[sl]]
-            x = project(x, yp, factor, how, bounds)  # exact in float64 and physical units
+            # exact in float64 and physical units; a bounded quantity (precipitation, a
+            # fraction) stays in its range with C'x = y kept
+            x = project(x, yp, factor, how, bounds)
             missing = ~torch.isfinite(yp)
             if missing.any():  # a missing coarse pixel stays missing (its block only)
                 x = x.masked_fill(upsample(missing, factor), float("nan"))
@@ -350,7 +362,8 @@ def training_check(prior: DiffusionPrior, *, factor: int, how: str = "mean", sam
     index = np.arange(len(fine), dtype=np.int64) + 2**40
     with torch.inference_mode():
         ens = _downscale_kernel(prior, y.numpy(), index, device=torch.device(device), factor=factor, how=how,
-                                samples=int(samples), seed=int(seed), progress=False, **kw)
+                                samples=int(samples), seed=int(seed), progress=False,
+                                bounds=_prior_bounds(prior)[1], **kw)
     dims = ("frame", *prior.space_dims)
     truth = xr.DataArray(fine.numpy(), dims=dims)
     preds = {"downscale": xr.DataArray(ens.mean(axis=1), dims=dims),
@@ -567,10 +580,11 @@ def downscale(
     index = xr.DataArray(np.arange(math.prod(loop_shape), dtype=np.int64).reshape(loop_shape), dims=loop)
     if da.chunks is not None:
         index = index.chunk({d: da.chunksizes[d] for d in loop})
+    limits, bounds = _prior_bounds(prior)
     kwargs = dict(factor=f, how=how, samples=int(samples), steps=int(steps), guidance=float(guidance),
                   sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=float(rho),
                   churn=float(churn), seed=int(seed), batch_size=int(batch_size),
-                  progress=False if da.chunks is not None else prior._progress(progress))
+                  progress=False if da.chunks is not None else prior._progress(progress), bounds=bounds)
     sizes: dict[Hashable, int] = {"sample": int(samples), **dict(zip(space, prior.shape, strict=True))}
     # one output core dims entry: one DataArray
     out = cast(xr.DataArray, apply_model(_downscale_kernel, prior, da, index,
@@ -587,7 +601,6 @@ def downscale(
                  "xsciml_coarsen": how, "xsciml_sampler": sampler, "xsciml_sampler_steps": int(steps),
                  "xsciml_guidance": float(guidance), "xsciml_seed": int(seed),
                  "xsciml_debiased": "yes" if debias is not None else "no"}
-    limits = physical_bounds(prior.attrs, variable=prior.variable)
     if limits is not None:
         out.attrs["xsciml_bounds"] = (f"projected onto {bounds_text(limits, prior.units)} keeping each "
                                       "block's coarse value (clipped to the same range first)")
