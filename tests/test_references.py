@@ -184,9 +184,10 @@ def test_time_limit_covers_both_fits_of_a_combined_model(monkeypatch):
     assert first.wall_time <= 0.4 + 0.1
     assert first.wall_time + second.wall_time <= 0.8 + 0.1
     limits = [str(w.message) for w in caught if "time limit of" in str(w.message)]
-    assert len(limits) == 2 and "time limit of 0.4 s" in limits[0]
-    assert limits[0].endswith("(the validation fit's half of time_limit=0.8 s, which both fits share).")
-    assert "(what the refit had left of time_limit=0.8 s" in limits[1]
+    assert len(limits) == 2
+    assert ("the time limit of 0.4 s (the validation fit's half of time_limit=0.8 s, which both fits share) "
+            "was reached") in limits[0]
+    assert "(what the refit had left of time_limit=0.8 s, which both fits share) was reached" in limits[1]
     refit_budget = float(re.search(r"time limit of ([0-9.e-]+) s", limits[1]).group(1))
     assert refit_budget <= 0.8 - first.wall_time - 0.2 + 0.01
 

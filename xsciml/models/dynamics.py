@@ -21,6 +21,7 @@ import xarray as xr
 from .._docs import shared_docs
 from ..base import Estimator, Forecaster
 from ..training import TrainState, parse_time_limit
+from ..training._checkpoints import time_limit_share
 from .dino import DINo, fit_dino
 from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from .latent_ode.references import References
@@ -278,17 +279,8 @@ def fit_dynamics(
     def share(which: str, until: Any, ckpt: Any, budget: float | None) -> DINo | SmoothDynamics:
         if limit is None:
             return learn(until, ckpt, budget)
-        import warnings
-
-        with warnings.catch_warnings(record=True) as caught:  # a fit stopped by its share says so
-            warnings.simplefilter("always")
-            fitted = learn(until, ckpt, budget)
-        for w in caught:
-            text = str(w.message)
-            if issubclass(w.category, UserWarning) and "time limit of" in text:
-                text = f"{text.rstrip('.')} ({which} of time_limit={limit:.3g} s, which both fits share)."
-            warnings.warn_explicit(text, w.category, w.filename, w.lineno)
-        return fitted
+        with time_limit_share(f"{which} of time_limit={limit:.3g} s, which both fits share"):
+            return learn(until, ckpt, budget)  # a fit stopped by its share says so
 
     start = perf_counter()
     held_out = share("the validation fit's half", plan.fit_until,

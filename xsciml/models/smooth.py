@@ -97,6 +97,7 @@ from ..base import register_estimator
 from ..coords import CoordinateEncoder
 from ..tensors import Scaler, decode_variable, space_dims
 from ..training import TrainState
+from ..training._checkpoints import time_limit_words
 from .autodecode import CodePosterior, laplace_posterior
 from .latent_ode import (
     ADAPTIVE_METHODS,
@@ -1224,7 +1225,8 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
         # stopped by a callback or out of time: the dynamics stage is not run
         reason = hist1.stop_reason if hist1.stop_reason in ("callback", "time_limit") else "time_limit"
         if hist1.stop_reason is None:  # the budget ran out exactly as the first stage ended
-            warnings.warn(f"fit_smooth_dynamics: the time limit of {limit:g} s was reached after the "
+            assert limit is not None
+            warnings.warn(f"fit_smooth_dynamics: {time_limit_words(limit)} was reached after the "
                           f"autoencoder stage ({hist1.steps} steps); the dynamics stage ({dsteps} steps "
                           "asked for) was not run.", UserWarning, stacklevel=2)
         hist2 = History(stopped_early=True, stop_reason=reason, device=hist1.device)

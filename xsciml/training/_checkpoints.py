@@ -6,7 +6,9 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,28 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+
+
+_SHARE_NOTE: ContextVar[str | None] = ContextVar("xsciml_time_limit_share", default=None)
+
+
+@contextmanager
+def time_limit_share(note: str) -> Iterator[None]:
+    """Within this block, a fit stopped by its time limit says whose share of which budget
+    the limit was: ``note`` (``"the validation fit's half of time_limit=40 s"``) follows
+    the limit in the warning (:func:`time_limit_words`)."""
+    token = _SHARE_NOTE.set(note)
+    try:
+        yield
+    finally:
+        _SHARE_NOTE.reset(token)
+
+
+def time_limit_words(limit: float) -> str:
+    """``"the time limit of 20 s"``, with the share's note inside :func:`time_limit_share`:
+    ``"the time limit of 20 s (the validation fit's half of time_limit=40 s)"``."""
+    note = _SHARE_NOTE.get()
+    return f"the time limit of {limit:.3g} s" + (f" ({note})" if note else "")
 
 
 def parse_time_limit(value: float | str | None, name: str = "time_limit") -> float | None:

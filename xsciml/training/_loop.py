@@ -27,6 +27,7 @@ from ._checkpoints import (
     read_checkpoint,
     rng_state,
     set_rng_state,
+    time_limit_words,
     write_checkpoint,
 )
 from ._data import (
@@ -526,7 +527,8 @@ class _FitRun(Generic[_M]):
         else:
             asked = f"{self.epochs} epochs"
         resume = " (resume from the checkpoint to continue)" if self.ckpt_path is not None else ""
-        warnings.warn(f"{self.desc}: the time limit of {self.time_limit:.3g} s was reached after {step} "
+        assert self.time_limit is not None  # only a run with a time limit stops by it
+        warnings.warn(f"{self.desc}: {time_limit_words(self.time_limit)} was reached after {step} "
                       f"steps of the {asked} asked for; training stopped there{resume}.", UserWarning, stacklevel=4)
 
     def postfix(self, loss_value: float, last_val: float | None) -> dict[str, str]:
