@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -186,3 +188,39 @@ def test_training_stops_once_the_held_out_loss_stops_improving():
     checked = [step for step, _ in hist.val_loss]
     assert len(checked) - 1 - checked.index(hist.best_step) == 3
     assert ds.sciml.fit_field("u", early_stopping=None, **kw).info["steps"] == 600
+
+
+def test_a_bounded_variable_is_predicted_and_sampled_within_its_range(tmp_path):
+    from xsciml.likelihoods import censored_normal_moments
+
+    ds = smooth_ds(n=20, frames=2)
+    ds["u"] = (ds.u - 0.3).clip(min=0.0)  # a precipitation-like field: dry (0) over half the domain
+    ds.u.attrs = {"standard_name": "precipitation_amount", "units": "kg m-2"}
+    keep = xsciml.datasets.sample_points(ds.u, 0.3, seed=1)
+    field = ds.where(keep).sciml.fit_field("u", space=("y", "x"), time="time", steps=200,
+                                           progress=False, seed=0)
+    free = copy.copy(field)  # the same fit without the bounds
+    free.var_attrs = {"u": {"units": "kg m-2"}}
+    p, q = field.predict(ds), free.predict(ds)
+    assert float(q.u_mean.min()) < 0.0  # the Gaussian's mean goes below zero on the dry side
+    m, s = censored_normal_moments(torch.from_numpy(q.u_mean.values), torch.from_numpy(q.u_std.values), 0.0)
+    np.testing.assert_allclose(p.u_mean.values, m.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(p.u_std.values, s.numpy(), rtol=1e-6)
+    assert float(p.u_mean.min()) > 0.0 and "censored to at least 0 kg m-2" in p.u_mean.attrs["xsciml_bounds"]
+    # draws are the clipped draws of the same Normal, eager and lazy
+    draws, raw = field.sample(8, ds, seed=3), free.sample(8, ds, seed=3)
+    xr.testing.assert_equal(draws.drop_attrs(), raw.clip(min=0.0).drop_attrs())
+    assert float((draws == 0).mean()) > 0.2 and draws.attrs["xsciml_bounds"].startswith("clipped to at least 0")
+    lazy = ds.chunk({"time": 1})
+    assert float(field.sample(4, lazy, seed=0).min()) == 0.0
+    xr.testing.assert_allclose(field.predict(lazy).compute(), p.astype("float32").transpose(*p.u_mean.dims),
+                               atol=1e-5)
+    # the score's RMSE is that of the mean predict returns
+    withheld = ds.where(~keep)
+    want = float(np.sqrt(((p.u_mean - ds.u).where(~keep) ** 2).mean()))
+    assert float(field.score(withheld)["rmse"]) == pytest.approx(want, rel=1e-4)
+    # a valid_range that cannot be read is refused before any training
+    bad = ds.where(keep)
+    bad.u.attrs["valid_range"] = "zero to ten"
+    with pytest.raises(ValueError, match=r"valid_range.*'u'|'u'.*valid_range"):
+        bad.sciml.fit_field("u", space=("y", "x"), time="time", steps=5, progress=False)

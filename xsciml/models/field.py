@@ -34,6 +34,7 @@ from ..tensors import (
     to_tensors,
 )
 from ..training import History, TrainState
+from ..units import bounds_text, physical_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..likelihoods import Likelihood
@@ -298,6 +299,26 @@ class NeuralField(Estimator):
         mean, std = self._moments(self._net_out(tp.features, batch_size, device), tp.features)
         return torch.distributions.Normal(mean, std), tp
 
+    def _bounds(self) -> list[tuple[float | None, float | None, str] | None]:
+        """Each variable's physical range (:func:`xsciml.units.physical_bounds`), or None."""
+        return [physical_bounds(self.var_attrs.get(v, {}), variable=v) for v in self.variables]
+
+    def _censored(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive moments ``[N, Dy]`` of a bounded variable as those of its Normal
+        censored at the bounds (:func:`xsciml.likelihoods.censored_normal_moments`: the
+        distribution of the clipped draws); the others unchanged."""
+        bounds = self._bounds()
+        if all(b is None for b in bounds):
+            return mean, std
+        from ..likelihoods import censored_normal_moments
+
+        means, stds = [], []
+        for j, b in enumerate(bounds):
+            m, sd = (mean[:, j], std[:, j]) if b is None else censored_normal_moments(mean[:, j], std[:, j], *b[:2])
+            means.append(m)
+            stds.append(sd)
+        return torch.stack(means, 1), torch.stack(stds, 1)
+
     # ------------------------------------------------------------------ outputs
     def predict(self, target: Any, *, time: Any = None, batch_size: int | None = None,
                 device: Any = "auto", check_domain: bool = True) -> xr.Dataset:
@@ -340,11 +361,12 @@ class NeuralField(Estimator):
         if blocks is not None:
             return self._predict_lazy(blocks, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
+        mean, std = self._censored(dist.mean, dist.stddev)
         mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
-            out[f"{v}_mean"] = tp.to_dataarray(dist.mean[:, j], name=f"{v}_mean", attrs=mean_attrs[v])
-            out[f"{v}_std"] = tp.to_dataarray(dist.stddev[:, j], name=f"{v}_std", attrs=std_attrs[v])
+            out[f"{v}_mean"] = tp.to_dataarray(mean[:, j], name=f"{v}_mean", attrs=mean_attrs[v])
+            out[f"{v}_std"] = tp.to_dataarray(std[:, j], name=f"{v}_std", attrs=std_attrs[v])
         return xr.Dataset(out, attrs=self._output_provenance("predict"))
 
     # ------------------------------------------------------------------ lazy (dask) path
@@ -356,20 +378,24 @@ class NeuralField(Estimator):
         return target_blocks(target, names + self.condition, data_names=self.condition,
                              time_name=self.encoder.time, time=time)
 
-    def _block_moments(self, features: torch.Tensor, device: torch.device
+    def _block_moments(self, features: torch.Tensor, device: torch.device, censor: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and std (physical units, on the CPU) of one minibatch, computed
-        on ``device`` with the modules already there (the worker-side cached model)."""
+        on ``device`` with the modules already there (the worker-side cached model);
+        ``censor``: those of a bounded variable censored at its bounds (:meth:`_censored`)."""
         net_out = self.module(features.to(device, non_blocking=True)).float()
         if self.kriging:
-            return self._moments(net_out, features.cpu())
-        dist = self.module.likelihood.distribution(net_out)
-        mean = self.scaler.inverse(dist.mean)
-        std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev))
-        return mean.cpu(), std.cpu()
+            mean, std = self._moments(net_out, features.cpu())
+        else:
+            dist = self.module.likelihood.distribution(net_out)
+            mean = self.scaler.inverse(dist.mean).cpu()
+            std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev)).cpu()
+        return self._censored(mean, std) if censor else (mean, std)
 
-    def _predict_lazy(self, blocks: Any, *, batch_size: int | None, device: Any) -> xr.Dataset:
-        """One task per chunk of the target (see :mod:`xsciml.parallel`)."""
+    def _predict_lazy(self, blocks: Any, *, batch_size: int | None, device: Any,
+                      censor: bool = True) -> xr.Dataset:
+        """One task per chunk of the target (see :mod:`xsciml.parallel`); ``censor`` as in
+        :meth:`_block_moments`."""
         from ..parallel import blockwise_model
 
         if batch_size is None:
@@ -383,7 +409,7 @@ class NeuralField(Estimator):
         arr = blockwise_model(_predict_block, self, out_ind + "Z", *blocks.argpairs(index),
                               dtype=np.float32, new_axes={"Z": 2 * n}, device=device,
                               name="xsciml-predict", batch_size=int(batch_size),
-                              data_names=tuple(self.condition), **blocks.layout())
+                              data_names=tuple(self.condition), censor=bool(censor), **blocks.layout())
         mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
@@ -395,12 +421,20 @@ class NeuralField(Estimator):
         """Attrs of the outputs, per variable: ``<var>_std`` (default), ``<var>_mean``
         (``"mean"``) or draws (``"sample"``); see :func:`xsciml.base.output_attrs`.
 
+        A bounded variable's attrs say how its range was kept (``xsciml_bounds``).
+
         Examples
         --------
         >>> field.predict_attrs()["sst"]["long_name"]  # doctest: +SKIP
         'predictive standard deviation of sea surface temperature'
         """
-        return {v: output_attrs(self.var_attrs.get(v, {}), statistic, name=v) for v in self.variables}
+        out = {v: output_attrs(self.var_attrs.get(v, {}), statistic, name=v) for v in self.variables}
+        for v, b in zip(self.variables, self._bounds(), strict=True):
+            if b is not None:
+                text = bounds_text(b, self.var_attrs.get(v, {}).get("units"))
+                out[v]["xsciml_bounds"] = (f"clipped to {text}" if statistic == "sample" else
+                                           f"of the predictive Normal censored to {text} (its draws clipped)")
+        return out
 
     _ACTIONS = {"predict": "predict: predictive mean and standard deviation of {}",
                 "sample": "sample: draws from the predictive distribution of {}"}
@@ -444,6 +478,9 @@ class NeuralField(Estimator):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         eps = torch.randn((n,) + tuple(dist.mean.shape), generator=g)
         draws = dist.mean + dist.stddev * eps
+        for j, b in enumerate(self._bounds()):  # a bounded variable: draws of the censored Normal
+            if b is not None:
+                draws[..., j] = draws[..., j].clamp(min=b[0], max=b[1])
         attrs = self.predict_attrs("sample")
         das = {v: tp.to_dataarray(draws[..., j], name=v, attrs=attrs[v],
                                   leading_dims=("sample",), leading_coords={"sample": np.arange(n)})
@@ -459,7 +496,8 @@ class NeuralField(Estimator):
         """Lazy draws: the lazy mean and std plus dask's chunked standard normals."""
         import dask.array as dsa
 
-        pred = self._predict_lazy(blocks, batch_size=batch_size, device=device)
+        pred = self._predict_lazy(blocks, batch_size=batch_size, device=device, censor=False)
+        bounds = self._bounds()
         rng = dsa.random.default_rng(seed)
         nv = len(self.variables)
         eps = rng.standard_normal((n,) + blocks.shape + (nv,), chunks=((n,),) + blocks.chunks + ((nv,),),
@@ -469,6 +507,9 @@ class NeuralField(Estimator):
         for j, v in enumerate(self.variables):
             noise = xr.DataArray(eps[..., j], dims=("sample",) + blocks.dims)
             da = (pred[f"{v}_mean"] + pred[f"{v}_std"] * noise).transpose("sample", *blocks.dims)
+            b = bounds[j]
+            if b is not None:  # draws of the censored Normal
+                da = da.clip(min=b[0], max=b[1])
             da = da.assign_coords(sample=np.arange(n)).rename(v)
             da.attrs = dict(attrs[v])
             das[v] = da
@@ -531,11 +572,14 @@ class NeuralField(Estimator):
         dist, _ = self.distribution(tp, batch_size=batch_size, device=device)
         y = data.y.to(dist.mean.dtype)
         err = dist.mean - y
+        # RMSE of the mean predict returns (a bounded variable's censored mean); the
+        # interval is the Normal's, which for values within the bounds covers the same ones
+        rmse_err = self._censored(dist.mean, dist.stddev)[0] - y
         z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)))
         out: dict[str, float] = {}
         per = []
         for j, v in enumerate(self.variables):
-            rmse = float(err[:, j].pow(2).mean().sqrt())
+            rmse = float(rmse_err[:, j].pow(2).mean().sqrt())
             nrmse = rmse / float(y[:, j].std()) if len(y) > 1 else float("nan")
             nll = float(-dist.log_prob(y)[:, j].mean())
             cov = float((err[:, j].abs() <= z * dist.stddev[:, j]).float().mean())
@@ -611,7 +655,7 @@ _ENCODE_POINTS = 1 << 20
 
 def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ...],
                    var_dims: tuple, dims: tuple, data_names: tuple[str, ...], batch_size: int,
-                   device: torch.device) -> np.ndarray:
+                   device: torch.device, censor: bool = True) -> np.ndarray:
     """Task body of a lazy predict: ``[*chunk shape, 2 * n_variables]`` float32, means
     then stds, NaN where a coordinate is NaN. Runs on a worker with the cached model;
     coordinates are encoded by sub-blocks and the network runs in minibatches of
@@ -628,7 +672,7 @@ def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ..
         features = tp.features
         values = np.empty((len(features), 2 * n), dtype=np.float32)
         for i in range(0, len(features), batch_size):
-            mean, std = model._block_moments(features[i:i + batch_size], device)
+            mean, std = model._block_moments(features[i:i + batch_size], device, censor)
             values[i:i + batch_size, :n] = mean.numpy()
             values[i:i + batch_size, n:] = std.numpy()
         sub = tuple(s.stop - s.start for s in region)
@@ -809,6 +853,8 @@ def fit_field(
     seed_everything(seed)  # the network's initial weights come from the global generator
     data = to_tensors(obj, variables, space=space, time=time, condition=condition, sphere=sphere,
                       time_features=time_features)
+    for v in data.variables:  # outputs keep a bounded variable in range: unreadable valid_* fail here
+        physical_bounds(data.var_attrs.get(v, {}), variable=v)
     n_out = len(data.variables)
     lik = build_likelihood(likelihood, n_out)
     in_features = data.features.shape[1] if not data.is_lazy else data.encoder.n_features + len(data.condition)
