@@ -212,6 +212,48 @@ def test_fit_dynamics_refuses_an_unusable_valid_range_before_fitting(fit):
         fit_dynamics(ds, "t2m", sample_dim=None, method=fit, steps=2)
 
 
+def test_fit_dynamics_takes_one_record_by_default_and_names_what_it_cannot_take():
+    """sample_dim's default: one trajectory unless the data have a 'trajectory' dim; time out
+    of order and a dim that is neither time, space nor trajectories are refused, saying what to do."""
+    from xsciml.models.dynamics import fit_dynamics
+    from xsciml.models.latent_ode import resolve_sample_dim
+
+    tiny = dict(steps=2, latent_dim=2, width=8, depth=1, dynamics_width=8, dynamics_depth=1, seed=0,
+                combine=False, progress=False)
+    ds = _hourly(12)
+    model = fit_dynamics(ds, "t2m", **tiny)  # no sample_dim: one record
+    assert model.sample_dim is None and model.info["n_trajectories"] == 1
+    two = xr.concat([ds, ds + 1.0], "trajectory")
+    assert resolve_sample_dim(two, "auto") == "trajectory" and resolve_sample_dim(ds, "auto") is None
+    assert fit_dynamics(two, "t2m", **tiny).info["n_trajectories"] == 2
+    with pytest.raises(KeyError, match="sample_dim 'member' is not a dimension"):
+        fit_dynamics(ds, "t2m", sample_dim="member", **tiny)
+    late = xr.concat([ds, ds.isel(time=[3])], "time")  # a frame appended out of order
+    with pytest.raises(ValueError, match=r"'time' must be strictly increasing: frame 12 \(2019-03-01T03.*comes "
+                                         r"before frame 11 .*ds.sortby\('time'\).drop_duplicates\('time'\)"):
+        fit_dynamics(late, "t2m", **tiny)
+    with pytest.raises(ValueError, match=r"frame 1 .* repeats frame 0"):
+        fit_dynamics(xr.concat([ds.isel(time=[0]), ds], "time"), "t2m", **tiny)
+    levels = ds.expand_dims(plev=[850.0, 500.0]).transpose("time", "plev", "lat", "lon")
+    with pytest.raises(ValueError, match=r"dims \('time', 'plev', 'lat', 'lon'\); the fit takes time along 'time' "
+                                         r"and space along \('lat', 'lon'\); 'plev' is none of these: select one "
+                                         r"value \(ds.isel\(plev=0\)\), pass sample_dim='plev'"):
+        fit_dynamics(levels, "t2m", **tiny)
+    assert fit_dynamics(levels, "t2m", **{**tiny, "sample_dim": "plev"}).info["n_trajectories"] == 2
+
+
+def test_fit_dynamics_on_a_constant_field_forecasts_the_constant():
+    from xsciml.models.dynamics import fit_dynamics
+
+    ds = _hourly(12)
+    ds["t2m"] = ds.t2m * 0 + 280.0
+    with np.errstate(all="raise"):  # the frames' relative weights were 0 / 0
+        model = fit_dynamics(ds, "t2m", steps=2, latent_dim=2, width=8, depth=1, dynamics_width=8,
+                             dynamics_depth=1, seed=0, combine=False, progress=False)
+    fc = model.forecast(ds.isel(time=-1), lead=[1, 2])
+    np.testing.assert_allclose(fc.values, 280.0, atol=0.5)
+
+
 # ----------------------------------------------------------------------------- conditions, weights
 def test_infinite_condition_at_prediction_is_refused():
     from xsciml.models.field import fit_field

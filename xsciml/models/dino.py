@@ -93,6 +93,7 @@ from .latent_ode import (
     dynamics_loss,
     ode_settings,
     prepare_trajectories,
+    resolve_sample_dim,
     teacher_forcing_schedule,
     unique_solver_times,
 )
@@ -860,7 +861,7 @@ def fit_dino(
     *,
     space: str | Sequence[str] | None = None,
     time: str = "time",
-    sample_dim: Hashable | None = "trajectory",
+    sample_dim: Hashable | None = "auto",
     train_until: Any = None,
     latent_dim: int = 32,
     width: int = 64,
@@ -967,6 +968,7 @@ def fit_dino(
     from ..nn import build_network
     from ..training import checkpoint_step, fit, parse_time_limit
 
+    sample_dim = resolve_sample_dim(obj, sample_dim)
     traj = prepare_trajectories(obj, variables, time=time, sample_dim=sample_dim,
                                 train_until=train_until, space=space)
     ds, variables, tdim, sample_dim_eff, space = (traj.ds, traj.variables, traj.time_dim,
@@ -1033,8 +1035,11 @@ def fit_dino(
         mean = ys.sum(2) / cnt
         var = ((ys - mean[:, :, None]) ** 2 * mask).sum(2) / cnt  # [S, T, C]
         ref = float(var[mask.any(2)].mean())
-        wts = 1.0 / (var + 1e-2 * ref)
-        wts = wts / wts[mask.any(2)].mean()
+        if ref > 0:
+            wts = 1.0 / (var + 1e-2 * ref)
+            wts = wts / wts[mask.any(2)].mean()
+        else:  # every frame uniform in space: nothing to weight by
+            wts = np.ones((S, T, C))
     else:
         wts = np.ones((S, T, C))
     Wt = torch.as_tensor(wts, dtype=torch.float32)

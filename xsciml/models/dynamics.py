@@ -23,7 +23,7 @@ from ..base import Estimator, Forecaster
 from ..training import TrainState, parse_time_limit
 from ..training._checkpoints import time_limit_share
 from .dino import DINo, fit_dino
-from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS
+from .latent_ode import ADAPTIVE_METHODS, FIXED_STEP_METHODS, resolve_sample_dim
 from .latent_ode.references import References
 from .smooth import SmoothDynamics, fit_smooth_dynamics
 
@@ -37,7 +37,7 @@ def fit_dynamics(
     *,
     space: str | Sequence[str] | None = None,
     time: str = "time",
-    sample_dim: Hashable | None = "trajectory",
+    sample_dim: Hashable | None = "auto",
     train_until: Any = None,
     latent_dim: int = 32,
     width: int = 64,
@@ -101,7 +101,9 @@ def fit_dynamics(
     time
         Time coordinate (a dimension): numbers, datetime64 or cftime, possibly irregular.
     sample_dim
-        Dimension indexing trajectories; ``None`` for a single trajectory.
+        Dimension indexing trajectories; ``None`` for a single trajectory (one record along
+        ``time``); default ``"auto"``: ``"trajectory"`` where the data have that dimension,
+        a single trajectory otherwise.
     train_until
         Last time used for training (a time label, e.g. ``"2019-03-24"`` or ``2.25``);
         default all.
@@ -245,6 +247,7 @@ def fit_dynamics(
         if kwargs:
             raise TypeError(f"fit_dynamics(method='dino') got unexpected argument(s) {sorted(kwargs)}")
     given: dict[str, Any] = {"solver": solver, "rtol": rtol, "atol": atol, "steps": steps, "lr": lr}
+    sample_dim = resolve_sample_dim(obj, sample_dim)  # "auto": one trajectory unless there is a 'trajectory' dim
     limit = parse_time_limit(time_limit)  # the whole call's budget, shared by both fits
 
     def learn(until: Any, ckpt: Any, budget: float | None) -> DINo | SmoothDynamics:

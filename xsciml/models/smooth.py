@@ -112,6 +112,7 @@ from .latent_ode import (
     dynamics_loss,
     ode_settings,
     prepare_trajectories,
+    resolve_sample_dim,
     teacher_forcing_schedule,
 )
 
@@ -939,7 +940,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     *,
     space: str | Sequence[str] | None = None,
     time: str = "time",
-    sample_dim: Hashable | None = "trajectory",
+    sample_dim: Hashable | None = "auto",
     train_until: Any = None,
     network: str = "fourier",
     modes: int = 4,
@@ -1073,6 +1074,7 @@ def fit_smooth_dynamics(  # noqa: C901 - flat sequence of argument checks and fi
     """
     from ..training import History, checkpoint_step, fit, parse_time_limit
 
+    sample_dim = resolve_sample_dim(obj, sample_dim)
     limit = parse_time_limit(time_limit)
     started = _time.perf_counter()
     callbacks = (callbacks,) if callable(callbacks) else tuple(callbacks)

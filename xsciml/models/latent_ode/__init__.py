@@ -24,7 +24,7 @@ The models (:mod:`xsciml.models.dino`, :mod:`xsciml.models.smooth`) build on thi
 :func:`xsciml.models.dynamics.fit_dynamics` chooses between them.
 """
 
-from .data import Trajectories, prepare_trajectories
+from .data import Trajectories, prepare_trajectories, resolve_sample_dim
 from .forecaster import InitialStates, LatentForecaster
 from .ode import (
     ADAPTIVE_METHODS,
@@ -56,6 +56,7 @@ __all__ = [
     "integrate_latent",
     "ode_settings",
     "prepare_trajectories",
+    "resolve_sample_dim",
     "teacher_forcing_schedule",
     "unique_solver_times",
 ]

@@ -19,7 +19,7 @@ from ..._grid import as_dataset
 from ...tensors import decode_variable, default_space, space_dims, space_values
 from ...units import physical_bounds
 
-__all__ = ["Trajectories", "prepare_trajectories"]
+__all__ = ["Trajectories", "prepare_trajectories", "resolve_sample_dim"]
 
 
 # =========================================================================== training data
@@ -67,10 +67,28 @@ class Trajectories:
         """The space dims (:func:`~xsciml.tensors.space_dims`, in the variables' order), once
         every variable is checked to have exactly ``(sample, time, space...)``."""
         sdims = space_dims(self.ds, self.space, self.ds[self.variables[0]].dims)
+        want = {self.sample_dim, self.time_dim, *sdims}
         for v in self.variables:
-            if set(self.ds[v].dims) != {self.sample_dim, self.time_dim, *sdims}:
-                raise ValueError(f"variable {v!r} has dims {self.ds[v].dims}; expected exactly "
-                                 f"{(self.sample_dim, self.time_dim, *sdims)} (sample, time, space)")
+            dims = self.ds[v].dims
+            if set(dims) == want:
+                continue
+            one = self.sample_dim == "_trajectory"  # sample_dim=None: the dim this class added
+            shown = tuple(d for d in dims if d != "_trajectory") if one else dims
+            extra = [d for d in dims if d not in want]
+            missing = [d for d in want if d not in dims and d != "_trajectory"]
+            parts = [f"variable {v!r} has dims {shown}; the fit takes "
+                     + ("" if one else f"the trajectories along {self.sample_dim!r}, ")
+                     + f"time along {self.time_dim!r} and space along {tuple(sdims)}"]
+            if len(extra) == 1:
+                parts.append(f"{extra[0]!r} is none of these: select one value (ds.isel({extra[0]}=0)), pass "
+                             f"sample_dim={extra[0]!r} to make each value a trajectory of its own, or name it "
+                             "in space=")
+            elif extra:
+                parts.append(f"{extra} are none of these: select one value of each, or stack them into one "
+                             f"dimension (ds.stack(sample={extra})) and pass sample_dim='sample'")
+            if missing:
+                parts.append(f"it lacks {missing}")
+            raise ValueError("; ".join(parts))
         return sdims
 
     def coordinates(self, dims: Sequence[Hashable]) -> dict[str, np.ndarray]:
@@ -101,6 +119,38 @@ class Trajectories:
         return {v: dict(self.ds[v].attrs) for v in self.variables}
 
 
+def resolve_sample_dim(obj: Any, sample_dim: Hashable | None) -> Hashable | None:
+    """The trajectories' dimension a fit's ``sample_dim`` names: ``"auto"`` (the default of
+    the dynamics fits) is ``"trajectory"`` where the data have that dimension and ``None``
+    (one trajectory, as most records are) otherwise; any other value is returned as given.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> resolve_sample_dim(xr.Dataset({"u": (("time", "x"), [[0.0, 1.0]])}), "auto") is None
+    True
+    >>> resolve_sample_dim(xr.Dataset({"u": (("trajectory", "time"), [[0.0, 1.0]])}), "auto")
+    'trajectory'
+    """
+    if isinstance(sample_dim, str) and sample_dim == "auto":
+        return "trajectory" if "trajectory" in getattr(obj, "dims", ()) else None
+    return sample_dim
+
+
+def _check_increasing(t: xr.DataArray) -> None:
+    """Refuse a time coordinate that is not strictly increasing, naming the first frame
+    out of order (frames are cut by time label and forecast forward in time)."""
+    index = t.to_index()
+    if index.is_monotonic_increasing and index.is_unique:
+        return
+    values = np.asarray(t.values)
+    bad = next(i for i in range(1, len(values)) if not values[i] > values[i - 1])
+    raise ValueError(f"the time coordinate {t.name!r} must be strictly increasing: frame {bad} ({values[bad]}) "
+                     f"{'repeats' if values[bad] == values[bad - 1] else 'comes before'} frame {bad - 1} "
+                     f"({values[bad - 1]}); sort it and drop duplicates first "
+                     f"(ds.sortby({t.name!r}).drop_duplicates({t.name!r}))")
+
+
 def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Hashable | None,
                          train_until: Any = None, space: str | Sequence[str] | None = None,
                          latlon: bool = True) -> Trajectories:
@@ -116,7 +166,7 @@ def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Has
         Time coordinate (1-D along a dimension of the first variable).
     sample_dim
         Dimension indexing trajectories, or ``None`` for a single trajectory (which gets a
-        length-1 ``"_trajectory"`` dimension).
+        length-1 ``"_trajectory"`` dimension); ``"auto"``: :func:`resolve_sample_dim`.
     train_until
         Last time label kept (default all).
     space
@@ -144,6 +194,7 @@ def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Has
     if ds[time].ndim != 1 or ds[time].dims[0] not in ds[variables[0]].dims:
         raise ValueError(f"time coordinate {time!r} must be 1-D along a dimension of {variables[0]!r}")
     tdim = ds[time].dims[0]
+    sample_dim = resolve_sample_dim(ds, sample_dim)
     for v in variables:  # forecasts are clipped to these bounds: unusable attrs fail here, not there
         physical_bounds(ds[v].attrs, variable=v)
     if sample_dim is None:
@@ -152,8 +203,9 @@ def prepare_trajectories(obj: Any, variables: Any, *, time: str, sample_dim: Has
     else:
         if sample_dim not in ds.dims:
             raise KeyError(f"sample_dim {sample_dim!r} is not a dimension; dims are {tuple(ds.dims)} "
-                           "(pass sample_dim=None for a single trajectory)")
+                           "(pass sample_dim=None, or leave the default 'auto', for a single trajectory)")
         sample_eff = sample_dim
+    _check_increasing(ds[time])
     if train_until is not None:
         ds = ds.sel({tdim: slice(None, train_until)})
     T = int(ds.sizes[tdim])
