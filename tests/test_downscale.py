@@ -88,6 +88,7 @@ def test_operator_bad_input():
 def test_guidance_gradient_with_identity_denoiser_is_the_projection():
     class Stub:
         net = staticmethod(lambda x, s: x)  # D(x) = x: Jacobian I
+        mask = None
 
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     y = torch.randn(2, 1, 2, 2, dtype=torch.float64)
@@ -97,6 +98,21 @@ def test_guidance_gradient_with_identity_denoiser_is_the_projection():
     none = GuidedDenoiser(Stub(), y, 4, "mean", guidance=0.0)
     torch.testing.assert_close(full(x, sigma), none(x, sigma))
     torch.testing.assert_close(none(x, sigma), project(x, y, 4))
+    # the same with a mask (blocks partly or wholly outside it): C' is the mean over the mask
+    sea = np.ones((8, 8), dtype=bool)
+    sea[:4, :4] = False  # a block without sea: no constraint
+    sea[4:, 4:6] = False  # half a block
+    Stub.mask = sea
+    full = GuidedDenoiser(Stub(), y, 4, "mean", guidance=1.0)
+    none = GuidedDenoiser(Stub(), y, 4, "mean", guidance=0.0)
+    torch.testing.assert_close(full(x, sigma), none(x, sigma))
+    m = torch.from_numpy(sea)
+    out = project(x, y, 4, mask=m)
+    torch.testing.assert_close(none(x, sigma), out)
+    cm = coarsen(out, 4, mask=m)
+    torch.testing.assert_close(cm[..., 1:, :], y[..., 1:, :], rtol=0, atol=1e-12)
+    torch.testing.assert_close(cm[..., 0, 1], y[..., 0, 1], rtol=0, atol=1e-12)
+    assert torch.isnan(cm[..., 0, 0]).all() and torch.equal(out[..., ~m], x[..., ~m])
 
 
 # ----------------------------------------------------------------- downscale
@@ -318,3 +334,56 @@ def test_check_needs_check_fields(prior):
         training_check(bare, factor=F)
     hi = downscale(_block_mean(_fine(n=1)), bare, **{**KW, "check": True})
     assert "xsciml_check" not in hi.attrs
+
+
+# ----------------------------------------------------------------- a fixed mask (the land of an ocean variable)
+def test_a_variable_with_a_fixed_mask_is_modelled_and_downscaled_where_it_exists(tmp_path):
+    sea = np.ones((16, 16), dtype=bool)
+    sea[:6, :5] = False  # land: one coarse block wholly, others in part
+    sst = _fine(n=24).where(sea).rename("sst")
+    prior = fit_diffusion(sst, base_channels=8, levels=2, emb_dim=16, steps=20, progress=False, device="cpu")
+    np.testing.assert_array_equal(prior.mask, sea)
+    assert prior.info["masked_pixels"] == int((~sea).sum()) and np.isnan(prior.check_fields[:, ~sea]).all()
+    prior.save(tmp_path / "sst.xsciml")
+    back = xsciml.load(tmp_path / "sst.xsciml")
+    np.testing.assert_array_equal(back.mask, sea)
+    draws = back.sample(2, steps=3, progress=False)
+    assert np.isnan(draws.values[:, ~sea]).all() and np.isfinite(draws.values[:, sea]).all()
+    # the coarse field of such data: each block's mean over its sea pixels (NaN for all land)
+    truth = _fine(n=2, seed=1).where(sea).rename("sst")
+    coarse = _block_mean(truth)
+    assert np.isnan(coarse.values[:, 0, 0]).all() and np.isfinite(coarse.values[:, 1:, :]).all()
+    hi = downscale(coarse, back, **{**KW, "check": True})
+    assert np.isnan(hi.values[..., ~sea]).all() and np.isfinite(hi.values[..., sea]).all()
+    back_mean = hi.coarsen(lat=F, lon=F).mean()  # skips NaN: the mean over the sea
+    np.testing.assert_allclose(back_mean.values, np.broadcast_to(coarse.values, back_mean.shape),
+                               rtol=0, atol=1e-9)
+    assert np.isfinite(hi.attrs["xsciml_check_rmse"]).all() and np.isfinite(hi.attrs["xsciml_check_melru"]).all()
+    # gaps that differ between snapshots are refused, naming the first one
+    gappy = sst.copy()
+    gappy[3, 10, 10] = np.nan
+    with pytest.raises(ValueError, match=r"not the same in every snapshot \(1 of them, in 1 snapshots; e.g. "
+                                         r"time index 3 at grid index \[\[10, 10\]\]\)"):
+        fit_diffusion(gappy, steps=1, progress=False)
+
+
+def test_masked_coarsening_projection_and_bicubic_known_answers():
+    x = torch.arange(16.0, dtype=torch.float64).reshape(4, 4)
+    sea = torch.ones(4, 4, dtype=torch.bool)
+    sea[:2, :2] = False
+    sea[3, 3] = False
+    assert torch.isnan(coarsen(x, 2, mask=sea)[0, 0]) and coarsen(x, 2, mask=sea)[1, 1] == (10 + 11 + 14) / 3
+    assert torch.isnan(coarsen(x, 2, how="subsample", mask=sea)[0, 0])
+    y = torch.tensor([[5.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
+    out = project(x, y, 2, mask=sea)
+    cm = coarsen(out, 2, mask=sea)
+    torch.testing.assert_close(cm.flatten()[1:], y.flatten()[1:])
+    assert torch.isnan(cm[0, 0])
+    assert torch.equal(out[~sea], x[~sea])  # the land is left as it is
+    low = project(x, y - 20.0, 2, bounds=(0.0, None), mask=sea)  # clipped coarse values: all zero on the sea
+    assert torch.equal(low[sea], torch.zeros(int(sea.sum()), dtype=x.dtype)) and torch.equal(low[~sea], x[~sea])
+    # a missing coarse pixel no longer spreads through bicubic: only its block is NaN
+    c = torch.arange(16.0).reshape(4, 4)
+    c[1, 2] = float("nan")
+    up = bicubic(c, 2)
+    assert torch.isnan(up).sum() == 4 and torch.isnan(up[2:4, 4:6]).all()

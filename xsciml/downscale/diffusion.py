@@ -453,12 +453,16 @@ class DiffusionPrior(Estimator):
         A few training snapshots ``[k, H, W]`` (physical units, saved with the prior)
         on which :func:`xsciml.downscale.downscale` compares its result with bicubic
         upsampling of the same coarse fields.
+    mask : numpy.ndarray or None
+        Where the training data exist (``[H, W]`` bool), for a variable with a fixed mask
+        (the land of an ocean variable); ``None`` for complete fields. Draws and downscaled
+        fields are NaN outside it.
     """
 
 
     def __init__(self, net: EDMDenoiser, grid: Any, mean: np.ndarray, scale: float, *,
                  sample_dim: str = "time", info: dict[str, Any] | None = None,
-                 check_fields: np.ndarray | None = None) -> None:
+                 check_fields: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
         self.net = net
         self.grid = grid
         self.mean = np.asarray(mean, dtype=np.float64)
@@ -467,6 +471,7 @@ class DiffusionPrior(Estimator):
         self.info = dict(info or {})
         self.history = History()  # the training loop's (empty after loading: not saved)
         self.check_fields = None if check_fields is None else np.asarray(check_fields, dtype=np.float64)
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -602,6 +607,8 @@ class DiffusionPrior(Estimator):
                                 steps=steps, sigma_min=lo, sigma_max=hi, rho=rho, churn=churn,
                                 device=dev, progress=bar.update)
                 out[a:a + len(rows)] = self.denormalise(z[:, 0].double()).cpu().numpy()
+        if self.mask is not None:
+            out[:, ~self.mask] = np.nan
         attrs = {**output_attrs(self.attrs, name=self.variable),
                  **self._provenance(f"sample: {n} draws of {self.variable} from the diffusion prior",
                                     self.attrs),
@@ -635,6 +642,8 @@ class DiffusionPrior(Estimator):
         tensors["mean"] = torch.from_numpy(np.ascontiguousarray(self.mean))
         if self.check_fields is not None:
             tensors["check_fields"] = torch.from_numpy(np.ascontiguousarray(self.check_fields, dtype=np.float32))
+        if self.mask is not None:
+            tensors["mask"] = torch.from_numpy(np.ascontiguousarray(self.mask, dtype=np.uint8))
         tensors.update({f"net.{k}": v.detach().cpu() for k, v in self.net.state_dict().items()})
         return tensors
 
@@ -649,9 +658,11 @@ class DiffusionPrior(Estimator):
         net.to(static.device).eval()
         grid = Grid.from_state(config["grid"], tensors)
         check = tensors.get("check_fields")
+        mask = tensors.get("mask")
         return cls(net, grid, tensors["mean"].cpu().numpy(), config["scale"],
                    sample_dim=config["sample_dim"], info=config.get("info"),
-                   check_fields=None if check is None else check.cpu().double().numpy())
+                   check_fields=None if check is None else check.cpu().double().numpy(),
+                   mask=None if mask is None else mask.cpu().numpy().astype(bool))
 
     def _provenance_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"xsciml_variable": self.variable}
@@ -701,6 +712,37 @@ def _training_array(obj: xr.Dataset | xr.DataArray, variable: str | None, sample
     for k in ("scale_factor", "add_offset", "_FillValue", "missing_value"):
         out[name].attrs.pop(k, None)
     return out, name, (others[0], others[1])
+
+
+def _fixed_mask(values: np.ndarray, name: str, sample_dim: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Snapshots ``[N, H, W]`` with a fixed mask filled, and the mask (``None``: complete).
+
+    A variable missing at the same pixels in every snapshot (the land of an ocean variable)
+    is modelled where it exists: each missing pixel takes the value of its nearest existing
+    pixel (so the network sees no artificial edge at the coast), and outputs are NaN
+    there. Gaps that differ between snapshots are refused.
+    """
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return values, None
+    fixed = bad.all(axis=0)
+    varying = bad & ~fixed[None]
+    if varying.any():
+        frames = np.flatnonzero(varying.any(axis=(1, 2)))
+        where = np.argwhere(varying[frames[0]])[:3].tolist()
+        raise ValueError(
+            f"{name!r} has NaN/inf values that are not the same in every snapshot ({int(varying.sum())} of them, "
+            f"in {frames.size} snapshots; e.g. {sample_dim} index {int(frames[0])} at grid index {where}); the "
+            "diffusion prior takes complete fields or a fixed mask (missing at the same pixels in every "
+            "snapshot, as the land of an ocean variable). Fill the gaps first (fit_field) or drop those snapshots."
+        )
+    if fixed.all():
+        raise ValueError(f"{name!r} is NaN everywhere: nothing to learn.")
+    from scipy import ndimage
+
+    mask = ~fixed
+    nearest = ndimage.distance_transform_edt(fixed, return_distances=False, return_indices=True)
+    return values[:, nearest[0], nearest[1]], mask
 
 
 #: Pixel-steps (``steps x batch x H x W``) of a default fit, per device kind (see
@@ -868,7 +910,9 @@ def fit_diffusion(
     Parameters
     ----------
     obj
-        Dataset or DataArray with ``sample_dim`` and two space dims, no NaN.
+        Dataset or DataArray with ``sample_dim`` and two space dims: complete fields, or
+        fields missing at the same pixels in every snapshot (a fixed mask, such as the land
+        of an ocean variable), which the prior keeps as :attr:`DiffusionPrior.mask`.
     variable
         Variable to model (optional when there is only one).
     sample_dim
@@ -955,13 +999,7 @@ def fit_diffusion(
     values = np.asarray(ds[name].values, dtype=np.float64)
     if values.shape[0] < 2:
         raise ValueError(f"fit_diffusion needs at least 2 snapshots along {sample_dim!r}, got {values.shape[0]}.")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        where = np.argwhere(bad.any(axis=0))[:3].tolist()
-        raise ValueError(
-            f"{name!r} has {int(bad.sum())} NaN/inf values (e.g. at grid index {where}); the diffusion "
-            "prior needs complete fields. Crop the domain to where data exist or fill the gaps first."
-        )
+    values, mask = _fixed_mask(values, name, sample_dim)
     from ..units import physical_bounds
 
     physical_bounds(ds[name].attrs, variable=name)  # samples are projected into them: unusable attrs fail here
@@ -971,7 +1009,8 @@ def fit_diffusion(
         raise ValueError(f"the grid {H}x{W} is too small for levels={levels} (each side >= {need}); use fewer levels.")
     mean = values.mean(axis=0)
     pixel_std = values.std(axis=0)
-    scale = float(np.sqrt(np.mean((values - mean) ** 2)))
+    anomalies = values - mean if mask is None else (values - mean)[:, mask]
+    scale = float(np.sqrt(np.mean(anomalies ** 2)))
     if not scale > 0:
         raise ValueError(f"{name!r} is constant over {sample_dim!r}: nothing to learn.")
     z = ((values - mean) / scale).astype(np.float32)[:, None]
@@ -1036,8 +1075,13 @@ def fit_diffusion(
     picks = np.unique(np.linspace(0, len(values) - 1, n_check).round().astype(int))
     info["check_frames"] = [str(v) for v in np.asarray(ds[sample_dim].values)[picks]] if sample_dim in ds.coords \
         else [int(i) for i in picks]
+    if mask is not None:
+        info["masked_pixels"] = int((~mask).sum())
+    check = values[picks].astype(np.float32)
+    if mask is not None:
+        check[:, ~mask] = np.nan
     prior = DiffusionPrior(final, grid, mean, scale, sample_dim=sample_dim, info=info,
-                           check_fields=values[picks].astype(np.float32))
+                           check_fields=check, mask=mask)
     prior.history = history
     prior.fit_progress = progress
     return prior

@@ -67,7 +67,8 @@ def _check_how(how: str) -> str:
     return how
 
 
-def coarsen(fine: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
+def coarsen(fine: torch.Tensor, factor: int, how: str = "mean",
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """The coarsening operator :math:`C'` on the last two axes.
 
     Parameters
@@ -79,6 +80,10 @@ def coarsen(fine: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
     how
         ``"mean"`` (``factor x factor`` block mean) or ``"subsample"`` (the first
         pixel of each block, ``x[..., ::factor, ::factor]``).
+    mask
+        ``[H, W]`` bool, where the field exists (an ocean variable's sea): the block mean
+        is over those pixels only and a block with none (or a subsampled pixel outside
+        the mask) is NaN. ``None``: every pixel.
 
     Returns
     -------
@@ -94,15 +99,27 @@ def coarsen(fine: torch.Tensor, factor: int, how: str = "mean") -> torch.Tensor:
     >>> coarsen(x, 2, how="subsample")
     tensor([[ 0.,  2.],
             [ 8., 10.]])
+    >>> sea = torch.ones(4, 4, dtype=torch.bool); sea[:2, :2] = False; sea[2, 2] = False
+    >>> coarsen(x, 2, mask=sea)
+    tensor([[    nan,  4.5000],
+            [10.5000, 13.3333]])
     """
     f = _check_factor(factor)
     _check_how(how)
     H, W = fine.shape[-2:]
     if H % f or W % f:
         raise ValueError(f"the fine grid {H}x{W} is not a multiple of factor={f} along both axes.")
+    nan = torch.full((), float("nan"), dtype=fine.dtype, device=fine.device)
     if how == "subsample":
-        return fine[..., ::f, ::f]
-    return fine.reshape(*fine.shape[:-2], H // f, f, W // f, f).mean(dim=(-3, -1))
+        sub = fine[..., ::f, ::f]
+        return sub if mask is None else torch.where(mask[::f, ::f].to(fine.device), sub, nan)
+    if mask is None:
+        return fine.reshape(*fine.shape[:-2], H // f, f, W // f, f).mean(dim=(-3, -1))
+    m = mask.to(fine.device)
+    total = torch.where(m, fine, torch.zeros((), dtype=fine.dtype, device=fine.device))
+    total = total.reshape(*fine.shape[:-2], H // f, f, W // f, f).sum(dim=(-3, -1))
+    count = m.reshape(H // f, f, W // f, f).sum(dim=(-3, -1)).to(fine.dtype)
+    return torch.where(count > 0, total / count.clamp_min(1), nan)
 
 
 def upsample(coarse: torch.Tensor, factor: int) -> torch.Tensor:
@@ -135,6 +152,10 @@ def bicubic(coarse: torch.Tensor, factor: int, how: str = "mean") -> torch.Tenso
     """
     f = _check_factor(factor)
     _check_how(how)
+    missing = ~torch.isfinite(coarse)
+    if missing.any():  # filled from the nearest coarse pixel, so that a gap does not spread
+        out = bicubic(_nearest_filled(coarse, missing), f, how)
+        return out.masked_fill(upsample(missing, f), float("nan"))
     lead, (h, w) = coarse.shape[:-2], coarse.shape[-2:]
     x = coarse.reshape(-1, 1, h, w)
     if how == "mean":
@@ -147,8 +168,23 @@ def bicubic(coarse: torch.Tensor, factor: int, how: str = "mean") -> torch.Tenso
     return up.reshape(*lead, h * f, w * f)
 
 
+def _nearest_filled(x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """``x [..., h, w]`` with each ``missing`` value replaced by its nearest present one
+    in the same field (a field with none stays as it is)."""
+    from scipy import ndimage
+
+    out = x.detach().cpu().clone().reshape(-1, *x.shape[-2:])
+    gaps = missing.cpu().reshape(-1, *x.shape[-2:]).numpy()
+    for i, gap in enumerate(gaps):
+        if gap.any() and not gap.all():
+            ii, jj = ndimage.distance_transform_edt(gap, return_distances=False, return_indices=True)
+            out[i] = out[i][torch.from_numpy(ii), torch.from_numpy(jj)]
+    return out.reshape(x.shape).to(x.device)
+
+
 def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
-            bounds: tuple[float | None, float | None] | None = None) -> torch.Tensor:
+            bounds: tuple[float | None, float | None] | None = None,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Project fine fields ``x [..., H, W]`` onto ``{x : C'x = y}``.
 
     For the block mean, the orthogonal projection adds the nearest-upsampled residual
@@ -163,6 +199,10 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
     :math:`\lambda` that gives the block its mean (the Euclidean projection onto a box
     and a hyperplane; :math:`\lambda` found by bisection, to float64 precision); for
     subsampling the other pixels are clipped. A missing coarse pixel's block is clipped.
+
+    With a ``mask`` (``[H, W]`` bool, where the field exists) :math:`C'` is the block mean
+    over the pixels in the mask (:func:`coarsen`): only those move; the others are left
+    as they are.
 
     Examples
     --------
@@ -180,7 +220,7 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
     """
     f = _check_factor(factor)
     _check_how(how)
-    cx = coarsen(x, f, how)
+    cx = coarsen(x, f, how, mask)
     if cx.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"y has spatial shape {tuple(y.shape[-2:])}, C'x has {tuple(cx.shape[-2:])}.")
     lo, hi = (None, None) if bounds is None else bounds
@@ -191,37 +231,47 @@ def project(x: torch.Tensor, y: torch.Tensor, factor: int, how: str = "mean",
     y = y.to(x.dtype)
     if bounded:
         y = y.clamp(min=lo, max=hi)  # a block mean outside the bounds cannot be met
-    observed = torch.isfinite(y)
+    observed = torch.isfinite(y) & torch.isfinite(cx) if mask is not None else torch.isfinite(y)
     if how == "subsample":
         out = x.clamp(min=lo, max=hi) if bounded else x.clone()
         sub = out[..., ::f, ::f]
         out[..., ::f, ::f] = torch.where(observed, y, sub) if not observed.all() else y.expand_as(sub)
         return out
     if bounded:
-        return _shift_and_clip(x, y, observed, f, lo, hi)
+        return _shift_and_clip(x, y, observed, f, lo, hi, mask)
     resid = y - cx
     if not observed.all():
         resid = torch.where(observed, resid, torch.zeros((), dtype=x.dtype, device=x.device))
-    return x + upsample(resid, f)
+    step = upsample(resid, f)
+    return x + (step if mask is None else step * mask.to(device=x.device, dtype=x.dtype))
 
 
 def _shift_and_clip(x: torch.Tensor, y: torch.Tensor, observed: torch.Tensor, f: int,
-                    lo: float | None, hi: float | None) -> torch.Tensor:
+                    lo: float | None, hi: float | None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Each ``f x f`` block of ``x`` as ``clip(x + lam, lo, hi)`` with the block's one shift
-    ``lam`` that gives it the mean ``y`` (already within the bounds); blocks where ``y`` is
-    not ``observed`` are only clipped."""
+    ``lam`` that gives it the mean ``y`` (already within the bounds; the mean over the
+    ``mask`` where given); blocks where ``y`` is not ``observed`` are only clipped."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     y0 = torch.where(observed, y, zero)
     lead, (h, w) = x.shape[:-2], y.shape[-2:]
     blocks = x.reshape(*lead, h, f, w, f)
+    if mask is None:
+        top, bottom = blocks.amax((-3, -1)), blocks.amin((-3, -1))
+    else:  # over the pixels in the mask (a block without any is not observed)
+        inside = mask.to(x.device).reshape(h, f, w, f)
+        top = torch.where(inside, blocks, -torch.inf).amax((-3, -1))
+        bottom = torch.where(inside, blocks, torch.inf).amin((-3, -1))
     # the block mean of clip(x + lam) rises from <= y at lam = y - max(x) to >= y at y - min(x)
-    low, high = y0 - blocks.amax((-3, -1)), y0 - blocks.amin((-3, -1))
+    low, high = torch.where(observed, y0 - top, zero), torch.where(observed, y0 - bottom, zero)
     for _ in range(64):  # halves the bracket each time: 64 reach float64 precision
         mid = (low + high) / 2
-        below = coarsen((x + upsample(mid, f)).clamp(min=lo, max=hi), f, "mean") < y0
+        below = coarsen((x + upsample(mid, f)).clamp(min=lo, max=hi), f, "mean", mask) < y0
         low, high = torch.where(below, mid, low), torch.where(below, high, mid)
     lam = torch.where(observed, (low + high) / 2, zero)
-    return (x + upsample(lam, f)).clamp(min=lo, max=hi)
+    shifted = x + upsample(lam, f)
+    if mask is not None:  # only the pixels in the mask move
+        shifted = torch.where(mask.to(x.device), shifted, x)
+    return shifted.clamp(min=lo, max=hi)
 
 
 class GuidedDenoiser:
@@ -237,6 +287,10 @@ class GuidedDenoiser:
         self.factor = factor
         self.how = how
         self.guidance = float(guidance)
+        self.mask = None if prior.mask is None else torch.from_numpy(prior.mask).to(y.device)
+        # each block's pixels in C'x: the guidance step of weight 1 lands on C'x = y
+        self.weight: float | torch.Tensor = factor * factor if self.mask is None else coarsen(
+            self.mask.to(y.dtype), factor, "mean") * (factor * factor)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         f = self.factor
@@ -244,14 +298,17 @@ class GuidedDenoiser:
             with torch.inference_mode(False), torch.enable_grad():
                 xg = x.detach().clone().requires_grad_(True)  # inference tensors cannot join a graph
                 den = self.net(xg, sigma.detach().clone().to(x.dtype))
-                resid = coarsen(den, f, self.how) - self.y
-                resid = torch.where(torch.isfinite(self.y), resid, 0.0)  # no constraint at NaN
-                loss = 0.5 * f * f * resid.square().sum()
+                # inference tensors (made under torch.inference_mode) cannot join a graph: copies
+                mask = None if self.mask is None else self.mask.clone()
+                weight = self.weight.clone() if isinstance(self.weight, torch.Tensor) else self.weight
+                resid = coarsen(den, f, self.how, mask) - self.y
+                resid = torch.where(torch.isfinite(resid), resid, 0.0)  # no constraint at NaN
+                loss = 0.5 * (weight * resid.square()).sum()
                 (grad,) = torch.autograd.grad(loss, xg)
             den = den.detach() - self.guidance * grad
         else:
             den = self.net(x, sigma.to(x.dtype))
-        return project(den, self.y, f, self.how)
+        return project(den, self.y, f, self.how, mask=self.mask)
 
 
 # =========================================================================== the kernel
@@ -280,7 +337,8 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
         return out.reshape(*lead, samples, H, W)
     prior.net.to(device).eval()
     mean = torch.as_tensor(prior.mean, dtype=torch.float64)
-    cmean = coarsen(mean, factor, how)
+    mask = None if prior.mask is None else torch.from_numpy(prior.mask)
+    cmean = coarsen(mean, factor, how, mask)
     y_phys = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float64).reshape(n, h, w))
     y_norm = ((y_phys - cmean) / prior.scale).float()
     seeds = row_seeds(seed, np.asarray(index).reshape(n), samples).reshape(-1)  # [n * samples]
@@ -302,10 +360,12 @@ def _downscale_kernel(prior: DiffusionPrior, coarse: np.ndarray, index: np.ndarr
             yp = y_phys[rows[sl]]
             # exact in float64 and physical units; a bounded quantity (precipitation, a
             # fraction) stays in its range with C'x = y kept
-            x = project(x, yp, factor, how, bounds)
+            x = project(x, yp, factor, how, bounds, mask)
             missing = ~torch.isfinite(yp)
             if missing.any():  # a missing coarse pixel stays missing (its block only)
                 x = x.masked_fill(upsample(missing, factor), float("nan"))
+            if mask is not None:  # outside the prior's mask (land of an ocean variable)
+                x = x.masked_fill(~mask, float("nan"))
             out.reshape(total, H, W)[sl] = x.numpy()
     return out.reshape(*lead, samples, H, W)
 
@@ -355,7 +415,8 @@ def training_check(prior: DiffusionPrior, *, factor: int, how: str = "mean", sam
     if prior.check_fields is None:
         raise ValueError("this prior keeps no check frames (fitted before they were kept); refit it.")
     fine = torch.from_numpy(np.ascontiguousarray(prior.check_fields, dtype=np.float64))
-    y = coarsen(fine, factor, how)
+    mask = None if prior.mask is None else torch.from_numpy(prior.mask)
+    y = coarsen(fine, factor, how, mask)
     kw = {"steps": 24, "guidance": 0.5, "sampler": "heun", "sigma_min": None, "sigma_max": None, "rho": 7.0,
           "churn": 0.0, "batch_size": 64, **sampling}
     # indices past any real snapshot's: the check's noise is its own
@@ -368,8 +429,12 @@ def training_check(prior: DiffusionPrior, *, factor: int, how: str = "mean", sam
     truth = xr.DataArray(fine.numpy(), dims=dims)
     preds = {"downscale": xr.DataArray(ens.mean(axis=1), dims=dims),
              "bicubic": xr.DataArray(bicubic(y, factor, how).numpy(), dims=dims)}
+    if mask is not None:  # both scored where the field exists
+        preds = {k: v.where(xr.DataArray(prior.mask, dims=prior.space_dims)) for k, v in preds.items()}
     rmse = {k: float(np.sqrt(((v - truth) ** 2).mean())) for k, v in preds.items()}
-    melru = {k: metrics.melr(v, truth, dims=prior.space_dims, weighted=False) for k, v in preds.items()}
+    # spectra need complete fields: outside the mask both take the truth's nearest values
+    full = truth if mask is None else xr.DataArray(_nearest_filled(fine, ~mask.expand_as(fine)).numpy(), dims=dims)
+    melru = {k: metrics.melr(v.fillna(full), full, dims=prior.space_dims, weighted=False) for k, v in preds.items()}
     loses = [m for m, d in (("RMSE", rmse), ("MELRu", melru)) if not d["downscale"] < d["bicubic"]]
     units = f" {prior.units}" if prior.units else ""
     verdict = ("downscaling is better on both" if not loses
