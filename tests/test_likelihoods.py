@@ -196,32 +196,3 @@ def test_diagonal_gaussian_rsample():
     with pytest.raises(ValueError, match="same shape"):
         DiagonalGaussian(torch.zeros(2, 3), torch.zeros(2, 4))
 
-
-@pytest.mark.parametrize("low,high", [(0.0, None), (None, 1.0), (-0.5, 0.8)])
-def test_censored_normal_moments_are_those_of_the_clipped_variable(low, high):
-    from scipy import integrate
-
-    from xsciml.likelihoods import censored_normal_moments
-
-    mu = torch.tensor([-2.0, -0.3, 0.1, 0.5, 3.0], dtype=torch.float64)
-    sd = torch.tensor([0.5, 1.0, 0.2, 2.0, 0.7], dtype=torch.float64)
-    m, s = censored_normal_moments(mu, sd, low, high)
-    for i in range(len(mu)):
-        dist = stats.norm(float(mu[i]), float(sd[i]))
-        lo, hi = -np.inf if low is None else low, np.inf if high is None else high
-
-        def moment(k, lo=lo, hi=hi, dist=dist):
-            inside = integrate.quad(lambda x: x ** k * dist.pdf(x), lo, hi, epsabs=1e-13)[0]
-            return inside + (lo ** k * dist.cdf(lo) if np.isfinite(lo) else 0.0) + (
-                hi ** k * dist.sf(hi) if np.isfinite(hi) else 0.0)
-
-        e1, e2 = moment(1), moment(2)
-        assert float(m[i]) == pytest.approx(e1, abs=1e-9)
-        assert float(s[i]) == pytest.approx(np.sqrt(e2 - e1 ** 2), abs=1e-8)
-    # sigma = 0: the clipped mean; far inside the bounds: the Normal's own moments
-    m0, s0 = censored_normal_moments(torch.tensor([-5.0, 5.0]), torch.zeros(2), 0.0, 1.0)
-    assert m0.tolist() == [0.0, 1.0] and s0.tolist() == [0.0, 0.0]
-    m1, s1 = censored_normal_moments(torch.tensor([50.0]), torch.tensor([1.0]), 0.0, 100.0)
-    assert m1.item() == pytest.approx(50.0, abs=1e-9) and s1.item() == pytest.approx(1.0, abs=1e-9)
-    with pytest.raises(ValueError, match="low=1 is above high=0"):
-        censored_normal_moments(mu, sd, 1.0, 0.0)

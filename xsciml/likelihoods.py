@@ -28,7 +28,6 @@ __all__ = [
     "Likelihood",
     "MSELikelihood",
     "build_likelihood",
-    "censored_normal_moments",
     "kl_standard_normal",
 ]
 
@@ -410,66 +409,3 @@ class DiagonalGaussian:
         """``KL(q || N(0, I))`` summed over the latent dimension, shape ``[...]``."""
         return kl_standard_normal(self.mu, self.log_std).sum(-1)
 
-
-def censored_normal_moments(mean: Tensor, std: Tensor, low: float | None = None,
-                            high: float | None = None) -> tuple[Tensor, Tensor]:
-    r"""Mean and standard deviation of :math:`Y = \mathrm{clip}(X, \mathrm{low}, \mathrm{high})`
-    for :math:`X \sim \mathcal{N}(\mu, \sigma^2)`: the Normal censored at the bounds.
-
-    A bounded quantity (precipitation, a fraction) predicted with a Gaussian takes the
-    probability the Gaussian puts outside its range at the bounds (a dry day, open water):
-    draws of ``Y`` are the clipped draws of ``X``. With
-    :math:`a = (\mathrm{low} - \mu)/\sigma`, :math:`b = (\mathrm{high} - \mu)/\sigma` and
-    :math:`Z = \mathrm{clip}(\varepsilon, a, b)`, :math:`\varepsilon \sim \mathcal{N}(0, 1)`,
-
-    .. math::
-
-        E[Z] = a\Phi(a) + b\,\Phi(-b) + \varphi(a) - \varphi(b), \qquad
-        E[Z^2] = a^2\Phi(a) + b^2\Phi(-b) + \Phi(b) - \Phi(a) + a\varphi(a) - b\varphi(b),
-
-    and :math:`E[Y] = \mu + \sigma E[Z]`, :math:`\mathrm{Var}\,Y = \sigma^2 (E[Z^2] - E[Z]^2)`
-    (the moments of the Tobit model; computed in float64, returned in ``mean``'s dtype).
-
-    Parameters
-    ----------
-    mean, std
-        :math:`\mu` and :math:`\sigma \ge 0`, broadcastable. :math:`\sigma = 0` gives
-        ``clip(mean)`` and 0.
-    low, high
-        The bounds; ``None`` for an open side.
-
-    Returns
-    -------
-    (Tensor, Tensor)
-        The censored mean and standard deviation.
-
-    Examples
-    --------
-    >>> m, s = censored_normal_moments(torch.tensor([0.0, 5.0]), torch.tensor([1.0, 1.0]), low=0.0)
-    >>> [round(v, 4) for v in m.tolist()], [round(v, 4) for v in s.tolist()]  # E max(Z, 0) = 1/sqrt(2 pi)
-    ([0.3989, 5.0], [0.5838, 1.0])
-    """
-    if low is not None and high is not None and not low <= high:
-        raise ValueError(f"censored_normal_moments: low={low:g} is above high={high:g}")
-    mu, sd = torch.broadcast_tensors(mean.double(), std.double())
-    if (sd < 0).any():
-        raise ValueError("censored_normal_moments: std must be >= 0")
-    pos = sd > 0
-    safe = torch.where(pos, sd, torch.ones_like(sd))
-    zero = torch.zeros_like(mu)
-    m1 = zero.clone()
-    m2 = torch.ones_like(mu)
-    inv_sqrt_2pi = 1.0 / math.sqrt(2.0 * math.pi)
-    for bound, sign in ((low, 1.0), (high, -1.0)):
-        if bound is None:
-            continue
-        z = (bound - mu) / safe  # a (low) or b (high)
-        tail = torch.special.ndtr(sign * z)  # Phi(a) below low, Phi(-b) above high
-        pdf = torch.exp(-0.5 * z * z) * inv_sqrt_2pi
-        m1 = m1 + z * tail + sign * pdf
-        m2 = m2 + z * z * tail - tail + sign * z * pdf
-    out_mean = torch.where(pos, mu + sd * m1, mu.clamp(min=low, max=high) if low is not None or high is not None
-                           else mu)
-    var = (sd * sd * (m2 - m1 * m1)).clamp_min(0.0)
-    out_std = torch.where(pos, var.sqrt(), zero)
-    return out_mean.to(mean.dtype), out_std.to(mean.dtype)

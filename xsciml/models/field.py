@@ -303,21 +303,20 @@ class NeuralField(Estimator):
         """Each variable's physical range (:func:`xsciml.units.physical_bounds`), or None."""
         return [physical_bounds(self.var_attrs.get(v, {}), variable=v) for v in self.variables]
 
-    def _censored(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictive moments ``[N, Dy]`` of a bounded variable as those of its Normal
-        censored at the bounds (:func:`xsciml.likelihoods.censored_normal_moments`: the
-        distribution of the clipped draws); the others unchanged."""
+    def _clipped(self, mean: torch.Tensor) -> torch.Tensor:
+        """Predictive means ``[N, Dy]`` with a bounded variable's clipped to its range.
+
+        The field is fitted by the Gaussian likelihood to the variable's own values, point
+        masses at the bounds included (open water, a dry day), so its mean estimates the
+        variable's mean: clipping it to the range never moves it away from a value in the
+        range. (The mean of the Normal censored at the bounds would add the mass the
+        Normal puts beyond them a second time: on CMIP6 sea-ice concentration it raised
+        the withheld-point nRMSE from 0.123 to 0.132; clipping lowers it to 0.121.)"""
         bounds = self._bounds()
         if all(b is None for b in bounds):
-            return mean, std
-        from ..likelihoods import censored_normal_moments
-
-        means, stds = [], []
-        for j, b in enumerate(bounds):
-            m, sd = (mean[:, j], std[:, j]) if b is None else censored_normal_moments(mean[:, j], std[:, j], *b[:2])
-            means.append(m)
-            stds.append(sd)
-        return torch.stack(means, 1), torch.stack(stds, 1)
+            return mean
+        cols = [mean[:, j] if b is None else mean[:, j].clamp(min=b[0], max=b[1]) for j, b in enumerate(bounds)]
+        return torch.stack(cols, 1)
 
     # ------------------------------------------------------------------ outputs
     def predict(self, target: Any, *, time: Any = None, batch_size: int | None = None,
@@ -361,7 +360,7 @@ class NeuralField(Estimator):
         if blocks is not None:
             return self._predict_lazy(blocks, batch_size=batch_size, device=device)
         dist, tp = self.distribution(target, time=time, batch_size=batch_size, device=device)
-        mean, std = self._censored(dist.mean, dist.stddev)
+        mean, std = self._clipped(dist.mean), dist.stddev
         mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
@@ -378,11 +377,11 @@ class NeuralField(Estimator):
         return target_blocks(target, names + self.condition, data_names=self.condition,
                              time_name=self.encoder.time, time=time)
 
-    def _block_moments(self, features: torch.Tensor, device: torch.device, censor: bool = True
+    def _block_moments(self, features: torch.Tensor, device: torch.device, clip: bool = True
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and std (physical units, on the CPU) of one minibatch, computed
         on ``device`` with the modules already there (the worker-side cached model);
-        ``censor``: those of a bounded variable censored at its bounds (:meth:`_censored`)."""
+        ``clip``: a bounded variable's mean clipped to its range (:meth:`_clipped`)."""
         net_out = self.module(features.to(device, non_blocking=True)).float()
         if self.kriging:
             mean, std = self._moments(net_out, features.cpu())
@@ -390,11 +389,11 @@ class NeuralField(Estimator):
             dist = self.module.likelihood.distribution(net_out)
             mean = self.scaler.inverse(dist.mean).cpu()
             std = self.scaler.inverse_std(dist.stddev * self.std_scale.to(dist.stddev)).cpu()
-        return self._censored(mean, std) if censor else (mean, std)
+        return (self._clipped(mean), std) if clip else (mean, std)
 
     def _predict_lazy(self, blocks: Any, *, batch_size: int | None, device: Any,
-                      censor: bool = True) -> xr.Dataset:
-        """One task per chunk of the target (see :mod:`xsciml.parallel`); ``censor`` as in
+                      clip: bool = True) -> xr.Dataset:
+        """One task per chunk of the target (see :mod:`xsciml.parallel`); ``clip`` as in
         :meth:`_block_moments`."""
         from ..parallel import blockwise_model
 
@@ -409,7 +408,7 @@ class NeuralField(Estimator):
         arr = blockwise_model(_predict_block, self, out_ind + "Z", *blocks.argpairs(index),
                               dtype=np.float32, new_axes={"Z": 2 * n}, device=device,
                               name="xsciml-predict", batch_size=int(batch_size),
-                              data_names=tuple(self.condition), censor=bool(censor), **blocks.layout())
+                              data_names=tuple(self.condition), clip=bool(clip), **blocks.layout())
         mean_attrs, std_attrs = self.predict_attrs("mean"), self.predict_attrs()
         out = {}
         for j, v in enumerate(self.variables):
@@ -430,10 +429,8 @@ class NeuralField(Estimator):
         """
         out = {v: output_attrs(self.var_attrs.get(v, {}), statistic, name=v) for v in self.variables}
         for v, b in zip(self.variables, self._bounds(), strict=True):
-            if b is not None:
-                text = bounds_text(b, self.var_attrs.get(v, {}).get("units"))
-                out[v]["xsciml_bounds"] = (f"clipped to {text}" if statistic == "sample" else
-                                           f"of the predictive Normal censored to {text} (its draws clipped)")
+            if b is not None and statistic in ("mean", "sample"):
+                out[v]["xsciml_bounds"] = f"clipped to {bounds_text(b, self.var_attrs.get(v, {}).get('units'))}"
         return out
 
     _ACTIONS = {"predict": "predict: predictive mean and standard deviation of {}",
@@ -478,7 +475,7 @@ class NeuralField(Estimator):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         eps = torch.randn((n,) + tuple(dist.mean.shape), generator=g)
         draws = dist.mean + dist.stddev * eps
-        for j, b in enumerate(self._bounds()):  # a bounded variable: draws of the censored Normal
+        for j, b in enumerate(self._bounds()):  # a bounded variable: draws of the Normal, clipped
             if b is not None:
                 draws[..., j] = draws[..., j].clamp(min=b[0], max=b[1])
         attrs = self.predict_attrs("sample")
@@ -496,7 +493,7 @@ class NeuralField(Estimator):
         """Lazy draws: the lazy mean and std plus dask's chunked standard normals."""
         import dask.array as dsa
 
-        pred = self._predict_lazy(blocks, batch_size=batch_size, device=device, censor=False)
+        pred = self._predict_lazy(blocks, batch_size=batch_size, device=device, clip=False)
         bounds = self._bounds()
         rng = dsa.random.default_rng(seed)
         nv = len(self.variables)
@@ -508,7 +505,7 @@ class NeuralField(Estimator):
             noise = xr.DataArray(eps[..., j], dims=("sample",) + blocks.dims)
             da = (pred[f"{v}_mean"] + pred[f"{v}_std"] * noise).transpose("sample", *blocks.dims)
             b = bounds[j]
-            if b is not None:  # draws of the censored Normal
+            if b is not None:  # draws of the Normal, clipped
                 da = da.clip(min=b[0], max=b[1])
             da = da.assign_coords(sample=np.arange(n)).rename(v)
             da.attrs = dict(attrs[v])
@@ -572,9 +569,9 @@ class NeuralField(Estimator):
         dist, _ = self.distribution(tp, batch_size=batch_size, device=device)
         y = data.y.to(dist.mean.dtype)
         err = dist.mean - y
-        # RMSE of the mean predict returns (a bounded variable's censored mean); the
-        # interval is the Normal's, which for values within the bounds covers the same ones
-        rmse_err = self._censored(dist.mean, dist.stddev)[0] - y
+        # RMSE of the mean predict returns (a bounded variable's clipped); the interval is
+        # the Normal's, which for values within the bounds covers the same ones clipped
+        rmse_err = self._clipped(dist.mean) - y
         z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)))
         out: dict[str, float] = {}
         per = []
@@ -655,7 +652,7 @@ _ENCODE_POINTS = 1 << 20
 
 def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ...],
                    var_dims: tuple, dims: tuple, data_names: tuple[str, ...], batch_size: int,
-                   device: torch.device, censor: bool = True) -> np.ndarray:
+                   device: torch.device, clip: bool = True) -> np.ndarray:
     """Task body of a lazy predict: ``[*chunk shape, 2 * n_variables]`` float32, means
     then stds, NaN where a coordinate is NaN. Runs on a worker with the cached model;
     coordinates are encoded by sub-blocks and the network runs in minibatches of
@@ -672,7 +669,7 @@ def _predict_block(model: NeuralField, *blocks: np.ndarray, names: tuple[str, ..
         features = tp.features
         values = np.empty((len(features), 2 * n), dtype=np.float32)
         for i in range(0, len(features), batch_size):
-            mean, std = model._block_moments(features[i:i + batch_size], device, censor)
+            mean, std = model._block_moments(features[i:i + batch_size], device, clip)
             values[i:i + batch_size, :n] = mean.numpy()
             values[i:i + batch_size, n:] = std.numpy()
         sub = tuple(s.stop - s.start for s in region)
