@@ -292,3 +292,32 @@ def test_unusable_valid_ranges_are_refused_naming_the_variable(attrs, match) -> 
 def test_clipping_takes_a_dataarray() -> None:
     with pytest.raises(TypeError, match="clip_to_physical_bounds takes a DataArray, got ndarray"):
         clip_to_physical_bounds(np.zeros(3))
+
+
+def test_latent_pca_and_prior_outputs_of_a_fraction_stay_in_its_range():
+    """Reconstructions, decoded fields and prior draws of a bounded variable are clipped to
+    its range (what the unbounded model gives, clipped), and say so."""
+    import copy
+
+    import xsciml
+    from xsciml.downscale.diffusion import fit_diffusion
+
+    grf = xsciml.datasets.gaussian_random_field((16, 16), n=12, seed=0)
+    frac = (grf.u * 0.4 + 0.1).clip(0.0, 1.0)  # many zeros (open water), a few ones
+    frac.attrs = {"standard_name": "sea_ice_area_fraction", "units": "1"}
+    ds = frac.to_dataset(name="sic")
+    pca = ds.sciml.fit_autoencoder("sic", sample_dim="sample", network="pca", latent_dim=2)
+    free = copy.deepcopy(pca)
+    free.grid.var_attrs["sic"] = {"units": "1"}
+    got, raw = pca.reconstruct(ds), free.reconstruct(ds)
+    assert float(raw.min()) < 0.0  # two modes undershoot the open water
+    xr.testing.assert_equal(got.drop_attrs(), raw.clip(0.0, 1.0).drop_attrs())
+    assert got.attrs["xsciml_bounds"] == "clipped to 0 to 1 (sea_ice_area_fraction is a fraction)"
+    li = ds.sciml.fit_latent("sic", sample_dim="sample", latent_dim=2, steps=30, progress=False, seed=0)
+    codes = li.encode(ds.isel(sample=[0, 1]), steps=5)
+    dec = li.decode(codes, ds.isel(sample=0))
+    assert 0.0 <= float(dec.min()) and float(dec.max()) <= 1.0 and "xsciml_bounds" in dec.attrs
+    prior = fit_diffusion(ds["sic"], sample_dim="sample", base_channels=4, levels=2, emb_dim=8, steps=2,
+                          progress=False)
+    draws = prior.sample(3, steps=2, progress=False)  # an untrained prior: draws far outside 0..1, clipped
+    assert float(draws.min()) == 0.0 and float(draws.max()) == 1.0 and "xsciml_bounds" in draws.attrs

@@ -472,4 +472,5 @@ def bounds_text(bounds: tuple[float | None, float | None, str], units: Any = Non
     lo, hi, why = bounds
     side = (f"{lo:g} to {hi:g}" if lo is not None and hi is not None
             else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
-    return f"{side}{f' {units}' if units else ''} ({why})"
+    shown = units if units and str(units).strip() not in ("1", "") else None  # "0 to 1", not "0 to 1 1"
+    return f"{side}{f' {shown}' if shown else ''} ({why})"

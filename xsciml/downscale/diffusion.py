@@ -609,11 +609,18 @@ class DiffusionPrior(Estimator):
                 out[a:a + len(rows)] = self.denormalise(z[:, 0].double()).cpu().numpy()
         if self.mask is not None:
             out[:, ~self.mask] = np.nan
+        from ..units import bounds_text, physical_bounds
+
+        limits = physical_bounds(self.attrs, variable=self.variable)
+        if limits is not None:  # a bounded quantity (precipitation, a fraction) stays in its range
+            np.clip(out, limits[0], limits[1], out=out)
         attrs = {**output_attrs(self.attrs, name=self.variable),
                  **self._provenance(f"sample: {n} draws of {self.variable} from the diffusion prior",
                                     self.attrs),
                  "xsciml_sampler": sampler,
                  "xsciml_sampler_nfe": nfe}
+        if limits is not None:
+            attrs["xsciml_bounds"] = f"clipped to {bounds_text(limits, self.units)}"
         return xr.DataArray(out, dims=("sample", *self.space_dims), coords=coords,
                             name=self.variable, attrs=attrs)
 

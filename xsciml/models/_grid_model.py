@@ -21,6 +21,7 @@ from .._utils import check_positive_int, to_numpy
 from ..base import Estimator, output_attrs
 from ..likelihoods import DiagonalGaussian
 from ..parallel import is_dask_backed
+from ..units import clip_to_physical_bounds
 
 __all__ = [
     "MLPAutoEncoder",
@@ -360,7 +361,7 @@ class GridModel(Estimator):
         for j, v in enumerate(g.variables):
             da = out.isel(__variable__=j, drop=True).rename(v)
             da.attrs = {**output_attrs(g.var_attrs.get(v), name=v), **attrs}
-            das[v] = da
+            das[v] = clip_to_physical_bounds(da, g.var_attrs.get(v, {}))  # a fraction stays in 0..1
         if len(das) == 1:
             return das[g.variables[0]]
         return xr.Dataset(das, attrs=attrs)

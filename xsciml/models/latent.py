@@ -46,6 +46,7 @@ from ..coords import CoordinateEncoder
 from ..eofs import eof_decomposition, out_of_sample_noise
 from ..tensors import Scaler, check_target_domain, target_points, to_tensors
 from ..training import History, TrainState
+from ..units import clip_to_physical_bounds
 from ._snapshot_validation import (
     MAX_SNAPSHOTS,
     MIN_SNAPSHOTS,
@@ -499,7 +500,9 @@ class LatentInterpolator(Estimator):
         return self._labeled(das)
 
     def _labeled(self, das: dict[str, xr.DataArray]) -> xr.DataArray | xr.Dataset:
-        """One DataArray (one variable) or a Dataset, with provenance attrs."""
+        """One DataArray (one variable) or a Dataset, with provenance attrs; a bounded
+        variable (:func:`xsciml.units.physical_bounds`) clipped to its range."""
+        das = {v: clip_to_physical_bounds(da, self.var_attrs.get(v, {})) for v, da in das.items()}
         source = next((a for v in self.variables if (a := self.var_attrs.get(v, {})).get("history")),
                       None)
         provenance = self._provenance(f"decode: {', '.join(self.variables)} decoded from latent "
