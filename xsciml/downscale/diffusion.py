@@ -984,8 +984,9 @@ def fit_diffusion(
     Raises
     ------
     ValueError
-        NaN in the data (the prior needs complete fields: crop or fill first), a grid
-        too small for ``levels``, fewer than two snapshots, bad hyper-parameters.
+        NaN in the data that differ between snapshots (complete fields or a fixed mask:
+        fill the gaps first), data NaN everywhere, a grid too small for ``levels``, fewer
+        than two snapshots, bad hyper-parameters.
 
     Examples
     --------
